@@ -1,0 +1,128 @@
+"""Measure layer signatures and whole models on this machine's CPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Callable, Sequence
+
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from devices.measure.builders import signature_input_shape, signature_module, signature_onnx
+from devices.measure.protocol import MeasureProtocol, time_with_retries
+from devices.measure.runtimes import Runner, get_runtime
+from devices.measure.signature import LayerSignature
+from devices.measure.stats import TimingStats
+
+DEFAULT_CHUNK_SIZE = 32
+"""Signatures whose runners exist at the same time (bounds memory)."""
+
+
+class LocalMeasurer:
+    """Measures layer signatures and whole models on this machine's CPU."""
+
+    def __init__(
+        self,
+        runtime: str = "onnxruntime",
+        protocol: MeasureProtocol = MeasureProtocol(),
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.runtime = get_runtime(runtime)
+        self.runtime_name: str = self.runtime.name
+        self.runtime_version: str = self.runtime.version()
+        self.protocol = protocol
+        self.threads: int = protocol.threads
+        self.chunk_size = chunk_size
+
+    def _signature_runner(self, sig: LayerSignature) -> Runner:
+        """Runner for one signature: a direct ONNX graph when the runtime takes ONNX, else a torch module."""
+        shape = signature_input_shape(sig)
+        if self.runtime.supports_onnx:
+            return self.runtime.load_onnx(signature_onnx(sig), shape, self.threads)
+        return self.runtime.load_module(signature_module(sig), shape, self.threads)
+
+    def measure_signatures(
+        self,
+        signatures: Sequence[LayerSignature],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[LayerSignature, TimingStats]:
+        """Latency of each distinct signature (duplicates are measured once).
+
+        Signatures are measured ``chunk_size`` at a time, interleaved within
+        a chunk; ``on_progress(done, total)`` is called after each chunk,
+        counting distinct signatures.
+        """
+        unique = list(dict.fromkeys(signatures))
+        results: dict[LayerSignature, TimingStats] = {}
+        for start in range(0, len(unique), self.chunk_size):
+            chunk = unique[start:start + self.chunk_size]
+            runners = [self._signature_runner(sig) for sig in chunk]
+            results.update(zip(chunk, time_with_retries(runners, self.protocol)))
+            del runners  # release sessions before building the next chunk
+            if on_progress is not None:
+                on_progress(len(results), len(unique))
+        return results
+
+    def measure_models(self, models: Sequence[nn.Module], example_input: torch.Tensor) -> list[TimingStats]:
+        """Whole-network latency of each model on inputs shaped like ``example_input``, interleaved."""
+        shape = tuple(example_input.shape)
+        runners = [self.runtime.load_module(model, shape, self.threads) for model in models]
+        return time_with_retries(runners, self.protocol)
+
+    def measure_onnx(
+        self, onnx_models: Sequence[bytes], input_shapes: Sequence[tuple[int, ...]]
+    ) -> list[TimingStats]:
+        """Latency of serialized ONNX models, each run on its input shape, interleaved."""
+        if len(onnx_models) != len(input_shapes):
+            raise ValueError(f"{len(onnx_models)} models but {len(input_shapes)} input shapes")
+        if not self.runtime.supports_onnx:
+            raise ValueError(f"runtime {self.runtime_name!r} cannot run ONNX models; use 'onnxruntime'")
+        runners = [
+            self.runtime.load_onnx(model, tuple(shape), self.threads)
+            for model, shape in zip(onnx_models, input_shapes)
+        ]
+        return time_with_retries(runners, self.protocol)
+
+
+def _cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo when present, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory in bytes, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def device_facts() -> dict:
+    """Facts about this machine and software stack, stored next to its measurements."""
+    try:
+        usable_cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable_cores = os.cpu_count()
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable_cores,
+        "memory_bytes": _memory_bytes(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+    }

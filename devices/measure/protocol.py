@@ -1,0 +1,100 @@
+"""The timing protocol: warm-up, interleaved rounds, per-call timing, retries.
+
+Runners are timed in interleaved rounds (A B C A B C ...) rather than one
+after the other, so slow drift of the machine (thermal state, frequency
+scaling, background load) hits every runner alike and relative latencies
+stay comparable. Each call is timed on its own with ``perf_counter_ns``
+and the garbage collector is off while timing, so a collection pause
+cannot land inside one runner's samples.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from devices.measure.stats import TimingStats
+
+
+@dataclass(frozen=True)
+class MeasureProtocol:
+    """How many runs to warm up, time and retry; see the module docstring."""
+
+    threads: int = 1
+    warmup: int = 10          # runs before timing, per runner
+    rounds: int = 5           # interleaved rounds (A B C A B C ...)
+    runs_per_round: int = 40  # timed calls per runner per round
+    max_spread: float = 0.5   # entries with (p90-p10)/median above this are re-measured
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        """Reject settings that would time nothing or loop forever."""
+        minimums = {"threads": 1, "warmup": 0, "rounds": 1, "runs_per_round": 1, "max_retries": 0}
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"MeasureProtocol.{name} must be >= {minimum}, got {getattr(self, name)}")
+        if not self.max_spread > 0:
+            raise ValueError(f"MeasureProtocol.max_spread must be > 0, got {self.max_spread}")
+
+
+@contextmanager
+def _timing_window(threads: int) -> Iterator[None]:
+    """Torch thread count set and GC off for the window; both restored afterwards, also on error."""
+    previous_threads = torch.get_num_threads()
+    gc_was_enabled = gc.isenabled()
+    torch.set_num_threads(threads)
+    try:
+        gc.collect()
+        gc.disable()
+        yield
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        torch.set_num_threads(previous_threads)
+
+
+def time_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:
+    """Warm up each runner, then time them in interleaved rounds; one TimingStats per runner.
+
+    Each stats has ``n == protocol.rounds * protocol.runs_per_round``.
+    """
+    if not runners:
+        return []
+    samples_ns: list[list[int]] = [[] for _ in runners]
+    clock = time.perf_counter_ns
+    with _timing_window(protocol.threads):
+        for runner in runners:
+            for _ in range(protocol.warmup):
+                runner()
+        for _ in range(protocol.rounds):
+            for runner, samples in zip(runners, samples_ns):
+                append = samples.append
+                for _ in range(protocol.runs_per_round):
+                    start = clock()
+                    runner()
+                    append(clock() - start)
+    return [TimingStats.from_samples([ns / 1e6 for ns in samples]) for samples in samples_ns]
+
+
+def time_with_retries(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:
+    """:func:`time_interleaved`, then re-time entries whose spread exceeds ``max_spread``.
+
+    Noisy entries are re-timed together (interleaved among themselves) up
+    to ``max_retries`` times; for each, the attempt with the smallest
+    spread is kept.
+    """
+    best = time_interleaved(runners, protocol)
+    for _ in range(protocol.max_retries):
+        noisy = [i for i, stats in enumerate(best) if stats.spread > protocol.max_spread]
+        if not noisy:
+            break
+        retried = time_interleaved([runners[i] for i in noisy], protocol)
+        for index, stats in zip(noisy, retried):
+            if stats.spread < best[index].spread:
+                best[index] = stats
+    return best

@@ -1,0 +1,84 @@
+"""Summary statistics of a set of latency samples.
+
+Latency samples on a shared CPU are skewed (a long right tail from
+preemption and cache misses), so the summary keeps robust order
+statistics (min, percentiles, median) next to the mean and std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Latency summary in milliseconds of ``n`` individually timed runs."""
+
+    n: int
+    min_ms: float
+    p10_ms: float
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> "TimingStats":
+        """Summarise raw per-run latencies (ms).
+
+        Percentiles use numpy's default linear interpolation; ``std_ms`` is
+        the population standard deviation (ddof=0), so one sample gives 0.
+
+        Raises:
+            ValueError: if ``samples_ms`` is empty or holds a non-finite value.
+        """
+        values = np.asarray(samples_ms, dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("TimingStats.from_samples needs at least one sample")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("TimingStats.from_samples got a non-finite sample")
+        p10, median, p90 = np.percentile(values, [10.0, 50.0, 90.0])
+        return cls(
+            n=int(values.size),
+            min_ms=float(values.min()),
+            p10_ms=float(p10),
+            median_ms=float(median),
+            p90_ms=float(p90),
+            mean_ms=float(values.mean()),
+            std_ms=float(values.std()),
+        )
+
+    @property
+    def spread(self) -> float:
+        """Relative width ``(p90 - p10) / median``; a noise indicator.
+
+        A zero median with zero width gives 0; with a non-zero width, inf.
+        """
+        width = self.p90_ms - self.p10_ms
+        if self.median_ms > 0:
+            return width / self.median_ms
+        return 0.0 if width == 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TimingStats":
+        """Inverse of :meth:`to_dict`; ValueError on missing or unknown keys."""
+        expected = {f.name for f in fields(cls)}
+        missing = expected - set(d)
+        unknown = set(d) - expected
+        if missing or unknown:
+            raise ValueError(
+                f"TimingStats.from_dict: missing keys {sorted(missing)}, "
+                f"unknown keys {sorted(unknown)}"
+            )
+        return cls(
+            n=int(d["n"]),
+            **{name: float(d[name]) for name in expected if name != "n"},
+        )

@@ -1,0 +1,162 @@
+"""Builders, runtimes, the timing protocol and LocalMeasurer (light protocol, small shapes)."""
+
+import dataclasses
+import gc
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from devices.measure import (
+    RUNTIMES,
+    LayerSignature,
+    LocalMeasurer,
+    MeasureProtocol,
+    device_facts,
+    get_runtime,
+    model_to_onnx,
+    signature_input_shape,
+    signature_module,
+    signature_onnx,
+    time_interleaved,
+)
+from tests.test_measure_signature import SmallNet
+
+LIGHT = MeasureProtocol(warmup=2, rounds=2, runs_per_round=5)
+
+
+def conv_sig(i: int, o: int, k: int, hw: int, fused: str = "bn+relu", **changes) -> LayerSignature:
+    sig = LayerSignature("conv", i, o, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, (hw, hw), 1, False, fused)
+    return dataclasses.replace(sig, **changes)
+
+
+TINY = conv_sig(8, 8, 1, 4)
+HEAVY = conv_sig(64, 64, 3, 32)
+LINEAR = LayerSignature("linear", 16, 10, (1, 1), (1, 1), (0, 0), (1, 1), 1, (1, 1), 3, True, "relu")
+FUSIONS = ["", "bn", "bn+relu", "bn+relu6", "bn+hardswish", "bn+silu", "bn+hardsigmoid", "bn+sigmoid", "relu"]
+
+
+def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(["output"], {"input": x})[0]
+
+
+@pytest.mark.parametrize("sig", [
+    *(conv_sig(6, 12, 3, 9, fused=f, stride=(2, 1)) for f in FUSIONS),
+    conv_sig(8, 8, 3, 7, groups=8, dilation=(2, 2), padding=(2, 2)),
+    LINEAR,
+])
+def test_signature_onnx_checks_and_matches_torch_shape(sig: LayerSignature) -> None:
+    model = signature_onnx(sig)
+    onnx.checker.check_model(onnx.load_from_string(model))
+    x = np.random.default_rng(0).standard_normal(signature_input_shape(sig), dtype=np.float32)
+    out = run_onnx(model, x)
+    with torch.no_grad():
+        expected = signature_module(sig)(torch.from_numpy(x))
+    assert out.shape == tuple(expected.shape)
+    if sig.fused.endswith(("relu", "relu6", "sigmoid", "hardsigmoid")):
+        assert out.min() >= 0
+    if sig.fused.endswith("relu6"):
+        assert out.max() <= 6
+
+
+def test_model_to_onnx_matches_torch_and_restores_mode() -> None:
+    net = SmallNet().train()
+    with torch.no_grad():  # give BN non-trivial statistics
+        for _ in range(3):
+            net(torch.randn(4, 3, 32, 32))
+    net.train()
+    x = torch.randn(2, 3, 32, 32)
+    model = model_to_onnx(net, x)
+    assert net.training and all(m.training for m in net.modules())
+    with torch.no_grad():
+        expected = net.eval()(x).numpy()
+    np.testing.assert_allclose(run_onnx(model, x.numpy()), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_get_runtime_names_and_errors() -> None:
+    assert set(RUNTIMES) == {"onnxruntime", "torch", "torchscript"}
+    assert get_runtime("onnxruntime").version() == ort.__version__
+    with pytest.raises(ValueError, match="onnxruntime"):
+        get_runtime("tensorrt")
+    with pytest.raises(NotImplementedError):
+        get_runtime("torch").load_onnx(signature_onnx(TINY), signature_input_shape(TINY), 1)
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
+def test_every_runtime_runner_runs(name: str) -> None:
+    runtime = get_runtime(name)
+    net = SmallNet().train()
+    runners = [runtime.load_module(net, (1, 3, 32, 32), threads=1)]
+    if runtime.supports_onnx:
+        runners.append(runtime.load_onnx(signature_onnx(LINEAR), signature_input_shape(LINEAR), threads=1))
+    for runner in runners:
+        runner()
+        runner()
+    assert net.training  # the caller's module is left as it was
+
+
+def test_time_interleaved_counts_and_gc_restored() -> None:
+    calls = {"a": 0, "b": 0}
+
+    def make(name: str):
+        def runner() -> None:
+            calls[name] += 1
+        return runner
+
+    stats = time_interleaved([make("a"), make("b")], LIGHT)
+    assert [s.n for s in stats] == [LIGHT.rounds * LIGHT.runs_per_round] * 2
+    assert calls == {"a": 12, "b": 12}  # warmup 2 + 2 rounds x 5
+    assert gc.isenabled()
+
+    def failing() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        time_interleaved([failing], LIGHT)
+    assert gc.isenabled()
+    assert time_interleaved([], LIGHT) == []
+
+
+def test_protocol_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        MeasureProtocol(rounds=0)
+    with pytest.raises(ValueError):
+        MeasureProtocol(max_spread=0)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
+def test_heavy_layer_measures_slower_than_tiny(name: str) -> None:
+    measurer = LocalMeasurer(name, LIGHT)
+    stats = measurer.measure_signatures([TINY, HEAVY])
+    assert stats[HEAVY].min_ms > stats[TINY].min_ms
+
+
+def test_measure_signatures_dedupes_and_reports_progress() -> None:
+    sigs = [TINY, LINEAR, TINY, conv_sig(8, 16, 3, 8), LINEAR]
+    progress: list[tuple[int, int]] = []
+    measurer = LocalMeasurer("onnxruntime", LIGHT, chunk_size=2)
+    stats = measurer.measure_signatures(sigs, on_progress=lambda done, total: progress.append((done, total)))
+    assert list(stats) == [TINY, LINEAR, conv_sig(8, 16, 3, 8)]
+    assert all(s.n == LIGHT.rounds * LIGHT.runs_per_round and s.min_ms > 0 for s in stats.values())
+    assert progress == [(2, 3), (3, 3)]
+    assert (measurer.runtime_name, measurer.runtime_version, measurer.threads) == ("onnxruntime", ort.__version__, 1)
+
+
+def test_measure_models_and_onnx_one_stats_each() -> None:
+    measurer = LocalMeasurer("onnxruntime", LIGHT)
+    x = torch.randn(1, 3, 32, 32)
+    stats = measurer.measure_models([SmallNet(), SmallNet()], x)
+    assert len(stats) == 2 and all(s.n == 10 for s in stats)
+    onnx_stats = measurer.measure_onnx([signature_onnx(TINY), signature_onnx(LINEAR)],
+                                       [signature_input_shape(TINY), signature_input_shape(LINEAR)])
+    assert len(onnx_stats) == 2 and all(s.min_ms > 0 for s in onnx_stats)
+    with pytest.raises(ValueError, match="onnxruntime"):
+        LocalMeasurer("torchscript", LIGHT).measure_onnx([signature_onnx(TINY)], [signature_input_shape(TINY)])
+
+
+def test_device_facts_fields() -> None:
+    facts = device_facts()
+    assert {"os", "cpu_model", "cores", "memory_bytes", "python", "onnxruntime", "torch"} <= set(facts)
+    assert facts["cores"] >= 1 and facts["onnxruntime"] == ort.__version__ and facts["torch"] == torch.__version__
