@@ -1,0 +1,1 @@
+"""NetAdapt engine: latency-driven channel pruning of trained CNNs."""
