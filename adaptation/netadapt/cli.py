@@ -1,0 +1,337 @@
+"""Command line: ``python -m adaptation.netadapt pretrain|adapt ...`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from devices.measure import LocalMeasurer, MeasureProtocol, device_facts
+
+from .baselines import uniform_baseline
+from .config import SELECTION_RULES, AdaptConfig
+from .data import BUILTIN_DATASETS, DatasetSplits, load_dataset, load_image_folder
+from .export import export_all, export_pytorch, load_pytorch
+from .graph import NetworkAnalysis
+from .loop import (AdaptState, FinishRecord, IterationRecord, NeedsMeasurement, NetAdapt,
+                   StartRecord)
+from .lut import MemoryLatencyTable
+from .models import ARCHITECTURES
+from .report import plot_tradeoff, write_csv, write_json
+from .resources import METRICS, LatencyTableModel, exact_model
+from .spec import ArchitectureSpec
+from .training import accuracy, steps_for_epochs, train_steps
+
+RUNTIME_CHOICES = ("onnxruntime", "torch", "torchscript")
+
+
+def parse_budget(text: str, metric: str) -> tuple[float, bool]:
+    """``"50%"`` → (0.5, relative); ``"1.5ms"`` or ``"2e6"`` → absolute in the metric's unit."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(%|ms)?\s*", text, re.I)
+    if not match:
+        raise ValueError(f"budget '{text}' is not a number, a percentage or ms")
+    value, unit = float(match.group(1)), (match.group(2) or "").lower()
+    if unit == "%":
+        if not 0 < value < 100:
+            raise ValueError("a relative budget must be between 0% and 100%")
+        return value / 100, True
+    if unit == "ms" and metric != "latency":
+        raise ValueError("a budget in ms needs --metric latency")
+    if value <= 0:
+        raise ValueError("the budget must be positive")
+    return value, False
+
+
+def load_data(name: str, *, holdout: int | float, resolution: int | None, seed: int,
+              limit_train: int | None) -> DatasetSplits:
+    if name in BUILTIN_DATASETS:
+        return load_dataset(name, holdout_size=holdout, resolution=resolution, seed=seed,
+                            limit_train=limit_train)
+    if Path(name).is_dir():
+        return load_image_folder(name, holdout_size=holdout, resolution=resolution or 32, seed=seed)
+    raise SystemExit(f"dataset '{name}' is neither a built-in ({', '.join(BUILTIN_DATASETS)}) "
+                     "nor an image folder")
+
+
+def _holdout(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value >= 1 else value
+
+
+def _common_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion_mnist",
+                        help=f"built-in ({', '.join(BUILTIN_DATASETS)}) or an image folder "
+                             "(class_x/*.png) (default: %(default)s)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input size in pixels (default: the dataset's own)")
+    parser.add_argument("--holdout", type=_holdout, default=5000,
+                        help="holdout carved from the training data to pick proposals: a count, "
+                             "or a fraction below 1 (default: %(default)s)")
+    parser.add_argument("--limit-train", type=int, default=None,
+                        help="use at most this many training images (quick runs)")
+    parser.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m adaptation.netadapt",
+        description="NetAdapt: adapt a trained CNN to a latency (or MACs/params) budget measured "
+                    "on this machine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("pretrain", help="train a starting model (no weights are downloaded)",
+                         description="Train an architecture from scratch on a dataset and save "
+                                     "it in the engine's PyTorch format.")
+    pre.add_argument("--arch", default="mobilenet_v1", choices=ARCHITECTURES)
+    pre.add_argument("--width", type=float, default=1.0, help="width multiplier (default: 1.0)")
+    _common_data_args(pre)
+    pre.add_argument("--epochs", type=float, default=5, help="(default: %(default)s)")
+    pre.add_argument("--lr", type=float, default=0.1, help="peak SGD rate, cosine (default: 0.1)")
+    pre.add_argument("--out", required=True, help="model file to write")
+
+    ada = sub.add_parser("adapt", help="run NetAdapt and write results, plot and models",
+                         description="Run NetAdapt on a trained model and write results.json, "
+                                     "iterations.csv, tradeoff.png, per-iteration models and "
+                                     "the final model as ONNX, TorchScript and PyTorch.")
+    ada.add_argument("--model", required=True, help="model file written by pretrain or adapt")
+    _common_data_args(ada)
+    ada.add_argument("--metric", default="latency", choices=METRICS, help="(default: latency)")
+    ada.add_argument("--budget", default="50%",
+                     help="target: '50%%' of the original, '0.2ms', or an absolute MACs/params "
+                          "count (default: 50%%)")
+    ada.add_argument("--runtime", default="onnxruntime", choices=RUNTIME_CHOICES)
+    ada.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
+    ada.add_argument("--rounds", type=int, default=5,
+                     help="interleaved measurement rounds (default: %(default)s)")
+    ada.add_argument("--runs-per-round", type=int, default=40, help="(default: %(default)s)")
+    ada.add_argument("--table", default=None,
+                     help="look-up table JSON to reuse and extend (default: OUT/lut.json)")
+    ada.add_argument("--initial-reduction", type=float, default=0.025, help="(default: 0.025)")
+    ada.add_argument("--decay", type=float, default=0.96, help="(default: 0.96)")
+    ada.add_argument("--channel-step", type=int, default=8, help="(default: 8)")
+    ada.add_argument("--short-term-steps", type=int, default=100, help="(default: 100)")
+    ada.add_argument("--short-term-lr", type=float, default=0.01, help="(default: 0.01)")
+    ada.add_argument("--long-term-epochs", type=float, default=1.0, help="(default: 1)")
+    ada.add_argument("--long-term-lr", type=float, default=0.01, help="(default: 0.01)")
+    ada.add_argument("--selection", default="accuracy", choices=SELECTION_RULES,
+                     help="keep the best holdout accuracy (paper) or the least loss per "
+                          "resource saved (official code) (default: accuracy)")
+    ada.add_argument("--max-iterations", type=int, default=50, help="(default: 50)")
+    ada.add_argument("--baselines", default="0.5,0.75",
+                     help="uniform width ratios to compare against, comma separated, '' for "
+                          "none (default: %(default)s)")
+    ada.add_argument("--out", required=True, help="output folder")
+    ada.add_argument("--resume", action="store_true",
+                     help="continue from OUT/checkpoint.pt after the last finished iteration")
+    return parser
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    data = load_data(args.dataset, holdout=args.holdout, resolution=args.resolution,
+                     seed=args.seed, limit_train=args.limit_train)
+    spec = ArchitectureSpec(args.arch, data.num_classes, data.in_channels, args.width,
+                            data.resolution)
+    torch.manual_seed(args.seed)
+    model = spec.build()
+    steps = steps_for_epochs(data.train, args.epochs, args.batch_size)
+    with tqdm(total=steps, desc="pretrain", unit="step") as bar:
+        def on_step(step: int, loss: float) -> None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+        train_steps(model, data.train, steps, lr=args.lr, batch_size=args.batch_size,
+                    seed=args.seed, cosine=True, on_step=on_step)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_pytorch(model, spec, {}, out)
+    print(f"validation accuracy {accuracy(model, data.validation):.4f}; wrote {out}")
+
+
+def _check_fits(model: torch.nn.Module, spec: ArchitectureSpec, data: DatasetSplits) -> None:
+    if (spec.in_channels, spec.resolution, spec.num_classes) != (
+            data.in_channels, data.resolution, data.num_classes):
+        raise SystemExit(
+            f"the model expects {spec.in_channels}-channel {spec.resolution} px inputs and "
+            f"{spec.num_classes} classes; the dataset has {data.in_channels}-channel "
+            f"{data.resolution} px images and {data.num_classes} classes")
+
+
+class _Measurements:
+    """Serves the engine's measurement requests locally and keeps the table on disk."""
+
+    def __init__(self, measurer: LocalMeasurer, table: MemoryLatencyTable, path: Path) -> None:
+        self.measurer, self.table, self.path = measurer, table, path
+
+    def serve(self, request: NeedsMeasurement) -> None:
+        if request.signatures:
+            with tqdm(total=len(request.signatures), desc=f"table: {request.reason}",
+                      unit="layer", leave=False) as bar:
+                def on_progress(done: int, total: int) -> None:
+                    bar.n = done
+                    bar.refresh()
+                self.table.add(self.measurer.measure_signatures(request.signatures, on_progress))
+            self.table.save(self.path)
+        if request.networks:
+            stats = self.measurer.measure_models([n.model for n in request.networks],
+                                                 request.example_input)
+            for network, result in zip(request.networks, stats):
+                network.result = result
+
+
+def _open_table(path: Path, measurer: LocalMeasurer) -> MemoryLatencyTable:
+    meta = {"device": "local", "runtime": measurer.runtime_name,
+            "runtime_version": measurer.runtime_version, "threads": measurer.threads}
+    if path.exists():
+        table = MemoryLatencyTable.load(path)
+        mismatched = {k: (table.meta.get(k), v) for k, v in meta.items() if table.meta.get(k) != v}
+        if mismatched:
+            raise SystemExit(f"look-up table {path} was measured with different settings: "
+                             + ", ".join(f"{k} {a} (table) vs {b}" for k, (a, b) in mismatched.items()))
+        return table
+    return MemoryLatencyTable(meta)
+
+
+def adapt(args: argparse.Namespace) -> None:
+    budget, relative = parse_budget(args.budget, args.metric)
+    out = Path(args.out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    data = load_data(args.dataset, holdout=args.holdout, resolution=args.resolution,
+                     seed=args.seed, limit_train=args.limit_train)
+    original = load_pytorch(args.model)
+    spec = _load_spec(args.model)
+    _check_fits(original, spec, data)
+    config = AdaptConfig(
+        metric=args.metric, budget=budget, budget_relative=relative,
+        initial_reduction=args.initial_reduction, decay=args.decay,
+        channel_step=args.channel_step, short_term_steps=args.short_term_steps,
+        long_term_epochs=args.long_term_epochs, batch_size=args.batch_size,
+        short_term_lr=args.short_term_lr, long_term_lr=args.long_term_lr,
+        selection=args.selection, max_iterations=args.max_iterations, seed=args.seed)
+    measurer = LocalMeasurer(args.runtime, MeasureProtocol(
+        threads=args.threads, rounds=args.rounds, runs_per_round=args.runs_per_round))
+    table_path = Path(args.table) if args.table else out / "lut.json"
+    table = _open_table(table_path, measurer)
+    resource = LatencyTableModel(table) if args.metric == "latency" else exact_model(args.metric)
+    state = None
+    checkpoint = out / "checkpoint.pt"
+    if args.resume:
+        if not checkpoint.exists():
+            raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
+        state = AdaptState.load(checkpoint)
+        if state.config != config:
+            raise SystemExit("--resume: the settings differ from the checkpoint's; "
+                             "use the same options as the interrupted run")
+    example = spec.example_input()
+    analysis = NetworkAnalysis(original, example)
+    engine = NetAdapt(original, example, data, config, resource, state=state, analysis=analysis)
+    service = _Measurements(measurer, table, table_path)
+    results = {"config": config.to_dict(), "architecture": spec.to_dict(),
+               "dataset": data.summary(), "device": device_facts(),
+               "runtime": {"name": measurer.runtime_name, "version": measurer.runtime_version,
+                           "threads": measurer.threads}, "groups": analysis.group_names}
+    finish = None
+    bar = None
+    for record in engine.run():
+        if isinstance(record, NeedsMeasurement):
+            service.serve(record)
+        elif isinstance(record, StartRecord):
+            for warning in record.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(f"original: {record.resource.value:.4g} {resource.unit}, budget "
+                  f"{record.budget:.4g}, validation accuracy {record.validation_accuracy:.4f}")
+        elif isinstance(record, IterationRecord):
+            if bar is None:
+                bar = tqdm(total=round(engine.state.initial_resource - engine.state.budget, 6),
+                           desc="resource removed", unit=resource.unit)
+            bar.n = round(engine.state.initial_resource - record.resource.value, 6)
+            bar.set_postfix(acc=f"{record.holdout_accuracy:.4f}", group=record.chosen_group)
+            bar.refresh()
+            export_pytorch(record.model, spec, record.channels,
+                           out / "models" / f"iteration_{record.iteration:03d}.pt")
+            engine.state.save(checkpoint)
+        elif isinstance(record, FinishRecord):
+            finish = record
+    if bar is not None:
+        bar.close()
+    state = engine.state
+    results["start"] = state.start
+    results["iterations"] = state.records
+    results["finish"] = finish.to_dict()
+    results["calibration"] = resource.calibration.quality() if args.metric == "latency" else None
+    results["exports"] = {k: str(p) for k, p in
+                          export_all(finish.model, spec, finish.channels, out, "final").items()}
+    results["baselines"] = _baselines(args, original, example, analysis, data, config, state,
+                                      measurer, finish)
+    write_json(out / "results.json", results)
+    write_csv(out / "iterations.csv", results)
+    _plot(out / "tradeoff.png", results, resource.unit)
+    print(f"final: {finish.resource.value:.4g} {resource.unit} (budget {finish.budget:.4g}), "
+          f"validation accuracy {finish.validation_accuracy:.4f}"
+          + (f", measured {finish.measured_ratio:.3f}x the original" if finish.measured_ratio else "")
+          + f"; wrote {out}")
+
+
+def _load_spec(path: str) -> ArchitectureSpec:
+    payload = torch.load(path, weights_only=True)
+    return ArchitectureSpec.from_dict(payload["architecture"])
+
+
+def _baselines(args, original, example, analysis, data, config, state, measurer, finish) -> list[dict]:
+    ratios = [float(r) for r in args.baselines.split(",") if r.strip()]
+    results = []
+    steps_total = state.iteration * config.short_term_steps
+    models = []
+    for ratio in tqdm(ratios, desc="uniform baselines", leave=False):
+        baseline = uniform_baseline(original, example, analysis, data, config, ratio, steps_total)
+        results.append(baseline.to_dict())
+        models.append(baseline.model)
+    if models:
+        stats = measurer.measure_models([original, finish.model, *models], example)
+        for entry, measured in zip(results, stats[2:]):
+            entry["measured"] = measured.to_dict()
+            entry["measured_ratio"] = measured.min_ms / stats[0].min_ms
+    return results
+
+
+def _plot(path: Path, results: dict, unit: str) -> None:
+    latency = results["config"]["metric"] == "latency"
+
+    def x_of(record: dict) -> float:
+        measured = record.get("measured")
+        return measured["min_ms"] if (latency and measured) else record["resource"]
+
+    start, finish = results["start"], results["finish"]
+    series = {
+        "NetAdapt iterations (holdout, short-term)":
+            [(x_of(start), start["holdout_accuracy"])]
+            + [(x_of(r), r["holdout_accuracy"]) for r in results["iterations"]],
+        "original (validation)": [(x_of(start), start["validation_accuracy"])],
+        "NetAdapt final (validation, long-term)":
+            [((finish["ab_final"] or {}).get("min_ms", finish["resource"]) if latency
+              else finish["resource"], finish["validation_accuracy"])],
+        "uniform width (validation)":
+            [((b.get("measured") or {}).get("min_ms", math.nan) if latency
+              else b[results["config"]["metric"]],
+              b["validation_accuracy"]) for b in results["baselines"]],
+    }
+    xlabel = "measured latency (ms, min of interleaved runs)" if latency else unit
+    plot_tradeoff(path, series, xlabel=xlabel, ylabel="accuracy (%)",
+                  title=f"{results['architecture']['arch']} on {results['dataset']['name']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        pretrain(args) if args.command == "pretrain" else adapt(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0

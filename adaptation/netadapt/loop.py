@@ -1,0 +1,352 @@
+"""The NetAdapt loop as a generator: one record per iteration, measurement asked of the caller.
+
+``NetAdapt(...).run()`` yields:
+- ``NeedsMeasurement`` when look-up-table entries or whole networks must be measured; the caller
+  measures them (locally, or through a device queue), fills the table / the requests' ``result``,
+  and resumes the generator. The loop never blocks on a device.
+- ``StartRecord`` once, with the original network's numbers and any warning.
+- ``IterationRecord`` after every iteration; ``engine.state`` is then a complete checkpoint.
+- ``FinishRecord`` after the long-term fine-tune and the A/B confirmation of the budget.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from devices.measure.signature import LayerSignature
+from devices.measure.stats import TimingStats
+
+from .config import AdaptConfig
+from .data import DatasetSplits
+from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
+from .lut import AffineCalibration
+from .resources import Estimate, LatencyTableModel, ResourceModel
+from .schedule import iteration_target, unreachable_warning
+from .steps import (NoProposalError, evaluate_proposal, plan_iteration, plan_signatures,
+                    select_proposal)
+from .training import accuracy, steps_for_epochs, train_steps
+
+
+class BudgetError(ValueError):
+    """The budget cannot be used: already met by the original, or not positive."""
+
+
+@dataclass
+class NetworkRequest:
+    """A whole network to measure; the caller sets ``result``."""
+
+    label: str
+    model: nn.Module
+    result: TimingStats | None = None
+
+
+@dataclass
+class NeedsMeasurement:
+    """Measurements the loop waits for. Networks listed together are measured interleaved."""
+
+    reason: str
+    example_input: torch.Tensor
+    signatures: list[LayerSignature] = field(default_factory=list)
+    networks: list[NetworkRequest] = field(default_factory=list)
+
+
+@dataclass
+class StartRecord:
+    resource: Estimate
+    measured: TimingStats | None
+    budget: float
+    holdout_accuracy: float
+    validation_accuracy: float
+    macs: int
+    params: int
+    warnings: list[str]
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    target: float
+    chosen_group: str
+    channels: ChannelConfig
+    resource: Estimate           # estimate of the chosen network after recalibration
+    measured: TimingStats | None  # whole-network measurement of the chosen network
+    macs: int
+    params: int
+    holdout_accuracy: float
+    proposals: list[dict]
+    skipped: dict[str, str]
+    phases_s: dict[str, float]
+    calibration: tuple[float, float]
+    model: nn.Module = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"iteration": self.iteration, "target": self.target, "chosen_group": self.chosen_group,
+                "channels": dict(self.channels), "resource": self.resource.value,
+                "resource_raw": self.resource.raw,
+                "measured": self.measured.to_dict() if self.measured else None,
+                "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
+                "proposals": self.proposals, "skipped": self.skipped, "phases_s": self.phases_s,
+                "calibration": list(self.calibration)}
+
+
+@dataclass
+class FinishRecord:
+    channels: ChannelConfig
+    resource: Estimate
+    budget: float
+    budget_met: bool
+    iterations: int
+    holdout_accuracy: float
+    validation_accuracy: float
+    ab_original: TimingStats | None
+    ab_final: TimingStats | None
+    long_term_s: float
+    model: nn.Module = field(repr=False)
+
+    @property
+    def measured_ratio(self) -> float | None:
+        """Final over original latency, both measured in the same interleaved rounds."""
+        if self.ab_original is None or self.ab_final is None:
+            return None
+        return self.ab_final.min_ms / self.ab_original.min_ms
+
+    def to_dict(self) -> dict:
+        return {"channels": dict(self.channels), "resource": self.resource.value,
+                "resource_raw": self.resource.raw, "budget": self.budget,
+                "budget_met": self.budget_met, "iterations": self.iterations,
+                "holdout_accuracy": self.holdout_accuracy,
+                "validation_accuracy": self.validation_accuracy,
+                "ab_original": self.ab_original.to_dict() if self.ab_original else None,
+                "ab_final": self.ab_final.to_dict() if self.ab_final else None,
+                "measured_ratio": self.measured_ratio, "long_term_s": self.long_term_s}
+
+
+@dataclass
+class AdaptState:
+    """Everything needed to resume after the last finished iteration."""
+
+    config: AdaptConfig
+    iteration: int
+    channels: ChannelConfig
+    model_state: dict
+    budget: float
+    initial_resource: float
+    holdout_accuracy: float
+    calibration: AffineCalibration
+    records: list[dict]
+    start: dict
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "iteration": self.iteration,
+                "channels": dict(self.channels), "model_state": self.model_state,
+                "budget": self.budget, "initial_resource": self.initial_resource,
+                "holdout_accuracy": self.holdout_accuracy,
+                "calibration": self.calibration.to_dict(), "records": self.records,
+                "start": self.start}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdaptState":
+        return cls(AdaptConfig.from_dict(data["config"]), data["iteration"], dict(data["channels"]),
+                   data["model_state"], data["budget"], data["initial_resource"],
+                   data["holdout_accuracy"], AffineCalibration.from_dict(data["calibration"]),
+                   list(data["records"]), dict(data["start"]))
+
+    def save(self, path) -> None:
+        torch.save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path) -> "AdaptState":
+        return cls.from_dict(torch.load(path, weights_only=True))
+
+
+def long_term_finetune(model: nn.Module, data: DatasetSplits, config: AdaptConfig) -> float:
+    """Fine-tune for ``config.long_term_epochs`` epochs (cosine learning rate); returns seconds."""
+    start = time.perf_counter()
+    steps = steps_for_epochs(data.train, config.long_term_epochs, config.batch_size)
+    train_steps(model, data.train, steps, lr=config.long_term_lr, batch_size=config.batch_size,
+                momentum=config.momentum, weight_decay=config.weight_decay,
+                seed=config.seed + 7919, cosine=True)
+    return time.perf_counter() - start
+
+
+class NetAdapt:
+    """One adaptation of ``model`` (the original, trained network) under ``config``."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, data: DatasetSplits,
+                 config: AdaptConfig, resource: ResourceModel, state: AdaptState | None = None,
+                 analysis: NetworkAnalysis | None = None) -> None:
+        if resource.metric != config.metric:
+            raise ValueError(f"config asks for metric '{config.metric}' but the resource model "
+                             f"measures '{resource.metric}'")
+        self.original = model.eval()
+        self.example_input = example_input
+        self.data = data
+        self.config = config
+        self.resource = resource
+        self.analysis = analysis or NetworkAnalysis(model, example_input)
+        self.state = state
+        if state is not None and isinstance(resource, LatencyTableModel):
+            resource.calibration = state.calibration
+
+    @property
+    def _latency(self) -> bool:
+        return isinstance(self.resource, LatencyTableModel)
+
+    def current_model(self) -> nn.Module:
+        """The network of the last finished iteration, rebuilt from the checkpoint."""
+        assert self.state is not None
+        model = rebuild_pruned(copy.deepcopy(self.original), self.example_input, self.state.channels)
+        model.load_state_dict(self.state.model_state)
+        return model.eval()
+
+    def _fill_table(self, signatures: list[LayerSignature], reason: str) -> Iterator[NeedsMeasurement]:
+        missing = self.resource.missing(signatures)
+        while missing:
+            yield NeedsMeasurement(reason, self.example_input, signatures=missing)
+            still = self.resource.missing(missing)
+            if len(still) == len(missing):
+                raise RuntimeError(f"{len(still)} look-up-table entries are still missing after "
+                                   "the caller was asked to measure them")
+            missing = still
+
+    def _measure(self, reason: str, *models: tuple[str, nn.Module]) -> Iterator[NeedsMeasurement]:
+        request = NeedsMeasurement(reason, self.example_input,
+                                   networks=[NetworkRequest(label, m) for label, m in models])
+        yield request
+        for net in request.networks:
+            if net.result is None:
+                raise RuntimeError(f"network '{net.label}' was not measured")
+        return [net.result for net in request.networks]
+
+    def _start(self) -> Iterator:
+        config = self.config
+        channels = self.analysis.original_config()
+        signatures = self.analysis.signatures(channels)
+        yield from self._fill_table(signatures, "look-up table of the original network")
+        calibration = getattr(self.resource, "calibration", AffineCalibration())
+        measured = None
+        if self._latency:
+            (measured,) = yield from self._measure("original network", ("original", self.original))
+            calibration.add(self.resource.estimate(signatures).raw, measured.min_ms)
+        resource = self.resource.estimate(signatures)
+        budget = config.budget * resource.value if config.budget_relative else config.budget
+        if budget >= resource.value:
+            raise BudgetError(f"the original network already meets the budget ({resource.value:.4g} "
+                              f"<= {budget:.4g} {self.resource.unit}); nothing to adapt")
+        warnings = []
+        warning = unreachable_warning(budget, resource.value, config.initial_reduction,
+                                      config.decay, config.max_iterations)
+        if warning:
+            warnings.append(warning)
+        holdout = accuracy(self.original, self.data.holdout)
+        start = StartRecord(resource, measured, budget, holdout,
+                            accuracy(self.original, self.data.validation),
+                            sum(s.macs() for s in signatures), sum(s.params() for s in signatures),
+                            warnings)
+        self.state = AdaptState(config, 0, channels, copy.deepcopy(self.original.state_dict()),
+                                budget, resource.value, holdout, calibration, [],
+                                {"resource": resource.value, "resource_raw": resource.raw,
+                                 "measured": measured.to_dict() if measured else None,
+                                 "holdout_accuracy": holdout,
+                                 "validation_accuracy": start.validation_accuracy,
+                                 "macs": start.macs, "params": start.params,
+                                 "budget": budget, "warnings": warnings})
+        yield start
+
+    def run(self) -> Iterator:
+        """Run (or resume) the adaptation; see the module docstring for what it yields."""
+        if self.state is None:
+            yield from self._start()
+        state, config = self.state, self.config
+        model = self.current_model()
+        while True:
+            signatures = self.analysis.signatures(state.channels)
+            current = self.resource.estimate(signatures)
+            if current.value <= state.budget or state.iteration >= config.max_iterations:
+                break
+            record = yield from self._iteration(model, current)
+            model = record.model
+        yield from self._finish(model)
+
+    def _iteration(self, model: nn.Module, current: Estimate) -> Iterator:
+        state, config = self.state, self.config
+        i = state.iteration
+        phases: dict[str, float] = {}
+        tick = time.perf_counter()
+        wanted = plan_signatures(self.analysis, state.channels, config.channel_step)
+        yield from self._fill_table(wanted, f"iteration {i} candidates")
+        phases["measure_table_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
+                                  config.decay, state.budget)
+        plan = plan_iteration(self.analysis, state.channels, self.resource, i, target,
+                              config.channel_step)
+        if not plan.proposals:
+            raise NoProposalError(
+                f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
+                f"(current {current.value:.4g}); " + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
+        phases["plan_s"] = time.perf_counter() - tick
+        results, models = [], []
+        for proposal in plan.proposals:
+            result, candidate = evaluate_proposal(model, self.example_input, proposal, self.data,
+                                                  config, i)
+            results.append(result)
+            models.append(candidate)
+        phases["finetune_s"] = sum(r.finetune_s for r in results)
+        phases["evaluate_s"] = sum(r.evaluate_s for r in results)
+        best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
+        chosen, model = results[best], models[best]
+        measured = None
+        if self._latency and config.measure_iterations:
+            tick = time.perf_counter()
+            (measured,) = yield from self._measure(f"iteration {i} network", (f"iteration {i}", model))
+            self.resource.calibration.add(chosen.proposal.estimate.raw, measured.min_ms)
+            phases["measure_network_s"] = time.perf_counter() - tick
+        signatures = self.analysis.signatures(chosen.proposal.config)
+        resource = self.resource.estimate(signatures)
+        record = IterationRecord(
+            i, target, chosen.proposal.group, dict(chosen.proposal.config), resource, measured,
+            chosen.proposal.macs, chosen.proposal.params, chosen.holdout_accuracy,
+            [r.to_dict() for r in results], plan.skipped, phases,
+            self.resource.calibration.coefficients() if self._latency else (1.0, 0.0), model)
+        state.iteration = i + 1
+        state.channels = dict(chosen.proposal.config)
+        state.model_state = copy.deepcopy(model.state_dict())
+        state.holdout_accuracy = chosen.holdout_accuracy
+        state.records.append(record.to_dict())
+        yield record
+        return record
+
+    def _finish(self, model: nn.Module) -> Iterator:
+        state, config = self.state, self.config
+        long_term_s = long_term_finetune(model, self.data, config) if config.long_term_epochs else 0.0
+        resource = self.resource.estimate(self.analysis.signatures(state.channels))
+        ab_original = ab_final = None
+        if self._latency:
+            ab_original, ab_final = yield from self._measure(
+                "A/B confirmation of the budget", ("original", self.original), ("final", model))
+        yield FinishRecord(dict(state.channels), resource, state.budget,
+                           resource.value <= state.budget, state.iteration,
+                           accuracy(model, self.data.holdout), accuracy(model, self.data.validation),
+                           ab_original, ab_final, long_term_s, model)
+
+
+def run_with(engine: NetAdapt, measurer, table=None) -> Iterator:
+    """Drive ``engine`` with a synchronous measurer (``measure_signatures`` / ``measure_models``),
+    yielding every record except the measurement requests it serves itself."""
+    for record in engine.run():
+        if not isinstance(record, NeedsMeasurement):
+            yield record
+            continue
+        if record.signatures:
+            target = table if table is not None else engine.resource.table
+            target.add(measurer.measure_signatures(record.signatures))
+        if record.networks:
+            stats = measurer.measure_models([n.model for n in record.networks], record.example_input)
+            for net, result in zip(record.networks, stats):
+                net.result = result

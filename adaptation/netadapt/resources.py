@@ -1,0 +1,111 @@
+"""Resource models: how much of a metric a network described by its layer signatures uses.
+
+All share one interface so the loop does not care whether it is driven by latency (the direct
+metric NetAdapt is about) or by an indirect one (MACs, parameters) used for comparison.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from devices.measure.signature import LayerSignature
+
+from .lut import AffineCalibration, LatencyTable, entry_ms, missing_signatures
+
+METRICS = ("latency", "macs", "params")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A network's resource: ``value`` drives decisions, ``raw`` is before calibration."""
+
+    value: float
+    raw: float
+
+
+class ResourceModel(ABC):
+    """Estimates a metric from layer signatures."""
+
+    metric: str
+    unit: str
+
+    def missing(self, signatures: Iterable[LayerSignature]) -> list[LayerSignature]:
+        """Signatures that must be measured before ``estimate`` can answer (none for exact metrics)."""
+        return []
+
+    @abstractmethod
+    def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
+        """The resource of the network made of these layers."""
+
+
+class MacsModel(ResourceModel):
+    """Multiply-accumulates of conv and linear layers, counted exactly."""
+
+    metric, unit = "macs", "MACs"
+
+    def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
+        total = float(sum(sig.macs() for sig in signatures))
+        return Estimate(total, total)
+
+
+class ParamsModel(ResourceModel):
+    """Parameters of conv, linear and batch-norm layers, counted exactly."""
+
+    metric, unit = "params", "parameters"
+
+    def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
+        total = float(sum(sig.params() for sig in signatures))
+        return Estimate(total, total)
+
+
+# A 1x1 convolution of one channel on a 1x1 image: timing it alone measures what the runtime
+# spends on a call that does no work, which every isolated-layer entry contains once.
+CALL_OVERHEAD_SIGNATURE = LayerSignature("conv", 1, 1, (1, 1), (1, 1), (0, 0), (1, 1), 1, (1, 1),
+                                         1, False, "")
+
+
+class LatencyTableModel(ResourceModel):
+    """Latency as the calibrated sum of per-layer look-up-table entries.
+
+    Each entry was timed as a network of its own, so it includes one call's overhead (session
+    run, input copy): 8-13 µs with ONNX Runtime, as much as a whole small network. The raw sum
+    therefore counts that overhead once, not once per layer: ``overhead + Σ max(entry −
+    overhead, 0)``, with the overhead measured as the entry of ``CALL_OVERHEAD_SIGNATURE``.
+    Without this, a plain ratio calibration scales the constant overhead along with the layers
+    and no single pruning step of a small network can reach its target.
+    """
+
+    metric, unit = "latency", "ms"
+
+    def __init__(self, table: LatencyTable, calibration: AffineCalibration | None = None,
+                 estimator: str = "min") -> None:
+        self.table = table
+        self.calibration = calibration if calibration is not None else AffineCalibration()
+        self.estimator = estimator
+
+    def missing(self, signatures: Iterable[LayerSignature]) -> list[LayerSignature]:
+        return missing_signatures(self.table, [CALL_OVERHEAD_SIGNATURE, *signatures])
+
+    def raw_ms(self, signatures: Sequence[LayerSignature]) -> float:
+        entries = self.table.lookup([CALL_OVERHEAD_SIGNATURE, *signatures])
+        absent = [sig for sig in [CALL_OVERHEAD_SIGNATURE, *signatures] if sig not in entries]
+        if absent:
+            raise KeyError(f"{len(absent)} layer signatures are not in the look-up table, "
+                           f"e.g. {absent[0].key()}")
+        overhead = entry_ms(entries[CALL_OVERHEAD_SIGNATURE], self.estimator)
+        return overhead + sum(max(entry_ms(entries[sig], self.estimator) - overhead, 0.0)
+                              for sig in signatures)
+
+    def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
+        raw = self.raw_ms(signatures)
+        return Estimate(self.calibration(raw), raw)
+
+
+def exact_model(metric: str) -> ResourceModel:
+    """The model of an indirect metric; latency needs a table, see ``LatencyTableModel``."""
+    if metric == "macs":
+        return MacsModel()
+    if metric == "params":
+        return ParamsModel()
+    raise ValueError(f"'{metric}' is not an exact metric; choose macs or params")

@@ -1,0 +1,33 @@
+"""What an architecture is, so a pruned network can be rebuilt from a channel configuration."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from .models import build_model, example_input
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """The arguments of ``build_model``: enough to rebuild the original network."""
+
+    arch: str
+    num_classes: int
+    in_channels: int = 3
+    width: float = 1.0
+    resolution: int = 224
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.num_classes, self.in_channels, self.width, self.resolution)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return example_input(self.in_channels, self.resolution, batch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ArchitectureSpec":
+        return cls(**data)

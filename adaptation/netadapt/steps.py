@@ -1,0 +1,156 @@
+"""The three steps of one NetAdapt iteration as plain functions: plan, evaluate one proposal, select.
+
+The generator in ``loop.py`` composes them; a distributed runner can instead evaluate the
+proposals of a plan in parallel (each call needs only the current model and its proposal).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from devices.measure.signature import LayerSignature
+
+from .config import AdaptConfig
+from .data import DatasetSplits
+from .graph import ChannelConfig, NetworkAnalysis, pruned_copy
+from .resources import Estimate, ResourceModel
+from .training import accuracy, train_steps
+
+
+class NoProposalError(RuntimeError):
+    """No group can be shrunk enough to meet an iteration's target."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Shrink one group to ``channels``; the estimate is of the whole resulting network."""
+
+    group: str
+    group_index: int
+    channels: int
+    config: ChannelConfig
+    estimate: Estimate
+    macs: int
+    params: int
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "group_index": self.group_index, "channels": self.channels,
+                "resource": self.estimate.value, "resource_raw": self.estimate.raw,
+                "macs": self.macs, "params": self.params}
+
+
+@dataclass
+class ProposalResult:
+    """A proposal after its short-term fine-tune, scored on the holdout set."""
+
+    proposal: Proposal
+    holdout_accuracy: float
+    train_loss: float
+    finetune_s: float
+    evaluate_s: float
+
+    def to_dict(self) -> dict:
+        return {**self.proposal.to_dict(), "holdout_accuracy": self.holdout_accuracy,
+                "train_loss": self.train_loss, "finetune_s": self.finetune_s,
+                "evaluate_s": self.evaluate_s}
+
+
+@dataclass
+class IterationPlan:
+    """What one iteration will try."""
+
+    iteration: int
+    current: Estimate
+    target: float
+    proposals: list[Proposal]
+    skipped: dict[str, str] = field(default_factory=dict)  # group -> why it has no proposal
+
+
+def candidate_counts(current: int, step: int) -> list[int]:
+    """Channel counts a group may shrink to: multiples of ``step`` below ``current``, largest first."""
+    return [c for c in range((current - 1) // step * step, step - 1, -step) if c < current]
+
+
+def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
+                    ) -> list[LayerSignature]:
+    """Every layer signature the plan of an iteration will look up (ask for them in one batch)."""
+    wanted: dict[LayerSignature, None] = dict.fromkeys(analysis.signatures(channels))
+    for group in analysis.group_names:
+        for count in candidate_counts(channels[group], step):
+            wanted.update(dict.fromkeys(analysis.signatures({**channels, group: count})))
+    return list(wanted)
+
+
+def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resource: ResourceModel,
+                   iteration: int, target: float, step: int) -> IterationPlan:
+    """For every group, the largest channel count whose estimated resource meets ``target``.
+
+    Every multiple of ``step`` is scanned: latency is not monotone in the channel count, so the
+    first count below the target is not necessarily the largest one that meets it.
+    """
+    current = resource.estimate(analysis.signatures(channels))
+    proposals, skipped = [], {}
+    for index, group in enumerate(analysis.group_names):
+        counts = candidate_counts(channels[group], step)
+        if not counts:
+            skipped[group] = f"already at the minimum of {step} channels"
+            continue
+        chosen = None
+        for count in counts:  # largest first: the first that meets the target wins
+            config = {**channels, group: count}
+            sigs = analysis.signatures(config)
+            estimate = resource.estimate(sigs)
+            if estimate.value <= target:
+                chosen = Proposal(group, index, count, dict(config), estimate,
+                                  sum(s.macs() for s in sigs), sum(s.params() for s in sigs))
+                break
+        if chosen is None:
+            skipped[group] = f"even {counts[-1]} channels do not meet the target"
+        else:
+            proposals.append(chosen)
+    return IterationPlan(iteration, current, target, proposals, skipped)
+
+
+def proposal_seed(seed: int, iteration: int, group_index: int) -> int:
+    """Seed of one proposal's fine-tune: depends on nothing else, so runs resume identically."""
+    return (seed * 1_000_003 + iteration * 10_007 + group_index) % (2 ** 31)
+
+
+def evaluate_proposal(model: nn.Module, example_input: torch.Tensor, proposal: Proposal,
+                      data: DatasetSplits, config: AdaptConfig, iteration: int
+                      ) -> tuple[ProposalResult, nn.Module]:
+    """Prune a copy of ``model`` (L2 selection), short-term fine-tune it, score it on the holdout."""
+    start = time.perf_counter()
+    candidate = pruned_copy(model, example_input, {proposal.group: proposal.channels})
+    loss = train_steps(candidate, data.train, config.short_term_steps, lr=config.short_term_lr,
+                       batch_size=config.batch_size, momentum=config.momentum,
+                       weight_decay=config.weight_decay,
+                       seed=proposal_seed(config.seed, iteration, proposal.group_index))
+    finetuned = time.perf_counter()
+    holdout = accuracy(candidate, data.holdout)
+    result = ProposalResult(proposal, holdout, loss, finetuned - start, time.perf_counter() - finetuned)
+    return result, candidate
+
+
+def select_proposal(results: Sequence[ProposalResult], rule: str, previous_accuracy: float,
+                    previous_resource: float) -> int:
+    """Index of the proposal to keep.
+
+    ``accuracy``: the best holdout accuracy (the paper), ties to the smaller resource.
+    ``loss_per_resource``: the least accuracy lost per unit of resource saved (the official code).
+    """
+    if not results:
+        raise NoProposalError("there are no proposals to select from")
+    if rule == "accuracy":
+        key = [(-r.holdout_accuracy, r.proposal.estimate.value) for r in results]
+    elif rule == "loss_per_resource":
+        key = [((previous_accuracy - r.holdout_accuracy)
+                / max(previous_resource - r.proposal.estimate.value, 1e-12),
+                r.proposal.estimate.value) for r in results]
+    else:
+        raise ValueError(f"unknown selection rule '{rule}'")
+    return min(range(len(results)), key=key.__getitem__)

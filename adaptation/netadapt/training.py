@@ -1,0 +1,70 @@
+"""Fine-tuning and evaluation on in-memory datasets (plain SGD with momentum, CPU friendly)."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import TensorSplit, iterate_batches
+
+
+def _endless_batches(split: TensorSplit, batch_size: int, generator: torch.Generator
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from iterate_batches(split, batch_size, shuffle=True, generator=generator)
+
+
+def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, batch_size: int,
+                seed: int, momentum: float = 0.9, weight_decay: float = 4e-5,
+                cosine: bool = False, on_step: Callable[[int, float], None] | None = None) -> float:
+    """Run ``steps`` SGD steps on ``split``; returns the mean loss of the last 10% of steps.
+
+    Shuffling and dropout are seeded by ``seed`` alone, so the same call gives the same weights.
+    """
+    if steps <= 0:
+        return float("nan")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, nesterov=momentum > 0)
+    model.train()
+    tail = max(1, steps // 10)
+    tail_losses: list[float] = []
+    batches = _endless_batches(split, batch_size, generator)
+    for step in range(steps):
+        if cosine:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training diverged at step {step} (loss {value}); lower the learning rate")
+        if step >= steps - tail:
+            tail_losses.append(value)
+        if on_step is not None:
+            on_step(step, value)
+    model.eval()
+    return sum(tail_losses) / len(tail_losses)
+
+
+def steps_for_epochs(split: TensorSplit, epochs: float, batch_size: int) -> int:
+    return int(round(epochs * math.ceil(len(split) / batch_size)))
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, split: TensorSplit, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for images, labels in iterate_batches(split, batch_size, shuffle=False):
+        correct += (model(images).argmax(dim=1) == labels).sum().item()
+    model.train(was_training)
+    return correct / max(1, len(split))
