@@ -74,8 +74,10 @@ def _common_data_args(parser: argparse.ArgumentParser) -> None:
                              "or a fraction below 1 (default: %(default)s)")
     parser.add_argument("--limit-train", type=int, default=None,
                         help="use at most this many training images (quick runs)")
-    parser.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="SGD mini-batch size (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data split, shuffling and fine-tunes (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="train a starting model (no weights are downloaded)",
                          description="Train an architecture from scratch on a dataset and save "
                                      "it in the engine's PyTorch format.")
-    pre.add_argument("--arch", default="mobilenet_v1", choices=ARCHITECTURES)
+    pre.add_argument("--arch", default="mobilenet_v1", choices=ARCHITECTURES,
+                     help="architecture to build (default: %(default)s)")
     pre.add_argument("--width", type=float, default=1.0, help="width multiplier (default: 1.0)")
     _common_data_args(pre)
-    pre.add_argument("--epochs", type=float, default=5, help="(default: %(default)s)")
+    pre.add_argument("--epochs", type=float, default=5,
+                     help="training epochs (default: %(default)s)")
     pre.add_argument("--lr", type=float, default=0.1, help="peak SGD rate, cosine (default: 0.1)")
     pre.add_argument("--out", required=True, help="model file to write")
 
@@ -101,28 +105,43 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the final model as ONNX, TorchScript and PyTorch.")
     ada.add_argument("--model", required=True, help="model file written by pretrain or adapt")
     _common_data_args(ada)
-    ada.add_argument("--metric", default="latency", choices=METRICS, help="(default: latency)")
+    ada.add_argument("--metric", default="latency", choices=METRICS,
+                     help="resource that drives the adaptation: measured latency, or MACs / "
+                          "parameters for comparison (default: latency)")
     ada.add_argument("--budget", default="50%",
                      help="target: '50%%' of the original, '0.2ms', or an absolute MACs/params "
                           "count (default: 50%%)")
-    ada.add_argument("--runtime", default="onnxruntime", choices=RUNTIME_CHOICES)
+    ada.add_argument("--runtime", default="onnxruntime", choices=RUNTIME_CHOICES,
+                     help="runtime the latency is measured in (default: %(default)s)")
     ada.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
     ada.add_argument("--rounds", type=int, default=5,
                      help="interleaved measurement rounds (default: %(default)s)")
-    ada.add_argument("--runs-per-round", type=int, default=40, help="(default: %(default)s)")
+    ada.add_argument("--runs-per-round", type=int, default=40,
+                     help="timed runs of each model or layer per round (default: %(default)s)")
     ada.add_argument("--table", default=None,
                      help="look-up table JSON to reuse and extend (default: OUT/lut.json)")
-    ada.add_argument("--initial-reduction", type=float, default=0.025, help="(default: 0.025)")
-    ada.add_argument("--decay", type=float, default=0.96, help="(default: 0.96)")
-    ada.add_argument("--channel-step", type=int, default=8, help="(default: 8)")
-    ada.add_argument("--short-term-steps", type=int, default=100, help="(default: 100)")
-    ada.add_argument("--short-term-lr", type=float, default=0.01, help="(default: 0.01)")
-    ada.add_argument("--long-term-epochs", type=float, default=1.0, help="(default: 1)")
-    ada.add_argument("--long-term-lr", type=float, default=0.01, help="(default: 0.01)")
+    ada.add_argument("--initial-reduction", type=float, default=0.025,
+                     help="resource removed by the first iteration, as a fraction of the "
+                          "original (default: 0.025, the paper's)")
+    ada.add_argument("--decay", type=float, default=0.96,
+                     help="each iteration removes this times the previous reduction "
+                          "(default: 0.96, the paper's)")
+    ada.add_argument("--channel-step", type=int, default=8,
+                     help="channel counts stay multiples of this (default: 8)")
+    ada.add_argument("--short-term-steps", type=int, default=100,
+                     help="SGD steps of each proposal's short-term fine-tune (default: 100)")
+    ada.add_argument("--short-term-lr", type=float, default=0.01,
+                     help="learning rate of the short-term fine-tunes (default: 0.01)")
+    ada.add_argument("--long-term-epochs", type=float, default=1.0,
+                     help="epochs of the final long-term fine-tune, 0 to skip (default: 1)")
+    ada.add_argument("--long-term-lr", type=float, default=0.01,
+                     help="peak learning rate of the long-term fine-tune, cosine (default: 0.01)")
     ada.add_argument("--selection", default="accuracy", choices=SELECTION_RULES,
                      help="keep the best holdout accuracy (paper) or the least loss per "
                           "resource saved (official code) (default: accuracy)")
-    ada.add_argument("--max-iterations", type=int, default=50, help="(default: 50)")
+    ada.add_argument("--max-iterations", type=int, default=50,
+                     help="stop after this many iterations even if the budget is not met "
+                          "(default: 50)")
     ada.add_argument("--baselines", default="0.5,0.75",
                      help="uniform width ratios to compare against, comma separated, '' for "
                           "none (default: %(default)s)")

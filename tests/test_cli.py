@@ -1,0 +1,132 @@
+"""The command line end to end: pretrain, adapt on measured latency, outputs, resume, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from adaptation.netadapt.cli import build_parser, main, parse_budget
+from adaptation.netadapt.export import load_pytorch
+
+DATA = ["--dataset", "digits", "--resolution", "16", "--holdout", "0.15", "--batch-size", "64"]
+ADAPT = ["--budget", "70%", "--initial-reduction", "0.15", "--decay", "0.9",
+         "--short-term-steps", "5", "--long-term-epochs", "0.5", "--rounds", "2",
+         "--runs-per-round", "10", "--baselines", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cli") / "original.pt"
+    assert main(["pretrain", "--arch", "plain_cnn", "--width", "0.5", *DATA, "--epochs", "3",
+                 "--lr", "0.05", "--out", str(path)]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapted(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["adapt", "--model", trained, *DATA, *ADAPT, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_it_writes_results_that_meet_the_budget(adapted):
+    results = json.loads((adapted / "results.json").read_text())
+    finish = results["finish"]
+    assert finish["budget_met"] and finish["resource"] <= finish["budget"]
+    assert finish["budget"] == pytest.approx(0.7 * results["start"]["resource"])
+    resources = [results["start"]["resource"]] + [r["resource"] for r in results["iterations"]]
+    assert all(b < a for a, b in zip(resources, resources[1:]))
+    assert all(r["measured"]["n"] == 20 for r in results["iterations"])
+    assert finish["ab_final"]["min_ms"] > 0 and finish["ab_original"]["min_ms"] > 0
+    assert results["baselines"][0]["ratio"] == 0.5 and "measured" in results["baselines"][0]
+
+
+@pytest.mark.slow
+def test_it_writes_csv_plot_models_and_table(adapted):
+    results = json.loads((adapted / "results.json").read_text())
+    with open(adapted / "iterations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(results["iterations"]) + 1
+    assert [int(r["iteration"]) for r in rows] == list(range(-1, len(results["iterations"])))
+    assert (adapted / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = sorted((adapted / "models").glob("iteration_*.pt"))
+    assert len(saved) == len(results["iterations"])
+    last = load_pytorch(saved[-1])
+    convs = {n: m.out_channels for n, m in last.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    for group, channels in results["iterations"][-1]["channels"].items():
+        assert convs[group] == channels
+    table = json.loads((adapted / "lut.json").read_text())
+    assert table["meta"]["runtime"] == "onnxruntime" and len(table["entries"]) > 10
+
+
+@pytest.mark.slow
+def test_it_exports_an_onnx_model_that_runs_like_pytorch(adapted):
+    model = load_pytorch(adapted / "final.pt")
+    session = ort.InferenceSession(str(adapted / "final.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(3, 1, 16, 16)
+    outputs = [session.run(None, {session.get_inputs()[0].name: images[i:i + 1].numpy()})[0]
+               for i in range(3)]
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert np.allclose(np.concatenate(outputs), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_it_resumes_a_finished_run_to_the_same_result(adapted, trained):
+    before = json.loads((adapted / "results.json").read_text())
+    assert main(["adapt", "--model", trained, *DATA, *ADAPT, "--out", str(adapted), "--resume"]) == 0
+    after = json.loads((adapted / "results.json").read_text())
+    assert after["finish"]["channels"] == before["finish"]["channels"]
+    assert after["iterations"] == before["iterations"]
+
+
+def test_it_refuses_resume_with_other_settings(adapted, trained, capsys):
+    with pytest.raises(SystemExit, match="settings differ"):
+        main(["adapt", "--model", trained, *DATA, *ADAPT[:-2], "--baselines", "",
+              "--decay", "0.8", "--out", str(adapted), "--resume"])
+
+
+def test_it_rejects_a_model_that_does_not_fit_the_dataset(trained, tmp_path):
+    with pytest.raises(SystemExit, match="expects 1-channel 16 px inputs"):
+        main(["adapt", "--model", trained, "--dataset", "digits", "--resolution", "12", "--holdout", "0.15",
+              "--out", str(tmp_path)])
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("text,metric,expected", [
+    ("50%", "latency", (0.5, True)), ("0.25ms", "latency", (0.25, False)),
+    ("2e6", "macs", (2e6, False)), ("12.5 %", "params", (0.125, True))])
+def test_it_parses_budgets(text, metric, expected):
+    assert parse_budget(text, metric) == expected
+
+
+@pytest.mark.parametrize("text,metric,message", [
+    ("-5%", "latency", "not a number"), ("150%", "latency", "between 0% and 100%"),
+    ("3ms", "macs", "needs --metric latency"), ("fast", "latency", "not a number"),
+    ("0", "latency", "positive")])
+def test_it_rejects_bad_budgets(text, metric, message):
+    with pytest.raises(ValueError, match=message):
+        parse_budget(text, metric)
+
+
+def test_it_reports_a_bad_budget_as_an_error(trained, tmp_path, capsys):
+    assert main(["adapt", "--model", trained, *DATA, "--budget", "150%", "--out", str(tmp_path)]) == 2
+    assert "between 0% and 100%" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            for flag in action.option_strings:
+                assert flag in text, f"{name} --help lacks {flag}"
+            if action.option_strings and action.dest != "help":
+                words = (action.help or "").split("(default")[0].split()
+                assert len(words) >= 2, f"{name} {action.option_strings[0]} is not explained"

@@ -1,0 +1,186 @@
+"""The three steps of one NetAdapt iteration: plan (choose counts), evaluate, select."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
+from adaptation.netadapt.models import build_model, example_input
+from adaptation.netadapt.resources import Estimate, MacsModel
+from adaptation.netadapt.steps import (NoProposalError, Proposal, ProposalResult, candidate_counts,
+                                       evaluate_proposal, plan_iteration, plan_signatures,
+                                       select_proposal)
+from adaptation.netadapt.training import accuracy
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+STEP = 8
+
+
+@pytest.mark.parametrize("current, step, expected", [
+    (32, 8, [24, 16, 8]),
+    (30, 8, [24, 16, 8]),
+    (8, 8, []),
+    (9, 8, [8]),
+    (16, 8, [8]),
+    (7, 4, [4]),
+])
+def test_candidate_counts_are_multiples_of_the_step_below_the_current_count(current, step, expected):
+    assert candidate_counts(current, step) == expected
+
+
+@pytest.fixture(scope="module")
+def plain():
+    torch.manual_seed(0)
+    model = build_model("plain_cnn", 10, 1, 0.5, 16).eval()
+    x = example_input(1, 16)
+    analysis = NetworkAnalysis(model, x)
+    return model, x, analysis
+
+
+def _check_plan(analysis, channels, plan, target):
+    """Every proposal meets the target with the largest count that does; the rest are skipped."""
+    proposed = {p.group: p for p in plan.proposals}
+    assert set(proposed).isdisjoint(plan.skipped)
+    assert set(proposed) | set(plan.skipped) == set(analysis.group_names)
+    for group, proposal in proposed.items():
+        config = {**channels, group: proposal.channels}
+        assert proposal.config == config
+        assert proposal.group_index == analysis.group_names.index(group)
+        assert proposal.estimate.value == analysis.macs(config)
+        assert proposal.macs == analysis.macs(config)
+        assert proposal.params == analysis.params(config)
+        assert proposal.estimate.value <= target
+        assert proposal.channels % STEP == 0 and STEP <= proposal.channels < channels[group]
+        larger = proposal.channels + STEP
+        if larger < channels[group]:
+            assert analysis.macs({**channels, group: larger}) > target
+    for group, reason in plan.skipped.items():
+        assert isinstance(reason, str) and reason
+        for count in candidate_counts(channels[group], STEP):
+            assert analysis.macs({**channels, group: count}) > target
+
+
+@pytest.mark.parametrize("fraction", [0.99, 0.9, 0.78])
+def test_plan_proposes_the_largest_count_meeting_the_target(plain, fraction):
+    _, _, analysis = plain
+    channels = analysis.original_config()
+    r0 = analysis.macs(channels)
+    target = fraction * r0
+    plan = plan_iteration(analysis, channels, MacsModel(), 3, target, STEP)
+    assert plan.iteration == 3 and plan.target == target
+    assert plan.current.value == r0
+    assert plan.proposals
+    _check_plan(analysis, channels, plan, target)
+
+
+def test_plan_skips_groups_that_cannot_meet_the_target_with_a_reason(plain):
+    _, _, analysis = plain
+    channels = analysis.original_config()
+    target = 0.78 * analysis.macs(channels)
+    plan = plan_iteration(analysis, channels, MacsModel(), 0, target, STEP)
+    # Shrinking the last group to 8 leaves ~0.797 R0; the first two groups cannot go below 8.
+    assert {"features.6.0", "features.1.0", "features.0.0"} <= set(plan.skipped)
+    assert "8 channels do not meet the target" in plan.skipped["features.6.0"]
+    assert {p.group: p.channels for p in plan.proposals} == {
+        "features.5.0": 16, "features.4.0": 16, "features.3.0": 8, "features.2.0": 8}
+
+
+def test_plan_skips_groups_already_at_the_minimum(plain):
+    _, _, analysis = plain
+    channels = {**analysis.original_config(), "features.3.0": 8}
+    target = 0.99 * analysis.macs(channels)
+    plan = plan_iteration(analysis, channels, MacsModel(), 0, target, STEP)
+    assert "minimum" in plan.skipped["features.3.0"]
+    assert "features.3.0" not in {p.group for p in plan.proposals}
+    _check_plan(analysis, channels, plan, target)
+
+
+def test_plan_has_no_proposal_when_nothing_meets_the_target(plain):
+    _, _, analysis = plain
+    channels = analysis.original_config()
+    plan = plan_iteration(analysis, channels, MacsModel(), 0, 0.1 * analysis.macs(channels), STEP)
+    assert plan.proposals == []
+    assert set(plan.skipped) == set(analysis.group_names)
+
+
+def test_plan_signatures_cover_every_candidate_network(plain):
+    _, _, analysis = plain
+    channels = analysis.original_config()
+    wanted = plan_signatures(analysis, channels, STEP)
+    assert len(wanted) == len(set(wanted))
+    wanted = set(wanted)
+    assert set(analysis.signatures(channels)) <= wanted
+    for group in analysis.group_names:
+        for count in candidate_counts(channels[group], STEP):
+            assert set(analysis.signatures({**channels, group: count})) <= wanted
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate_proposal_prunes_finetunes_and_scores_a_copy(plain, digits16):
+    model, x, analysis = plain
+    channels = analysis.original_config()
+    plan = plan_iteration(analysis, channels, MacsModel(), 0, 0.95 * analysis.macs(channels), STEP)
+    proposal = plan.proposals[0]
+    config = AdaptConfig(metric="macs", short_term_steps=3, batch_size=32)
+    before = copy.deepcopy(model.state_dict())
+    result, candidate = evaluate_proposal(model, x, proposal, digits16, config, iteration=0)
+    again, candidate2 = evaluate_proposal(model, x, proposal, digits16, config, iteration=0)
+    # The original is untouched; the candidate has the proposed channels.
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert GroupPruner(candidate, x).channels() == proposal.config
+    assert result.proposal is proposal
+    assert result.holdout_accuracy == accuracy(candidate, digits16.holdout)
+    # Seeded by (seed, iteration, group index) only: the same call gives the same weights.
+    assert all(torch.equal(a, b) for a, b in zip(candidate.state_dict().values(),
+                                                  candidate2.state_dict().values()))
+    assert again.holdout_accuracy == result.holdout_accuracy
+
+
+# ---------------------------------------------------------------- selection
+
+
+def _result(group: str, accuracy_: float, resource: float, index: int = 0) -> ProposalResult:
+    estimate = Estimate(resource, resource)
+    proposal = Proposal(group, index, 8, {group: 8}, estimate, int(resource), 0)
+    return ProposalResult(proposal, accuracy_, 0.0, 0.0, 0.0)
+
+
+def test_select_by_accuracy_picks_the_best_holdout_accuracy():
+    results = [_result("a", 0.80, 50), _result("b", 0.90, 95), _result("c", 0.85, 10)]
+    assert select_proposal(results, "accuracy", 0.95, 100) == 1
+
+
+def test_select_by_accuracy_breaks_ties_towards_the_smaller_resource():
+    results = [_result("a", 0.90, 80), _result("b", 0.90, 60), _result("c", 0.90, 70),
+               _result("d", 0.50, 10)]
+    assert select_proposal(results, "accuracy", 0.95, 100) == 1
+
+
+def test_select_by_loss_per_resource_picks_the_least_loss_per_unit_saved():
+    # Previous: accuracy 0.90 at resource 100.
+    results = [
+        _result("a", 0.88, 90),  # 0.02 lost / 10 saved = 0.0020
+        _result("b", 0.80, 20),  # 0.10 lost / 80 saved = 0.00125  <- least per unit
+        _result("c", 0.89, 97),  # 0.01 lost / 3 saved  = 0.0033
+    ]
+    assert select_proposal(results, "loss_per_resource", 0.90, 100) == 1
+    # The accuracy rule would pick c instead.
+    assert select_proposal(results, "accuracy", 0.90, 100) == 2
+
+
+def test_select_by_loss_per_resource_prefers_an_accuracy_gain():
+    results = [_result("a", 0.89, 50), _result("b", 0.91, 98)]  # b gains accuracy: negative loss
+    assert select_proposal(results, "loss_per_resource", 0.90, 100) == 1
+
+
+def test_select_rejects_no_results_and_unknown_rules():
+    with pytest.raises(NoProposalError):
+        select_proposal([], "accuracy", 0.9, 100)
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select_proposal([_result("a", 0.9, 50)], "fastest", 0.9, 100)
