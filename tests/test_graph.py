@@ -159,10 +159,6 @@ def test_it_keeps_unnamed_groups_at_their_original_width(analyses):
     assert analysis.signatures({group.name: 8}) == [t.signature for t in trace_layers(pruned, x)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "graph.py NetworkAnalysis.signatures (line ~157) sets a Linear's in_channels to the group's "
-    "channel count, ignoring the flattened spatial positions (flatten of C x 4 x 4 feeds C*16 "
-    "features)"))
 def test_it_predicts_a_linear_layer_fed_by_a_flattened_feature_map():
     class FlattenNet(nn.Module):
         def __init__(self):
@@ -208,6 +204,28 @@ def test_it_keeps_the_channels_with_the_largest_group_l2_norm(analyses, index):
     for keep in (8, group.channels // 2 + 3, group.channels - 1):
         expected = sorted(torch.topk(score, keep).indices.tolist())
         assert pruner.channels_to_keep(group.name, keep) == expected
+
+
+@pytest.mark.parametrize("key", ["resnet18", "mobilenet_v3_small"])
+def test_it_scores_groups_of_branching_networks_by_their_summed_l2_norm(analyses, key):
+    model, x, analysis = analyses[key]
+    pruner = GroupPruner(copy.deepcopy(model), x)
+    for group in analysis.groups:
+        modules = dict(model.named_modules())
+        if any(modules[n].groups > 1 for n in group.out_layers if isinstance(modules[n], nn.Conv2d)):
+            continue  # depthwise groups: see the test below
+        assert torch.allclose(pruner.importance(group.name), _hand_l2(model, group), rtol=1e-5), group.name
+
+
+@pytest.mark.parametrize("key, group_name", [("mobilenet_v1", "features.5.0.0"),
+                                             ("mobilenet_v2", "features.8.conv.1.0")])
+def test_it_counts_the_depthwise_filters_in_a_groups_l2_norm(analyses, key, group_name):
+    model, x, analysis = analyses[key]
+    (group,) = [g for g in analysis.groups if g.name == group_name]
+    modules = dict(model.named_modules())
+    assert any(modules[n].groups == group.channels for n in group.out_layers)  # has a depthwise conv
+    pruner = GroupPruner(copy.deepcopy(model), x)
+    assert torch.allclose(pruner.importance(group_name), _hand_l2(model, group), rtol=1e-5)
 
 
 def test_it_slices_the_kept_filters_and_consumer_columns(analyses):

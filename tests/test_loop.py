@@ -42,7 +42,7 @@ def _run(engine: NetAdapt) -> list:
 
 
 @pytest.fixture(scope="module")
-def macs_run(trained, digits8):
+def macs_run(trained, snapshot, digits8):
     """One uninterrupted MACs-driven run: (engine, records, weights of each iteration's model
     taken when its record was yielded)."""
     engine = NetAdapt(trained, SPEC.example_input(), digits8, MACS_CONFIG, MacsModel())
@@ -114,9 +114,6 @@ def test_it_leaves_the_original_model_untouched(macs_run, trained, snapshot):
     assert all(torch.equal(snapshot[k], v) for k, v in trained.state_dict().items())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "loop.py NetAdapt._finish fine-tunes the last IterationRecord.model in place (long_term_finetune"
-    " on the same object), so that already-yielded record's model changes after the fact"))
 def test_iteration_records_keep_the_weights_they_were_yielded_with(macs_run):
     _, records, weights_at_yield = macs_run
     for record, weights in zip(records[1:-1], weights_at_yield):

@@ -23,7 +23,7 @@ from .loop import (AdaptState, FinishRecord, IterationRecord, NeedsMeasurement, 
 from .lut import MemoryLatencyTable
 from .models import ARCHITECTURES
 from .report import plot_tradeoff, write_csv, write_json
-from .resources import METRICS, LatencyTableModel, exact_model
+from .resources import METRICS, LatencyTableModel, WholeNetworkLatencyModel, exact_model
 from .spec import ArchitectureSpec
 from .training import accuracy, steps_for_epochs, train_steps
 
@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "count (default: 50%%)")
     ada.add_argument("--runtime", default="onnxruntime", choices=RUNTIME_CHOICES,
                      help="runtime the latency is measured in (default: %(default)s)")
+    ada.add_argument("--latency-model", default="table", choices=("table", "whole"),
+                     help="estimate latency from the per-layer look-up table (calibrated), or "
+                          "measure every candidate network whole (slower; for tiny networks "
+                          "whose layer sums are mostly call overhead) (default: table)")
     ada.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
     ada.add_argument("--rounds", type=int, default=5,
                      help="interleaved measurement rounds (default: %(default)s)")
@@ -236,7 +240,12 @@ def adapt(args: argparse.Namespace) -> None:
         threads=args.threads, rounds=args.rounds, runs_per_round=args.runs_per_round))
     table_path = Path(args.table) if args.table else out / "lut.json"
     table = _open_table(table_path, measurer)
-    resource = LatencyTableModel(table) if args.metric == "latency" else exact_model(args.metric)
+    if args.metric != "latency":
+        resource = exact_model(args.metric)
+    elif args.latency_model == "whole":
+        resource = WholeNetworkLatencyModel()
+    else:
+        resource = LatencyTableModel(table)
     state = None
     checkpoint = out / "checkpoint.pt"
     if args.resume:
@@ -266,9 +275,10 @@ def adapt(args: argparse.Namespace) -> None:
                   f"{record.budget:.4g}, validation accuracy {record.validation_accuracy:.4f}")
         elif isinstance(record, IterationRecord):
             if bar is None:
-                bar = tqdm(total=round(engine.state.initial_resource - engine.state.budget, 6),
-                           desc="resource removed", unit=resource.unit)
-            bar.n = round(engine.state.initial_resource - record.resource.value, 6)
+                bar = tqdm(total=100, desc="way to the budget", unit="%",
+                           bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}{postfix}]")
+            needed = engine.state.initial_resource - engine.state.budget
+            bar.n = min(100.0, 100 * (engine.state.initial_resource - record.resource.value) / needed)
             bar.set_postfix(acc=f"{record.holdout_accuracy:.4f}", group=record.chosen_group)
             bar.refresh()
             export_pytorch(record.model, spec, record.channels,
@@ -282,7 +292,8 @@ def adapt(args: argparse.Namespace) -> None:
     results["start"] = state.start
     results["iterations"] = state.records
     results["finish"] = finish.to_dict()
-    results["calibration"] = resource.calibration.quality() if args.metric == "latency" else None
+    results["calibration"] = (resource.calibration.quality()
+                              if isinstance(resource, LatencyTableModel) else None)
     results["exports"] = {k: str(p) for k, p in
                           export_all(finish.model, spec, finish.channels, out, "final").items()}
     results["baselines"] = _baselines(args, original, example, analysis, data, config, state,

@@ -92,7 +92,10 @@ def export_pytorch(model: nn.Module, spec: ArchitectureSpec, channels: Mapping[s
 
 def load_pytorch(source) -> nn.Module:
     """Rebuild a network written by ``export_pytorch`` (weights-only load: no code runs)."""
-    payload = torch.load(source, weights_only=True)
+    try:
+        payload = torch.load(source, weights_only=True)
+    except Exception as error:  # the weights-only unpickler fails in many ways on garbage
+        raise ValueError(f"not a {PYTORCH_FORMAT} file: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != PYTORCH_FORMAT:
         raise ValueError(f"not a {PYTORCH_FORMAT} file")
     spec = ArchitectureSpec.from_dict(payload["architecture"])

@@ -51,6 +51,7 @@ class LayerTemplate:
     out_group: str | None
     in_group: str | None
     depthwise: bool
+    in_per_channel: int = 1   # inputs per group channel: H·W for a linear fed by a flattened map
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -134,12 +135,20 @@ class NetworkAnalysis:
                 in_group.setdefault(name, root)
         self.groups: list[PrunableGroup] = groups
         self.layers: list[LayerTemplate] = []
+        channels_of = {g.name: g.channels for g in groups}
         for traced in trace_layers(model, example_input):
             sig = traced.signature
             depthwise = sig.op == "conv" and sig.groups > 1
-            self.layers.append(LayerTemplate(
-                traced.name, sig, out_group.get(traced.name),
-                out_group.get(traced.name) if depthwise else in_group.get(traced.name), depthwise))
+            source = out_group.get(traced.name) if depthwise else in_group.get(traced.name)
+            per_channel = 1
+            if source is not None:
+                per_channel, rest = divmod(sig.in_channels, channels_of[source])
+                if rest or per_channel < 1:
+                    raise UnsupportedNetwork(
+                        f"layer '{traced.name}' takes {sig.in_channels} inputs, which is not a "
+                        f"multiple of the {channels_of[source]} channels of group '{source}'")
+            self.layers.append(LayerTemplate(traced.name, sig, out_group.get(traced.name), source,
+                                             depthwise, per_channel))
 
     @property
     def group_names(self) -> list[str]:
@@ -154,7 +163,8 @@ class NetworkAnalysis:
         for layer in self.layers:
             sig = layer.signature
             out_c = config.get(layer.out_group, sig.out_channels) if layer.out_group else sig.out_channels
-            in_c = config.get(layer.in_group, sig.in_channels) if layer.in_group else sig.in_channels
+            in_c = (config.get(layer.in_group, sig.in_channels // layer.in_per_channel)
+                    * layer.in_per_channel if layer.in_group else sig.in_channels)
             groups = in_c if layer.depthwise else sig.groups
             result.append(dataclasses.replace(sig, in_channels=in_c, out_channels=out_c, groups=groups))
         return result
@@ -170,17 +180,38 @@ def _out_channels(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
-def _group_importance(group) -> torch.Tensor:
-    """Per-channel squared L2 norm of every coupled conv/linear weight slice, summed over the group."""
-    scorer = tp.importance.GroupMagnitudeImportance(
-        p=2, group_reduction="sum", normalizer=None, target_types=[nn.Conv2d, nn.Linear])
-    return scorer(group)
+def _group_importance(group, graph: tp.DependencyGraph, channels: int) -> torch.Tensor:
+    """Per-channel squared L2 norm of every coupled conv/linear weight slice, summed over the group.
+
+    Producers contribute their filters (rows, depthwise filters included), consumers the input
+    columns that read the channel; a flattened consumer's several columns per channel are mapped
+    back to their channel through Torch-Pruning's root indices. (Torch-Pruning's own
+    GroupMagnitudeImportance skips depthwise filters, which is why this is not delegated.)
+    """
+    scores = torch.zeros(channels, dtype=torch.float64)
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        weight = module.weight.detach().double()
+        idxs = torch.as_tensor(item.idxs, dtype=torch.long)
+        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            norms = weight[idxs].flatten(1).pow(2).sum(1)
+        elif graph.is_in_channel_pruning_fn(item.dep.handler) and not depthwise:
+            norms = weight[:, idxs].transpose(0, 1).flatten(1).pow(2).sum(1)
+        else:  # a depthwise conv's input side: its filters are counted once, as outputs
+            continue
+        scores.index_add_(0, roots, norms)
+    return scores
 
 
 class GroupPruner:
     """Prunes one network: scores channels by L2 norm and removes the weakest of chosen groups."""
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        _check_supported(model)
         self.model = model
         self.example_input = example_input
         self._output_layer = _output_layer(model)
@@ -196,7 +227,7 @@ class GroupPruner:
         """L2 importance of each channel of a group (higher = keep)."""
         group, _ = self._group(group_name)
         with torch.no_grad():
-            return _group_importance(group).detach().clone()
+            return _group_importance(group, self.graph, self.channels()[group_name]).float()
 
     def channels_to_keep(self, group_name: str, keep: int) -> list[int]:
         """Indices of the ``keep`` channels with the largest L2 norm, in ascending index order."""

@@ -27,8 +27,8 @@ from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
 from .lut import AffineCalibration
 from .resources import Estimate, LatencyTableModel, ResourceModel
 from .schedule import iteration_target, unreachable_warning
-from .steps import (NoProposalError, evaluate_proposal, plan_iteration, plan_signatures,
-                    select_proposal)
+from .steps import (NoProposalError, evaluate_proposal, plan_configs, plan_iteration,
+                    plan_signatures, select_proposal)
 from .training import accuracy, steps_for_epochs, train_steps
 
 
@@ -195,6 +195,10 @@ class NetAdapt:
 
     @property
     def _latency(self) -> bool:
+        return self.resource.metric == "latency"
+
+    @property
+    def _calibrated(self) -> bool:
         return isinstance(self.resource, LatencyTableModel)
 
     def current_model(self) -> nn.Module:
@@ -232,7 +236,10 @@ class NetAdapt:
         measured = None
         if self._latency:
             (measured,) = yield from self._measure("original network", ("original", self.original))
-            calibration.add(self.resource.estimate(signatures).raw, measured.min_ms)
+            if self._calibrated:
+                calibration.add(self.resource.estimate(signatures).raw, measured.min_ms)
+            else:
+                self.resource.record(signatures, measured)
         resource = self.resource.estimate(signatures)
         budget = config.budget * resource.value if config.budget_relative else config.budget
         if budget >= resource.value:
@@ -266,6 +273,9 @@ class NetAdapt:
         model = self.current_model()
         while True:
             signatures = self.analysis.signatures(state.channels)
+            if self.resource.measures_networks and not self.resource.has(signatures):
+                (stats,) = yield from self._measure("current network", ("current", model))
+                self.resource.record(signatures, stats)  # after a resume
             current = self.resource.estimate(signatures)
             if current.value <= state.budget or state.iteration >= config.max_iterations:
                 break
@@ -280,6 +290,8 @@ class NetAdapt:
         tick = time.perf_counter()
         wanted = plan_signatures(self.analysis, state.channels, config.channel_step)
         yield from self._fill_table(wanted, f"iteration {i} candidates")
+        if self.resource.measures_networks:
+            yield from self._measure_candidates(i)
         phases["measure_table_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
@@ -302,7 +314,9 @@ class NetAdapt:
         best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
         chosen, model = results[best], models[best]
         measured = None
-        if self._latency and config.measure_iterations:
+        if self.resource.measures_networks:
+            measured = self.resource.measured[tuple(self.analysis.signatures(chosen.proposal.config))]
+        elif self._calibrated and config.measure_iterations:
             tick = time.perf_counter()
             (measured,) = yield from self._measure(f"iteration {i} network", (f"iteration {i}", model))
             self.resource.calibration.add(chosen.proposal.estimate.raw, measured.min_ms)
@@ -313,7 +327,7 @@ class NetAdapt:
             i, target, chosen.proposal.group, dict(chosen.proposal.config), resource, measured,
             chosen.proposal.macs, chosen.proposal.params, chosen.holdout_accuracy,
             [r.to_dict() for r in results], plan.skipped, phases,
-            self.resource.calibration.coefficients() if self._latency else (1.0, 0.0), model)
+            self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0), model)
         state.iteration = i + 1
         state.channels = dict(chosen.proposal.config)
         state.model_state = copy.deepcopy(model.state_dict())
@@ -322,8 +336,21 @@ class NetAdapt:
         yield record
         return record
 
+    def _measure_candidates(self, iteration: int) -> Iterator:
+        """Measure whole every candidate network of the plan that has not been measured yet."""
+        configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step)
+                   if not self.resource.has(self.analysis.signatures(c))]
+        if not configs:
+            return
+        models = [(f"candidate {n}", rebuild_pruned(copy.deepcopy(self.original), self.example_input, c))
+                  for n, c in enumerate(configs)]
+        results = yield from self._measure(f"iteration {iteration} candidates, whole", *models)
+        for config, result in zip(configs, results):
+            self.resource.record(self.analysis.signatures(config), result)
+
     def _finish(self, model: nn.Module) -> Iterator:
         state, config = self.state, self.config
+        model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
         long_term_s = long_term_finetune(model, self.data, config) if config.long_term_epochs else 0.0
         resource = self.resource.estimate(self.analysis.signatures(state.channels))
         ab_original = ab_final = None

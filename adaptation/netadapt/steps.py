@@ -72,16 +72,22 @@ class IterationPlan:
 
 def candidate_counts(current: int, step: int) -> list[int]:
     """Channel counts a group may shrink to: multiples of ``step`` below ``current``, largest first."""
-    return [c for c in range((current - 1) // step * step, step - 1, -step) if c < current]
+    return list(range((current - 1) // step * step, step - 1, -step))
+
+
+def plan_configs(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
+                 ) -> list[ChannelConfig]:
+    """Every channel configuration the plan of an iteration may estimate."""
+    return [{**channels, group: count} for group in analysis.group_names
+            for count in candidate_counts(channels[group], step)]
 
 
 def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
                     ) -> list[LayerSignature]:
     """Every layer signature the plan of an iteration will look up (ask for them in one batch)."""
     wanted: dict[LayerSignature, None] = dict.fromkeys(analysis.signatures(channels))
-    for group in analysis.group_names:
-        for count in candidate_counts(channels[group], step):
-            wanted.update(dict.fromkeys(analysis.signatures({**channels, group: count})))
+    for config in plan_configs(analysis, channels, step):
+        wanted.update(dict.fromkeys(analysis.signatures(config)))
     return list(wanted)
 
 
