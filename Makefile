@@ -4,7 +4,11 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: setup run test bench-quick clean
+.PHONY: setup migrate run test test-production bench-quick clean
+
+# Production-mode services for `make test` (started by .ci/run when not running).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/netadapt
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +17,10 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+migrate: setup
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py bootstrap
 
 # Until the web application lands, `make run` demonstrates the engine end to end on the
 # bundled digits dataset: pretrain a small CNN, adapt it to 60% of its measured latency.
@@ -23,8 +31,15 @@ run: setup
 		--resolution 16 --holdout 0.15 --budget 60% --initial-reduction 0.1 --decay 0.9 \
 		--short-term-steps 30 --long-term-epochs 2 --batch-size 64 --out runs/demo
 
+# The whole suite on the embedded default (SQLite, filesystem broker, in-memory channel layer),
+# then the tests marked `services` again against PostgreSQL and Redis.
 test: setup
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-production
+
+test-production: setup
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) SECRET_KEY=test-only \
+		$(PY) -m pytest -m services
 
 bench-quick: setup
 	$(PY) bench/tradeoff.py --quick

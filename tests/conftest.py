@@ -37,3 +37,63 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------- web application
+# These fixtures need Django settings (pytest -p pytest_django --ds=webapp.settings); the engine
+# tests above do not, and nothing here is imported before a web test asks for it.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing():
+    """MD5 passwords in tests: Django's PBKDF2 costs ~0.3 s a password on this machine."""
+    from django.conf import settings
+
+    if not settings.configured:
+        yield
+        return
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def owner(django_user_model):
+    return django_user_model.objects.create_user("alice", password=PASSWORD)
+
+
+@pytest.fixture
+def stranger(django_user_model):
+    return django_user_model.objects.create_user("bob", password=PASSWORD)
+
+
+@pytest.fixture
+def system_device(db):
+    from devices.models import SYSTEM_DEVICE_NAME, Device
+
+    return Device.objects.create(owner=None, name=SYSTEM_DEVICE_NAME, kind="local", threads=1)
+
+
+@pytest.fixture
+def digits_dataset(db):
+    from adaptation.models import Dataset
+
+    return Dataset.objects.create(owner=None, name="scikit-learn digits", kind="builtin", builtin_name="digits")
+
+
+@pytest.fixture
+def make_job(system_device, digits_dataset):
+    """``make_job(user, **fields)``: a job of the user's own model on the system device."""
+    from adaptation.models import Job, ModelUpload
+
+    def make(user, **fields):
+        model = ModelUpload.objects.create(owner=user, name=f"{user.username}'s net", source="builtin",
+                                           arch="plain_cnn", num_classes=10, in_channels=1, resolution=8,
+                                           file=f"models/{user.pk}/net.pt", status="ready")
+        return Job.objects.create(owner=user, model=model, dataset=digits_dataset, device=system_device, **fields)
+
+    return make

@@ -1,0 +1,198 @@
+"""Uploaded models, datasets, adaptation jobs and what a job records as it runs.
+
+A job's rows are written by the worker and read by the pages: ``Iteration`` (one point of the
+trade-off curve, ``number`` -1 for the original), its ``Proposal`` rows, and ``JobEvent`` rows
+(the numbered event stream that live pages replay, then follow).
+"""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from devices.models import Device
+
+
+def model_upload_path(instance: "ModelUpload", filename: str) -> str:
+    return f"models/{instance.owner_id}/{filename}"
+
+
+def dataset_archive_path(instance: "Dataset", filename: str) -> str:
+    return f"datasets/{instance.owner_id}/{filename}"
+
+
+def iteration_model_path(instance: "Iteration", filename: str) -> str:
+    return f"outputs/{instance.job.owner_id}/job_{instance.job_id}/{filename}"
+
+
+class ModelUpload(models.Model):
+    """A trained network: a built-in architecture plus weights, or an ONNX file."""
+
+    SOURCE_CHOICES = [("builtin", "Built-in architecture"), ("onnx", "ONNX file")]
+    STATUS_CHOICES = [("checking", "Checking"), ("ready", "Ready"), ("rejected", "Rejected")]
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="model_uploads")
+    name = models.CharField(max_length=100)
+    source = models.CharField(max_length=16, choices=SOURCE_CHOICES)
+    arch = models.CharField(max_length=64, blank=True)  # built-in architecture name; "" for ONNX
+    # Unknown for an ONNX file until the pre-flight has read it.
+    num_classes = models.PositiveIntegerField(null=True, blank=True)
+    in_channels = models.PositiveSmallIntegerField(null=True, blank=True)
+    width = models.FloatField(default=1.0)  # width multiplier of the built-in architecture
+    resolution = models.PositiveIntegerField(null=True, blank=True)
+    file = models.FileField(upload_to=model_upload_path, max_length=255)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="checking")
+    preflight = models.JSONField(default=dict, blank=True)  # groups, macs, params, latency per device
+    error = models.TextField(blank=True)  # why it was rejected
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Dataset(models.Model):
+    """Images to fine-tune and score on. ``owner`` None: a built-in dataset, shared and read-only."""
+
+    KIND_CHOICES = [("builtin", "Built-in"), ("folder", "Image folder archive")]
+    BUILTIN_CHOICES = [("fashion_mnist", "Fashion-MNIST"), ("digits", "scikit-learn digits")]
+    STATUS_CHOICES = [("ready", "Ready"), ("rejected", "Rejected")]
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True,
+                              related_name="datasets")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES)
+    builtin_name = models.CharField(max_length=32, choices=BUILTIN_CHOICES, blank=True)
+    archive = models.FileField(upload_to=dataset_archive_path, max_length=255, blank=True)
+    summary = models.JSONField(default=dict, blank=True)  # split sizes, class counts, channels, resolution
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="ready")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(kind="builtin") & ~Q(builtin_name="")) | (Q(kind="folder") & Q(builtin_name="")),
+                name="dataset_builtin_name_matches_kind"),
+            models.UniqueConstraint(fields=["builtin_name"], condition=Q(owner__isnull=True),
+                                    name="unique_builtin_dataset"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.owner_id is None
+
+
+class Job(models.Model):
+    """One run of the engine: an adaptation, a baseline for its chart, or a long fine-tune."""
+
+    KIND_CHOICES = [("adapt", "Adaptation"), ("baseline", "Baseline"), ("finetune", "Fine-tune")]
+    STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("waiting", "Waiting for measurements"),
+                      ("finished", "Finished"), ("failed", "Failed"), ("cancelled", "Cancelled")]
+    ACTIVE_STATUSES = ("queued", "running", "waiting")
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, default="adapt")
+    parent = models.ForeignKey("self", models.CASCADE, null=True, blank=True, related_name="children")
+    model = models.ForeignKey(ModelUpload, models.CASCADE, related_name="jobs")
+    # Shared rows (built-in datasets, the system device) must never take users' jobs with them.
+    dataset = models.ForeignKey(Dataset, models.PROTECT, related_name="jobs")
+    device = models.ForeignKey(Device, models.PROTECT, related_name="jobs")
+    settings = models.JSONField(default=dict, blank=True)  # the engine's AdaptConfig.to_dict()
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="queued")
+    cancel_requested = models.BooleanField(default=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)  # the running worker's lease
+    claimed_by = models.CharField(max_length=255, blank=True)  # worker host and pid
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)  # the engine's FinishRecord.to_dict()
+    created = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        indexes = [
+            models.Index(fields=["owner", "-created"], name="job_owner_recent"),
+            models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),  # the sweep
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+
+class Iteration(models.Model):
+    """One point of a job's trade-off curve (``number`` -1 is the original network)."""
+
+    job = models.ForeignKey(Job, models.CASCADE, related_name="iterations")
+    number = models.IntegerField()
+    record = models.JSONField(default=dict, blank=True)  # the engine's IterationRecord.to_dict()
+    resource = models.FloatField()  # calibrated estimate of the job's metric (ms, MACs or params)
+    resource_raw = models.FloatField(null=True, blank=True)  # raw look-up-table sum
+    measured_ms = models.FloatField(null=True, blank=True)  # whole-network measurement
+    macs = models.BigIntegerField()
+    params = models.BigIntegerField()
+    holdout_accuracy = models.FloatField()
+    validation_accuracy = models.FloatField(null=True, blank=True)  # after long-term fine-tune
+    model_file = models.FileField(upload_to=iteration_model_path, max_length=255, null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [
+            # A redelivered task cannot record an iteration twice.
+            models.UniqueConstraint(fields=["job", "number"], name="unique_job_iteration"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} iteration {self.number}"
+
+
+class Proposal(models.Model):
+    """One group shrunk, fine-tuned and scored during an iteration."""
+
+    iteration = models.ForeignKey(Iteration, models.CASCADE, related_name="proposals")
+    group = models.CharField(max_length=255)
+    channels = models.PositiveIntegerField()
+    resource = models.FloatField()
+    holdout_accuracy = models.FloatField(null=True, blank=True)  # None until scored
+    chosen = models.BooleanField(default=False)
+    record = models.JSONField(default=dict, blank=True)  # the engine's ProposalResult.to_dict()
+
+    class Meta:
+        ordering = ["iteration", "group"]
+        constraints = [
+            models.UniqueConstraint(fields=["iteration", "group"], name="unique_iteration_proposal"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} -> {self.channels}"
+
+
+class JobEvent(models.Model):
+    """The job's numbered event stream; the database is the source of truth, sockets notify."""
+
+    job = models.ForeignKey(Job, models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=64)  # prefixed, e.g. "job.iteration"
+    payload = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [
+            # Its index on (job, seq) also serves "events after seq N".
+            models.UniqueConstraint(fields=["job", "seq"], name="unique_job_event_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} #{self.seq} {self.type}"

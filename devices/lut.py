@@ -1,0 +1,70 @@
+"""The database-backed latency look-up table (the engine's LatencyTable protocol).
+
+One table is the entries of one (device, runtime, runtime version, threads); every later job on
+that device reuses them.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from django.utils import timezone
+
+from devices.measure.signature import LayerSignature
+from devices.measure.stats import TimingStats
+from devices.models import Device, LatencyEntry
+
+STATS_FIELDS = ("n", "min_ms", "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms")
+TABLE_FIELDS = ("device", "runtime", "runtime_version", "threads")
+UNIQUE_FIELDS = (*TABLE_FIELDS, "signature_key")
+#: Keys per ``IN (...)`` query and rows per INSERT: well under SQLite's and PostgreSQL's limits.
+CHUNK_SIZE = 500
+
+
+class DatabaseLatencyTable:
+    """Look-up table rows of one device, runtime (and its version) and thread count."""
+
+    def __init__(self, device: Device, runtime: str, runtime_version: str, threads: int) -> None:
+        self.device = device
+        self.runtime = runtime
+        self.runtime_version = runtime_version
+        self.threads = threads
+
+    def __repr__(self) -> str:
+        return (f"DatabaseLatencyTable(device={self.device.pk}, runtime={self.runtime!r}, "
+                f"runtime_version={self.runtime_version!r}, threads={self.threads})")
+
+    def entries(self):
+        """The table's rows as a queryset."""
+        return LatencyEntry.objects.filter(device=self.device, runtime=self.runtime,
+                                           runtime_version=self.runtime_version, threads=self.threads)
+
+    def __len__(self) -> int:
+        return self.entries().count()
+
+    def lookup(self, signatures: Iterable[LayerSignature]) -> dict[LayerSignature, TimingStats]:
+        """Stats of the signatures the table holds (missing ones left out), one query per chunk."""
+        by_key = {}
+        for signature in signatures:
+            by_key.setdefault(signature.key(), signature)
+        keys = list(by_key)
+        found: dict[LayerSignature, TimingStats] = {}
+        for start in range(0, len(keys), CHUNK_SIZE):
+            rows = (self.entries().filter(signature_key__in=keys[start:start + CHUNK_SIZE])
+                    .values_list("signature_key", *STATS_FIELDS))
+            for key, *values in rows:
+                found[by_key[key]] = TimingStats(**dict(zip(STATS_FIELDS, values)))
+        return found
+
+    def add(self, entries: dict[LayerSignature, TimingStats]) -> None:
+        """Insert the entries; a signature already in the table gets the new stats."""
+        now = timezone.now()
+        rows = [
+            LatencyEntry(device=self.device, runtime=self.runtime, runtime_version=self.runtime_version,
+                         threads=self.threads, signature_key=signature.key(),
+                         signature_version=signature.version, measured_at=now, **stats.to_dict())
+            for signature, stats in entries.items()
+        ]
+        LatencyEntry.objects.bulk_create(
+            rows, batch_size=CHUNK_SIZE, update_conflicts=True, unique_fields=UNIQUE_FIELDS,
+            update_fields=("signature_version", *STATS_FIELDS, "measured_at"),
+        )
