@@ -245,6 +245,10 @@ else:
     # that the ASGI process relays (see DESIGN.md section 5).
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Job-page consumers poll the JobEvent table this often when the channel layer cannot carry
+# events between processes (the in-memory layer); 0 turns polling off (Redis delivers them).
+EVENT_POLL_SECONDS = 0.0 if REDIS_URL else 0.1
+
 LOG_LEVEL = env_str("NETADAPT_LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"NETADAPT_LOG_LEVEL={LOG_LEVEL!r} is not a logging level")
