@@ -64,6 +64,36 @@ def pretrained(cache: Path, epochs: float) -> torch.nn.Module:
     return model
 
 
+class Progress:
+    """Finished runs saved as they finish (rows, curves, models, the look-up table), so an
+    interrupted benchmark restarted with the same options picks up where it stopped."""
+
+    def __init__(self, out: Path, size: dict, measurer: LocalMeasurer) -> None:
+        self.path, self.models_dir, self.table_path = out / "progress.json", out / "models", out / "lut.json"
+        self.size = json.loads(json.dumps(size))
+        self.rows: dict[str, dict] = {}
+        self.curves: dict[str, list] = {}
+        self.models: dict[str, torch.nn.Module] = {}
+        self.table = MemoryLatencyTable({"runtime": measurer.runtime_name, "threads": 1})
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved["size"] == self.size:
+                self.rows, self.curves = saved["rows"], saved["curves"]
+                self.models = {name: load_pytorch(self.models_dir / f"{name}.pt")
+                               for name in self.rows if name != "original"}
+                if self.table_path.exists():
+                    self.table = MemoryLatencyTable.load(self.table_path)
+                print(f"resuming: {len(self.models)} finished runs loaded", flush=True)
+
+    def done(self, name: str, model: torch.nn.Module, channels: dict, row: dict) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        export_pytorch(model, SPEC, channels, self.models_dir / f"{name}.pt")
+        self.models[name], self.rows[name] = model, row
+        self.table.save(self.table_path)
+        self.path.write_text(json.dumps({"size": self.size, "rows": self.rows,
+                                         "curves": self.curves}, indent=1))
+
+
 def run_netadapt(model, data, analysis, config, resource, measurer, table):
     """One adaptation; returns (finish record, per-iteration dicts)."""
     finish, iterations = None, []
@@ -114,14 +144,17 @@ def main() -> None:
     example = SPEC.example_input()
     analysis = NetworkAnalysis(original, example)
     measurer = LocalMeasurer("onnxruntime", MeasureProtocol(threads=1, rounds=5, runs_per_round=40))
-    table = MemoryLatencyTable({"runtime": measurer.runtime_name, "threads": 1})
-    models: dict[str, torch.nn.Module] = {"original": original}
-    rows: dict[str, dict] = {"original": {"kind": "original", "seed": None,
-                                          "macs": analysis.macs(analysis.original_config()),
-                                          "validation_accuracy": accuracy(original, data.validation)}}
-    curves = {}
+    progress = Progress(out, size, measurer)
+    table, models, rows, curves = progress.table, progress.models, progress.rows, progress.curves
+    models.setdefault("original", original)
+    rows.setdefault("original", {"kind": "original", "seed": None,
+                                 "macs": analysis.macs(analysis.original_config()),
+                                 "validation_accuracy": accuracy(original, data.validation)})
     for seed in range(size["seeds"]):
         for metric in ("latency", "macs"):
+            name = f"netadapt-{metric} s{seed}"
+            if name in rows:
+                continue
             config = AdaptConfig(metric=metric, budget=0.5, short_term_steps=size["short_term_steps"],
                                  long_term_epochs=size["long_term_epochs"], seed=seed,
                                  **SCHEDULE)
@@ -129,22 +162,23 @@ def main() -> None:
             tick = time.perf_counter()
             finish, iterations = run_netadapt(original, data, analysis, config, resource,
                                               measurer, table)
-            name = f"netadapt-{metric} s{seed}"
-            models[name] = finish.model
-            rows[name] = {"kind": f"netadapt-{metric}", "seed": seed,
-                          "validation_accuracy": finish.validation_accuracy,
-                          "iterations": finish.iterations, "minutes": (time.perf_counter() - tick) / 60,
-                          "macs": iterations[-1]["macs"] if iterations else None}
             curves[name] = iterations
+            progress.done(name, finish.model, finish.channels, {
+                "kind": f"netadapt-{metric}", "seed": seed,
+                "validation_accuracy": finish.validation_accuracy, "iterations": finish.iterations,
+                "minutes": (time.perf_counter() - tick) / 60,
+                "macs": iterations[-1]["macs"] if iterations else None})
         steps_total = rows[f"netadapt-latency s{seed}"]["iterations"] * size["short_term_steps"]
         for ratio in size["ratios"]:
+            name = f"uniform x{ratio:g} s{seed}"
+            if name in rows:
+                continue
             config = AdaptConfig(short_term_steps=size["short_term_steps"],
                                  long_term_epochs=size["long_term_epochs"], seed=seed)
             result = uniform_baseline(original, example, analysis, data, config, ratio, steps_total)
-            name = f"uniform x{ratio:g} s{seed}"
-            models[name] = result.model
-            rows[name] = {"kind": "uniform", "seed": seed, "ratio": ratio,
-                          "validation_accuracy": result.validation_accuracy, "macs": result.macs}
+            progress.done(name, result.model, result.channels, {
+                "kind": "uniform", "seed": seed, "ratio": ratio,
+                "validation_accuracy": result.validation_accuracy, "macs": result.macs})
             print(f"  [uniform seed {seed}] x{ratio:g}: validation {result.validation_accuracy:.4f}",
                   flush=True)
     print("measuring every final model interleaved...", flush=True)
