@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: setup migrate run test test-production bench-quick clean
+.PHONY: setup migrate run demo test test-production bench-quick clean
 
 # Production-mode services for `make test` (started by .ci/run when not running).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/netadapt
@@ -16,15 +16,24 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Front-end libraries (Chart.js) come from the npm registry and are served from node_modules.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+
+setup: $(STAMP) node_modules/.package-lock.json
 
 migrate: setup
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py bootstrap
 
-# Until the web application lands, `make run` demonstrates the engine end to end on the
-# bundled digits dataset: pretrain a small CNN, adapt it to 60% of its measured latency.
+# The application on its embedded default: SQLite (WAL), a filesystem broker, one Celery worker
+# with its beat, uvicorn. Ctrl+C stops both. Data lives in ./data (NETADAPT_DATA_DIR).
 run: setup
+	$(PY) -m webapp.serve
+
+# The engine alone from the command line: pretrain a small CNN on digits, adapt it to 60% of
+# its measured latency, write results, plot and models to runs/demo.
+demo: setup
 	$(PY) -m adaptation.netadapt pretrain --arch plain_cnn --width 0.5 --dataset digits \
 		--resolution 16 --holdout 0.15 --epochs 8 --lr 0.05 --batch-size 64 --out runs/demo/original.pt
 	$(PY) -m adaptation.netadapt adapt --model runs/demo/original.pt --dataset digits \

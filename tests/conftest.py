@@ -97,3 +97,39 @@ def make_job(system_device, digits_dataset):
         return Job.objects.create(owner=user, model=model, dataset=digits_dataset, device=system_device, **fields)
 
     return make
+
+
+# --------------------------------------------------------------------------- job pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(digits16, tmp_path_factory):
+    """(spec, weights file bytes): plain_cnn width 0.5 on 16-px digits, trained 100 steps and saved
+    with export_pytorch, the format a job loads. Copy the bytes into a test's MEDIA_ROOT."""
+    from adaptation.netadapt.export import export_pytorch
+    from adaptation.netadapt.spec import ArchitectureSpec
+    from adaptation.netadapt.training import train_steps
+
+    spec = ArchitectureSpec("plain_cnn", 10, 1, 0.5, 16)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = spec.build()
+        train_steps(model, digits16.train, 100, lr=0.05, batch_size=64, seed=0)
+    finally:
+        torch.set_num_threads(previous)
+    path = tmp_path_factory.mktemp("tiny_cnn") / "tiny_cnn.pt"
+    export_pytorch(model.eval(), spec, {}, path)
+    return spec, path.read_bytes()
+
+
+@pytest.fixture
+def sent_run_job(monkeypatch):
+    """Job ids passed to ``run_job.delay`` (nothing reaches a broker); ``run_job(id)`` still runs."""
+    from adaptation.tasks import run_job
+
+    sent: list[int] = []
+    monkeypatch.setattr(type(run_job._get_current_object()), "delay",
+                        lambda task, job_id: sent.append(job_id))
+    return sent

@@ -1,6 +1,12 @@
 """Websocket URL patterns, routed by webapp.asgi.
 
-Empty for now: the job progress consumer (``ws/jobs/<id>/``) and the device agent consumer come
-with the jobs.
+``ws/jobs/<id>/``: a job page's live events (history first, then live). The device agent
+consumer comes with the agents.
 """
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from adaptation.consumers import JobConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/jobs/<int:job_id>/", JobConsumer.as_asgi()),
+]

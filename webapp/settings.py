@@ -156,7 +156,11 @@ MEDIA_ROOT = DATA_DIR / "media"  # uploads (models/, datasets/) and job outputs 
 MEDIA_URL = "media/"
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # Browser libraries come from npm (package.json; `npm ci`), served straight from node_modules.
+    ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"),
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Compressed but not hashed: the manifest variant fails wherever collectstatic has not run
@@ -164,6 +168,15 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 UPLOAD_MAX_BYTES = env_int("NETADAPT_UPLOAD_MAX_BYTES", 200 * 1024 * 1024, minimum=1)
+# Model files that pickle a whole nn.Module run arbitrary code when loaded: refused unless the
+# operator explicitly allows them (DESIGN.md section 6).
+NETADAPT_ALLOW_PICKLED_MODELS = env_bool("NETADAPT_ALLOW_PICKLED_MODELS", False)
+# The limit handler goes first: it stops an oversize upload before the others store a byte of it.
+FILE_UPLOAD_HANDLERS = [
+    "webapp.uploads.UploadLimitHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # --------------------------------------------------------------------------- accounts
 
@@ -244,6 +257,20 @@ else:
     # In-memory: only the ASGI process's own consumers see it; the worker writes JobEvent rows
     # that the ASGI process relays (see DESIGN.md section 5).
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --------------------------------------------------------------------------- jobs
+# A running job's lease: renewed every JOB_HEARTBEAT_SECONDS; another worker may take the job
+# over once it is JOB_LEASE_SECONDS old. A sweep re-sends a queued job at most every
+# JOB_REQUEUE_SECONDS; a job claimed JOB_MAX_ATTEMPTS times fails instead of looping.
+JOB_LEASE_SECONDS = env_int("NETADAPT_JOB_LEASE_SECONDS", 60, minimum=15)
+JOB_HEARTBEAT_SECONDS = env_int("NETADAPT_JOB_HEARTBEAT_SECONDS", 5, minimum=1)
+if JOB_HEARTBEAT_SECONDS * 3 > JOB_LEASE_SECONDS:
+    raise ImproperlyConfigured("NETADAPT_JOB_LEASE_SECONDS must be at least 3 heartbeats")
+JOB_REQUEUE_SECONDS = env_int("NETADAPT_JOB_REQUEUE_SECONDS", 600, minimum=60)
+JOB_MAX_ATTEMPTS = env_int("NETADAPT_JOB_MAX_ATTEMPTS", 5, minimum=1)
+CELERY_BEAT_SCHEDULE = {"sweep-stale-jobs": {"task": "adaptation.tasks.sweep_stale_jobs",
+                                             "schedule": 60.0}}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # Job-page consumers poll the JobEvent table this often when the channel layer cannot carry
 # events between processes (the in-memory layer); 0 turns polling off (Redis delivers them).

@@ -2,7 +2,6 @@
 go through views that check ownership."""
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
 
 from webapp import accounts, views
 
@@ -10,5 +9,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include(accounts.urlpatterns)),
     path("admin/", admin.site.urls),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/", include("webapp.api_urls")),
+    path("models/", include("adaptation.urls_models")),
+    path("datasets/", include("adaptation.urls_datasets")),
+    path("jobs/", include("adaptation.urls_jobs")),
 ]

@@ -1,0 +1,104 @@
+"""Where a job's files live under MEDIA_ROOT, and writes that never leave half a file behind.
+
+- ``jobs/<id>/checkpoint.pt``: the engine's AdaptState after the last finished iteration; the
+  source of truth a resumed job continues from.
+- ``jobs/<id>/iteration_NNN.pt``: each iteration's network (``export_pytorch``'s format).
+- ``jobs/<id>/final.onnx``, ``final.torchscript.pt``, ``final.pt``: the long-term fine-tuned
+  result (``export_all``).
+- ``datasets/extracted/<id>/``: an uploaded image-folder archive, extracted once. (Archives
+  themselves are stored under ``datasets/<owner id>/``; the non-numeric ``extracted`` folder
+  keeps the two apart.)
+
+Every file is written to a temporary name in the same folder and moved into place with
+``os.replace``, so a reader (or a resumed job) sees the old file or the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch.nn as nn
+from django.conf import settings
+
+from adaptation.netadapt.export import export_all, export_pytorch
+from adaptation.netadapt.loop import AdaptState
+from adaptation.netadapt.spec import ArchitectureSpec
+
+FINAL_STEM = "final"
+
+
+def media_path(name: str) -> Path:
+    """The local path of a storage name (a FileField's ``name``)."""
+    return Path(settings.MEDIA_ROOT) / name
+
+
+def extracted_dataset_name(dataset_id: int) -> str:
+    return f"datasets/extracted/{dataset_id}"
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)``, then move the result onto ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class JobFiles:
+    """The files of one job; names are storage names relative to MEDIA_ROOT."""
+
+    def __init__(self, job_id: int) -> None:
+        self.folder_name = f"jobs/{job_id}"
+
+    @property
+    def folder(self) -> Path:
+        return media_path(self.folder_name)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+    def iteration_name(self, number: int) -> str:
+        return f"{self.folder_name}/iteration_{number:03d}.pt"
+
+    def final_names(self) -> dict[str, str]:
+        """Storage names of the final exports by format (onnx, torchscript, pytorch)."""
+        return {"onnx": f"{self.folder_name}/{FINAL_STEM}.onnx",
+                "torchscript": f"{self.folder_name}/{FINAL_STEM}.torchscript.pt",
+                "pytorch": f"{self.folder_name}/{FINAL_STEM}.pt"}
+
+    def load_checkpoint(self) -> AdaptState | None:
+        return AdaptState.load(self.checkpoint) if self.checkpoint.exists() else None
+
+    def save_checkpoint(self, state: AdaptState) -> None:
+        write_atomically(self.checkpoint, state.save)
+
+    def save_iteration(self, number: int, model: nn.Module, spec: ArchitectureSpec,
+                       channels: Mapping[str, int]) -> str:
+        """Export one iteration's network; returns its storage name."""
+        name = self.iteration_name(number)
+        write_atomically(media_path(name), lambda path: export_pytorch(model, spec, channels, path))
+        return name
+
+    def save_final(self, model: nn.Module, spec: ArchitectureSpec,
+                   channels: Mapping[str, int]) -> dict[str, str]:
+        """Export the final network in every format (each checked against PyTorch)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".final.", suffix=".partial", dir=self.folder))
+        try:
+            written = export_all(model, spec, channels, staging, FINAL_STEM)
+            names = self.final_names()
+            for export_format, path in written.items():
+                os.replace(path, media_path(names[export_format]))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return names

@@ -1,0 +1,209 @@
+"""The form that starts an adaptation job, and what its settings say about the job.
+
+The job's settings are the engine's ``AdaptConfig.to_dict()`` plus the runner's options that are
+not engine configuration (``holdout``: see ``adaptation.jobs.JobOptions``, whose
+``parse_settings`` the runner uses); ``adapt_config_of`` gives the engine's part back. The engine's own validation decides what is a valid configuration; its
+messages are shown next to the field they are about.
+"""
+from __future__ import annotations
+
+from dataclasses import fields as dataclass_fields
+
+from django import forms
+
+from adaptation.access import datasets_visible_to
+from adaptation.models import Dataset, ModelUpload
+from adaptation.netadapt.config import SELECTION_RULES, AdaptConfig
+from adaptation.netadapt.schedule import unreachable_warning
+from devices.access import devices_visible_to
+from devices.models import Device
+
+#: Settings stored next to the AdaptConfig fields (adaptation.jobs.JobOptions fields).
+OPTION_SETTINGS = ("holdout",)
+ADAPT_CONFIG_FIELDS = tuple(f.name for f in dataclass_fields(AdaptConfig))
+METRIC_UNITS = {"latency": "ms", "macs": "MACs", "params": "parameters"}
+METRIC_CHOICES = [("latency", "Latency on the device (ms)"), ("macs", "MACs (indirect metric)"),
+                  ("params", "Parameters (indirect metric)")]
+SELECTION_LABELS = {"accuracy": "Best holdout accuracy (paper)",
+                    "loss_per_resource": "Least accuracy loss per resource saved (official code)"}
+BUDGET_MODES = [("percent", "% of the original"), ("absolute", "Absolute (ms, MACs or parameters)")]
+
+# What built-in datasets feed a model before resizing (their summaries may not be filled in).
+BUILTIN_INPUTS = {"digits": {"in_channels": 1, "resolution": 8, "num_classes": 10},
+                  "fashion_mnist": {"in_channels": 1, "resolution": 28, "num_classes": 10}}
+
+# AdaptConfig's messages start with, or mention, the field they are about.
+_PROBLEM_FIELDS = (("budget", "budget"), ("metric", "metric"), ("initial_reduction", "initial_reduction"),
+                   ("decay", "decay"), ("channel_step", "channel_step"),
+                   ("max_iterations", "max_iterations"), ("selection", "selection"))
+
+
+def adapt_config_of(settings: dict) -> AdaptConfig:
+    """The engine configuration stored in a job's settings (the runner's options left out)."""
+    return AdaptConfig.from_dict({k: v for k, v in settings.items() if k in ADAPT_CONFIG_FIELDS})
+
+
+def schedule_warning(settings: dict, original: float | None = None) -> str | None:
+    """Why the schedule cannot reach the budget, if it cannot; None when it can or is unknown.
+
+    Relative budgets need nothing else; an absolute one needs the original resource.
+    """
+    try:
+        config = adapt_config_of(settings)
+    except (TypeError, ValueError):
+        return None
+    if config.budget_relative:
+        budget, original = config.budget, 1.0
+    elif original:
+        budget = config.budget
+    else:
+        return None
+    return unreachable_warning(budget, original, config.initial_reduction, config.decay,
+                               config.max_iterations)
+
+
+def original_resource(model: ModelUpload, metric: str) -> float | None:
+    """The model's MACs or parameters as its pre-flight counted them (None for latency/unknown)."""
+    if metric not in ("macs", "params"):
+        return None
+    value = (model.preflight or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def dataset_input(dataset: Dataset) -> dict | None:
+    """Channels, resolution and classes of the dataset's images, if known."""
+    summary = dataset.summary or {}
+    if all(isinstance(summary.get(key), int) for key in ("in_channels", "resolution", "num_classes")):
+        return {key: summary[key] for key in ("in_channels", "resolution", "num_classes")}
+    return BUILTIN_INPUTS.get(dataset.builtin_name) if dataset.is_builtin else None
+
+
+def _unit_label(metric: str) -> str:
+    return METRIC_UNITS.get(metric, metric)
+
+
+class JobForm(forms.Form):
+    """Model, data, device, budget and schedule of a NetAdapt run (defaults: the paper's)."""
+
+    model = forms.ModelChoiceField(queryset=ModelUpload.objects.none(),
+                                   help_text="Only models whose pre-flight check passed.")
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none())
+    device = forms.ModelChoiceField(queryset=Device.objects.none(),
+                                    help_text="Latency is measured and looked up on this device.")
+    metric = forms.ChoiceField(choices=METRIC_CHOICES, initial="latency")
+    budget_mode = forms.ChoiceField(choices=BUDGET_MODES, initial="percent", label="Budget is")
+    budget = forms.FloatField(initial=50, help_text="e.g. 50 (% of the original), or 2.5 (ms).")
+    initial_reduction = forms.FloatField(initial=0.025, help_text="ΔR₀ as a fraction of the original.")
+    decay = forms.FloatField(initial=0.96, help_text="ΔRᵢ = initial reduction · R₀ · decayⁱ.")
+    short_term_steps = forms.IntegerField(initial=100, label="Short-term fine-tune steps")
+    long_term_epochs = forms.FloatField(initial=1, label="Long-term fine-tune epochs")
+    channel_step = forms.IntegerField(initial=8, help_text="Channel counts are multiples of this.")
+    selection = forms.ChoiceField(choices=[(rule, SELECTION_LABELS.get(rule, rule)) for rule in SELECTION_RULES],
+                                  initial="accuracy")
+    max_iterations = forms.IntegerField(initial=50)
+    holdout_size = forms.FloatField(
+        initial=0.1, label="Holdout size",
+        help_text="Images carved from the training data to score proposals: a count, or a "
+                  "fraction below 1.")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].queryset = ModelUpload.objects.filter(owner=user, status="ready")
+        self.fields["dataset"].queryset = datasets_visible_to(user).filter(status="ready")
+        self.fields["device"].queryset = devices_visible_to(user)
+        self.config: AdaptConfig | None = None
+
+    def clean_holdout_size(self) -> int | float:
+        size = self.cleaned_data["holdout_size"]
+        if size <= 0:
+            raise forms.ValidationError("The holdout needs at least one image.")
+        if size >= 1:
+            if size != int(size):
+                raise forms.ValidationError("A holdout of 1 or more is a count of images: use a whole number.")
+            return int(size)
+        return size
+
+    def clean(self):
+        data = super().clean()
+        self._check_budget(data)
+        self._check_fit(data)
+        self._check_holdout(data)
+        if not self.errors:
+            self._build_config(data)
+        return data
+
+    def _check_budget(self, data: dict) -> None:
+        budget, mode, metric = data.get("budget"), data.get("budget_mode"), data.get("metric")
+        if budget is None or mode is None:
+            return
+        if budget <= 0:
+            self.add_error("budget", "The budget must be positive.")
+        elif mode == "percent" and budget >= 100:
+            self.add_error("budget", f"A budget of {budget:g}% of the original is already met: "
+                                     "choose less than 100%.")
+        elif mode == "absolute" and data.get("model") is not None and metric is not None:
+            original = original_resource(data["model"], metric)
+            if original is not None and budget >= original:
+                self.add_error("budget", f"The model already has {original:,.0f} {_unit_label(metric)}, "
+                                         f"within the budget of {budget:,.0f}: the budget is already met.")
+
+    def _check_fit(self, data: dict) -> None:
+        model, dataset = data.get("model"), data.get("dataset")
+        if model is None or dataset is None:
+            return
+        given = dataset_input(dataset)
+        if given is None or None in (model.num_classes, model.in_channels, model.resolution):
+            return
+        from adaptation.preflight import PreflightError, check_dataset_fits
+        from adaptation.netadapt.spec import ArchitectureSpec
+
+        spec = ArchitectureSpec(arch=model.arch or model.source, num_classes=model.num_classes,
+                                in_channels=model.in_channels, width=model.width,
+                                resolution=model.resolution)
+        try:
+            check_dataset_fits(spec, **given)
+        except PreflightError as error:
+            # Images are resized to the model's resolution when the data loads: only channels
+            # and classes must match.
+            if (given["in_channels"], given["num_classes"]) != (model.in_channels, model.num_classes):
+                self.add_error("dataset", f"This dataset does not fit the model: {error}.")
+
+    def _check_holdout(self, data: dict) -> None:
+        size, dataset = data.get("holdout_size"), data.get("dataset")
+        if not isinstance(size, int) or dataset is None:
+            return
+        sizes = (dataset.summary or {}).get("sizes") or {}
+        pool = sizes.get("train", 0) + sizes.get("holdout", 0)
+        if pool and size >= pool:
+            self.add_error("holdout_size", f"{dataset.name} has {pool} training images: a holdout of "
+                                           f"{size} would leave none to fine-tune on.")
+
+    def _build_config(self, data: dict) -> None:
+        relative = data["budget_mode"] == "percent"
+        try:
+            self.config = AdaptConfig(
+                metric=data["metric"], budget=data["budget"] / 100 if relative else data["budget"],
+                budget_relative=relative, initial_reduction=data["initial_reduction"],
+                decay=data["decay"], channel_step=data["channel_step"],
+                short_term_steps=data["short_term_steps"], long_term_epochs=data["long_term_epochs"],
+                selection=data["selection"], max_iterations=data["max_iterations"],
+                measure_iterations=data["metric"] == "latency")
+        except ValueError as error:
+            for problem in str(error).split("; "):
+                # batch_size is not on the form (the engine's default is always valid).
+                text = problem.replace("batch_size and max_iterations", "max_iterations").replace("_", " ")
+                self.add_error(self._field_of(problem, data), text[:1].upper() + text[1:] + ".")
+
+    @staticmethod
+    def _field_of(problem: str, data: dict) -> str | None:
+        if problem.startswith("fine-tune lengths"):
+            return "short_term_steps" if data["short_term_steps"] < 0 else "long_term_epochs"
+        for words, field in _PROBLEM_FIELDS:
+            if words in problem:
+                return field
+        return None
+
+    def job_settings(self) -> dict:
+        """What the job row stores: the engine configuration plus the runner's options."""
+        assert self.config is not None, "call is_valid() first"
+        return {**self.config.to_dict(), "holdout": self.cleaned_data["holdout_size"]}

@@ -1,0 +1,390 @@
+"""Runs one adaptation job: loads its inputs, drives the NetAdapt engine, stores what it yields.
+
+Framework glue without Celery: ``adaptation.tasks.run_job`` claims the job (see ``leases``) and
+calls ``JobRunner(job).run()``; tests call both directly.
+
+What a run writes, step by step:
+- every engine record: the lease is renewed (a lost lease stops the run quietly) and
+  ``cancel_requested`` is read (a cancel stops it with status ``cancelled``);
+- the start record: the checkpoint, then in one transaction the ``Iteration`` row number -1
+  (the original network) and ``job.start``;
+- each iteration: its network file and the checkpoint, then in one transaction the ``Iteration``
+  row, its ``Proposal`` rows and ``job.iteration``;
+- the finish: the final exports, then in one transaction ``Job.result``, the validation accuracy
+  of the last iteration's row, status ``finished``, ``job.finish`` and ``job.status``.
+
+The checkpoint is written before the rows: it is the source of truth, the rows are derived from it.
+A resumed run first stores any row the checkpoint holds and the database lacks (the worker died
+between the two), and a row that already exists is skipped, so every iteration is recorded
+exactly once however the previous attempt ended.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import torch.nn as nn
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from adaptation.archives import ArchiveError, load_archive_dataset
+from adaptation.job_files import JobFiles, extracted_dataset_name, media_path
+from adaptation.leases import LeaseKeeper, max_attempts, renew_lease
+from adaptation.models import Iteration, Job, Proposal
+from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
+                                      load_dataset, load_image_folder)
+from adaptation.netadapt.export import ExportMismatch
+from adaptation.netadapt.loop import (AdaptState, BudgetError, FinishRecord, IterationRecord,
+                                      NeedsMeasurement, NetAdapt, StartRecord)
+from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
+                                           WholeNetworkLatencyModel, exact_model)
+from adaptation.netadapt.spec import ArchitectureSpec
+from adaptation.netadapt.steps import NoProposalError
+from adaptation.preflight import PreflightError, check_dataset_fits, load_weights
+from devices.lut import DatabaseLatencyTable
+from devices.measure import LocalMeasurer, MeasureProtocol
+from webapp.events import publish
+
+logger = logging.getLogger(__name__)
+
+#: Layer signatures measured between two lease renewals / cancel checks (and stored together).
+MEASURE_BATCH = 128
+#: Holdout carved from Fashion-MNIST's 60k training images by default (the paper-sized holdout);
+#: other datasets default to a tenth of their training images.
+FASHION_MNIST_HOLDOUT = 5000
+DEFAULT_HOLDOUT_FRACTION = 0.1
+
+
+class JobError(Exception):
+    """The job cannot run; the message is shown to the user as is."""
+
+
+class LeaseLost(Exception):
+    """Another worker holds the job now, or its row is gone: stop without writing anything."""
+
+
+class JobCancelled(Exception):
+    """The user asked to cancel the job."""
+
+
+#: Exceptions whose message is written for the user; anything else is an internal error.
+USER_ERRORS = (JobError, BudgetError, NoProposalError, DatasetUnavailable, InvalidDataset,
+               PreflightError, ArchiveError, ExportMismatch)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Job settings that are not the engine's ``AdaptConfig``."""
+
+    holdout: int | float | None = None  # holdout split: a count, or a fraction below 1 (None: default)
+    limit_train: int | None = None      # cap on training images (built-in datasets; quick runs)
+    latency_model: str = "table"        # "table": calibrated look-up table; "whole": measure candidates whole
+
+
+def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
+    """Split ``Job.settings`` into the engine's config and the job's options (JobError if bad).
+
+    ``Job.settings`` holds ``AdaptConfig`` fields plus, optionally, ``JobOptions`` fields.
+    """
+    raw = dict(raw or {})
+    option_names = {f.name for f in fields(JobOptions)}
+    options = {name: raw.pop(name) for name in list(raw) if name in option_names}
+    unknown = sorted(set(raw) - {f.name for f in fields(AdaptConfig)})
+    if unknown:
+        raise JobError(f"invalid settings: unknown setting(s) {', '.join(unknown)}")
+    try:
+        config = AdaptConfig.from_dict(raw)
+    except (TypeError, ValueError) as error:
+        raise JobError(f"invalid settings: {error}") from None
+    holdout = options.get("holdout")
+    if holdout is not None:
+        if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or holdout <= 0:
+            raise JobError(f"invalid settings: holdout must be a positive count or fraction, not {holdout!r}")
+        options["holdout"] = int(holdout) if holdout >= 1 else float(holdout)
+    limit = options.get("limit_train")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise JobError(f"invalid settings: limit_train must be a whole number of images, not {limit!r}")
+    if options.get("latency_model", "table") not in ("table", "whole"):
+        raise JobError("invalid settings: latency_model must be 'table' or 'whole'")
+    return config, JobOptions(**options)
+
+
+def one_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message ("" if none)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def describe_error(error: BaseException) -> str:
+    """What the user is told about a failure: the message of a known error, else its type."""
+    if isinstance(error, USER_ERRORS):
+        return one_line(error) or type(error).__name__
+    return f"internal error: {type(error).__name__}: {one_line(error)}".rstrip(": ")
+
+
+def _measured_ms(record: dict) -> float | None:
+    return (record.get("measured") or {}).get("min_ms")
+
+
+def iteration_payload(record: dict) -> dict:
+    """``webapp.events.IterationPayload`` of an ``IterationRecord.to_dict()``."""
+    return {"number": record["iteration"], "chosen_group": record["chosen_group"],
+            "channels": record["channels"], "resource": record["resource"],
+            "resource_raw": record["resource_raw"], "measured_ms": _measured_ms(record),
+            "macs": record["macs"], "params": record["params"],
+            "holdout_accuracy": record["holdout_accuracy"], "proposals": record["proposals"]}
+
+
+class JobRunner:
+    """Runs a claimed job (status ``running``, ``claimed_by`` this worker) to its end.
+
+    Latency is measured in this process, in the job's worker, when the job's device is this
+    server's CPU (a ``local`` device): missing look-up-table entries are measured in batches and
+    stored in the device's table, which every later job on the device reuses. Other device kinds
+    fail the job with a clear message.
+
+    ``run`` never raises for a failure of the job: it records it (status ``failed``, a one-line
+    ``error``, ``job.log`` and ``job.status`` events) and returns, so the worker lives on.
+    ``time_limit_error`` is the exception the task's soft time limit raises, if any.
+    """
+
+    def __init__(self, job: Job, *, time_limit_error: type[BaseException] | None = None) -> None:
+        if job.status != "running" or not job.claimed_by:
+            raise ValueError(f"job {job.pk} must be claimed before it runs (see leases.claim_job)")
+        self.job = job
+        self.worker = job.claimed_by
+        self.files = JobFiles(job.pk)
+        self.time_limit_error = time_limit_error
+        self.keeper: LeaseKeeper | None = None
+        self.measurer: LocalMeasurer | None = None
+        self.table: DatabaseLatencyTable | None = None
+
+    # ------------------------------------------------------------------ the run and its endings
+
+    def run(self) -> str:
+        """Run the job; returns its final status, or "lost" when another worker holds it now."""
+        try:
+            with LeaseKeeper(self.job.pk, self.worker) as keeper:
+                self.keeper = keeper
+                return self._run_guarded()
+        except Exception:  # only the bookkeeping of a failure can land here (database down...)
+            logger.exception("job %s: could not record how the run ended", self.job.pk)
+            return "unknown"
+
+    def _run_guarded(self) -> str:
+        try:
+            self._run()
+            return "finished"
+        except LeaseLost:
+            logger.info("job %s: %s no longer holds the job; stopping", self.job.pk, self.worker)
+            return "lost"
+        except JobCancelled:
+            return self._end("cancelled")
+        except Exception as error:
+            if self.time_limit_error and isinstance(error, self.time_limit_error):
+                limit = getattr(settings, "CELERY_TASK_TIME_LIMIT", None)
+                return self._end("failed", f"the job ran past its time limit ({limit} s)")
+            if not isinstance(error, USER_ERRORS):
+                logger.exception("job %s failed", self.job.pk)
+            return self._end("failed", describe_error(error))
+
+    def _end(self, status: str, error: str = "") -> str:
+        """Record a cancel or failure, if this worker still holds the job."""
+        with transaction.atomic():
+            ended = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
+                status=status, error=error, finished_at=timezone.now())
+            if not ended:
+                return "lost"
+            if error:
+                publish(self.job.pk, "job.log", {"level": "error", "message": error})
+            publish(self.job.pk, "job.status", {"status": status, "error": error})
+        return status
+
+    def _run(self) -> None:
+        job = self.job
+        publish(job.pk, "job.status", {"status": "running", "error": ""})
+        if job.attempts > max_attempts():
+            raise JobError(f"the job stopped unexpectedly {job.attempts - 1} times (worker killed or "
+                           "out of memory?); not trying again")
+        self._check_cancel()
+        config, options = parse_settings(job.settings)
+        spec, original = self._load_model()
+        data = self._load_data(spec, config, options)
+        check_dataset_fits(spec, in_channels=data.in_channels, resolution=data.resolution,
+                           num_classes=data.num_classes)
+        resource = self._resource_model(config, options)
+        state = self._load_checkpoint(config)
+        engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state)
+        for record in engine.run():
+            self._hold_lease()
+            if isinstance(record, NeedsMeasurement):
+                self._measure(record)
+            elif isinstance(record, StartRecord):
+                self.files.save_checkpoint(engine.state)
+                self._record_start(engine.state.start)
+            elif isinstance(record, IterationRecord):
+                name = self.files.save_iteration(record.iteration, record.model, spec, record.channels)
+                self.files.save_checkpoint(engine.state)
+                self._record_iteration(record.to_dict(), name)
+            elif isinstance(record, FinishRecord):
+                self._finish(record, spec)
+                return
+            self._check_cancel()
+        raise RuntimeError("the engine stopped without a finish record")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _load_model(self) -> tuple[ArchitectureSpec, nn.Module]:
+        upload = self.job.model
+        if upload.source != "builtin":
+            raise JobError("ONNX models cannot be adapted yet: upload a built-in architecture "
+                           "with its weights")
+        spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels, upload.width,
+                                upload.resolution)
+        try:
+            with upload.file.open("rb") as handle:
+                return spec, load_weights(handle, spec)
+        except FileNotFoundError:
+            raise JobError(f"the weights file of model '{upload.name}' is missing") from None
+
+    def _load_data(self, spec: ArchitectureSpec, config: AdaptConfig,
+                   options: JobOptions) -> DatasetSplits:
+        dataset = self.job.dataset
+        holdout = options.holdout
+        if dataset.kind == "builtin":
+            if holdout is None:
+                holdout = (FASHION_MNIST_HOLDOUT if dataset.builtin_name == "fashion_mnist"
+                           else DEFAULT_HOLDOUT_FRACTION)
+            return load_dataset(dataset.builtin_name, holdout_size=holdout,
+                                resolution=spec.resolution, seed=config.seed,
+                                limit_train=options.limit_train)
+        holdout = DEFAULT_HOLDOUT_FRACTION if holdout is None else holdout
+        folder = media_path(extracted_dataset_name(dataset.pk))
+        if not folder.is_dir():
+            try:
+                with dataset.archive.open("rb") as archive:
+                    return load_archive_dataset(archive, folder, resolution=spec.resolution,
+                                                seed=config.seed, holdout_size=holdout)
+            except FileExistsError:
+                pass  # another job extracted it meanwhile
+            except FileNotFoundError:
+                raise JobError(f"the archive of dataset '{dataset.name}' is missing") from None
+        return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution,
+                                 seed=config.seed)
+
+    def _resource_model(self, config: AdaptConfig, options: JobOptions) -> ResourceModel:
+        if config.metric != "latency":
+            return exact_model(config.metric)
+        device = self.job.device
+        if device.kind != "local":
+            raise JobError("agent devices are not supported yet: measure latency on this "
+                           "server's CPU, or adapt for MACs or parameters")
+        self.measurer = LocalMeasurer(device.runtime, MeasureProtocol(threads=device.threads))
+        self.table = DatabaseLatencyTable(device, self.measurer.runtime_name,
+                                          self.measurer.runtime_version, device.threads)
+        if options.latency_model == "whole":
+            return WholeNetworkLatencyModel()
+        return LatencyTableModel(self.table)
+
+    def _load_checkpoint(self, config: AdaptConfig) -> AdaptState | None:
+        """The state to resume from, after storing the rows an earlier attempt did not."""
+        state = self.files.load_checkpoint()
+        if state is None:
+            return None
+        if state.config != config:
+            raise JobError("the job's settings differ from those of its checkpoint; "
+                           "start a new job instead")
+        stored = set(Iteration.objects.filter(job_id=self.job.pk).values_list("number", flat=True))
+        if -1 not in stored:
+            self._record_start(state.start)
+        for record in state.records:
+            if record["iteration"] not in stored:
+                name = self.files.iteration_name(record["iteration"])
+                self._record_iteration(record, name if media_path(name).exists() else None)
+        publish(self.job.pk, "job.log", {
+            "level": "info",
+            "message": f"resuming after iteration {state.iteration - 1} (attempt {self.job.attempts})"
+            if state.iteration else f"resuming after the original's measurement (attempt {self.job.attempts})"})
+        return state
+
+    # ------------------------------------------------------------------ between steps
+
+    def _hold_lease(self) -> None:
+        if (self.keeper is not None and self.keeper.lost.is_set()) or not renew_lease(self.job.pk, self.worker):
+            raise LeaseLost()
+
+    def _check_cancel(self) -> None:
+        if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
+            raise JobCancelled()
+
+    # ------------------------------------------------------------------ records
+
+    def _measure(self, request: NeedsMeasurement) -> None:
+        """Measure what the engine asks for on this server's CPU; see the class docstring."""
+        self._check_cancel()
+        signatures = list(dict.fromkeys(request.signatures))
+        counts = {"reason": request.reason, "signatures": len(signatures),
+                  "networks": len(request.networks)}
+        publish(self.job.pk, "job.measure", {**counts, "done": False, "table_size": len(self.table)})
+        for start in range(0, len(signatures), MEASURE_BATCH):
+            if start:
+                self._hold_lease()
+                self._check_cancel()
+            self.table.add(self.measurer.measure_signatures(signatures[start:start + MEASURE_BATCH]))
+        if request.networks:
+            stats = self.measurer.measure_models([n.model for n in request.networks],
+                                                 request.example_input)
+            for network, result in zip(request.networks, stats):
+                network.result = result
+        publish(self.job.pk, "job.measure", {**counts, "done": True, "table_size": len(self.table)})
+
+    def _insert_iteration(self, number: int, record: dict, **fields) -> Iteration | None:
+        """The new row, or None when it exists already (a redelivered or resumed step)."""
+        try:
+            with transaction.atomic():
+                return Iteration.objects.create(
+                    job_id=self.job.pk, number=number, record=record, resource=record["resource"],
+                    resource_raw=record["resource_raw"], measured_ms=_measured_ms(record),
+                    macs=record["macs"], params=record["params"],
+                    holdout_accuracy=record["holdout_accuracy"], **fields)
+        except IntegrityError:
+            logger.info("job %s: iteration %s is stored already; skipping it", self.job.pk, number)
+            return None
+
+    def _record_start(self, start: dict) -> None:
+        """Row -1 (the original network) and ``job.start``, from ``AdaptState.start``."""
+        with transaction.atomic():
+            self._hold_lease()
+            if self._insert_iteration(-1, start, validation_accuracy=start["validation_accuracy"]) is None:
+                return
+            publish(self.job.pk, "job.start", start)
+            for warning in start.get("warnings", []):
+                publish(self.job.pk, "job.log", {"level": "warning", "message": warning})
+
+    def _record_iteration(self, record: dict, model_name: str | None) -> None:
+        """The iteration's row, its proposals and ``job.iteration``, from ``IterationRecord.to_dict()``."""
+        with transaction.atomic():
+            self._hold_lease()
+            iteration = self._insert_iteration(record["iteration"], record, model_file=model_name)
+            if iteration is None:
+                return
+            Proposal.objects.bulk_create([
+                Proposal(iteration=iteration, group=p["group"], channels=p["channels"],
+                         resource=p["resource"], holdout_accuracy=p.get("holdout_accuracy"),
+                         chosen=p["group"] == record["chosen_group"], record=p)
+                for p in record["proposals"]])
+            publish(self.job.pk, "job.iteration", iteration_payload(record))
+
+    def _finish(self, finish: FinishRecord, spec: ArchitectureSpec) -> None:
+        self.files.save_final(finish.model, spec, finish.channels)
+        result = finish.to_dict()
+        with transaction.atomic():
+            self._hold_lease()
+            if finish.iterations:
+                Iteration.objects.filter(job_id=self.job.pk, number=finish.iterations - 1).update(
+                    validation_accuracy=finish.validation_accuracy)
+            Job.objects.filter(pk=self.job.pk).update(status="finished", result=result, error="",
+                                                      finished_at=timezone.now())
+            publish(self.job.pk, "job.finish", result)
+            publish(self.job.pk, "job.status", {"status": "finished", "error": ""})

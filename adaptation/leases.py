@@ -1,0 +1,172 @@
+"""Job leases: which worker runs a job, claimed with one conditional UPDATE and kept by heartbeats.
+
+A worker claims a job that is ``queued``, or ``running`` under a lease that has lapsed: its
+``heartbeat_at`` is older than ``JOB_LEASE_SECONDS``, or the claim names a process of this host
+that no longer exists and has missed two heartbeats. The claim sets ``claimed_by`` to
+``<hostname>:<pid>``; from then on every write the worker makes is conditional on still holding
+the claim, so a worker that lost its job (to a sweep after a stall, or because the row was deleted)
+notices at its next step and stops without touching anything.
+
+The worker renews the lease at every engine record and from a ``LeaseKeeper`` thread every
+``JOB_HEARTBEAT_SECONDS`` while a record is being computed (an iteration takes minutes).
+
+A queued job's ``heartbeat_at`` records when the sweep last re-sent its message (a queued job has
+no lease), so a sweep does not pile up duplicate messages behind a long job.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.db.models import DateTimeField, F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from adaptation.models import Job
+
+logger = logging.getLogger(__name__)
+
+#: A queued job is re-sent by a sweep only once it is this old (its first message may be in flight).
+QUEUED_GRACE_SECONDS = 60
+#: Job kinds ``JobRunner`` runs; jobs of other kinds are never claimed or swept (they wait for theirs).
+RUNNABLE_KINDS = ("adapt",)
+
+
+def lease_seconds() -> float:
+    return float(getattr(settings, "JOB_LEASE_SECONDS", 60))
+
+
+def heartbeat_seconds() -> float:
+    return float(getattr(settings, "JOB_HEARTBEAT_SECONDS", 5))
+
+
+def requeue_seconds() -> float:
+    return float(getattr(settings, "JOB_REQUEUE_SECONDS", 600))
+
+
+def max_attempts() -> int:
+    return int(getattr(settings, "JOB_MAX_ATTEMPTS", 5))
+
+
+def worker_name() -> str:
+    """``<hostname>:<pid>`` of this process, what ``Job.claimed_by`` holds while it runs a job."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process whose parent died too may linger as a zombie nobody reaps
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def claim_is_gone(claimed_by: str) -> bool:
+    """Whether ``claimed_by`` names a process of this host that no longer runs.
+
+    Assumes one hostname names one process namespace (hosts, containers and pods do; give
+    containers that share a hostname distinct ones). Claims of other hosts are never "gone".
+    """
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) != os.getpid() and not _process_exists(int(pid))
+
+
+def _lapsed(now: datetime) -> Q:
+    """Running jobs whose lease has lapsed, whoever held it."""
+    return Q(status="running") & (Q(heartbeat_at__isnull=True)
+                                  | Q(heartbeat_at__lt=now - timedelta(seconds=lease_seconds())))
+
+
+def _gone_grace(now: datetime) -> datetime:
+    return now - timedelta(seconds=2 * heartbeat_seconds())
+
+
+def claim_job(job_id: int, worker: str) -> Job | None:
+    """Claim the job for ``worker``; the claimed row, or None when it is not ours to run."""
+    now = timezone.now()
+    claimable = Q(status="queued") | _lapsed(now)
+    current = Job.objects.filter(pk=job_id, status="running").values_list("claimed_by", "heartbeat_at").first()
+    if current and current[1] and current[1] < _gone_grace(now) and claim_is_gone(current[0]):
+        claimable |= Q(status="running", claimed_by=current[0], heartbeat_at=current[1])
+    claimed = Job.objects.filter(claimable, pk=job_id, kind__in=RUNNABLE_KINDS).update(
+        status="running", claimed_by=worker, heartbeat_at=now, attempts=F("attempts") + 1,
+        started_at=Coalesce("started_at", Value(now, output_field=DateTimeField())))
+    if not claimed:
+        return None
+    return Job.objects.select_related("model", "dataset", "device").get(pk=job_id)
+
+
+def renew_lease(job_id: int, worker: str) -> bool:
+    """Extend the lease; False when ``worker`` no longer holds the job (or it was deleted)."""
+    return bool(Job.objects.filter(pk=job_id, claimed_by=worker, status="running")
+                .update(heartbeat_at=timezone.now()))
+
+
+def jobs_to_resume(now: datetime | None = None) -> list[int]:
+    """Ids of jobs that need a (new) message: lapsed leases, and queued jobs left waiting.
+
+    A queued job is stamped as it is picked (one conditional UPDATE), so two sweeps running at
+    once do not both re-send it, and it is picked again only after ``JOB_REQUEUE_SECONDS``.
+    """
+    now = now or timezone.now()
+    runnable = Job.objects.filter(kind__in=RUNNABLE_KINDS)
+    ids = list(runnable.filter(_lapsed(now)).values_list("pk", flat=True))
+    host_claims = (runnable.filter(status="running", heartbeat_at__lt=_gone_grace(now),
+                                   claimed_by__startswith=f"{socket.gethostname()}:")
+                   .exclude(pk__in=ids).values_list("pk", "claimed_by"))
+    ids += [pk for pk, claimed_by in host_claims if claim_is_gone(claimed_by)]
+    waiting = Q(status="queued", created__lt=now - timedelta(seconds=QUEUED_GRACE_SECONDS)) & (
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=now - timedelta(seconds=requeue_seconds())))
+    for pk in runnable.filter(waiting).values_list("pk", flat=True):
+        if runnable.filter(waiting, pk=pk).update(heartbeat_at=now):
+            ids.append(pk)
+    return sorted(ids)
+
+
+class LeaseKeeper:
+    """Renews a job's lease from a daemon thread while the worker computes a step.
+
+    The thread has its own database connection (Django's are per thread) and closes it on exit.
+    ``lost`` is set when the lease is gone; the runner checks it at its next step. A database
+    error is logged and retried at the next beat: the lease is long enough to ride it out.
+    """
+
+    def __init__(self, job_id: int, worker: str, interval: float | None = None) -> None:
+        self.job_id, self.worker = job_id, worker
+        self.interval = heartbeat_seconds() if interval is None else interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-job-{job_id}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    if not renew_lease(self.job_id, self.worker):
+                        self.lost.set()
+                        return
+                except DatabaseError as error:
+                    logger.warning("job %s: heartbeat failed, retrying: %s", self.job_id, error)
+        finally:
+            connection.close()

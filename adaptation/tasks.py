@@ -1,0 +1,63 @@
+"""Celery tasks of adaptation jobs: thin glue, the work is in ``jobs`` and ``leases``.
+
+- ``enqueue_job(job)``: send ``run_job`` once the current transaction commits.
+- ``run_job(job_id)``: claim the job (one conditional UPDATE; someone else has it: return), then
+  run it. ``acks_late`` and the settings' ``task_reject_on_worker_lost`` make the broker keep the
+  message until the task returns; a job whose worker died is resumed from its checkpoint.
+- ``sweep_stale_jobs()``: re-send ``run_job`` for running jobs whose lease lapsed and queued jobs
+  left waiting (periodic, from Celery beat). Every worker also sweeps when it starts, and once
+  more when the leases of a worker killed just before have lapsed, so jobs resume without beat.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
+from django.db import connections, transaction
+
+from adaptation.jobs import JobRunner
+from adaptation.leases import claim_job, jobs_to_resume, lease_seconds, worker_name
+from adaptation.models import Job
+
+logger = logging.getLogger(__name__)
+
+
+def enqueue_job(job: Job) -> None:
+    """Run the job in a worker once the transaction that created (or re-queued) it commits."""
+    job_id = job.pk
+    transaction.on_commit(lambda: run_job.delay(job_id))
+
+
+@shared_task(acks_late=True)
+def run_job(job_id: int) -> str | None:
+    """Claim and run one job; returns how it ended, None when it was not ours to run."""
+    job = claim_job(job_id, worker_name())
+    if job is None:
+        logger.info("job %s: not claimable (gone, ended, or running elsewhere)", job_id)
+        return None
+    return JobRunner(job, time_limit_error=SoftTimeLimitExceeded).run()
+
+
+@shared_task
+def sweep_stale_jobs() -> list[int]:
+    """Re-send ``run_job`` for each job that needs a worker; the claim makes duplicates harmless."""
+    job_ids = jobs_to_resume()
+    for job_id in job_ids:
+        run_job.delay(job_id)
+    if job_ids:
+        logger.info("sweep: re-sent jobs %s", job_ids)
+    return job_ids
+
+
+@worker_ready.connect
+def sweep_at_worker_start(sender=None, **kwargs) -> None:
+    """Resume jobs a killed worker left running: now, and again once their leases have lapsed."""
+    try:
+        sweep_stale_jobs()
+        sweep_stale_jobs.apply_async(countdown=lease_seconds() + 5)
+    except Exception:  # the worker must start even when the database or broker hiccups
+        logger.exception("sweep at worker start failed")
+    finally:
+        connections.close_all()  # the worker's main process keeps no connection open

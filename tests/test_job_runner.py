@@ -1,0 +1,448 @@
+"""The job pipeline in one process: claims and leases, a job run to its end, cancel, failures, resume."""
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import time
+import zipfile
+from datetime import timedelta
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from django.db import transaction
+from django.utils import timezone
+
+from adaptation import jobs, tasks
+from adaptation.job_files import JobFiles, media_path
+from adaptation.jobs import JobRunner
+from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
+from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload, Proposal
+from adaptation.netadapt.export import load_pytorch
+from devices.models import Device, LatencyEntry
+
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("single_torch_thread")]
+transactional = pytest.mark.django_db(transaction=True)
+
+# Small on purpose: a few iterations of a few SGD steps on 16-px digits.
+LATENCY = {"metric": "latency", "budget": 0.85, "initial_reduction": 0.06, "decay": 0.9,
+           "short_term_steps": 5, "long_term_epochs": 0.2, "batch_size": 64, "max_iterations": 4,
+           "holdout": 0.15}
+MACS = {"metric": "macs", "budget": 0.5, "initial_reduction": 0.1, "decay": 0.9,
+        "short_term_steps": 3, "long_term_epochs": 0, "batch_size": 64, "max_iterations": 8,
+        "holdout": 0.15}
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    # The lease keeper's thread would write next to the test's own writes; its test runs it alone.
+    settings.JOB_HEARTBEAT_SECONDS = 3600
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def upload(owner, media, tiny_cnn):
+    spec, weights = tiny_cnn
+    name = f"models/{owner.pk}/tiny.pt"
+    media_path(name).parent.mkdir(parents=True, exist_ok=True)
+    media_path(name).write_bytes(weights)
+    return ModelUpload.objects.create(owner=owner, name="tiny", source="builtin", arch=spec.arch,
+                                      num_classes=spec.num_classes, in_channels=spec.in_channels,
+                                      width=spec.width, resolution=spec.resolution, file=name,
+                                      status="ready")
+
+
+@pytest.fixture
+def new_job(owner, upload, system_device, digits_dataset):
+    def make(settings: dict, **fields) -> Job:
+        fields = {"device": system_device, "dataset": digits_dataset, **fields}
+        return Job.objects.create(owner=owner, model=upload, settings=settings, **fields)
+    return make
+
+
+def events(job) -> list[JobEvent]:
+    return list(JobEvent.objects.filter(job=job).order_by("seq"))
+
+
+def types(job) -> list[str]:
+    return [e.type for e in events(job)]
+
+
+def assert_contiguous(job) -> None:
+    assert [e.seq for e in events(job)] == list(range(1, JobEvent.objects.filter(job=job).count() + 1))
+
+
+def iteration_numbers(job) -> list[int]:
+    return list(Iteration.objects.filter(job=job).order_by("number").values_list("number", flat=True))
+
+
+def run_to_end(job) -> Job:
+    outcome = tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert outcome == "finished", job.error
+    return job
+
+
+def stale(job) -> None:
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+
+
+# ---------------------------------------------------------------- a job run to its end
+
+
+@transactional
+def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job):
+    job = new_job(LATENCY)
+    with transaction.atomic():
+        tasks.enqueue_job(job)
+        assert sent_run_job == []
+    assert sent_run_job == [job.pk]  # sent once committed
+
+    run_to_end(job)
+    assert (job.status, job.error, job.attempts) == ("finished", "", 1)
+    assert job.started_at and job.finished_at
+    assert job.result["budget_met"] and job.result["iterations"] >= 1
+    n = job.result["iterations"]
+    rows = list(Iteration.objects.filter(job=job).order_by("number"))
+    assert [r.number for r in rows] == list(range(-1, n))
+    resources = [r.resource for r in rows]
+    assert all(a > b for a, b in zip(resources, resources[1:])), resources
+    assert all(r.measured_ms and r.measured_ms > 0 for r in rows)
+    assert rows[-1].validation_accuracy == job.result["validation_accuracy"]
+    for row in rows[1:]:
+        proposals = list(Proposal.objects.filter(iteration=row))
+        assert proposals and [p.group for p in proposals if p.chosen] == [row.record["chosen_group"]]
+
+    # Events: numbered 1..N; measurements come before the start (the original is measured first).
+    assert_contiguous(job)
+    stream = events(job)
+    assert stream[0].type == "job.status" and stream[0].payload == {"status": "running", "error": ""}
+    assert [e.type for e in stream[-2:]] == ["job.finish", "job.status"]
+    assert stream[-1].payload == {"status": "finished", "error": ""}
+    middle = [e.type for e in stream[1:-2]]
+    start = middle.index("job.start")
+    assert start > 0 and set(middle[:start]) == {"job.measure"}
+    assert set(middle[start + 1:]) == {"job.measure", "job.iteration"}
+    iteration_events = [e.payload for e in stream if e.type == "job.iteration"]
+    assert [p["number"] for p in iteration_events] == list(range(n))
+    assert iteration_events[0]["measured_ms"] == rows[1].measured_ms
+    measures = [e.payload for e in stream if e.type == "job.measure"]
+    assert [m["done"] for m in measures] == [False, True] * (len(measures) // 2)
+    assert measures[-1]["table_size"] == LatencyEntry.objects.filter(device=system_device).count() > 0
+
+    # Files: every iteration's network rebuilds; the final ONNX runs like the final PyTorch file.
+    files = JobFiles(job.pk)
+    for row in rows[1:]:
+        model = load_pytorch(media_path(row.model_file.name))
+        assert row.model_file.name == files.iteration_name(row.number)
+        assert model(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+    names = files.final_names()
+    final = load_pytorch(media_path(names["pytorch"]))
+    x = torch.randn(1, 1, 16, 16)
+    session = ort.InferenceSession(str(media_path(names["onnx"])), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, final(x).numpy(), atol=1e-4)
+    assert files.checkpoint.exists()
+    assert not list(files.folder.glob(".*partial"))
+
+
+@transactional
+def test_a_second_job_on_the_device_reuses_its_table(new_job, system_device, sent_run_job):
+    first = run_to_end(new_job(LATENCY))
+    before = dict(LatencyEntry.objects.filter(device=system_device)
+                  .values_list("signature_key", "measured_at"))
+    assert before
+
+    second = run_to_end(new_job(LATENCY))
+    after = dict(LatencyEntry.objects.filter(device=system_device)
+                 .values_list("signature_key", "measured_at"))
+    assert {key: after[key] for key in before} == before  # nothing measured again
+
+    def measured(job):
+        return [e.payload for e in events(job) if e.type == "job.measure" and not e.payload["done"]]
+    # The original's layers are all in the table: the second job only measures it whole.
+    assert measured(first)[0]["signatures"] > 0
+    assert measured(second)[0] == {**measured(second)[0], "signatures": 0, "networks": 1}
+    assert (sum(m["signatures"] for m in measured(second))
+            < sum(m["signatures"] for m in measured(first)))
+
+
+@transactional
+def test_it_extracts_an_uploaded_image_folder_once(new_job, owner, media, digits16):
+    from PIL import Image
+
+    archive = f"datasets/{owner.pk}/digits.zip"
+    media_path(archive).parent.mkdir(parents=True, exist_ok=True)
+    images = digits16.train.images
+    with zipfile.ZipFile(media_path(archive), "w") as bundle:
+        for label in range(10):
+            picked = (digits16.train.labels == label).nonzero().flatten()[:8]
+            for n, index in enumerate(picked.tolist()):
+                pixels = images[index, 0]
+                pixels = ((pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255).byte().numpy()
+                buffer = io.BytesIO()
+                Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+                bundle.writestr(f"digits/{label}/{n}.png", buffer.getvalue())
+    dataset = Dataset.objects.create(owner=owner, name="my digits", kind="folder", archive=archive)
+
+    first = run_to_end(new_job(MACS, dataset=dataset))
+    folder = media_path(f"datasets/extracted/{dataset.pk}")
+    assert sorted(p.name for p in folder.iterdir()) == [str(label) for label in range(10)]
+    media_path(archive).unlink()  # the second job needs the extracted folder only
+    second = run_to_end(new_job(MACS, dataset=dataset))
+    assert first.result["iterations"] == second.result["iterations"] >= 1
+
+
+# ---------------------------------------------------------------- cancel and failures
+
+
+@transactional
+def test_it_cancels_before_the_first_step(new_job):
+    job = new_job(MACS, cancel_requested=True)
+    assert tasks.run_job(job.pk) == "cancelled"
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at
+    assert not Iteration.objects.filter(job=job).exists()
+    assert [e.payload["status"] for e in events(job)] == ["running", "cancelled"]
+
+
+@transactional
+def test_it_cancels_between_iterations(new_job, monkeypatch):
+    job = new_job(MACS)
+    real_publish = jobs.publish
+
+    def publish(job_id, event_type, payload):
+        event = real_publish(job_id, event_type, payload)
+        if event_type == "job.iteration":
+            Job.objects.filter(pk=job_id).update(cancel_requested=True)
+        return event
+    monkeypatch.setattr(jobs, "publish", publish)
+
+    assert tasks.run_job(job.pk) == "cancelled"
+    assert iteration_numbers(job) == [-1, 0]  # the finished iteration is kept
+    assert types(job)[-1] == "job.status" and events(job)[-1].payload["status"] == "cancelled"
+
+
+@transactional
+def test_a_budget_already_met_fails_with_the_engines_message(new_job):
+    job = new_job({**MACS, "budget": 1e12, "budget_relative": False})
+    assert tasks.run_job(job.pk) == "failed"  # returns normally: the worker lives on
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("the original network already meets the budget")
+    assert "\n" not in job.error
+    assert types(job) == ["job.status", "job.log", "job.status"]
+    log, status = events(job)[1:]
+    assert log.payload == {"level": "error", "message": job.error}
+    assert status.payload == {"status": "failed", "error": job.error}
+
+
+@transactional
+def test_an_agent_device_fails_clearly(new_job, owner):
+    phone = Device.objects.create(owner=owner, name="phone", kind="agent")
+    job = new_job(LATENCY, device=phone)
+    assert tasks.run_job(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.error.startswith("agent devices are not supported yet")
+
+
+@transactional
+def test_a_missing_weights_file_fails_clearly(new_job, upload):
+    media_path(upload.file.name).unlink()
+    job = new_job(MACS)
+    tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.error == "the weights file of model 'tiny' is missing"
+
+
+@transactional
+def test_it_names_unknown_settings(new_job):
+    job = new_job({**MACS, "colour": "red"})
+    tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.error == "invalid settings: unknown setting(s) colour"
+
+
+@transactional
+def test_an_unexpected_error_is_an_internal_error(new_job, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+    monkeypatch.setattr(jobs, "load_dataset", broken)
+    job = new_job(MACS)
+    assert tasks.run_job(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.error == "internal error: RuntimeError: disk on fire"
+    assert "Traceback" in caplog.text
+
+
+@transactional
+def test_it_gives_up_after_too_many_attempts(new_job, settings):
+    settings.JOB_MAX_ATTEMPTS = 2
+    job = new_job(MACS, attempts=2)
+    assert tasks.run_job(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.error.startswith("the job stopped unexpectedly 2 times")
+
+
+@transactional
+def test_it_reports_the_time_limit(new_job, monkeypatch):
+    class TimeLimit(Exception):
+        pass
+
+    def slow(*args, **kwargs):
+        raise TimeLimit()
+    monkeypatch.setattr(jobs, "load_dataset", slow)
+    job = claim_job(new_job(MACS).pk, "me:1")
+    assert JobRunner(job, time_limit_error=TimeLimit).run() == "failed"
+    job.refresh_from_db()
+    assert job.error.startswith("the job ran past its time limit")
+
+
+@pytest.mark.django_db
+def test_a_deleted_job_is_skipped_quietly():
+    assert tasks.run_job(123456) is None
+
+
+# ---------------------------------------------------------------- claims and leases
+
+
+@pytest.mark.django_db
+def test_a_claim_is_exclusive(new_job):
+    job = new_job(MACS)
+    claimed = claim_job(job.pk, "host-a:1")
+    assert claimed and claimed.status == "running" and claimed.claimed_by == "host-a:1"
+    assert claimed.attempts == 1 and claimed.heartbeat_at and claimed.started_at
+    assert claim_job(job.pk, "host-b:2") is None
+    job.refresh_from_db()
+    assert (job.claimed_by, job.attempts) == ("host-a:1", 1)
+
+
+@pytest.mark.django_db
+def test_only_adaptations_are_claimed(new_job):
+    assert claim_job(new_job(MACS, kind="finetune").pk, "host-a:1") is None
+
+
+@pytest.mark.django_db
+def test_a_stale_lease_can_be_claimed_and_a_fresh_one_cannot(new_job):
+    job = new_job(MACS)
+    claimed = claim_job(job.pk, "host-a:1")
+    started = claimed.started_at
+    assert claim_job(job.pk, "host-b:2") is None
+    stale(job)
+    taken = claim_job(job.pk, "host-b:2")
+    assert taken and taken.claimed_by == "host-b:2" and taken.attempts == 2
+    assert taken.started_at == started  # the first start is kept
+
+
+@pytest.mark.django_db
+def test_a_lease_of_a_process_gone_from_this_host_lapses_early(new_job, settings):
+    settings.JOB_HEARTBEAT_SECONDS = 5  # lapses after two missed beats: 10 s
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    job = new_job(MACS, status="running", claimed_by=f"{socket.gethostname()}:{gone.pid}",
+                  heartbeat_at=timezone.now())
+    assert claim_job(job.pk, "me:1") is None  # a fresh heartbeat: maybe not quite dead yet
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=11))
+    assert job.pk in jobs_to_resume()
+    assert claim_job(job.pk, "me:1").claimed_by == "me:1"
+    # Another host's claim is never judged by this host's processes.
+    other = new_job(MACS, status="running", claimed_by=f"elsewhere:{gone.pid}",
+                    heartbeat_at=timezone.now() - timedelta(seconds=11))
+    assert claim_job(other.pk, "me:1") is None
+
+
+@pytest.mark.django_db
+def test_the_sweep_resends_lapsed_and_waiting_jobs(new_job, sent_run_job):
+    old = timezone.now() - timedelta(minutes=5)
+    lapsed = new_job(MACS, status="running", claimed_by="x:1", heartbeat_at=old)
+    new_job(MACS, status="running", claimed_by="x:2", heartbeat_at=timezone.now())
+    waiting = new_job(MACS, created=old)
+    new_job(MACS)  # queued just now: its message is on its way
+    new_job(MACS, status="finished", created=old)
+    new_job(MACS, kind="finetune", created=old)  # no runner for this kind yet: it waits
+    assert tasks.sweep_stale_jobs() == sorted([lapsed.pk, waiting.pk])
+    assert sorted(sent_run_job) == sorted([lapsed.pk, waiting.pk])
+    # The queued job was stamped: the next sweep leaves it alone for JOB_REQUEUE_SECONDS.
+    assert tasks.sweep_stale_jobs() == [lapsed.pk]
+
+
+@transactional
+def test_the_lease_keeper_beats_until_the_lease_is_lost(new_job):
+    job = claim_job(new_job(MACS).pk, "me:1")
+    stale(job)
+    deadline = time.monotonic() + 20
+    with LeaseKeeper(job.pk, "me:1", interval=0.05) as keeper:
+        while Job.objects.get(pk=job.pk).heartbeat_at < timezone.now() - timedelta(minutes=1):
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.02)
+        Job.objects.filter(pk=job.pk).update(claimed_by="thief:1")
+        assert keeper.lost.wait(20)
+
+
+@transactional
+def test_a_worker_that_lost_its_lease_stops_without_writing(new_job, monkeypatch):
+    job = new_job(MACS)
+    real_publish = jobs.publish
+
+    def publish(job_id, event_type, payload):
+        event = real_publish(job_id, event_type, payload)
+        if event_type == "job.start":
+            transaction.on_commit(lambda: Job.objects.filter(pk=job_id).update(claimed_by="thief:1"))
+        return event
+    monkeypatch.setattr(jobs, "publish", publish)
+
+    assert tasks.run_job(job.pk) == "lost"
+    job.refresh_from_db()
+    assert (job.status, job.claimed_by, job.error) == ("running", "thief:1", "")
+    assert iteration_numbers(job) == [-1]
+    assert types(job) == ["job.status", "job.start"]
+
+
+# ---------------------------------------------------------------- resume
+
+
+class WorkerKilled(BaseException):
+    """Stands for SIGKILL: nothing in the runner catches it."""
+
+
+@transactional
+@pytest.mark.parametrize("when", ["after the commit", "before the commit"])
+def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when):
+    job = new_job(MACS)
+    real_publish = jobs.publish
+
+    def publish(job_id, event_type, payload):
+        event = real_publish(job_id, event_type, payload)
+        if event_type == "job.iteration" and payload["number"] == 1:
+            if when == "before the commit":  # the checkpoint is saved, the rows roll back
+                raise WorkerKilled()
+            transaction.on_commit(lambda: (_ for _ in ()).throw(WorkerKilled()))
+        return event
+    monkeypatch.setattr(jobs, "publish", publish)
+    with pytest.raises(WorkerKilled):
+        tasks.run_job(job.pk)
+    monkeypatch.setattr(jobs, "publish", real_publish)
+
+    job.refresh_from_db()
+    assert job.status == "running"
+    assert iteration_numbers(job) == ([-1, 0, 1] if when == "after the commit" else [-1, 0])
+    assert tasks.run_job(job.pk) is None  # the lease is still held
+    stale(job)
+    assert tasks.run_job(job.pk) == "finished"
+
+    job.refresh_from_db()
+    n = job.result["iterations"]
+    assert n > 2 and job.attempts == 2
+    assert iteration_numbers(job) == list(range(-1, n))
+    numbers = [e.payload["number"] for e in events(job) if e.type == "job.iteration"]
+    assert sorted(numbers) == list(range(n))
+    assert types(job).count("job.start") == 1
+    assert_contiguous(job)
+    assert any(e.payload["message"] == "resuming after iteration 1 (attempt 2)"
+               for e in events(job) if e.type == "job.log")
+    resources = list(Iteration.objects.filter(job=job).order_by("number").values_list("resource", flat=True))
+    assert all(a > b for a, b in zip(resources, resources[1:]))

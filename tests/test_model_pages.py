@@ -1,0 +1,238 @@
+"""Model pages: upload with the pre-flight check, list, detail, delete; a rejected upload stores nothing."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from adaptation.models import Iteration, Job, ModelUpload
+from adaptation.netadapt.spec import ArchitectureSpec
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread")]
+
+SPEC = ArchitectureSpec("plain_cnn", num_classes=3, in_channels=1, width=0.25, resolution=8)
+REPORT = {"spec": SPEC.to_dict(), "macs": 123_456, "params": 7_890, "layers": 4, "onnx_bytes": 40_000,
+          "seconds": 0.5, "notes": [],
+          "groups": [{"name": "features.0", "channels": 8, "out_layers": ["features.0"],
+                      "in_layers": ["features.3"]},
+                     {"name": "features.3", "channels": 16, "out_layers": ["features.3"],
+                      "in_layers": ["classifier"]}]}
+
+
+def torch_bytes(payload) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good_weights() -> bytes:
+    torch.manual_seed(0)
+    return torch_bytes(SPEC.build().state_dict())
+
+
+def files_under(root: Path) -> list[str]:
+    """Every file below ``root`` (relative paths), empty folders not counted."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def media(settings, tmp_path) -> Path:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "upload-tmp"
+    settings.FILE_UPLOAD_TEMP_DIR.mkdir()
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def owner_client(client, owner):
+    client.force_login(owner)
+    return client
+
+
+def upload_data(weights: bytes, **fields) -> dict:
+    """POST data of the upload form (the file last, as the page sends it)."""
+    data = {"name": "tiny", "arch": SPEC.arch, "width": str(SPEC.width), "num_classes": str(SPEC.num_classes),
+            "in_channels": str(SPEC.in_channels), "resolution": str(SPEC.resolution), **fields}
+    data["file"] = SimpleUploadedFile("tiny.pt", weights)
+    return data
+
+
+def stored_model(user, name="tiny", **fields) -> ModelUpload:
+    """A ready model whose weights file exists in MEDIA_ROOT (the report is canned)."""
+    values = {"source": "builtin", "arch": SPEC.arch, "width": SPEC.width, "num_classes": 3, "in_channels": 1,
+              "resolution": 8, "status": "ready", "preflight": REPORT, **fields}
+    return ModelUpload.objects.create(owner=user, name=name, file=ContentFile(b"weights", name=f"{name}.pt"),
+                                      **values)
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_it_lists_own_models_only(owner_client, owner, stranger, media):
+    stored_model(owner, "mine")
+    stored_model(stranger, "theirs")
+    response = owner_client.get(reverse("model_list"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "mine" in page and "theirs" not in page
+    assert "123 k" in page and "7.89 k" in page  # MACs, params
+    assert [row["groups"] for row in response.context["rows"]] == [2]
+
+
+def test_it_shows_the_upload_form(owner_client, media):
+    response = owner_client.get(reverse("model_upload"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert '<option value="mobilenet_v1"' in page and '<option value="resnet50"' in page
+    assert "ONNX upload is not supported yet" in page
+    assert "200 MB" in page
+    assert "js/upload.js" in page and "<progress" in page
+
+
+def test_it_shows_the_model(owner_client, owner, media):
+    model = stored_model(owner)
+    response = owner_client.get(reverse("model_detail", args=[model.pk]))
+    assert response.status_code == 200
+    page = response.content.decode()
+    for text in ("plain_cnn", "features.0", "features.3", "classifier", "123456", "7890", "Delete model"):
+        assert text in page
+
+
+@pytest.mark.parametrize("name", ["model_list", "model_upload"])
+def test_it_requires_login(client, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+# --------------------------------------------------------------------------- upload
+
+
+def test_it_uploads_and_checks_a_model(owner_client, owner, media, good_weights):
+    response = owner_client.post(reverse("model_upload"), upload_data(good_weights))
+    model = ModelUpload.objects.get()
+    assert response.status_code == 302 and response.url == reverse("model_detail", args=[model.pk])
+    assert (model.owner, model.status, model.error, model.source) == (owner, "ready", "", "builtin")
+    assert (model.arch, model.width, model.num_classes, model.in_channels, model.resolution) == (
+        "plain_cnn", 0.25, 3, 1, 8)
+    assert model.preflight["spec"] == SPEC.to_dict()
+    assert model.preflight["macs"] > 0 and model.preflight["params"] > 0 and model.preflight["groups"]
+    assert files_under(media) == [f"models/{owner.pk}/tiny.pt"]
+    assert Path(model.file.path).read_bytes() == good_weights
+
+    page = owner_client.get(response.url).content.decode()
+    assert "passed the pre-flight check" in page
+    assert model.preflight["groups"][0]["name"] in page
+
+
+def test_it_names_the_model_after_the_file(owner_client, media, good_weights):
+    owner_client.post(reverse("model_upload"), upload_data(good_weights, name=""))
+    assert ModelUpload.objects.get().name == "tiny"
+
+
+BAD_FILES = {
+    "not a model": (b"these are not weights", {}, "not a PyTorch weights file"),
+    "pickled whole module": (None, {}, "pickles a whole model object"),
+    "weights that do not fit": ("good", {"num_classes": "5"}, "the weights do not fit"),
+    "wrong input channels": ("good", {"in_channels": "3"}, "the weights do not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_it_rejects_a_bad_file_and_stores_nothing(owner_client, media, good_weights, case):
+    content, fields, message = BAD_FILES[case]
+    if content is None:
+        torch.manual_seed(0)
+        content = torch_bytes(SPEC.build())  # torch.save(model): runs code when loaded
+    elif content == "good":
+        content = good_weights
+    response = owner_client.post(reverse("model_upload"), upload_data(content, **fields))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert message in response.context["form"].errors["file"][0]
+    assert not ModelUpload.objects.exists()
+    assert files_under(media) == []
+
+
+def test_it_rejects_a_width_on_a_fixed_width_architecture(owner_client, media, good_weights):
+    response = owner_client.post(reverse("model_upload"), upload_data(good_weights, arch="resnet18", width="0.5"))
+    assert response.status_code == 200
+    assert "resnet18 has a fixed width" in response.context["form"].errors["width"][0]
+    assert not ModelUpload.objects.exists()
+    assert files_under(media) == []
+
+
+@pytest.mark.parametrize("field, value", [("width", "0"), ("num_classes", "1"), ("resolution", "2"),
+                                          ("in_channels", "2"), ("arch", "alexnet")])
+def test_it_validates_the_specification(owner_client, media, good_weights, field, value):
+    response = owner_client.post(reverse("model_upload"), upload_data(good_weights, **{field: value}))
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert not ModelUpload.objects.exists()
+
+
+def test_it_requires_a_file(owner_client, media):
+    data = upload_data(b"")
+    del data["file"]
+    response = owner_client.post(reverse("model_upload"), data)
+    assert response.context["form"].errors["file"] == ["This field is required."]
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_it_deletes_the_model_and_its_file(owner_client, owner, media, django_capture_on_commit_callbacks):
+    model = stored_model(owner)
+    assert files_under(media) == [f"models/{owner.pk}/tiny.pt"]
+    with django_capture_on_commit_callbacks(execute=True):  # files go once the deletion commits
+        response = owner_client.post(reverse("model_delete", args=[model.pk]))
+    assert response.status_code == 302 and response.url == reverse("model_list")
+    assert not ModelUpload.objects.exists()
+    assert files_under(media) == []
+
+
+def test_it_deletes_only_with_post(owner_client, owner, media):
+    model = stored_model(owner)
+    assert owner_client.get(reverse("model_delete", args=[model.pk])).status_code == 405
+    assert ModelUpload.objects.filter(pk=model.pk).exists()
+
+
+def test_it_keeps_a_model_with_a_running_job(owner_client, owner, media, make_job):
+    job = make_job(owner, status="running")
+    response = owner_client.post(reverse("model_delete", args=[job.model.pk]), follow=True)
+    assert "still running" in response.content.decode()
+    assert ModelUpload.objects.filter(pk=job.model.pk).exists()
+
+
+def test_it_deletes_finished_jobs_and_their_outputs_with_the_model(owner_client, owner, media, make_job,
+                                                                   django_capture_on_commit_callbacks):
+    job = make_job(owner, status="finished")
+    Iteration.objects.create(job=job, number=0, resource=1.0, macs=1, params=1, holdout_accuracy=0.5,
+                             model_file=ContentFile(b"pruned", name="iteration_0.pt"))
+    assert files_under(media) == [f"outputs/{owner.pk}/job_{job.pk}/iteration_0.pt"]
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(reverse("model_delete", args=[job.model.pk]))
+    assert not Job.objects.exists() and not ModelUpload.objects.exists()
+    assert files_under(media) == []
+
+
+@pytest.mark.parametrize("name, method", [("model_detail", "get"), ("model_delete", "post")])
+def test_it_checks_ownership(client, owner, stranger, media, name, method):
+    model = stored_model(owner)
+    client.force_login(stranger)
+    response = getattr(client, method)(reverse(name, args=[model.pk]))
+    assert response.status_code == 404
+    assert ModelUpload.objects.filter(pk=model.pk).exists()
+    assert files_under(media) == [f"models/{owner.pk}/tiny.pt"]
+
+
+def test_it_requires_login_to_delete(client, owner, media):
+    model = stored_model(owner)
+    response = client.post(reverse("model_delete", args=[model.pk]))
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+    assert ModelUpload.objects.filter(pk=model.pk).exists()

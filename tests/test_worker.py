@@ -1,0 +1,223 @@
+"""A real Celery worker process runs a job to the end; a SIGKILLed worker's job resumes in the next.
+
+The worker is a separate process, so it must reach the test's database and broker:
+
+- Embedded mode (SQLite, filesystem broker): pytest-django's SQLite test database lives in this
+  process's memory, out of the worker's reach. So this test does not use it: it migrates a file
+  database in a fresh data folder (``NETADAPT_DATA_DIR`` = tmp_path, with ``manage.py migrate`` in
+  a subprocess, as a deployment would) and, for the test's duration, gives this process a second
+  connection object pointed at that file (the session's in-memory test database and its
+  connection are left untouched, and restored afterwards). The worker gets the same
+  ``NETADAPT_DATA_DIR``, so database, media and broker folders are all shared; this process sends
+  the task through a connection to that broker folder.
+- Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's test database is a real
+  PostgreSQL database; the test uses it with committed transactions and passes its name to the
+  worker in ``DATABASE_URL``. The broker is the shared test Redis database: its queue is purged
+  first.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import onnxruntime as ort
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connections
+from django.utils import timezone
+
+from adaptation.job_files import JobFiles
+from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload
+from adaptation.tasks import run_job
+from devices.models import SYSTEM_DEVICE_NAME, Device, LatencyEntry
+from webapp.celery import app as celery_app
+
+PRODUCTION = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+if PRODUCTION:  # committed rows in pytest-django's PostgreSQL test database
+    pytestmark.append(pytest.mark.django_db(transaction=True))
+
+REPO = Path(__file__).resolve().parents[1]
+DEADLINE_S = 420  # a loaded two-core machine: a worker start imports torch (tens of seconds)
+HEARTBEAT_S = 5   # the default JOB_HEARTBEAT_SECONDS the worker runs with
+LATENCY = {"metric": "latency", "budget": 0.85, "initial_reduction": 0.06, "decay": 0.9,
+           "short_term_steps": 5, "long_term_epochs": 0.2, "batch_size": 64, "max_iterations": 4,
+           "holdout": 0.15}
+# Long enough (several iterations of a few seconds) to be killed in the middle.
+MACS = {"metric": "macs", "budget": 0.6, "initial_reduction": 0.1, "decay": 0.95,
+        "short_term_steps": 10, "long_term_epochs": 0, "batch_size": 64, "max_iterations": 8,
+        "holdout": 0.15}
+
+
+@pytest.fixture
+def live_db(tmp_path, django_db_blocker):
+    """(worker environment, media folder), with this process's ORM on the worker's database."""
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings",
+           "PYTHONUNBUFFERED": "1"}
+    if PRODUCTION:
+        url = urlsplit(os.environ["DATABASE_URL"])
+        name = connections["default"].settings_dict["NAME"]
+        env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{name}"))
+        celery_app.control.purge()
+        yield env, data_dir / "media"
+        return
+    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
+                   check=True, timeout=600)
+    with django_db_blocker.unblock():
+        session_connection = connections["default"]
+        file_connection = session_connection.__class__(
+            {**session_connection.settings_dict, "NAME": str(data_dir / "db.sqlite3")}, "default")
+        connections["default"] = file_connection
+        try:
+            yield env, data_dir / "media"
+        finally:
+            file_connection.close()
+            connections["default"] = session_connection
+
+
+def send_run_job(job_id: int, data_dir: Path) -> None:
+    """``run_job.delay`` to the worker's broker (the embedded mode's folders are the worker's)."""
+    if PRODUCTION:
+        run_job.delay(job_id)
+        return
+    broker = data_dir / "broker"
+    options = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+               "data_folder_in": str(broker / "queue"), "data_folder_out": str(broker / "queue"),
+               "processed_folder": str(broker / "processed"), "control_folder": str(broker / "control")}
+    with celery_app.connection_for_write(transport_options=options) as connection:
+        run_job.apply_async((job_id,), connection=connection)
+
+
+class Worker:
+    """``celery worker`` in its own process group (so SIGKILL takes its pool children too)."""
+
+    def __init__(self, name: str, env: dict, logs: Path) -> None:
+        self.log = logs / f"worker-{name}.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                ["nice", "-n", "15", sys.executable, "-m", "celery", "-A", "webapp", "worker",
+                 "-c", "1", "--pool", "prefork", "-Q", "celery", "-n", f"{name}@%h",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # warm shutdown: nothing is running now
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_worker(live_db, tmp_path):
+    workers: list[Worker] = []
+
+    def start(name: str) -> Worker:
+        workers.append(Worker(name, live_db[0], tmp_path))
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(condition, what: str, worker: Worker | None):
+    """Poll the database until ``condition()`` is truthy (failing fast if the worker dies)."""
+    deadline = time.monotonic() + DEADLINE_S
+    logs = worker.tail if worker else (lambda: "")
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert worker is None or worker.process.poll() is None, \
+            f"the worker exited while waiting for {what}:\n{logs()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{logs()}"
+        time.sleep(0.1)
+
+
+def ended(job: Job):
+    job.refresh_from_db()
+    return job.status in ("finished", "failed", "cancelled")
+
+
+def check_recorded_once(job: Job) -> int:
+    """Iterations -1..n-1 and their events exactly once, events numbered 1..N; returns n."""
+    assert job.status == "finished", job.error
+    n = job.result["iterations"]
+    numbers = list(Iteration.objects.filter(job=job).order_by("number").values_list("number", flat=True))
+    assert numbers == list(range(-1, n))
+    events = list(JobEvent.objects.filter(job=job).order_by("seq"))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sorted(e.payload["number"] for e in events if e.type == "job.iteration") == list(range(n))
+    assert [e.type for e in events].count("job.start") == 1
+    assert [e.type for e in events][-2:] == ["job.finish", "job.status"]
+    return n
+
+
+def test_a_worker_runs_jobs_and_a_killed_workers_job_resumes(live_db, start_worker, tiny_cnn):
+    env, media = live_db
+    data_dir = Path(env["NETADAPT_DATA_DIR"])
+    spec, weights = tiny_cnn
+    owner = get_user_model().objects.create_user("alice", password="x")
+    device = Device.objects.create(owner=None, name=SYSTEM_DEVICE_NAME, kind="local", threads=1)
+    dataset = Dataset.objects.create(owner=None, name="digits", kind="builtin", builtin_name="digits")
+    name = f"models/{owner.pk}/tiny.pt"
+    (media / name).parent.mkdir(parents=True, exist_ok=True)
+    (media / name).write_bytes(weights)
+    upload = ModelUpload.objects.create(owner=owner, name="tiny", source="builtin", arch=spec.arch,
+                                        num_classes=spec.num_classes, in_channels=spec.in_channels,
+                                        width=spec.width, resolution=spec.resolution, file=name,
+                                        status="ready")
+
+    def new_job(job_settings: dict) -> Job:
+        return Job.objects.create(owner=owner, model=upload, dataset=dataset, device=device,
+                                  settings=job_settings)
+
+    # 1. A latency job runs to the end in the worker, measuring on this server's CPU.
+    first = new_job(LATENCY)
+    worker = start_worker("one")
+    send_run_job(first.pk, data_dir)
+    wait_for(lambda: ended(first), "the first job to end", worker)
+    check_recorded_once(first)
+    assert first.attempts == 1
+    assert LatencyEntry.objects.filter(device=device).exists()
+    final_onnx = media / JobFiles(first.pk).final_names()["onnx"]
+    session = ort.InferenceSession(str(final_onnx), providers=["CPUExecutionProvider"])
+    assert session.run(None, {session.get_inputs()[0].name: spec.example_input().numpy()})[0].shape == (1, 10)
+
+    # 2. The worker is killed (with its pool process) in the middle of a job...
+    second = new_job(MACS)
+    send_run_job(second.pk, data_dir)
+    wait_for(lambda: JobEvent.objects.filter(job=second, type="job.iteration").exists(),
+             "the second job's first iteration", worker)
+    worker.kill()
+    stored_at_kill = Iteration.objects.filter(job=second).count()
+    second.refresh_from_db()
+    assert second.status == "running", "the job ended before the worker was killed: make it longer"
+    killed_claim = second.claimed_by
+    # ... and a new worker resumes it once the dead process's lease lapses (two missed beats).
+    wait_for(lambda: Job.objects.get(pk=second.pk).heartbeat_at
+             < timezone.now() - timedelta(seconds=2 * HEARTBEAT_S + 1), "the lease to lapse", None)
+    worker = start_worker("two")
+    wait_for(lambda: ended(second), "the resumed job to end", worker)
+    n = check_recorded_once(second)
+    assert second.attempts == 2 and second.claimed_by != killed_claim
+    assert n + 1 > stored_at_kill  # the new worker did iterations of its own
+    assert any(e.payload["message"].startswith("resuming after iteration")
+               for e in JobEvent.objects.filter(job=second, type="job.log"))

@@ -1,0 +1,101 @@
+"""Pieces every REST API module shares: the token endpoint, form errors as 400 bodies, request
+serializers (for the OpenAPI schema) made from the pages' forms, and documented error bodies.
+
+The API validates with the pages' own forms, so a rule lives in one place; ``form_serializer``
+derives the schema's request fields from the same forms, so the documentation cannot drift.
+"""
+from __future__ import annotations
+
+from django import forms
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+
+
+class TokenView(ObtainAuthToken):
+    """``POST username, password`` → ``{"token": "..."}``; send it as ``Authorization: Token <token>``.
+
+    Wrong credentials: 400 with ``non_field_errors``. The token is the same on every call until
+    an administrator deletes it.
+    """
+
+    authentication_classes = []  # a logged-in browser's session must not make this a CSRF check
+
+
+def form_errors(form: forms.BaseForm) -> dict[str, list[str]]:
+    """A form's errors in DRF's shape: field name → messages (``non_field_errors`` for the rest)."""
+    return {("non_field_errors" if field == "__all__" else field): [str(m) for m in messages]
+            for field, messages in form.errors.items()}
+
+
+def invalid(errors: dict[str, list[str]]) -> Response:
+    return Response(errors, status=status.HTTP_400_BAD_REQUEST)
+
+
+def detail(message: str, code: int) -> Response:
+    return Response({"detail": message}, status=code)
+
+
+def request_fields(request) -> dict:
+    """The request's fields as a plain dict (files left out: forms take them separately)."""
+    data = request.data
+    if hasattr(data, "dict"):  # a QueryDict (form or multipart): one value per field
+        return {key: value for key, value in data.items() if key not in request.FILES}
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def form_serializer(form_class: type[forms.BaseForm], name: str, *, initial_is_default: bool = False,
+                    ids: dict[str, str] | None = None) -> type[serializers.Serializer]:
+    """A serializer with the form's fields, for the schema only (the form validates).
+
+    ``initial_is_default``: a field with an initial value may be left out and takes that value.
+    ``ids``: what the id of each ``ModelChoiceField`` refers to (its description).
+    """
+    attrs = {}
+    for field_name, field in form_class.base_fields.items():
+        optional = not field.required or (initial_is_default and field.initial is not None)
+        help_text = str(field.help_text or "")
+        kwargs = {"required": not optional, "help_text": help_text or None}
+        if initial_is_default and field.initial is not None:
+            kwargs["default"] = field.initial
+        if isinstance(field, forms.ModelChoiceField):
+            kwargs["help_text"] = " ".join(filter(None, [(ids or {}).get(field_name), help_text])) or None
+            attrs[field_name] = serializers.IntegerField(**kwargs)
+        elif isinstance(field, forms.ChoiceField):
+            attrs[field_name] = serializers.ChoiceField(choices=list(field.choices), **kwargs)
+        elif isinstance(field, forms.FileField):
+            attrs[field_name] = serializers.FileField(**kwargs)
+        elif isinstance(field, forms.IntegerField):  # FloatField is one too
+            number = serializers.FloatField if isinstance(field, forms.FloatField) else serializers.IntegerField
+            attrs[field_name] = number(min_value=field.min_value, max_value=field.max_value, **kwargs)
+        else:
+            attrs[field_name] = serializers.CharField(max_length=getattr(field, "max_length", None),
+                                                      allow_blank=optional, **kwargs)
+    return type(name, (serializers.Serializer,), attrs)
+
+
+class IgnoreFormatParameter(DefaultContentNegotiation):
+    """JSON (errors) whatever ``?format=`` says: downloads use it for the file format, not DRF's
+    renderer choice (which would answer an unknown one with 404)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class FileEndpointMixin:
+    """Views that answer with a file: ``?format=`` is theirs, error bodies are JSON."""
+
+    content_negotiation_class = IgnoreFormatParameter
+    renderer_classes = [JSONRenderer]
+
+
+DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
+VALIDATION_ERROR = OpenApiResponse(
+    {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
+     "example": {"budget": ["The budget must be positive."]}},
+    description="Invalid input, nothing stored: one key per field in error (non_field_errors for "
+                "the request as a whole), each with its messages.")
+NOT_FOUND = OpenApiResponse(DETAIL, description="Not found, or not yours.")

@@ -1,0 +1,81 @@
+"""``python -m webapp.serve``: run the whole application on this machine (what ``make run`` does).
+
+Migrates, creates the shared CPU device and the built-in datasets, then starts uvicorn and one
+Celery worker (with its embedded beat for the stale-job sweep) as child processes, prints the
+URL, and on Ctrl+C (or SIGTERM) stops both and waits for them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_checked(*args: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True)
+
+
+def _stop(processes: list[subprocess.Popen], grace: float = 20.0) -> int:
+    """Ask every child to stop, wait ``grace`` seconds, then kill what is left."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return max((abs(p.returncode or 0) for p in processes), default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m webapp.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("NETADAPT_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("NETADAPT_PORT", "8000")))
+    parser.add_argument("--concurrency", type=int, default=1, help="Celery worker processes")
+    args = parser.parse_args(argv)
+    _run_checked("migrate", "--verbosity", "0")
+    _run_checked("collectstatic", "--noinput", "--verbosity", "0")
+    _run_checked("bootstrap")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--beat", "--schedule",
+         settings.CELERY_BEAT_SCHEDULE_FILENAME, "--concurrency", str(args.concurrency), "--loglevel", "INFO"], cwd=ROOT,
+        start_new_session=True)  # Ctrl+C reaches only this launcher, which stops the children
+    web = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", args.host,
+         "--port", str(args.port), "--log-level", "info"], cwd=ROOT, start_new_session=True)
+    children = [web, worker]
+    print(f"\nNetAdapt Studio is running at http://{args.host}:{args.port}/ "
+          "(Ctrl+C stops the web server and the worker)\n", flush=True)
+    stop_requested = False
+
+    def request_stop(signum, frame) -> None:  # noqa: ARG001
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop_requested and all(p.poll() is None for p in children):
+        time.sleep(0.2)  # waiting for a signal or a child's exit; nothing to synchronise with
+    crashed = [p for p in children if p.poll() is not None]
+    code = _stop(children)
+    if crashed and not stop_requested:
+        print("a child process exited on its own; stopped the other", file=sys.stderr)
+        return code or 1
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    raise SystemExit(main())
