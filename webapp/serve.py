@@ -14,13 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import django
 from django.conf import settings
+from django.core.management import call_command
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run_checked(*args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True)
 
 
 def _stop(processes: list[subprocess.Popen], grace: float = 20.0) -> int:
@@ -44,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("NETADAPT_PORT", "8000")))
     parser.add_argument("--concurrency", type=int, default=1, help="Celery worker processes")
     args = parser.parse_args(argv)
-    _run_checked("migrate", "--verbosity", "0")
-    _run_checked("collectstatic", "--noinput", "--verbosity", "0")
-    _run_checked("bootstrap")
+    django.setup()  # one process for the set-up commands: each import of the app loads torch
+    call_command("migrate", verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)
+    call_command("bootstrap")
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--beat", "--schedule",
          settings.CELERY_BEAT_SCHEDULE_FILENAME, "--concurrency", str(args.concurrency), "--loglevel", "INFO"], cwd=ROOT,
