@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="adaptation seeds")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--cache", default=str(ROOT / "bench" / "cache"))
+    parser.add_argument("--report-partial", action="store_true",
+                        help="train nothing: measure and report the runs saved so far in --out")
     args = parser.parse_args()
     size = dict(QUICK if args.quick else FULL)
     if args.seeds:
@@ -151,7 +153,7 @@ def main() -> None:
     rows.setdefault("original", {"kind": "original", "seed": None,
                                  "macs": analysis.macs(analysis.original_config()),
                                  "validation_accuracy": accuracy(original, data.validation)})
-    for seed in range(size["seeds"]):
+    for seed in range(0 if args.report_partial else size["seeds"]):
         for metric in ("latency", "macs"):
             name = f"netadapt-{metric} s{seed}"
             if name in rows or (metric == "macs" and seed >= size["macs_seeds"]):
@@ -188,7 +190,8 @@ def main() -> None:
     stats = LocalMeasurer("onnxruntime", protocol).measure_models(list(models.values()), example)
     for name, measured in zip(models, stats):
         rows[name]["latency"] = measured.to_dict()
-    report = summarise(rows, size["seeds"])
+    seeds_done = len({r["seed"] for r in rows.values() if r["kind"] == "netadapt-latency"})
+    report = summarise(rows, seeds_done)
     report["minutes"] = (time.perf_counter() - started) / 60
     report["table_entries"] = len(table)
     errors = lut_prediction_errors(curves)
@@ -209,13 +212,14 @@ def summarise(rows: dict[str, dict], seeds: int) -> dict:
                  for r in rows.values() if r["kind"] == "uniform" and r["seed"] == seed]
         for kind in speedups:
             row = rows.get(f"{kind} s{seed}")
-            if row is None:
+            if row is None or not curve:
                 continue
             at, bound = latency_at_accuracy(curve, row["validation_accuracy"])
             speedups[kind].append({"seed": seed, "speedup": at / row["latency"]["min_ms"],
                                    "bound": bound})
     return {"speedup_vs_uniform": speedups,
-            "mean_speedup": {k: float(np.mean([s["speedup"] for s in v])) for k, v in speedups.items()}}
+            "mean_speedup": {k: float(np.mean([s["speedup"] for s in v])) if v else None
+                             for k, v in speedups.items()}}
 
 
 def lut_prediction_errors(curves: dict[str, list[dict]]) -> list[float]:
@@ -242,7 +246,8 @@ def print_table(rows: dict[str, dict], report: dict) -> None:
           "('>' / '<': outside the curve, a bound):")
     for kind, entries in report["speedup_vs_uniform"].items():
         listed = ", ".join(f"{e['bound'] if e['bound'] != '=' else ''}{e['speedup']:.2f}x" for e in entries)
-        print(f"  {kind:<18} {listed}  (mean {report['mean_speedup'][kind]:.2f}x)")
+        mean = report["mean_speedup"][kind]
+        print(f"  {kind:<18} {listed}" + (f"  (mean {mean:.2f}x)" if mean is not None else ""))
     if report.get("lut_prediction_mape") is not None:
         print(f"look-up table: chosen networks' latency predicted before measuring within "
               f"{report['lut_prediction_mape']:.1%} on average (worst "
