@@ -8,6 +8,9 @@ built-in ones; a stranger's object is a 404.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+from django import forms
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -16,7 +19,7 @@ from rest_framework.response import Response
 from adaptation.access import datasets_visible_to, get_dataset_for_user, get_model_for_user
 from adaptation.forms import DatasetUploadForm, ModelUploadForm
 from adaptation.models import Dataset, ModelUpload
-from adaptation.services import Rejected, create_dataset_upload, create_model_upload
+from adaptation.services import create_dataset_upload, create_from, create_model_upload
 from webapp.api import NOT_FOUND, VALIDATION_ERROR, form_errors, form_serializer, invalid, request_fields
 from webapp.uploads import upload_limit_error
 
@@ -49,10 +52,16 @@ class DatasetSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _bound_upload_form(form_class, request):
-    """The page's upload form bound to the request; the size-limit message replaces "required"."""
+def _create_upload(request, form_class: type[forms.BaseForm], create: Callable,
+                   serializer_class: type[serializers.Serializer]) -> Response:
+    """Validate the request with the page's upload form, then ``create(user, form)``: 201 with the
+    new object, or 400 naming the field (the size-limit message replaces "required")."""
     data = request_fields(request)  # parses the body first: the limit handler has run after this
-    return form_class(data, request.FILES, upload_error=upload_limit_error(request._request))
+    form = form_class(data, request.FILES, upload_error=upload_limit_error(request._request))
+    created = create_from(form, request.user, create)
+    if created is None:
+        return invalid(form_errors(form))
+    return Response(serializer_class(created).data, status=status.HTTP_201_CREATED)
 
 
 class ModelList(generics.ListCreateAPIView):
@@ -71,14 +80,7 @@ class ModelList(generics.ListCreateAPIView):
     @extend_schema(request={"multipart/form-data": ModelUploadRequest},
                    responses={201: ModelUploadSerializer, 400: VALIDATION_ERROR})
     def post(self, request, *args, **kwargs):
-        form = _bound_upload_form(ModelUploadForm, request)
-        if not form.is_valid():
-            return invalid(form_errors(form))
-        try:
-            upload = create_model_upload(request.user, form)
-        except Rejected as rejected:
-            return invalid({rejected.field: [rejected.message]})
-        return Response(ModelUploadSerializer(upload).data, status=status.HTTP_201_CREATED)
+        return _create_upload(request, ModelUploadForm, create_model_upload, ModelUploadSerializer)
 
 
 class ModelDetail(generics.RetrieveAPIView):
@@ -109,14 +111,7 @@ class DatasetList(generics.ListCreateAPIView):
     @extend_schema(request={"multipart/form-data": DatasetUploadRequest},
                    responses={201: DatasetSerializer, 400: VALIDATION_ERROR})
     def post(self, request, *args, **kwargs):
-        form = _bound_upload_form(DatasetUploadForm, request)
-        if not form.is_valid():
-            return invalid(form_errors(form))
-        try:
-            dataset = create_dataset_upload(request.user, form)
-        except Rejected as rejected:
-            return invalid({rejected.field: [rejected.message]})
-        return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+        return _create_upload(request, DatasetUploadForm, create_dataset_upload, DatasetSerializer)
 
 
 class DatasetDetail(generics.RetrieveAPIView):

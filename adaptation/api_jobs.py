@@ -7,7 +7,7 @@ owner's: a stranger's is a 404 on every endpoint.
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Collection
 
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -19,8 +19,8 @@ from rest_framework.views import APIView
 from adaptation.access import get_job_for_user
 from adaptation.job_forms import JobForm
 from adaptation.models import Iteration, Job, Proposal
-from adaptation.services import (ITERATION_FORMATS, ExportFailed, FileUnavailable, cancel_job, create_job,
-                                 final_iteration_number, open_iteration_file, report_csv, report_json)
+from adaptation.services import (ITERATION_FORMATS, REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job,
+                                 create_job, final_iteration_number, open_iteration_file, report_file)
 from webapp.api import (DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors,
                         form_serializer, invalid, request_fields)
 
@@ -31,7 +31,6 @@ JobCreateRequest = form_serializer(
          "device": "Id of the system device or one of yours."})
 #: What a field left out of a create request is: the form's initial value (the paper's defaults).
 JOB_DEFAULTS = {name: field.initial for name, field in JobForm.base_fields.items() if field.initial is not None}
-REPORT_FORMATS = ("json", "csv")
 JOB_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The job's id.")
 
 
@@ -142,7 +141,8 @@ class JobCancel(APIView):
         return Response({"detail": outcome.message, "job": JobSerializer(job).data}, status=code)
 
 
-def _format(request, allowed, default: str) -> str | Response:
+def _format(request, allowed: Collection[str], default: str) -> str | Response:
+    """The ``?format=`` asked for (``default`` if none), or a 400 naming the allowed ones."""
     fmt = request.query_params.get("format", default)
     if fmt not in allowed:
         return invalid({"format": [f"Unknown format '{fmt}': use one of {', '.join(allowed)}."]})
@@ -164,7 +164,7 @@ class IterationDownload(FileEndpointMixin, APIView):
                    500: OpenApiResponse(DETAIL, description="The on-demand export failed.")})
     def get(self, request, id: int, number: str):
         job = get_job_for_user(request.user, id)
-        fmt = _format(request, tuple(ITERATION_FORMATS), "pytorch")
+        fmt = _format(request, ITERATION_FORMATS, "pytorch")
         if isinstance(fmt, Response):
             return fmt
         try:
@@ -189,10 +189,6 @@ class JobReport(FileEndpointMixin, APIView):
         fmt = _format(request, REPORT_FORMATS, "json")
         if isinstance(fmt, Response):
             return fmt
-        if fmt == "csv":
-            response = HttpResponse(report_csv(job), content_type="text/csv; charset=utf-8")
-        else:
-            response = HttpResponse(json.dumps(report_json(job), indent=1, default=str),
-                                    content_type="application/json")
-        response["Content-Disposition"] = f'attachment; filename="job{job.pk}-report.{fmt}"'
-        return response
+        text, content_type, filename = report_file(job, fmt)
+        return HttpResponse(text, content_type=content_type,
+                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Union
 
+from adaptation.formatting import human_size
 from adaptation.netadapt.data import IMAGE_EXTENSIONS, DatasetSplits, InvalidDataset, load_image_folder
 
 ZipSource = Union[str, "os.PathLike[str]", IO[bytes]]
@@ -61,14 +62,6 @@ class ArchiveLimits:
 class _Member:
     info: zipfile.ZipInfo
     parts: tuple[str, ...]   # normalised path components inside the archive
-
-
-def _megabytes(size: int) -> str:
-    """A byte count for people: bytes, KB, MB or GB."""
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 # --------------------------------------------------------------------------- validation
@@ -139,8 +132,8 @@ def _check_member(member: _Member, limits: ArchiveLimits) -> None:
             "use ordinary zip compression (deflate)")
     if info.file_size > limits.max_member_bytes:
         raise ArchiveError(
-            f"member '{name}' is {_megabytes(info.file_size)} uncompressed; at most "
-            f"{_megabytes(limits.max_member_bytes)} per file")
+            f"member '{name}' is {human_size(info.file_size, trim_zero=False)} uncompressed; at most "
+            f"{human_size(limits.max_member_bytes, trim_zero=False)} per file")
     if info.file_size >= limits.ratio_min_bytes:
         ratio = info.file_size / max(info.compress_size, 1)
         if ratio > limits.max_ratio:
@@ -184,9 +177,9 @@ def _validate(archive: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[tuple[st
         _check_member(member, limits)
         total += member.info.file_size
         if total > limits.max_total_bytes:
-            raise ArchiveError(
-                f"the archive expands to more than {_megabytes(limits.max_total_bytes)} "
-                f"(limit reached at member '{member.info.filename}')")
+            limit = human_size(limits.max_total_bytes, trim_zero=False)
+            raise ArchiveError(f"the archive expands to more than {limit} "
+                               f"(limit reached at member '{member.info.filename}')")
     return prefix, members
 
 

@@ -12,6 +12,7 @@ from dataclasses import fields as dataclass_fields
 from django import forms
 
 from adaptation.access import datasets_visible_to
+from adaptation.formatting import metric_unit, resource_text
 from adaptation.models import Dataset, ModelUpload
 from adaptation.netadapt.config import SELECTION_RULES, AdaptConfig
 from adaptation.netadapt.schedule import unreachable_warning
@@ -21,7 +22,6 @@ from devices.models import Device
 #: Settings stored next to the AdaptConfig fields (adaptation.jobs.JobOptions fields).
 OPTION_SETTINGS = ("holdout",)
 ADAPT_CONFIG_FIELDS = tuple(f.name for f in dataclass_fields(AdaptConfig))
-METRIC_UNITS = {"latency": "ms", "macs": "MACs", "params": "parameters"}
 METRIC_CHOICES = [("latency", "Latency on the device (ms)"), ("macs", "MACs (indirect metric)"),
                   ("params", "Parameters (indirect metric)")]
 SELECTION_LABELS = {"accuracy": "Best holdout accuracy (paper)",
@@ -76,10 +76,6 @@ def dataset_input(dataset: Dataset) -> dict | None:
     if all(isinstance(summary.get(key), int) for key in ("in_channels", "resolution", "num_classes")):
         return {key: summary[key] for key in ("in_channels", "resolution", "num_classes")}
     return BUILTIN_INPUTS.get(dataset.builtin_name) if dataset.is_builtin else None
-
-
-def _unit_label(metric: str) -> str:
-    return METRIC_UNITS.get(metric, metric)
 
 
 class JobForm(forms.Form):
@@ -144,8 +140,9 @@ class JobForm(forms.Form):
         elif mode == "absolute" and data.get("model") is not None and metric is not None:
             original = original_resource(data["model"], metric)
             if original is not None and budget >= original:
-                self.add_error("budget", f"The model already has {original:,.0f} {_unit_label(metric)}, "
-                                         f"within the budget of {budget:,.0f}: the budget is already met.")
+                has = resource_text(original, metric_unit(metric))
+                self.add_error("budget", f"The model already has {has}, within the budget of "
+                                         f"{budget:,.0f}: the budget is already met.")
 
     def _check_fit(self, data: dict) -> None:
         model, dataset = data.get("model"), data.get("dataset")

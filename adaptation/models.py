@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from adaptation.job_files import job_folder_name
 from devices.models import Device
 
 
@@ -21,7 +22,8 @@ def dataset_archive_path(instance: "Dataset", filename: str) -> str:
 
 
 def iteration_model_path(instance: "Iteration", filename: str) -> str:
-    return f"outputs/{instance.job.owner_id}/job_{instance.job_id}/{filename}"
+    """In the job's folder, next to the files the runner writes (``adaptation.job_files``)."""
+    return f"{job_folder_name(instance.job_id)}/{filename}"
 
 
 class ModelUpload(models.Model):

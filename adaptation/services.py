@@ -1,33 +1,54 @@
 """What the pages and the REST API both do with models, datasets and jobs, outside any request.
 
-The rules stay where they are (the forms, ``check_model_upload``, ``store_dataset_upload``,
-``report_rows``); these functions only run them and store the result, so the API and the pages
-answer the same input the same way. Failures the user can fix raise ``Rejected`` naming a field.
+Views and API modules call these, never the reverse, so both answer the same input the same way.
+Failures the user can fix raise ``Rejected`` naming a field; ``create_from(form, user, create)``
+turns one into an error on the form.
 
+- ``check_model_upload(upload)``: the pre-flight of an upload's weights, recorded on the row.
 - ``create_model_upload(user, form)``: pre-flight a valid ``ModelUploadForm``, store it if it passes.
-- ``create_dataset_upload(user, form)``: extract a valid ``DatasetUploadForm``'s zip, create the row.
+- ``store_dataset_upload(...)``, ``create_dataset_upload(user, form)``: extract an uploaded zip
+  into its own folder (``job_files.uploaded_dataset_name``) and create the dataset's row.
 - ``create_job(user, form)``: create the job of a valid ``JobForm`` and hand it to the runner.
 - ``cancel_job(job)``: stop a queued or waiting job now, ask a running one to stop.
-- ``open_iteration_file(job, number, fmt)``: one iteration's network as a file (exported on demand).
-- ``report_csv(job)``, ``report_json(job)``: the job's report.
+- ``job_file(job, number, fmt)``: where a job's network file is (the final network, or an
+  iteration's); ``open_iteration_file(job, number, fmt)`` serves one (exported on demand).
+- ``report_rows(job)``, ``report_csv(job)``, ``report_json(job)``, ``report_file(job, fmt)``.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable, TypeVar
 
+from django import forms
+from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.models import Iteration, Job, ModelUpload
+from adaptation.archives import ArchiveError, ArchiveLimits, load_archive_dataset
+from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
+from adaptation.models import Dataset, Iteration, Job, ModelUpload
+from adaptation.netadapt.spec import ArchitectureSpec
+from adaptation.preflight import PreflightError, load_weights, preflight
 from webapp.events import publish
 
-#: Download formats of an iteration's network, and the suffix of the file name they get.
-ITERATION_FORMATS = {"pytorch": ".pt", "onnx": ".onnx", "torchscript": ".torchscript.pt"}
+#: Download formats of an iteration's network (PyTorch, the one kept, first).
+ITERATION_FORMATS = ("pytorch", "onnx", "torchscript")
+#: Report formats and their content types.
+REPORT_FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
+REPORT_COLUMNS = ("iteration", "chosen_group", "target", "resource", "resource_raw", "measured_ms",
+                  "measured_min_ms", "measured_median_ms", "macs", "params", "holdout_accuracy",
+                  "validation_accuracy", "proposals")
+#: What an uploaded archive may expand to (tests replace it to try the limits cheaply).
+DATASET_ARCHIVE_LIMITS = ArchiveLimits()
+
+T = TypeVar("T")
 
 
 class Rejected(Exception):
@@ -46,16 +67,49 @@ class ExportFailed(Exception):
     """An on-demand export could not be made or did not reproduce the PyTorch network."""
 
 
+def create_from(form: forms.BaseForm, user, create: Callable[[Any, Any], T]) -> T | None:
+    """``create(user, form)`` when the form is valid; None when it is not or ``create`` raised
+    ``Rejected`` (whose message is then the form's error on the field it names)."""
+    if not form.is_valid():
+        return None
+    try:
+        return create(user, form)
+    except Rejected as rejected:
+        form.add_error(rejected.field, rejected.message)
+        return None
+
+
 # --------------------------------------------------------------------------- uploads
+
+
+def check_model_upload(upload: ModelUpload) -> bool:
+    """Run the pre-flight on ``upload``'s weights; set its status, report and error; save nothing.
+
+    Ready: ``preflight`` holds the report (groups, MACs, params...). Rejected: ``error`` holds the
+    message for the user. It runs in the request for now (seconds for big networks); it only reads
+    ``upload.file`` (an upload not yet stored, or a stored file) and sets fields, so a Celery task
+    can call it as is on a saved row and save the result.
+    """
+    spec = ArchitectureSpec(arch=upload.arch, num_classes=upload.num_classes,
+                            in_channels=upload.in_channels, width=float(upload.width),
+                            resolution=upload.resolution)
+    allow_pickled = settings.NETADAPT_ALLOW_PICKLED_MODELS
+    try:
+        upload.file.open("rb")  # keeps an unsaved upload's temporary file; it is stored later
+        model = load_weights(upload.file, spec, allow_pickled_modules=allow_pickled)
+        report = preflight(model, spec)
+    except PreflightError as error:
+        upload.status, upload.error, upload.preflight = "rejected", str(error), {}
+        return False
+    upload.status, upload.error, upload.preflight = "ready", "", report.to_dict()
+    return True
 
 
 def create_model_upload(user, form) -> ModelUpload:
     """Store a valid ``ModelUploadForm``'s upload if the pre-flight accepts it, else ``Rejected``.
 
-    A rejected upload leaves no row and no file (the page's ``model_upload`` view does the same).
+    A rejected upload leaves no row and no file.
     """
-    from adaptation.views_models import check_model_upload
-
     upload = form.save(commit=False)
     upload.owner = user
     if not check_model_upload(upload):
@@ -69,11 +123,33 @@ def create_model_upload(user, form) -> ModelUpload:
     return upload
 
 
-def create_dataset_upload(user, form):
-    """Extract a valid ``DatasetUploadForm``'s archive and create its row, else ``Rejected``."""
-    from adaptation.archives import ArchiveError
-    from adaptation.views_datasets import store_dataset_upload
+def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
+                         grayscale: bool | None) -> Dataset:
+    """Extract ``uploaded`` (a zip) into a new folder and create its row; ArchiveError if unusable.
 
+    The folder, ``MEDIA_ROOT/datasets/<owner id>/<random hex>/<class>/<image>``, is the row's
+    ``archive`` (jobs load it with ``load_image_folder``); the zip itself is not kept. On any
+    error nothing is left: ``load_archive_dataset`` removes what it extracted, and the folder is
+    removed when the row cannot be created.
+    """
+    folder = uploaded_dataset_name(owner.pk)
+    destination = Path(default_storage.path(folder))
+    source = (uploaded.temporary_file_path() if hasattr(uploaded, "temporary_file_path")
+              else uploaded.file)
+    splits = load_archive_dataset(source, destination, resolution=resolution, grayscale=grayscale,
+                                  limits=DATASET_ARCHIVE_LIMITS)
+    summary = splits.summary()
+    summary["name"] = name
+    try:
+        return Dataset.objects.create(owner=owner, name=name, kind="folder", archive=folder,
+                                      summary=summary, status="ready")
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+
+
+def create_dataset_upload(user, form) -> Dataset:
+    """Extract a valid ``DatasetUploadForm``'s archive and create its row, else ``Rejected``."""
     try:
         return store_dataset_upload(user, form.cleaned_data["name"], form.cleaned_data["archive"],
                                     resolution=form.cleaned_data["resolution"], grayscale=form.grayscale)
@@ -86,7 +162,7 @@ def create_dataset_upload(user, form):
 
 def create_job(user, form) -> Job:
     """The job of a valid ``JobForm``, queued; the runner gets it once the row is committed."""
-    from adaptation.tasks import enqueue_job  # imported late: it loads the runner (and torch)
+    from adaptation.tasks import enqueue_job  # imported late: it loads the runner and Celery
 
     with transaction.atomic():
         job = Job.objects.create(owner=user, kind="adapt", model=form.cleaned_data["model"],
@@ -123,6 +199,9 @@ def cancel_job(job: Job) -> CancelOutcome:
     return CancelOutcome("requested", f"Cancel requested: job #{job.pk} stops after its current step.")
 
 
+# --------------------------------------------------------------------------- files
+
+
 def final_iteration_number(job: Job) -> int | None:
     """The iteration whose network the ``final.*`` files hold (long-term fine-tuned); None until
     the job has finished."""
@@ -130,6 +209,30 @@ def final_iteration_number(job: Job) -> int | None:
     if job.status != "finished" or not isinstance(iterations, int):
         return None
     return iterations - 1
+
+
+def job_file(job: Job, number: int | None, fmt: str = "pytorch", *,
+             iteration: Iteration | None = None) -> Path:
+    """Where one of ``job``'s network files is (it may not exist yet).
+
+    ``number`` None: the final network in ``fmt`` (a key of ``FORMAT_SUFFIXES``). Else iteration
+    ``number``'s PyTorch file, the only format kept per iteration: its row's file if recorded,
+    else its name in the job's folder. ``iteration`` is that row when the caller has it already.
+    """
+    files = JobFiles(job.pk)
+    if number is None:
+        return files.final_path(fmt)
+    if fmt != "pytorch":
+        raise ValueError("iterations are kept as PyTorch files only")
+    if iteration is None:
+        iteration = Iteration.objects.filter(job=job, number=number).first()
+    return files.iteration_path(number, iteration.model_file if iteration is not None else None)
+
+
+def download_name(job: Job, number: int | None, fmt: str) -> str:
+    """``job7-final.onnx``, ``job7-iteration003.pt``: the file name a download gets."""
+    stem = "final" if number is None else f"iteration{number:03d}"
+    return f"job{job.pk}-{stem}{FORMAT_SUFFIXES[fmt]}"
 
 
 def open_iteration_file(job: Job, number: int, fmt: str) -> tuple[BinaryIO, str]:
@@ -140,26 +243,24 @@ def open_iteration_file(job: Job, number: int, fmt: str) -> tuple[BinaryIO, str]
     each export checked against PyTorch. ``FileUnavailable`` when there is nothing to serve,
     ``ExportFailed`` when the export fails.
     """
-    from adaptation.views_jobs import FINAL_FILES, FORMAT_LABELS, iteration_path, job_folder
-
     iteration = Iteration.objects.filter(job=job, number=number).first()
     if iteration is None:
         raise FileUnavailable(f"Job #{job.pk} has no iteration {number}.")
     label = FORMAT_LABELS[fmt]
-    download_name = f"job{job.pk}-iteration{number:03d}{ITERATION_FORMATS[fmt]}"
+    filename = download_name(job, number, fmt)
     if number == final_iteration_number(job):
-        path = job_folder(job) / FINAL_FILES[fmt][0]
-        return _open(path, f"The final {label} file of job #{job.pk} is missing."), download_name
+        missing = f"The final {label} file of job #{job.pk} is missing."
+        return _open(job_file(job, None, fmt), missing), filename
     if number < 0:
         raise FileUnavailable(f"Iteration {number} is the original network: download it as the uploaded "
                               "model's weights, not from the job.")
-    source = iteration_path(job, iteration, number)
+    source = job_file(job, number, iteration=iteration)
     missing = f"The PyTorch file of iteration {number} of job #{job.pk} is missing."
     if fmt == "pytorch":
-        return _open(source, missing), download_name
+        return _open(source, missing), filename
     if not source.is_file():
         raise FileUnavailable(missing)
-    return _export(source, fmt, label), download_name
+    return _export(source, fmt, label), filename
 
 
 def _open(path: Path, missing: str) -> BinaryIO:
@@ -175,7 +276,6 @@ def _export(source: Path, fmt: str, label: str) -> BinaryIO:
     import torch
 
     from adaptation.netadapt.export import ExportMismatch, export_onnx, export_torchscript, load_pytorch
-    from adaptation.netadapt.spec import ArchitectureSpec
 
     data = source.read_bytes()
     try:
@@ -185,7 +285,7 @@ def _export(source: Path, fmt: str, label: str) -> BinaryIO:
         raise ExportFailed(f"The iteration's PyTorch file cannot be read: {error}") from None
     export = export_onnx if fmt == "onnx" else export_torchscript
     with tempfile.TemporaryDirectory(prefix="netadapt-export-") as folder:
-        path = Path(folder) / f"model{ITERATION_FORMATS[fmt]}"
+        path = Path(folder) / f"model{FORMAT_SUFFIXES[fmt]}"
         try:
             export(model, spec.example_input(), path)
         except (ExportMismatch, RuntimeError, ValueError) as error:
@@ -199,10 +299,31 @@ def _export(source: Path, fmt: str, label: str) -> BinaryIO:
 # --------------------------------------------------------------------------- reports
 
 
+def report_rows(job: Job) -> list[dict]:
+    """One flat row per recorded iteration (the original network as iteration -1)."""
+    rows = []
+    for iteration in job.iterations.prefetch_related("proposals"):
+        record = iteration.record or {}
+        measured = record.get("measured") or {}
+        proposals = list(iteration.proposals.all())
+        rows.append({
+            "iteration": iteration.number, "chosen_group": record.get("chosen_group", ""),
+            "target": record.get("target", ""), "resource": iteration.resource,
+            "resource_raw": iteration.resource_raw, "measured_ms": iteration.measured_ms,
+            "measured_min_ms": measured.get("min_ms", ""), "measured_median_ms": measured.get("median_ms", ""),
+            "macs": iteration.macs, "params": iteration.params,
+            "holdout_accuracy": iteration.holdout_accuracy,
+            "validation_accuracy": iteration.validation_accuracy,
+            "proposals": len(proposals) or len(record.get("proposals") or []),
+            "_channels": record.get("channels", {}),
+            "_proposals": [{"group": p.group, "channels": p.channels, "resource": p.resource,
+                            "holdout_accuracy": p.holdout_accuracy, "chosen": p.chosen} for p in proposals],
+        })
+    return rows
+
+
 def report_csv(job: Job) -> str:
     """One row per recorded iteration, the columns of ``REPORT_COLUMNS``."""
-    from adaptation.views_jobs import REPORT_COLUMNS, report_rows
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -212,8 +333,6 @@ def report_csv(job: Job) -> str:
 
 def report_json(job: Job) -> dict:
     """The job, its settings and result, and every iteration with its channels and proposals."""
-    from adaptation.views_jobs import REPORT_COLUMNS, report_rows
-
     return {
         "job": {"id": job.pk, "kind": job.kind, "status": job.status, "error": job.error,
                 "model": job.model.name, "dataset": job.dataset.name, "device": job.device.name,
@@ -224,3 +343,10 @@ def report_json(job: Job) -> dict:
                         "channels": row["_channels"], "proposals": row["_proposals"]}
                        for row in report_rows(job)],
     }
+
+
+def report_file(job: Job, fmt: str) -> tuple[str, str, str]:
+    """(text, content type, file name) of the job's report in ``fmt``, a key of ``REPORT_FORMATS``."""
+    content_type = REPORT_FORMATS[fmt]
+    text = report_csv(job) if fmt == "csv" else json.dumps(report_json(job), indent=1, default=str)
+    return text, content_type, f"job{job.pk}-report.{fmt}"

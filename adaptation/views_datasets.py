@@ -1,17 +1,13 @@
 """Dataset pages: the built-in datasets everyone shares and each user's image-folder uploads.
 
-An uploaded zip is validated and extracted by ``load_archive_dataset`` into its own folder,
-``MEDIA_ROOT/datasets/<owner id>/<random hex>/<class>/<image>``, whose name the row keeps in
-``archive`` (jobs load it with ``load_image_folder(dataset.archive.path, ...)``); the zip itself
-is not kept. A refused archive leaves no row and no file.
+An uploaded zip is validated and extracted into its own folder by
+``services.create_dataset_upload``; a refused archive leaves no row and no file.
 """
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
@@ -20,38 +16,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from adaptation.access import datasets_visible_to, get_dataset_for_user
-from adaptation.archives import ArchiveError, ArchiveLimits, load_archive_dataset
 from adaptation.forms import DatasetUploadForm
 from adaptation.models import Dataset
 from adaptation.netadapt.data import fashion_mnist_available
-from webapp.uploads import human_size, upload_limit_error
+from adaptation.services import create_dataset_upload, create_from
+from webapp.uploads import upload_limit_context, upload_limit_error
 
-#: What an uploaded archive may expand to (tests replace it to try the limits cheaply).
-DATASET_ARCHIVE_LIMITS = ArchiveLimits()
 SPLITS = ("train", "holdout", "validation")
-
-
-def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
-                         grayscale: bool | None) -> Dataset:
-    """Extract ``uploaded`` (a zip) into a new folder and create its row; ArchiveError if unusable.
-
-    On any error nothing is left: ``load_archive_dataset`` removes what it extracted, and the
-    folder is removed when the row cannot be created.
-    """
-    folder = f"datasets/{owner.pk}/{uuid.uuid4().hex}"
-    destination = Path(default_storage.path(folder))
-    source = (uploaded.temporary_file_path() if hasattr(uploaded, "temporary_file_path")
-              else uploaded.file)
-    splits = load_archive_dataset(source, destination, resolution=resolution, grayscale=grayscale,
-                                  limits=DATASET_ARCHIVE_LIMITS)
-    summary = splits.summary()
-    summary["name"] = name
-    try:
-        return Dataset.objects.create(owner=owner, name=name, kind="folder", archive=folder,
-                                      summary=summary, status="ready")
-    except BaseException:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise
 
 
 def _remove_files(name: str) -> None:
@@ -86,19 +57,11 @@ def dataset_upload(request):
     form = DatasetUploadForm()
     if request.method == "POST":
         form = DatasetUploadForm(request.POST, request.FILES, upload_error=upload_limit_error(request))
-        if form.is_valid():
-            try:
-                dataset = store_dataset_upload(
-                    request.user, form.cleaned_data["name"], form.cleaned_data["archive"],
-                    resolution=form.cleaned_data["resolution"], grayscale=form.grayscale)
-            except ArchiveError as error:
-                form.add_error("archive", f"Rejected: {error}")
-            else:
-                messages.success(request, f"{dataset.name} is ready.")
-                return redirect("dataset_detail", pk=dataset.pk)
-    return render(request, "datasets/upload.html", {
-        "form": form, "limit": human_size(settings.UPLOAD_MAX_BYTES),
-        "max_bytes": settings.UPLOAD_MAX_BYTES})
+        dataset = create_from(form, request.user, create_dataset_upload)
+        if dataset is not None:
+            messages.success(request, f"{dataset.name} is ready.")
+            return redirect("dataset_detail", pk=dataset.pk)
+    return render(request, "datasets/upload.html", {"form": form, **upload_limit_context()})
 
 
 @login_required

@@ -1,16 +1,15 @@
 """Which devices a user may see and change; views use these instead of bare queries."""
-from django.db.models import Q
-from django.http import Http404
-from django.shortcuts import get_object_or_404
+from __future__ import annotations
+
+from django.db.models import QuerySet
 
 from devices.models import Device
+from webapp.accounts import get_visible_or_404, owned_or_shared
 
 
-def devices_visible_to(user):
+def devices_visible_to(user) -> QuerySet:
     """The user's own devices and the shared system devices."""
-    if not user.is_authenticated:
-        return Device.objects.none()
-    return Device.objects.filter(Q(owner=user) | Q(owner__isnull=True))
+    return owned_or_shared(Device, user)
 
 
 def get_device_for_user(user, pk, write: bool = False) -> Device:
@@ -18,7 +17,4 @@ def get_device_for_user(user, pk, write: bool = False) -> Device:
 
     A stranger's device is a 404, not a 403, so ids reveal nothing. System devices are read-only.
     """
-    device = get_object_or_404(devices_visible_to(user), pk=pk)
-    if write and device.is_system:
-        raise Http404("system devices are read-only")
-    return device
+    return get_visible_or_404(Device, user, pk, write=write, read_only="system devices are read-only")

@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
 
-import adaptation.views_datasets as views_datasets
+import adaptation.services as services
 from adaptation.archives import ArchiveLimits
 from adaptation.models import Dataset
 
@@ -196,7 +196,7 @@ def test_it_rejects_a_bad_archive_and_stores_nothing(owner_client, media, case):
     (ArchiveLimits(max_total_bytes=300), "the archive expands to more than 300 bytes"),
 ])
 def test_it_applies_the_archive_limits(owner_client, media, monkeypatch, limits, message):
-    monkeypatch.setattr(views_datasets, "DATASET_ARCHIVE_LIMITS", limits)
+    monkeypatch.setattr(services, "DATASET_ARCHIVE_LIMITS", limits)
     response = upload(owner_client, zip_bytes(image_members()))
     assert message in response.context["form"].errors["archive"][0]
     assert not Dataset.objects.exists()

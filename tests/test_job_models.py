@@ -80,4 +80,4 @@ def test_it_stores_files_under_the_owners_folders(owner, make_job):
     assert ModelUpload.file.field.generate_filename(upload, "net.pt") == f"models/{owner.pk}/net.pt"
     point = Iteration(job=job, number=3)
     assert (Iteration.model_file.field.generate_filename(point, "iteration_3.pt")
-            == f"outputs/{owner.pk}/job_{job.pk}/iteration_3.pt")
+            == f"jobs/{job.pk}/iteration_3.pt")

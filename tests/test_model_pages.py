@@ -214,7 +214,7 @@ def test_it_deletes_finished_jobs_and_their_outputs_with_the_model(owner_client,
     job = make_job(owner, status="finished")
     Iteration.objects.create(job=job, number=0, resource=1.0, macs=1, params=1, holdout_accuracy=0.5,
                              model_file=ContentFile(b"pruned", name="iteration_0.pt"))
-    assert files_under(media) == [f"outputs/{owner.pk}/job_{job.pk}/iteration_0.pt"]
+    assert files_under(media) == [f"jobs/{job.pk}/iteration_0.pt"]
     with django_capture_on_commit_callbacks(execute=True):
         owner_client.post(reverse("model_delete", args=[job.model.pk]))
     assert not Job.objects.exists() and not ModelUpload.objects.exists()

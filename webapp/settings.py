@@ -152,7 +152,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --------------------------------------------------------------------------- files
 
-MEDIA_ROOT = DATA_DIR / "media"  # uploads (models/, datasets/) and job outputs (outputs/)
+MEDIA_ROOT = DATA_DIR / "media"  # uploads (models/, datasets/) and job outputs (jobs/<id>/)
 MEDIA_URL = "media/"
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"

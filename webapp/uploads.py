@@ -20,22 +20,21 @@ import asyncio
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
+from adaptation.formatting import human_size
+
 #: Room for the form fields, boundaries and part headers that travel with the file.
 MULTIPART_ALLOWANCE = 64 * 1024
 #: Attribute set on the request when the handler stopped an upload (its value: the limit).
 REQUEST_FLAG = "upload_limit_exceeded"
 
 
-def human_size(size: int) -> str:
-    """``200 MB``, ``1.5 KB``, ``1000 bytes``: how the limit is named on the page."""
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} bytes"
-
-
 def limit_message(limit: int) -> str:
     return f"The file is larger than the {human_size(limit)} limit."
+
+
+def upload_limit_context() -> dict:
+    """What an upload page shows of the limit: ``limit`` for people, ``max_bytes`` for its script."""
+    return {"limit": human_size(settings.UPLOAD_MAX_BYTES), "max_bytes": settings.UPLOAD_MAX_BYTES}
 
 
 def upload_limit_error(request) -> str | None:

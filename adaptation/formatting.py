@@ -1,0 +1,57 @@
+"""Numbers for people: byte sizes, counts, a job's resources, accuracies and budgets.
+
+The pages, the upload limit and the archive checks all name sizes and counts the same way through
+these. This module imports neither Django nor torch (``adaptation.archives`` uses it).
+"""
+from __future__ import annotations
+
+#: The unit of each metric a job can adapt for.
+METRIC_UNITS = {"latency": "ms", "macs": "MACs", "params": "parameters"}
+NO_VALUE = "—"
+
+
+def metric_unit(metric: str) -> str:
+    """``ms``, ``MACs`` or ``parameters``; an unknown metric is its own unit."""
+    return METRIC_UNITS.get(metric, metric)
+
+
+def human_size(size: int, *, trim_zero: bool = True) -> str:
+    """``200 MB``, ``1.5 KB``, ``1000 bytes`` (``200.0 MB`` with ``trim_zero`` False)."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            number = f"{size / scale:.1f}"
+            return f"{number.removesuffix('.0') if trim_zero else number} {unit}"
+    return f"{size} bytes"
+
+
+def format_count(number: int | None) -> str:
+    """``1.23 M``, ``45.6 k``, ``812``: MACs and parameter counts for people ("" when unknown)."""
+    if number is None:
+        return ""
+    for unit, scale in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if number >= scale:
+            return f"{number / scale:.3g} {unit}"
+    return str(number)
+
+
+def resource_text(value: float | None, unit: str) -> str:
+    """A resource in its unit: milliseconds to the microsecond, counts with thousands separators."""
+    if value is None:
+        return NO_VALUE
+    return f"{value:.3f} {unit}" if unit == "ms" else f"{value:,.0f} {unit}"
+
+
+def accuracy_text(value: float | None) -> str:
+    """A fraction as a percentage with two decimals."""
+    return NO_VALUE if value is None else f"{100 * value:.2f}%"
+
+
+def budget_text(job_settings: dict) -> str:
+    """A job's budget as its settings give it: a share of the original, or an absolute value."""
+    metric = job_settings.get("metric", "latency")
+    budget = job_settings.get("budget")
+    if budget is None:
+        return NO_VALUE
+    if job_settings.get("budget_relative", True):
+        return f"{budget * 100:g}% of the original {metric}"
+    return f"{budget:g} {metric_unit(metric)}"
