@@ -133,3 +133,40 @@ def sent_run_job(monkeypatch):
     monkeypatch.setattr(type(run_job._get_current_object()), "delay",
                         lambda task, job_id: sent.append(job_id))
     return sent
+
+
+# --------------------------------------------------------------------------- end-to-end
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_state_dict(digits16, tmp_path_factory):
+    """(spec, file bytes): plain_cnn width 1.0 on 16-px digits, trained 100 steps, saved the way
+    a user would upload it: ``torch.save(model.state_dict(), ...)``."""
+    import io
+
+    from adaptation.netadapt.spec import ArchitectureSpec
+    from adaptation.netadapt.training import train_steps
+
+    spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 16)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = spec.build()
+        train_steps(model, digits16.train, 100, lr=0.05, batch_size=64, seed=0)
+    finally:
+        torch.set_num_threads(previous)
+    buffer = io.BytesIO()
+    torch.save(model.eval().state_dict(), buffer)
+    return spec, buffer.getvalue()
+
+
+@pytest.fixture
+def live_app(tmp_path, django_db_blocker):
+    """uvicorn on a free port of 127.0.0.1 over a bootstrapped database shared with this process;
+    ``live_app.start_worker()`` adds a Celery worker (tests/e2e_support.py). In production mode
+    the test module must mark itself ``django_db(transaction=True)``."""
+    from tests.e2e_support import live_app as start_live_app
+
+    with start_live_app(tmp_path, django_db_blocker) as app:
+        yield app

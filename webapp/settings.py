@@ -252,7 +252,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                  "CONFIG": {"hosts": [REDIS_URL]}}}
+                                  # redis-py's 5 s default socket timeout would end the 5 s BZPOPMIN
+                                  # of every idle consumer with a TimeoutError (closing its websocket)
+                                  "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]}}}
 else:
     # In-memory: only the ASGI process's own consumers see it; the worker writes JobEvent rows
     # that the ASGI process relays (see DESIGN.md section 5).

@@ -1,0 +1,295 @@
+"""Real processes for the end-to-end tests: uvicorn and one Celery worker on a shared database.
+
+``live_app(tmp_path, django_db_blocker)`` (a context manager, wrapped by the ``live_app``
+fixture of conftest.py) gives a :class:`LiveApp`: uvicorn serving ``webapp.asgi:application``
+on a free port of 127.0.0.1, and, once the test calls ``start_worker()``, a Celery worker. The
+test starts the worker itself, so it can connect its clients while the job is still queued and
+see every event arrive live.
+
+The database is shared the way tests/test_worker.py shares it (that file keeps its own copy):
+
+- Embedded mode: a file SQLite database migrated in a fresh ``NETADAPT_DATA_DIR`` under
+  tmp_path, which the servers use for their database, media and broker folders; for the test's
+  duration this process's ORM gets a second connection object pointed at that file.
+- Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's PostgreSQL test
+  database (the test module marks itself ``django_db(transaction=True)``), whose name goes to
+  the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queue
+  purged first. DEBUG is off there, so the static files are collected for WhiteNoise.
+
+``manage.py bootstrap`` runs (in this process, against the shared database) before the web
+server starts: the system device and the built-in digits dataset exist.
+"""
+from __future__ import annotations
+
+import http.cookiejar
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCTION = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+START_DEADLINE_S = 180   # uvicorn imports Django and the app on a loaded two-core machine
+JOB_DEADLINE_S = 300     # a worker start (torch import) plus a tiny job, on the same machine
+POLL_S = 0.1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Process:
+    """A child in its own process group (so stopping it stops its children too), logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, logs: Path) -> None:
+        self.name = name
+        self.log = logs / f"{name}.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM to the leader (a worker's warm shutdown stops its pool itself), then SIGKILL
+        to whatever is left in the group after it exits or after ``grace`` seconds."""
+        started = time.monotonic()
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        stopped_in = time.monotonic() - started
+        try:  # a pool child or anything else the leader left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(timeout=60)
+        with open(self.log, "a") as out:
+            out.write(f"\n[e2e] {self.name} stopped {stopped_in:.1f} s after SIGTERM "
+                      f"(code {self.process.returncode})\n")
+
+
+@dataclass
+class LiveApp:
+    port: int
+    env: dict
+    media: Path
+    logs: Path
+    web: Process | None = None
+    worker: Process | None = None
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def start_worker(self) -> Process:
+        assert self.worker is None, "one worker per test"
+        self.worker = self._start("worker", [
+            sys.executable, "-m", "celery", "-A", "webapp", "worker", "-c", "1", "--pool", "prefork",
+            "-Q", "celery", "-n", f"e2e-{uuid.uuid4().hex[:8]}@%h", "--without-gossip",
+            "--without-mingle", "--without-heartbeat", "-l", "info"])
+        return self.worker
+
+    def start_web(self) -> Process:
+        self.web = self._start("web", [
+            sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", "127.0.0.1",
+            "--port", str(self.port), "--log-level", "info",
+            # A connection's task still running at shutdown is cancelled (and logged) after 10 s.
+            "--timeout-graceful-shutdown", "10"])
+        wait_until(lambda: _answers(self.url("/accounts/login/")), "the web server to answer", self,
+                   START_DEADLINE_S)
+        return self.web
+
+    def _start(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.env, self.logs)
+        self.processes.append(process)
+        return process
+
+    def check_running(self, what: str = "") -> None:
+        """Fail with the logs when a server process has exited."""
+        for process in self.processes:
+            assert process.alive(), \
+                f"the {process.name} process exited (code {process.process.returncode}){what}:\n{self.logs_text()}"
+
+    def logs_text(self) -> str:
+        return "\n".join(f"----- {p.name} log (end) -----\n{p.tail()}" for p in self.processes)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # the worker first, then the web server
+            process.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_until(condition, what: str, app: LiveApp | None = None, deadline_s: float = JOB_DEADLINE_S):
+    """Poll ``condition()`` until it is truthy; fail at the deadline, or at once if a server dies."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if app is not None:
+            app.check_running(f" while waiting for {what}")
+        assert time.monotonic() < deadline, \
+            f"timed out waiting for {what}" + (f":\n{app.logs_text()}" if app else "")
+        time.sleep(POLL_S)
+
+
+@contextmanager
+def live_database(tmp_path: Path, django_db_blocker):
+    """(server environment, media folder), with this process's ORM on the servers' database."""
+    from django.db import connections
+
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings",
+           "PYTHONUNBUFFERED": "1"}
+    if PRODUCTION:
+        from webapp.celery import app as celery_app
+
+        url = urlsplit(os.environ["DATABASE_URL"])
+        name = connections["default"].settings_dict["NAME"]
+        env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{name}"))
+        celery_app.control.purge()
+        yield env, data_dir / "media"
+        return
+    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
+                   check=True, timeout=600)
+    with django_db_blocker.unblock():
+        session_connection = connections["default"]
+        file_connection = session_connection.__class__(
+            {**session_connection.settings_dict, "NAME": str(data_dir / "db.sqlite3")}, "default")
+        connections["default"] = file_connection
+        try:
+            yield env, data_dir / "media"
+        finally:
+            file_connection.close()
+            connections["default"] = session_connection
+
+
+@contextmanager
+def live_app(tmp_path: Path, django_db_blocker):
+    from django.core.management import call_command
+
+    with live_database(tmp_path, django_db_blocker) as (env, media):
+        call_command("bootstrap", stdout=io.StringIO())
+        if PRODUCTION:  # DEBUG is off: WhiteNoise serves only what is in STATIC_ROOT
+            subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+                           cwd=REPO, env=env, check=True, timeout=600)
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        app = LiveApp(port=free_port(), env=env, media=media, logs=logs)
+        try:
+            app.start_web()
+            yield app
+        finally:
+            app.stop()
+
+
+# --------------------------------------------------------------------------- an HTTP client
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class HttpClient:
+    """urllib with a cookie jar (sessions, CSRF) and, optionally, an API token."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        self.token: str | None = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> Response:
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Token {self.token}"
+        request = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers)
+        try:
+            with self.opener.open(request, timeout=120) as response:
+                return Response(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as error:
+            return Response(error.code, dict(error.headers), error.read())
+
+    def get(self, path: str, **params) -> Response:
+        return self.request("GET", path + (f"?{urlencode(params)}" if params else ""))
+
+    def post_json(self, path: str, data: dict) -> Response:
+        return self.request("POST", path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def post_form(self, path: str, fields: dict) -> Response:
+        return self.request("POST", path, urlencode(fields).encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def post_multipart(self, path: str, fields: dict, files: dict[str, tuple[str, bytes]]) -> Response:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for name, value in fields.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        for name, (filename, content) in files.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                         f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        return self.request("POST", path, b"".join(parts),
+                            {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def cookie(self, name: str) -> str | None:
+        return next((c.value for c in self.cookies if c.name == name), None)
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.cookies)
+
+    def log_in(self, username: str, password: str) -> None:
+        """The login page's form, with its CSRF token: leaves a session cookie in the jar."""
+        page = self.get("/accounts/login/")
+        assert page.status == 200, page
+        token = self.cookie("csrftoken")
+        assert token, "the login page set no CSRF cookie"
+        answer = self.post_form("/accounts/login/", {"username": username, "password": password,
+                                                     "csrfmiddlewaretoken": token})
+        assert answer.status == 200, answer.status
+        assert self.cookie("sessionid"), "logging in set no session cookie"
