@@ -92,6 +92,7 @@ class AffineCalibration:
 
     points: list[tuple[float, float]] = field(default_factory=list)  # (raw sum ms, measured ms)
     min_points_for_affine: int = 3
+    max_slope_factor: float = 2.0  # an affine slope outside [ratio/f, ratio·f] is treated as noise
 
     def add(self, raw_ms: float, measured_ms: float) -> None:
         if raw_ms <= 0 or measured_ms <= 0:
@@ -111,7 +112,11 @@ class AffineCalibration:
         if var_r <= 1e-12 * max(mean_r, 1e-12) ** 2:
             return ratio, 0.0
         a = sum((r - mean_r) * (m - mean_m) for r, m in self.points) / var_r
-        if a <= 0:  # noise swamped the spread of the points; a ratio is still monotone
+        if not ratio / self.max_slope_factor <= a <= ratio * self.max_slope_factor:
+            # The points span a narrow range, so one measurement slowed by the machine's load
+            # tilts the fit (seen: slope 0.075 where the ratio was 0.9, after which no pruning
+            # could reach a target). The overhead-corrected sum tracks latency roughly in
+            # proportion, so a slope far from the ratio is noise: keep the ratio.
             return ratio, 0.0
         return a, mean_m - a * mean_r
 
