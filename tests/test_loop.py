@@ -213,7 +213,7 @@ def test_it_rejects_a_resource_model_of_another_metric(trained, digits8):
 
 # ---------------------------------------------------------------- latency-driven runs
 
-LATENCY_CONFIG = AdaptConfig(metric="latency", budget=0.9, initial_reduction=0.05, decay=0.9,
+LATENCY_CONFIG = AdaptConfig(metric="latency", budget=0.9, initial_reduction=0.03, decay=0.9,
                              short_term_steps=2, long_term_epochs=0, batch_size=64,
                              max_iterations=1)
 
