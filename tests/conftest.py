@@ -102,15 +102,12 @@ def make_job(system_device, digits_dataset):
 # --------------------------------------------------------------------------- job pipeline
 
 
-@pytest.fixture(scope="session")
-def tiny_cnn(digits16, tmp_path_factory):
-    """(spec, weights file bytes): plain_cnn width 0.5 on 16-px digits, trained 100 steps and saved
-    with export_pytorch, the format a job loads. Copy the bytes into a test's MEDIA_ROOT."""
-    from adaptation.netadapt.export import export_pytorch
+def _trained_digits_cnn(digits16, width: float):
+    """plain_cnn of the given width on 16-px digits, trained 100 steps on one thread (seeded)."""
     from adaptation.netadapt.spec import ArchitectureSpec
     from adaptation.netadapt.training import train_steps
 
-    spec = ArchitectureSpec("plain_cnn", 10, 1, 0.5, 16)
+    spec = ArchitectureSpec("plain_cnn", 10, 1, width, 16)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -119,8 +116,18 @@ def tiny_cnn(digits16, tmp_path_factory):
         train_steps(model, digits16.train, 100, lr=0.05, batch_size=64, seed=0)
     finally:
         torch.set_num_threads(previous)
+    return spec, model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(digits16, tmp_path_factory):
+    """(spec, weights file bytes): plain_cnn width 0.5 on 16-px digits, trained 100 steps and saved
+    with export_pytorch, the format a job loads. Copy the bytes into a test's MEDIA_ROOT."""
+    from adaptation.netadapt.export import export_pytorch
+
+    spec, model = _trained_digits_cnn(digits16, 0.5)
     path = tmp_path_factory.mktemp("tiny_cnn") / "tiny_cnn.pt"
-    export_pytorch(model.eval(), spec, {}, path)
+    export_pytorch(model, spec, {}, path)
     return spec, path.read_bytes()
 
 
@@ -139,25 +146,14 @@ def sent_run_job(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def digits_cnn_state_dict(digits16, tmp_path_factory):
+def digits_cnn_state_dict(digits16):
     """(spec, file bytes): plain_cnn width 1.0 on 16-px digits, trained 100 steps, saved the way
     a user would upload it: ``torch.save(model.state_dict(), ...)``."""
     import io
 
-    from adaptation.netadapt.spec import ArchitectureSpec
-    from adaptation.netadapt.training import train_steps
-
-    spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 16)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = spec.build()
-        train_steps(model, digits16.train, 100, lr=0.05, batch_size=64, seed=0)
-    finally:
-        torch.set_num_threads(previous)
+    spec, model = _trained_digits_cnn(digits16, 1.0)
     buffer = io.BytesIO()
-    torch.save(model.eval().state_dict(), buffer)
+    torch.save(model.state_dict(), buffer)
     return spec, buffer.getvalue()
 
 
@@ -170,3 +166,12 @@ def live_app(tmp_path, django_db_blocker):
 
     with start_live_app(tmp_path, django_db_blocker) as app:
         yield app
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    """A fresh MEDIA_ROOT (and upload temp folder beside it) so a test can list what was stored."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "upload-tmp"
+    settings.FILE_UPLOAD_TEMP_DIR.mkdir()
+    return settings.MEDIA_ROOT

@@ -22,6 +22,7 @@ from adaptation.netadapt.export import export_pytorch
 from adaptation.netadapt.spec import ArchitectureSpec
 from devices.models import Device
 from tests.conftest import PASSWORD
+from tests.stored_files import files_under, torch_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -32,28 +33,10 @@ SPEC = ArchitectureSpec("plain_cnn", num_classes=3, in_channels=1, width=0.25, r
 # --------------------------------------------------------------------------- helpers
 
 
-def torch_bytes(payload) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def good_weights() -> bytes:
     torch.manual_seed(0)
     return torch_bytes(SPEC.build().state_dict())
-
-
-def files_under(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def media(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "upload-tmp"
-    settings.FILE_UPLOAD_TEMP_DIR.mkdir()
-    return settings.MEDIA_ROOT
 
 
 def client_of(user) -> APIClient:

@@ -13,6 +13,7 @@ from PIL import Image
 import adaptation.services as services
 from adaptation.archives import ArchiveLimits
 from adaptation.models import Dataset
+from tests.stored_files import files_under
 
 pytestmark = pytest.mark.django_db
 
@@ -37,16 +38,6 @@ def zip_bytes(members: dict[str, bytes | tuple[zipfile.ZipInfo, bytes]]) -> byte
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
-
-
-def files_under(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def media(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
 
 
 @pytest.fixture

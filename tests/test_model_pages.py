@@ -1,7 +1,6 @@
 """Model pages: upload with the pre-flight check, list, detail, delete; a rejected upload stores nothing."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from django.urls import reverse
 
 from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
+from tests.stored_files import files_under, torch_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread")]
 
@@ -24,29 +24,10 @@ REPORT = {"spec": SPEC.to_dict(), "macs": 123_456, "params": 7_890, "layers": 4,
                       "in_layers": ["classifier"]}]}
 
 
-def torch_bytes(payload) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def good_weights() -> bytes:
     torch.manual_seed(0)
     return torch_bytes(SPEC.build().state_dict())
-
-
-def files_under(root: Path) -> list[str]:
-    """Every file below ``root`` (relative paths), empty folders not counted."""
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def media(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.FILE_UPLOAD_TEMP_DIR = tmp_path / "upload-tmp"
-    settings.FILE_UPLOAD_TEMP_DIR.mkdir()
-    return settings.MEDIA_ROOT
 
 
 @pytest.fixture
