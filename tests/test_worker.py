@@ -24,13 +24,11 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import onnxruntime as ort
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connections
 from django.utils import timezone
 
 from adaptation.job_files import JobFiles
@@ -38,6 +36,7 @@ from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload
 from adaptation.tasks import run_job
 from devices.models import SYSTEM_DEVICE_NAME, Device, LatencyEntry
 from webapp.celery import app as celery_app
+from tests.e2e_support import live_database
 
 PRODUCTION = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -61,28 +60,8 @@ MACS = {"metric": "macs", "budget": 0.6, "initial_reduction": 0.1, "decay": 0.95
 @pytest.fixture
 def live_db(tmp_path, django_db_blocker):
     """(worker environment, media folder), with this process's ORM on the worker's database."""
-    data_dir = tmp_path / "data"
-    env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings",
-           "PYTHONUNBUFFERED": "1"}
-    if PRODUCTION:
-        url = urlsplit(os.environ["DATABASE_URL"])
-        name = connections["default"].settings_dict["NAME"]
-        env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{name}"))
-        celery_app.control.purge()
-        yield env, data_dir / "media"
-        return
-    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
-                   check=True, timeout=600)
-    with django_db_blocker.unblock():
-        session_connection = connections["default"]
-        file_connection = session_connection.__class__(
-            {**session_connection.settings_dict, "NAME": str(data_dir / "db.sqlite3")}, "default")
-        connections["default"] = file_connection
-        try:
-            yield env, data_dir / "media"
-        finally:
-            file_connection.close()
-            connections["default"] = session_connection
+    with live_database(tmp_path, django_db_blocker) as (env, media):
+        yield env, media
 
 
 def send_run_job(job_id: int, data_dir: Path) -> None:
