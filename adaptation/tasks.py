@@ -26,7 +26,11 @@ logger = logging.getLogger(__name__)
 
 def enqueue_job(job: Job) -> None:
     """Run the job in a worker once the transaction that created (or re-queued) it commits."""
-    job_id = job.pk
+    enqueue_job_id(job.pk)
+
+
+def enqueue_job_id(job_id: int) -> None:
+    """``enqueue_job`` by id."""
     transaction.on_commit(lambda: run_job.delay(job_id))
 
 

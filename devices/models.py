@@ -29,6 +29,9 @@ class Device(models.Model):
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="offline")
     last_seen = models.DateTimeField(null=True, blank=True)
     facts = models.JSONField(default=dict, blank=True)  # os, cpu, cores, memory, runtime versions
+    # An agent authenticates with a token; only its SHA-256 is stored. Revoking empties it.
+    token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    token_created = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -76,3 +79,69 @@ class LatencyEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.signature_key} on {self.device_id}: {self.min_ms:.4f} ms"
+
+
+class Pairing(models.Model):
+    """A one-time code that lets an agent program become ``device`` (valid a few minutes).
+
+    Only the code's SHA-256 is stored; the code itself is shown once on the "Add device" page.
+    """
+
+    device = models.ForeignKey(Device, models.CASCADE, related_name="pairings")
+    code_hash = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"pairing of device {self.device_id}"
+
+
+class MeasurementRequest(models.Model):
+    """Layer signatures and whole networks to time on one device, queued per device.
+
+    A local device's requests run in the Celery task ``devices.tasks.measure_request`` on the queue
+    ``device.<id>`` (one at a time); an agent device pulls them over its websocket. When the last
+    open request of a waiting job is done, the job is re-enqueued (``devices.requests``).
+    ``signatures`` holds ``LayerSignature.to_dict()``s, ``networks`` the descriptions that rebuild
+    each network (architecture + channel configuration: latency does not depend on weights),
+    ``results`` the ``TimingStats.to_dict()`` of each network, measured interleaved.
+    """
+
+    STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"),
+                      ("failed", "Failed")]
+    OPEN_STATUSES = ("queued", "running")
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="measurements")
+    device = models.ForeignKey(Device, models.CASCADE, related_name="measurements")
+    job = models.ForeignKey("adaptation.Job", models.CASCADE, null=True, blank=True,
+                            related_name="measurements")
+    reason = models.CharField(max_length=200)
+    key = models.CharField(max_length=64)  # what is asked: sha256 of signatures + networks
+    runtime = models.CharField(max_length=16)
+    threads = models.PositiveSmallIntegerField()
+    example_shape = models.JSONField(default=list)  # the networks' input shape (N, C, H, W)
+    signatures = models.JSONField(default=list, blank=True)
+    networks = models.JSONField(default=list, blank=True)
+    results = models.JSONField(default=list, blank=True)
+    signatures_done = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="queued")
+    error = models.TextField(blank=True)
+    claimed_by = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    runtime_version = models.CharField(max_length=32, blank=True)  # of the runtime that measured
+    created = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created", "pk"]
+        indexes = [models.Index(fields=["device", "status", "created"], name="measurement_device_queue"),
+                   models.Index(fields=["job", "key"], name="measurement_job_key")]
+
+    def __str__(self) -> str:
+        return f"measurement {self.pk} on device {self.device_id}: {self.reason}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in self.OPEN_STATUSES

@@ -1,0 +1,165 @@
+"""Measurement requests: queued per device, served one at a time, results into the look-up table.
+
+The life of a request (``MeasurementRequest``):
+- ``open_request`` stores what a job (or a user) wants timed and, once the transaction commits,
+  hands it to the device: a ``local`` device's Celery queue ``device.<id>``; an ``agent`` device
+  picks it up over its websocket (``devices.consumers``). Asking twice for the same thing in one
+  job returns the request already there.
+- ``claim_request`` moves it to ``running`` for one measurer; an agent that reconnects after a
+  crash claims its own running request again.
+- ``store_layer_results`` adds timed layers to the device's table as they come (a measurer killed
+  half-way loses nothing: ``pending_signatures`` lists only what is still missing);
+  ``complete_request`` stores the networks' statistics and ends it; ``fail_request`` ends it with
+  an error. Either way, when it was the job's last open request, the waiting job is re-enqueued.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Iterable, Mapping
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from devices.lut import DatabaseLatencyTable
+from devices.measure.signature import LayerSignature
+from devices.measure.stats import TimingStats
+from devices.models import Device, MeasurementRequest
+
+logger = logging.getLogger(__name__)
+
+
+def device_queue(device: Device | int) -> str:
+    """The Celery queue of a local device's measurements."""
+    return f"device.{getattr(device, 'pk', device)}"
+
+
+def request_key(signatures: list[dict], networks: list[dict], example_shape: list[int]) -> str:
+    """What a request asks for, as a hash: the same question in one job is asked once."""
+    text = json.dumps({"signatures": signatures, "networks": networks, "shape": example_shape},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def open_request(*, owner, device: Device, job=None, reason: str, runtime: str, threads: int,
+                 example_shape: list[int], signatures: list[dict] | None = None,
+                 networks: list[dict] | None = None) -> MeasurementRequest:
+    """The job's request for exactly this (an existing one, whatever its status) or a new one.
+
+    A new request is dispatched to its device when the current transaction commits.
+    """
+    signatures, networks = list(signatures or []), list(networks or [])
+    key = request_key(signatures, networks, list(example_shape))
+    if job is not None:
+        existing = MeasurementRequest.objects.filter(job=job, key=key).order_by("-pk").first()
+        if existing is not None and existing.status != "failed":
+            return existing
+    request = MeasurementRequest.objects.create(
+        owner=owner, device=device, job=job, reason=reason[:200], key=key, runtime=runtime,
+        threads=threads, example_shape=list(example_shape), signatures=signatures, networks=networks)
+    request_id, device_id, kind = request.pk, device.pk, device.kind
+    transaction.on_commit(lambda: dispatch(request_id, device_id, kind))
+    return request
+
+
+def dispatch(request_id: int, device_id: int, kind: str) -> None:
+    """Hand a request to its device: a task on a local device's queue; agents pull theirs."""
+    if kind == "local":
+        from devices.tasks import measure_request  # Celery glue, imported where it is needed
+        measure_request.apply_async((request_id,), queue=device_queue(device_id))
+
+
+def claim_request(request_id: int, worker: str) -> MeasurementRequest | None:
+    """Take a queued request (or one this worker already runs); None when it is not ours."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = (MeasurementRequest.objects.filter(pk=request_id, status="queued")
+                   .update(status="running", claimed_by=worker, started_at=now))
+        if not claimed:
+            claimed = MeasurementRequest.objects.filter(pk=request_id, status="running",
+                                                        claimed_by=worker).exists()
+        if not claimed:
+            return None
+        MeasurementRequest.objects.filter(pk=request_id).update(attempts=F("attempts") + 1)
+    return MeasurementRequest.objects.select_related("device").get(pk=request_id)
+
+
+def request_table(request: MeasurementRequest, runtime_version: str) -> DatabaseLatencyTable:
+    """The look-up table a request's layers go into."""
+    return DatabaseLatencyTable(request.device, request.runtime, runtime_version, request.threads)
+
+
+def request_signatures(request: MeasurementRequest) -> list[LayerSignature]:
+    return [LayerSignature.from_dict(d) for d in request.signatures]
+
+
+def pending_signatures(request: MeasurementRequest, runtime_version: str) -> list[tuple[int, LayerSignature]]:
+    """(index, signature) of the request's layers the device's table does not hold yet."""
+    signatures = request_signatures(request)
+    held = request_table(request, runtime_version).lookup(signatures)
+    return [(i, s) for i, s in enumerate(signatures) if s not in held]
+
+
+def store_layer_results(request: MeasurementRequest, results: Mapping[int, Mapping | TimingStats],
+                        runtime_version: str) -> int:
+    """Add timed layers (by index into ``request.signatures``) to the table; returns how many."""
+    signatures = request_signatures(request)
+    entries = {}
+    for index, stats in results.items():
+        index = int(index)
+        if not 0 <= index < len(signatures):
+            raise ValueError(f"layer index {index} is not in request {request.pk}")
+        entries[signatures[index]] = stats if isinstance(stats, TimingStats) else TimingStats(**stats)
+    if entries:
+        request_table(request, runtime_version).add(entries)
+    done = len(signatures) - len(pending_signatures(request, runtime_version))
+    MeasurementRequest.objects.filter(pk=request.pk).update(signatures_done=done,
+                                                            runtime_version=runtime_version)
+    return len(entries)
+
+
+def complete_request(request: MeasurementRequest, network_results: Iterable[Mapping | TimingStats],
+                     runtime_version: str) -> None:
+    """End a request with its networks' statistics (in the order of ``request.networks``)."""
+    results = [r.to_dict() if isinstance(r, TimingStats) else dict(r) for r in network_results]
+    if len(results) != len(request.networks):
+        raise ValueError(f"request {request.pk} asked for {len(request.networks)} network(s), "
+                         f"got {len(results)} result(s)")
+    missing = pending_signatures(request, runtime_version)
+    if missing:
+        raise ValueError(f"request {request.pk}: {len(missing)} layer(s) were not measured")
+    with transaction.atomic():
+        ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
+            status="done", results=results, runtime_version=runtime_version, error="",
+            signatures_done=len(request.signatures), finished_at=timezone.now())
+        if ended:
+            _after_request(request)
+
+
+def fail_request(request: MeasurementRequest, error: str) -> None:
+    """End a request with an error the job shows to its user."""
+    with transaction.atomic():
+        ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
+            status="failed", error=error[:2000], finished_at=timezone.now())
+        if ended:
+            _after_request(request)
+
+
+def _after_request(request: MeasurementRequest) -> None:
+    if request.job_id is not None:
+        resume_waiting_job(request.job_id)
+
+
+def resume_waiting_job(job_id: int) -> bool:
+    """Re-enqueue a job that waits for measurements once none of its requests is open."""
+    from adaptation.models import Job  # the devices app must not need adaptation at import time
+    if MeasurementRequest.objects.filter(job_id=job_id, status__in=MeasurementRequest.OPEN_STATUSES).exists():
+        return False
+    resumed = Job.objects.filter(pk=job_id, status="waiting").update(status="queued", heartbeat_at=None,
+                                                                     claimed_by="", attempts=0)
+    if resumed:
+        from adaptation.tasks import enqueue_job_id
+        enqueue_job_id(job_id)
+    return bool(resumed)
