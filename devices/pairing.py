@@ -1,0 +1,86 @@
+"""Pairing an agent program with a device: one-time codes, device tokens, revocation.
+
+"Add device" creates an ``agent`` device and a code valid ``PAIRING_CODE_MINUTES``; the agent
+sends the code once (``redeem``) and receives a token it keeps. Only SHA-256 hashes of codes and
+tokens are stored, so a database leak gives neither away. Revoking empties the token hash: the
+agent is refused from then on and must be paired again with a new code.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from devices.models import Device, Pairing
+
+#: Letters and digits that cannot be mistaken for one another when typed from a screen.
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 10
+
+
+class PairingError(Exception):
+    """The code cannot pair a device; the message says why."""
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def normalise_code(code: str) -> str:
+    """Codes are shown in groups (``ABCDE-FGHJK``); typed case and dashes do not matter."""
+    return "".join(ch for ch in code.upper() if ch.isalnum())
+
+
+def code_minutes() -> float:
+    return float(getattr(settings, "PAIRING_CODE_MINUTES", 10))
+
+
+def new_pairing(device: Device) -> tuple[str, Pairing]:
+    """A fresh one-time code for ``device`` (returned once, stored hashed) and its row."""
+    if device.kind != "agent":
+        raise PairingError("only agent devices are paired; the server's CPU needs no pairing")
+    code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    now = timezone.now()
+    pairing = Pairing.objects.create(device=device, code_hash=digest(code), created=now,
+                                     expires_at=now + timedelta(minutes=code_minutes()))
+    return f"{code[:5]}-{code[5:]}", pairing
+
+
+def redeem(code: str, facts: dict | None = None) -> tuple[Device, str]:
+    """Use a code once: the device it pairs and a new token (replacing any earlier one)."""
+    now = timezone.now()
+    with transaction.atomic():
+        pairing = (Pairing.objects.select_for_update().select_related("device")
+                   .filter(code_hash=digest(normalise_code(code))).first())
+        if pairing is None or pairing.used_at is not None:
+            raise PairingError("unknown or already used pairing code: show a new one on the "
+                               "device's page")
+        if pairing.expires_at <= now:
+            raise PairingError(f"this pairing code expired at {pairing.expires_at:%H:%M} UTC: "
+                               "show a new one on the device's page")
+        token = secrets.token_urlsafe(32)
+        device = pairing.device
+        device.token_hash, device.token_created = digest(token), now
+        if facts:
+            device.facts = dict(facts)
+        device.save(update_fields=["token_hash", "token_created", "facts"])
+        pairing.used_at = now
+        pairing.save(update_fields=["used_at"])
+    return device, token
+
+
+def device_for_token(token: str | None) -> Device | None:
+    """The paired device of a token, or None (unknown, revoked, or no token)."""
+    if not token:
+        return None
+    return Device.objects.filter(kind="agent", token_hash=digest(token)).exclude(token_hash="").first()
+
+
+def revoke(device: Device) -> None:
+    """Refuse the device's agent from now on (it must be paired again)."""
+    Device.objects.filter(pk=device.pk).update(token_hash="", token_created=None, status="offline")
+    Pairing.objects.filter(device=device, used_at__isnull=True).update(used_at=timezone.now())
