@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .graph import rebuild_pruned
 from .models import build_model, example_input
 
 
@@ -31,3 +32,21 @@ class ArchitectureSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "ArchitectureSpec":
         return cls(**data)
+
+
+def describe_network(spec: ArchitectureSpec, channels: dict[str, int], label: str) -> dict:
+    """A JSON description of a (pruned) network that rebuilds its architecture elsewhere.
+
+    Latency does not depend on the weights, so a measurer (a device queue's worker, the server
+    building ONNX files for an agent) needs only this, never the job's model files.
+    """
+    return {"label": label, "spec": spec.to_dict(), "channels": dict(channels)}
+
+
+def build_network(description: dict) -> nn.Module:
+    """The network of ``describe_network`` (fresh weights), in eval mode."""
+    spec = ArchitectureSpec.from_dict(description["spec"])
+    model = spec.build()
+    if description.get("channels"):
+        model = rebuild_pruned(model, spec.example_input(), description["channels"])
+    return model.eval()

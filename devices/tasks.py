@@ -1,0 +1,62 @@
+"""Celery tasks of local devices: each device's measurements run on its own queue, one at a time.
+
+Start the worker of a device with ``celery -A webapp worker -Q device.<id> -c 1`` (``make run``
+starts the one of this server's CPU). One process per device keeps measurements from disturbing
+each other; the job that asked for them is re-enqueued when they are done (``devices.requests``).
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from adaptation.leases import worker_name
+from adaptation.netadapt.spec import build_network
+from devices.measure import LocalMeasurer, MeasureProtocol
+from devices.models import MeasurementRequest
+from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
+                              store_layer_results)
+
+logger = logging.getLogger(__name__)
+
+#: Layers timed (and stored) together: a killed worker loses at most one batch.
+MEASURE_BATCH = 64
+
+
+def measurer_for(request: MeasurementRequest) -> LocalMeasurer:
+    protocol = MeasureProtocol(threads=request.threads, **getattr(settings, "MEASURE_PROTOCOL", {}))
+    return LocalMeasurer(request.runtime, protocol)
+
+
+def run_request(request: MeasurementRequest) -> None:
+    """Measure a claimed request on this host's CPU and store everything it asks for."""
+    measurer = measurer_for(request)
+    version = measurer.runtime_version
+    pending = pending_signatures(request, version)
+    for start in range(0, len(pending), MEASURE_BATCH):
+        batch = pending[start:start + MEASURE_BATCH]
+        stats = measurer.measure_signatures([signature for _, signature in batch])
+        store_layer_results(request, {index: stats[signature] for index, signature in batch}, version)
+    results = []
+    if request.networks:
+        import torch
+        example = torch.zeros(request.example_shape)
+        models = [build_network(description) for description in request.networks]
+        results = measurer.measure_models(models, example)
+    complete_request(request, results, version)
+
+
+@shared_task(acks_late=True)
+def measure_request(request_id: int) -> str | None:
+    """Claim and run one measurement request; a failure fails the request, never the worker."""
+    request = claim_request(request_id, worker_name())
+    if request is None:
+        return None
+    try:
+        run_request(request)
+        return "done"
+    except Exception as error:  # a bad request must not take the device's worker down
+        logger.exception("measurement request %s failed", request_id)
+        fail_request(request, f"measuring on {request.device.name} failed: {type(error).__name__}: {error}")
+        return "failed"
