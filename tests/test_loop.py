@@ -7,12 +7,13 @@ import torch
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
 from adaptation.netadapt.loop import (AdaptState, BudgetError, FinishRecord, IterationRecord,
-                                      NeedsMeasurement, NetAdapt, StartRecord, run_with)
+                                      NeedsEvaluation, NeedsMeasurement, NetAdapt, StartRecord,
+                                      run_with)
 from adaptation.netadapt.lut import MemoryLatencyTable
 from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, LatencyTableModel, MacsModel)
 from adaptation.netadapt.schedule import iteration_target
 from adaptation.netadapt.spec import ArchitectureSpec
-from adaptation.netadapt.steps import NoProposalError
+from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
 from adaptation.netadapt.training import train_steps
 from devices.measure import LocalMeasurer, TimingStats, trace_layers
 
@@ -314,3 +315,108 @@ def test_it_fails_loudly_when_the_caller_does_not_measure(wide, digits8, light_p
     assert [n.label for n in request.networks] == ["original"]
     with pytest.raises(RuntimeError, match="'original' was not measured"):
         next(generator)
+
+
+# ---------------------------------------------------------------- delegated and parked steps
+
+
+def test_delegated_evaluation_asks_for_every_proposal_and_matches_the_local_run(macs_run, trained, digits8):
+    _, uninterrupted, _ = macs_run
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, MACS_CONFIG, MacsModel(),
+                      delegate_evaluation=True)
+    records, asked = [], []
+    for item in engine.run():
+        if isinstance(item, NeedsEvaluation):
+            asked.append(item)
+            # The caller (a Celery chord in the web app) evaluates each proposal on its own.
+            for k, proposal in enumerate(item.proposals):
+                item.results[k] = evaluate_proposal(item.model, SPEC.example_input(), proposal,
+                                                    digits8, MACS_CONFIG, item.iteration)
+            continue
+        records.append(item)
+    iterations = [r for r in records if isinstance(r, IterationRecord)]
+    assert [a.iteration for a in asked] == [r.iteration for r in iterations]
+    assert [r.channels for r in iterations] == [r.channels for r in uninterrupted[1:-1]]
+    untimed = lambda records: [[{k: v for k, v in p.items() if not k.endswith("_s")}
+                                for p in r.proposals] for r in records]
+    assert untimed(iterations) == untimed(uninterrupted[1:-1])  # same accuracies, same choices
+
+
+def test_unanswered_evaluation_is_an_error(trained, digits8):
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, MACS_CONFIG, MacsModel(),
+                      delegate_evaluation=True)
+    generator = engine.run()
+    assert isinstance(next(generator), StartRecord)
+    assert isinstance(next(generator), NeedsEvaluation)
+    with pytest.raises(RuntimeError, match="did not evaluate every proposal"):
+        next(generator)
+
+
+def _park_at(engine: NetAdapt, measurer, table, reason_prefix: str, tmp_path) -> tuple[list, AdaptState]:
+    """Drive ``engine`` until it asks for a network measurement whose reason starts with
+    ``reason_prefix``; return the records so far and the checkpoint a runner would save there."""
+    records = []
+    for item in engine.run():
+        if isinstance(item, NeedsMeasurement):
+            if item.networks and item.reason.startswith(reason_prefix):
+                engine.state.save(tmp_path / "parked.pt")
+                return records, AdaptState.load(tmp_path / "parked.pt")
+            if item.signatures:
+                table.add(measurer.measure_signatures(item.signatures))
+            if item.networks:
+                stats = measurer.measure_models([n.model for n in item.networks], item.example_input)
+                for network, result in zip(item.networks, stats):
+                    network.result = result
+            continue
+        records.append(item)
+    raise AssertionError(f"the run never asked to measure '{reason_prefix}'")
+
+
+PARKED_CONFIG = AdaptConfig(metric="latency", budget=0.9, initial_reduction=0.03, decay=0.9,
+                            short_term_steps=2, long_term_epochs=0.05, batch_size=64, max_iterations=1)
+
+
+def test_a_run_parked_for_its_iteration_measurement_resumes_without_fine_tuning_again(
+        wide, digits8, light_protocol, tmp_path):
+    measurer, table = LocalMeasurer("onnxruntime", light_protocol), MemoryLatencyTable()
+    engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table))
+    _, state = _park_at(engine, measurer, table, "iteration 0 network", tmp_path)
+    assert state.pending["phase"] == "iteration" and state.iteration == 0
+
+    resumed = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG,
+                       LatencyTableModel(table), state=state)
+    generator = resumed.run()
+    first = next(generator)
+    # The fine-tuned proposals were kept: the resumed run asks for the measurement straight away.
+    assert isinstance(first, NeedsMeasurement) and first.reason == "iteration 0 network"
+    chosen = state.pending["results"][state.pending["chosen"]]
+    assert first.networks[0].channels == chosen["config"]
+    parked_weights = state.pending["model_state"]
+    assert all(torch.equal(parked_weights[k], v) for k, v in first.networks[0].model.state_dict().items())
+    (first.networks[0].result,) = measurer.measure_models([first.networks[0].model], first.example_input)
+    record = next(generator)
+    assert isinstance(record, IterationRecord)
+    assert record.channels == chosen["config"]
+    assert record.holdout_accuracy == chosen["holdout_accuracy"]
+    assert resumed.state.pending is None and resumed.state.iteration == 1
+
+
+def test_a_run_parked_for_its_ab_check_keeps_its_long_term_fine_tune(wide, digits8, light_protocol, tmp_path):
+    measurer, table = LocalMeasurer("onnxruntime", light_protocol), MemoryLatencyTable()
+    engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table))
+    _, state = _park_at(engine, measurer, table, "A/B confirmation", tmp_path)
+    assert state.pending["phase"] == "finish"
+
+    resumed = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG,
+                       LatencyTableModel(table), state=state)
+    generator = resumed.run()
+    request = next(generator)
+    assert isinstance(request, NeedsMeasurement) and request.reason.startswith("A/B")
+    final = request.networks[1].model
+    assert all(torch.equal(state.pending["model_state"][k], v) for k, v in final.state_dict().items())
+    stats = measurer.measure_models([n.model for n in request.networks], request.example_input)
+    for network, result in zip(request.networks, stats):
+        network.result = result
+    finish = next(generator)
+    assert isinstance(finish, FinishRecord)
+    assert finish.long_term_s == state.pending["long_term_s"] > 0

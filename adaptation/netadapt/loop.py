@@ -4,6 +4,14 @@
 - ``NeedsMeasurement`` when look-up-table entries or whole networks must be measured; the caller
   measures them (locally, or through a device queue), fills the table / the requests' ``result``,
   and resumes the generator. The loop never blocks on a device.
+- ``NeedsEvaluation`` (only with ``delegate_evaluation=True``) with an iteration's proposals; the
+  caller fine-tunes and scores them (e.g. as parallel tasks) and fills ``results``.
+
+A caller that cannot answer a request at once (a device is busy or offline, proposals run on
+other workers) saves ``engine.state`` and stops; a new engine built from that state asks again
+for exactly what is missing. The state holds, besides the last finished iteration, the step in
+progress when that step is expensive to redo: the fine-tuned proposals of an iteration waiting
+for its network's measurement, and the long-term fine-tuned model waiting for the A/B check.
 - ``StartRecord`` once, with the original network's numbers and any warning.
 - ``IterationRecord`` after every iteration; ``engine.state`` is then a complete checkpoint.
 - ``FinishRecord`` after the long-term fine-tune and the A/B confirmation of the budget.
@@ -27,8 +35,8 @@ from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
 from .lut import AffineCalibration
 from .resources import Estimate, LatencyTableModel, ResourceModel
 from .schedule import iteration_target, unreachable_warning
-from .steps import (NoProposalError, evaluate_proposal, plan_configs, plan_iteration,
-                    plan_signatures, select_proposal)
+from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
+                    plan_iteration, plan_signatures, select_proposal)
 from .training import accuracy, steps_for_epochs, train_steps
 
 
@@ -38,10 +46,12 @@ class BudgetError(ValueError):
 
 @dataclass
 class NetworkRequest:
-    """A whole network to measure; the caller sets ``result``."""
+    """A whole network to measure; the caller sets ``result``. ``channels`` is its channel
+    configuration (latency depends on the architecture only, so a measurer may rebuild it)."""
 
     label: str
     model: nn.Module
+    channels: ChannelConfig
     result: TimingStats | None = None
 
 
@@ -53,6 +63,19 @@ class NeedsMeasurement:
     example_input: torch.Tensor
     signatures: list[LayerSignature] = field(default_factory=list)
     networks: list[NetworkRequest] = field(default_factory=list)
+
+
+@dataclass
+class NeedsEvaluation:
+    """An iteration's proposals, to fine-tune and score from ``model`` (the current network).
+
+    The caller sets ``results[k]`` to what ``steps.evaluate_proposal`` returns for proposal k.
+    """
+
+    iteration: int
+    model: nn.Module
+    proposals: list[Proposal]
+    results: list[tuple[ProposalResult, nn.Module] | None]
 
 
 @dataclass
@@ -140,6 +163,10 @@ class AdaptState:
     calibration: AffineCalibration
     records: list[dict]
     start: dict
+    #: The step in progress, when redoing it would be expensive (see the module docstring):
+    #: {"phase": "iteration", "iteration", "target", "results", "skipped", "chosen",
+    #:  "model_state", "phases_s"} or {"phase": "finish", "model_state", "long_term_s"}.
+    pending: dict | None = None
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "iteration": self.iteration,
@@ -147,14 +174,14 @@ class AdaptState:
                 "budget": self.budget, "initial_resource": self.initial_resource,
                 "holdout_accuracy": self.holdout_accuracy,
                 "calibration": self.calibration.to_dict(), "records": self.records,
-                "start": self.start}
+                "start": self.start, "pending": self.pending}
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdaptState":
         return cls(AdaptConfig.from_dict(data["config"]), data["iteration"], dict(data["channels"]),
                    data["model_state"], data["budget"], data["initial_resource"],
                    data["holdout_accuracy"], AffineCalibration.from_dict(data["calibration"]),
-                   list(data["records"]), dict(data["start"]))
+                   list(data["records"]), dict(data["start"]), data.get("pending"))
 
     def save(self, path) -> None:
         torch.save(self.to_dict(), path)
@@ -179,7 +206,7 @@ class NetAdapt:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, data: DatasetSplits,
                  config: AdaptConfig, resource: ResourceModel, state: AdaptState | None = None,
-                 analysis: NetworkAnalysis | None = None) -> None:
+                 analysis: NetworkAnalysis | None = None, delegate_evaluation: bool = False) -> None:
         if resource.metric != config.metric:
             raise ValueError(f"config asks for metric '{config.metric}' but the resource model "
                              f"measures '{resource.metric}'")
@@ -190,6 +217,7 @@ class NetAdapt:
         self.resource = resource
         self.analysis = analysis or NetworkAnalysis(model, example_input)
         self.state = state
+        self.delegate_evaluation = delegate_evaluation
         if state is not None and isinstance(resource, LatencyTableModel):
             resource.calibration = state.calibration
 
@@ -204,8 +232,12 @@ class NetAdapt:
     def current_model(self) -> nn.Module:
         """The network of the last finished iteration, rebuilt from the checkpoint."""
         assert self.state is not None
-        model = rebuild_pruned(copy.deepcopy(self.original), self.example_input, self.state.channels)
-        model.load_state_dict(self.state.model_state)
+        return self.rebuild(self.state.channels, self.state.model_state)
+
+    def rebuild(self, channels: ChannelConfig, model_state: dict) -> nn.Module:
+        """A network of the original architecture shrunk to ``channels``, with these weights."""
+        model = rebuild_pruned(copy.deepcopy(self.original), self.example_input, channels)
+        model.load_state_dict(model_state)
         return model.eval()
 
     def _fill_table(self, signatures: list[LayerSignature], reason: str) -> Iterator[NeedsMeasurement]:
@@ -218,9 +250,9 @@ class NetAdapt:
                                    "the caller was asked to measure them")
             missing = still
 
-    def _measure(self, reason: str, *models: tuple[str, nn.Module]) -> Iterator[NeedsMeasurement]:
+    def _measure(self, reason: str, *models: tuple[str, nn.Module, ChannelConfig]) -> Iterator[NeedsMeasurement]:
         request = NeedsMeasurement(reason, self.example_input,
-                                   networks=[NetworkRequest(label, m) for label, m in models])
+                                   networks=[NetworkRequest(label, m, dict(c)) for label, m, c in models])
         yield request
         for net in request.networks:
             if net.result is None:
@@ -235,7 +267,7 @@ class NetAdapt:
         calibration = getattr(self.resource, "calibration", AffineCalibration())
         measured = None
         if self._latency:
-            (measured,) = yield from self._measure("original network", ("original", self.original))
+            (measured,) = yield from self._measure("original network", ("original", self.original, channels))
             if self._calibrated:
                 calibration.add(self.resource.estimate(signatures).raw, measured.min_ms)
             else:
@@ -271,10 +303,16 @@ class NetAdapt:
             yield from self._start()
         state, config = self.state, self.config
         model = self.current_model()
+        if state.pending and state.pending["phase"] == "iteration":
+            record = yield from self._conclude_iteration(self._pending_model())
+            model = record.model
+        if state.pending and state.pending["phase"] == "finish":
+            yield from self._finish(model)
+            return
         while True:
             signatures = self.analysis.signatures(state.channels)
             if self.resource.measures_networks and not self.resource.has(signatures):
-                (stats,) = yield from self._measure("current network", ("current", model))
+                (stats,) = yield from self._measure("current network", ("current", model, state.channels))
                 self.resource.record(signatures, stats)  # after a resume
             current = self.resource.estimate(signatures)
             if current.value <= state.budget or state.iteration >= config.max_iterations:
@@ -303,36 +341,63 @@ class NetAdapt:
                 f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
                 f"(current {current.value:.4g}); " + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
         phases["plan_s"] = time.perf_counter() - tick
-        results, models = [], []
-        for proposal in plan.proposals:
-            result, candidate = evaluate_proposal(model, self.example_input, proposal, self.data,
-                                                  config, i)
-            results.append(result)
-            models.append(candidate)
+        if self.delegate_evaluation:
+            request = NeedsEvaluation(i, model, plan.proposals, [None] * len(plan.proposals))
+            yield request
+            if any(result is None for result in request.results):
+                raise RuntimeError(f"iteration {i}: the caller did not evaluate every proposal")
+            evaluated = request.results
+        else:
+            evaluated = [evaluate_proposal(model, self.example_input, proposal, self.data, config, i)
+                         for proposal in plan.proposals]
+        results = [result for result, _ in evaluated]
         phases["finetune_s"] = sum(r.finetune_s for r in results)
         phases["evaluate_s"] = sum(r.evaluate_s for r in results)
         best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
-        chosen, model = results[best], models[best]
+        chosen_model = evaluated[best][1]
+        state.pending = {"phase": "iteration", "iteration": i, "target": target,
+                         "results": [r.to_state() for r in results], "skipped": dict(plan.skipped),
+                         "chosen": best, "model_state": copy.deepcopy(chosen_model.state_dict()),
+                         "phases_s": phases}
+        return (yield from self._conclude_iteration(chosen_model))
+
+    def _pending_model(self) -> nn.Module:
+        pending = self.state.pending
+        config = pending["results"][pending["chosen"]]["config"]
+        return self.rebuild(config, pending["model_state"])
+
+    def _conclude_iteration(self, model: nn.Module) -> Iterator:
+        """Measure the chosen network (when asked to) and record the iteration of ``state.pending``."""
+        state, config, pending = self.state, self.config, self.state.pending
+        i, phases = pending["iteration"], dict(pending["phases_s"])
+        results = [ProposalResult.from_state(r) for r in pending["results"]]
+        chosen = results[pending["chosen"]]
         measured = None
+        signatures = self.analysis.signatures(chosen.proposal.config)
         if self.resource.measures_networks:
-            measured = self.resource.measured[tuple(self.analysis.signatures(chosen.proposal.config))]
+            if not self.resource.has(signatures):  # measured before a resume, not since
+                (stats,) = yield from self._measure(f"iteration {i} network",
+                                                    (f"iteration {i}", model, chosen.proposal.config))
+                self.resource.record(signatures, stats)
+            measured = self.resource.measured[tuple(signatures)]
         elif self._calibrated and config.measure_iterations:
             tick = time.perf_counter()
-            (measured,) = yield from self._measure(f"iteration {i} network", (f"iteration {i}", model))
+            (measured,) = yield from self._measure(f"iteration {i} network",
+                                                   (f"iteration {i}", model, chosen.proposal.config))
             self.resource.calibration.add(chosen.proposal.estimate.raw, measured.min_ms)
             phases["measure_network_s"] = time.perf_counter() - tick
-        signatures = self.analysis.signatures(chosen.proposal.config)
         resource = self.resource.estimate(signatures)
         record = IterationRecord(
-            i, target, chosen.proposal.group, dict(chosen.proposal.config), resource, measured,
-            chosen.proposal.macs, chosen.proposal.params, chosen.holdout_accuracy,
-            [r.to_dict() for r in results], plan.skipped, phases,
+            i, pending["target"], chosen.proposal.group, dict(chosen.proposal.config), resource,
+            measured, chosen.proposal.macs, chosen.proposal.params, chosen.holdout_accuracy,
+            [r.to_dict() for r in results], dict(pending["skipped"]), phases,
             self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0), model)
         state.iteration = i + 1
         state.channels = dict(chosen.proposal.config)
         state.model_state = copy.deepcopy(model.state_dict())
         state.holdout_accuracy = chosen.holdout_accuracy
         state.records.append(record.to_dict())
+        state.pending = None
         yield record
         return record
 
@@ -342,7 +407,7 @@ class NetAdapt:
                    if not self.resource.has(self.analysis.signatures(c))]
         if not configs:
             return
-        models = [(f"candidate {n}", rebuild_pruned(copy.deepcopy(self.original), self.example_input, c))
+        models = [(f"candidate {n}", rebuild_pruned(copy.deepcopy(self.original), self.example_input, c), c)
                   for n, c in enumerate(configs)]
         results = yield from self._measure(f"iteration {iteration} candidates, whole", *models)
         for config, result in zip(configs, results):
@@ -350,13 +415,21 @@ class NetAdapt:
 
     def _finish(self, model: nn.Module) -> Iterator:
         state, config = self.state, self.config
-        model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
-        long_term_s = long_term_finetune(model, self.data, config) if config.long_term_epochs else 0.0
+        if state.pending and state.pending["phase"] == "finish":  # fine-tuned before a resume
+            model = self.rebuild(state.channels, state.pending["model_state"])
+            long_term_s = state.pending["long_term_s"]
+        else:
+            model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
+            long_term_s = long_term_finetune(model, self.data, config) if config.long_term_epochs else 0.0
+            state.pending = {"phase": "finish", "model_state": copy.deepcopy(model.state_dict()),
+                             "long_term_s": long_term_s}
         resource = self.resource.estimate(self.analysis.signatures(state.channels))
         ab_original = ab_final = None
         if self._latency:
             ab_original, ab_final = yield from self._measure(
-                "A/B confirmation of the budget", ("original", self.original), ("final", model))
+                "A/B confirmation of the budget",
+                ("original", self.original, self.analysis.original_config()),
+                ("final", model, state.channels))
         yield FinishRecord(dict(state.channels), resource, state.budget,
                            resource.value <= state.budget, state.iteration,
                            accuracy(model, self.data.holdout), accuracy(model, self.data.validation),

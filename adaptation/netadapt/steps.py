@@ -42,6 +42,15 @@ class Proposal:
                 "resource": self.estimate.value, "resource_raw": self.estimate.raw,
                 "macs": self.macs, "params": self.params}
 
+    def to_state(self) -> dict:
+        """``to_dict`` plus the channel configuration: enough to rebuild the proposal elsewhere."""
+        return {**self.to_dict(), "config": dict(self.config)}
+
+    @classmethod
+    def from_state(cls, data: Mapping) -> "Proposal":
+        return cls(data["group"], data["group_index"], data["channels"], dict(data["config"]),
+                   Estimate(data["resource"], data["resource_raw"]), data["macs"], data["params"])
+
 
 @dataclass
 class ProposalResult:
@@ -57,6 +66,14 @@ class ProposalResult:
         return {**self.proposal.to_dict(), "holdout_accuracy": self.holdout_accuracy,
                 "train_loss": self.train_loss, "finetune_s": self.finetune_s,
                 "evaluate_s": self.evaluate_s}
+
+    def to_state(self) -> dict:
+        return {**self.to_dict(), "config": dict(self.proposal.config)}
+
+    @classmethod
+    def from_state(cls, data: Mapping) -> "ProposalResult":
+        return cls(Proposal.from_state(data), data["holdout_accuracy"], data["train_loss"],
+                   data["finetune_s"], data["evaluate_s"])
 
 
 @dataclass
