@@ -12,5 +12,6 @@ urlpatterns = [
     path("api/v1/", include("webapp.api_urls")),
     path("models/", include("adaptation.urls_models")),
     path("datasets/", include("adaptation.urls_datasets")),
+    path("devices/", include("devices.urls")),
     path("jobs/", include("adaptation.urls_jobs")),
 ]

@@ -1,0 +1,55 @@
+"""Forms of the device pages: a device's settings, and a look-up-table file to import.
+
+``MAX_THREADS`` lives here so the pages, the REST API and the table import share one limit.
+"""
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from adaptation.formatting import human_size
+from adaptation.forms import UploadLimitMixin
+from devices.models import Device
+
+#: Most measuring threads a device may ask for (phones and desktops have far fewer cores).
+MAX_THREADS = 256
+#: Largest look-up-table file accepted (a full MobileNetV2 grid of ~14k entries is ~4 MB).
+LUT_MAX_BYTES = 32 * 1024 * 1024
+
+
+def lut_max_bytes() -> int:
+    return int(getattr(settings, "LUT_IMPORT_MAX_BYTES", LUT_MAX_BYTES))
+
+
+class DeviceForm(forms.ModelForm):
+    """Name, runtime, threads and description of an agent device (add and edit)."""
+
+    threads = forms.IntegerField(min_value=1, max_value=MAX_THREADS, initial=1,
+                                 help_text="Threads the runtime uses when measuring (the paper used one "
+                                           "big core).")
+
+    class Meta:
+        model = Device
+        fields = ["name", "runtime", "threads", "description"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+        help_texts = {"runtime": "The runtime the agent measures with; ONNX Runtime is what gets deployed."}
+
+
+class LutImportForm(UploadLimitMixin, forms.Form):
+    """A look-up-table JSON file (size-capped here; ``devices.lut_io`` checks its content).
+
+    ``upload_error``: the server-wide upload limit's message when that stopped the request.
+    """
+
+    file = forms.FileField(label="Look-up table file (JSON)")
+    overwrite = forms.BooleanField(
+        required=False, label="Overwrite entries already in this device's table",
+        help_text="Unticked, entries the device already has are kept and only new ones are added.")
+
+    def clean_file(self):
+        uploaded = self.cleaned_data["file"]
+        if uploaded.size > lut_max_bytes():
+            raise forms.ValidationError(
+                f"The file is {human_size(uploaded.size)}: look-up tables up to "
+                f"{human_size(lut_max_bytes())} can be imported.")
+        return uploaded

@@ -1,0 +1,215 @@
+"""Device pages: the registry, a device's facts, table and accuracy, adding (with a pairing code),
+editing, deleting, pairing and revoking agents, and exporting / importing look-up tables.
+
+A stranger's device is a 404 on every page and action (``devices.access``). The shared system
+device ("This server's CPU") is readable by everyone; every change to it is refused with a 403
+page that says why. Pairing codes are shown once, in the answer to the POST that made them, and
+only their hashes are stored (``devices.pairing``).
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, F, Max, ProtectedError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from adaptation.formatting import human_size
+from adaptation.models import Iteration
+from devices import lut_io
+from devices.access import devices_visible_to, get_device_for_user
+from devices.forms import DeviceForm, LutImportForm, lut_max_bytes
+from devices.models import Device, MeasurementRequest
+from devices.pairing import PairingError, code_minutes, new_pairing, revoke
+from webapp.uploads import upload_limit_error
+
+#: The facts an agent (or ``device_facts``) reports, in the order the detail page shows them.
+FACT_LABELS = {"os": "Operating system", "machine": "Machine", "board": "Board", "cpu_model": "CPU model",
+               "cores": "CPU cores", "usable_cores": "Usable cores", "memory_bytes": "Memory", "python": "Python",
+               "onnxruntime": "ONNX Runtime", "torch": "PyTorch", "numpy": "NumPy", "agent": "Agent version"}
+#: Most recent measurement requests and chart points the detail page shows.
+RECENT_REQUESTS = 20
+MAX_POINTS = 500
+
+
+def _refuse_system(request: HttpRequest, device: Device, action: str) -> HttpResponse:
+    return render(request, "devices/read_only.html", {"device": device, "action": action}, status=403)
+
+
+def _changeable(request: HttpRequest, pk: int, action: str) -> tuple[Device, HttpResponse | None]:
+    """The user's device ``pk`` (404 for a stranger's) and, for the system device, the 403 answer."""
+    device = get_device_for_user(request.user, pk)
+    return device, (_refuse_system(request, device, action) if device.is_system else None)
+
+
+def _facts(facts: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of a device's reported facts: the known ones first, then the rest."""
+    rows = []
+    for key in [*FACT_LABELS, *sorted(set(facts) - set(FACT_LABELS))]:
+        value = facts.get(key)
+        if value is None or value == "":
+            continue
+        if key == "memory_bytes" and isinstance(value, int):
+            value = human_size(value)
+        rows.append((FACT_LABELS.get(key, key.replace("_", " ").capitalize()), str(value)))
+    return rows
+
+
+def _latency_points(user, device: Device) -> list[dict]:
+    """Estimated against measured whole-network latency of the user's latency jobs on the device."""
+    iterations = (Iteration.objects.filter(job__owner=user, job__device=device, measured_ms__isnull=False)
+                  .select_related("job__model").order_by("-created", "-pk")[:MAX_POINTS])
+    return [{"job": it.job_id, "model": it.job.model.name, "number": it.number, "measured": it.measured_ms,
+             "estimate": it.resource, "raw": it.resource_raw}
+            for it in iterations if it.job.settings.get("metric", "latency") == "latency"]
+
+
+def _error_percent(points: list[dict], key: str) -> float | None:
+    """Mean absolute percentage error of one estimate against the measurements."""
+    pairs = [(p[key], p["measured"]) for p in points if p[key] is not None and p["measured"] > 0]
+    return 100 * sum(abs(e - m) / m for e, m in pairs) / len(pairs) if pairs else None
+
+
+def _pairing_page(request: HttpRequest, device: Device) -> HttpResponse:
+    """A new one-time code and the agent's command line; the page is never cached."""
+    code, pairing = new_pairing(device)
+    server = request.build_absolute_uri("/")
+    response = render(request, "devices/pairing.html", {
+        "device": device, "code": code, "expires_at": pairing.expires_at, "minutes": f"{code_minutes():g}",
+        "command": f"python netadapt-agent.pyz --server {server} --pair {code}"})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_GET
+def device_list(request):
+    devices = (devices_visible_to(request.user).annotate(lut_size=Count("latency_entries"))
+               .order_by(F("owner_id").asc(nulls_first=True), "name", "pk"))  # the shared device first
+    return render(request, "devices/list.html", {"devices": devices})
+
+
+@login_required
+@require_GET
+def device_detail(request, pk: int):
+    device = get_device_for_user(request.user, pk)
+    tables = list(device.latency_entries.values("runtime", "runtime_version", "threads")
+                  .annotate(entries=Count("pk"), latest=Max("measured_at"))
+                  .order_by("runtime", "runtime_version", "threads"))
+    for table in tables:
+        table["current"] = (table["runtime"], table["threads"]) == (device.runtime, device.threads)
+    points = _latency_points(request.user, device)
+    return render(request, "devices/detail.html", {
+        "device": device, "facts": _facts(device.facts if isinstance(device.facts, dict) else {}), "tables": tables,
+        "lut_size": sum(t["entries"] for t in tables),
+        "requests": MeasurementRequest.objects.filter(device=device, owner=request.user)
+                                              .select_related("job").order_by("-created", "-pk")[:RECENT_REQUESTS],
+        "jobs": device.jobs.filter(owner=request.user).count(),
+        "chart": {"points": points}, "calibrated_error": _error_percent(points, "estimate"),
+        "raw_error": _error_percent(points, "raw"),
+        "import_form": LutImportForm(), "import_limit": human_size(lut_max_bytes())})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def device_add(request):
+    form = DeviceForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        device = form.save(commit=False)
+        device.owner, device.kind, device.status = request.user, "agent", "offline"
+        device.save()
+        messages.success(request, f"Added {device.name}. Pair its agent with the code below.")
+        return _pairing_page(request, device)
+    return render(request, "devices/form.html", {"form": form, "device": None})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def device_edit(request, pk: int):
+    device, refused = _changeable(request, pk, "edited")
+    if refused:
+        return refused
+    form = DeviceForm(request.POST or None, instance=device)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, f"Saved {device.name}.")
+        return redirect("device_detail", pk=device.pk)
+    return render(request, "devices/form.html", {"form": form, "device": device})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def device_delete(request, pk: int):
+    device, refused = _changeable(request, pk, "deleted")
+    if refused:
+        return refused
+    jobs = device.jobs.count()
+    if request.method == "POST" and not jobs:
+        try:
+            device.delete()
+        except ProtectedError:  # a job started since the count
+            jobs = device.jobs.count()
+        else:
+            messages.success(request, f"Deleted {device.name} and its look-up table.")
+            return redirect("device_list")
+    if request.method == "POST":
+        messages.error(request, f"{device.name} is used by {jobs} job(s): delete those jobs first.")
+        return redirect("device_detail", pk=device.pk)
+    return render(request, "devices/delete.html", {"device": device, "jobs": jobs,
+                                                   "lut_size": device.latency_entries.count()})
+
+
+@login_required
+@require_POST
+def device_pair(request, pk: int):
+    device, refused = _changeable(request, pk, "paired")
+    if refused:
+        return refused
+    try:
+        return _pairing_page(request, device)
+    except PairingError as error:
+        messages.error(request, str(error))
+        return redirect("device_detail", pk=device.pk)
+
+
+@login_required
+@require_POST
+def device_revoke(request, pk: int):
+    device, refused = _changeable(request, pk, "unpaired")
+    if refused:
+        return refused
+    if device.kind != "agent":
+        messages.error(request, "Only agent devices have a token to revoke.")
+    else:
+        revoke(device)
+        messages.success(request, f"Revoked {device.name}'s token: its agent is refused until it is "
+                                  "paired again with a new code.")
+    return redirect("device_detail", pk=device.pk)
+
+
+@login_required
+@require_GET
+def device_lut_export(request, pk: int):
+    device = get_device_for_user(request.user, pk)
+    filename = f"{slugify(device.name) or 'device'}-{device.pk}-lut.json"
+    return HttpResponse(lut_io.export_bytes(device), content_type="application/json",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def device_lut_import(request, pk: int):
+    device, refused = _changeable(request, pk, "given an imported look-up table")
+    if refused:
+        return refused
+    form = LutImportForm()
+    if request.method == "POST":
+        form = LutImportForm(request.POST, request.FILES, upload_error=upload_limit_error(request))
+        result = lut_io.import_from_form(device, form)
+        if result is not None:
+            messages.success(request, result.message)
+            return redirect("device_detail", pk=device.pk)
+    return render(request, "devices/lut_import.html", {"device": device, "form": form,
+                                                       "import_limit": human_size(lut_max_bytes())})
