@@ -16,6 +16,7 @@ urlpatterns = [
     path("datasets/<int:id>", adaptation_api.DatasetDetail.as_view(), name="api-dataset-detail"),
     path("devices", devices_api.DeviceList.as_view(), name="api-device-list"),
     path("devices/<int:id>", devices_api.DeviceDetail.as_view(), name="api-device-detail"),
+    path("devices/<int:id>/lut", devices_api.DeviceLut.as_view(), name="api-device-lut"),
     path("jobs", api_jobs.JobList.as_view(), name="api-job-list"),
     path("jobs/<int:id>", api_jobs.JobDetail.as_view(), name="api-job-detail"),
     path("jobs/<int:id>/cancel", api_jobs.JobCancel.as_view(), name="api-job-cancel"),
