@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch.nn as nn
 from django.conf import settings
@@ -37,20 +38,20 @@ from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, Invalid
                                       load_dataset, load_image_folder)
 from adaptation.netadapt.export import ExportMismatch
 from adaptation.netadapt.loop import (AdaptState, BudgetError, FinishRecord, IterationRecord,
-                                      NeedsMeasurement, NetAdapt, StartRecord)
+                                      NeedsEvaluation, NeedsMeasurement, NetAdapt, StartRecord)
 from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
                                            WholeNetworkLatencyModel, exact_model)
-from adaptation.netadapt.spec import ArchitectureSpec
-from adaptation.netadapt.steps import NoProposalError
+from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.netadapt.steps import NoProposalError, ProposalResult
 from adaptation.preflight import PreflightError, check_dataset_fits, load_weights
 from devices.lut import DatabaseLatencyTable
-from devices.measure import LocalMeasurer, MeasureProtocol
+from devices.measure.stats import TimingStats
+from devices.models import MeasurementRequest
+from devices.requests import device_table, open_request, request_key, resume_waiting_job
 from webapp.events import publish
 
 logger = logging.getLogger(__name__)
 
-#: Layer signatures measured between two lease renewals / cancel checks (and stored together).
-MEASURE_BATCH = 128
 #: Holdout carved from Fashion-MNIST's 60k training images by default (the paper-sized holdout);
 #: other datasets default to a tenth of their training images.
 FASHION_MNIST_HOLDOUT = 5000
@@ -67,6 +68,16 @@ class LeaseLost(Exception):
 
 class JobCancelled(Exception):
     """The user asked to cancel the job."""
+
+
+class Parked(Exception):
+    """The job waits for work done elsewhere (``kind``: "measurement" or "evaluation"); the
+    message says what, for the job page. Its checkpoint is saved; it is re-enqueued when done."""
+
+    def __init__(self, kind: str, message: str, then: Callable[[], None] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.then = then  # what to start once the job is marked waiting (it may end at once)
 
 
 #: Exceptions whose message is written for the user; anything else is an internal error.
@@ -136,13 +147,76 @@ def iteration_payload(record: dict) -> dict:
             "holdout_accuracy": record["holdout_accuracy"], "proposals": record["proposals"]}
 
 
-class JobRunner:
-    """Runs a claimed job (status ``running``, ``claimed_by`` this worker) to its end.
+def load_job_model(job: Job) -> tuple[ArchitectureSpec, nn.Module]:
+    """The job's original network and the spec that rebuilds it (JobError when unusable)."""
+    upload = job.model
+    if upload.source != "builtin":
+        raise JobError("ONNX models cannot be adapted yet: upload a built-in architecture "
+                       "with its weights")
+    spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels, upload.width,
+                            upload.resolution)
+    try:
+        with upload.file.open("rb") as handle:
+            return spec, load_weights(handle, spec)
+    except FileNotFoundError:
+        raise JobError(f"the weights file of model '{upload.name}' is missing") from None
 
-    Latency is measured in this process, in the job's worker, when the job's device is this
-    server's CPU (a ``local`` device): missing look-up-table entries are measured in batches and
-    stored in the device's table, which every later job on the device reuses. Other device kinds
-    fail the job with a clear message.
+
+def load_job_data(job: Job, spec: ArchitectureSpec, config: AdaptConfig,
+                  options: JobOptions) -> DatasetSplits:
+    """The job's dataset split by its seed, checked to fit the network."""
+    dataset = job.dataset
+    holdout = options.holdout
+    if dataset.kind == "builtin":
+        if holdout is None:
+            holdout = (FASHION_MNIST_HOLDOUT if dataset.builtin_name == "fashion_mnist"
+                       else DEFAULT_HOLDOUT_FRACTION)
+        data = load_dataset(dataset.builtin_name, holdout_size=holdout, resolution=spec.resolution,
+                            seed=config.seed, limit_train=options.limit_train)
+    else:
+        data = _load_uploaded_data(dataset, spec, config,
+                                   DEFAULT_HOLDOUT_FRACTION if holdout is None else holdout)
+    check_dataset_fits(spec, in_channels=data.in_channels, resolution=data.resolution,
+                       num_classes=data.num_classes)
+    return data
+
+
+def _load_uploaded_data(dataset, spec: ArchitectureSpec, config: AdaptConfig,
+                        holdout: int | float) -> DatasetSplits:
+    folder = media_path(extracted_dataset_name(dataset.pk))
+    if not folder.is_dir():
+        try:
+            with dataset.archive.open("rb") as archive:
+                return load_archive_dataset(archive, folder, resolution=spec.resolution,
+                                            seed=config.seed, holdout_size=holdout)
+        except FileExistsError:
+            pass  # another job extracted it meanwhile
+        except FileNotFoundError:
+            raise JobError(f"the archive of dataset '{dataset.name}' is missing") from None
+    return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution, seed=config.seed)
+
+
+def waiting_message(device, reason: str, signatures: int, networks: int) -> str:
+    """What the job page says while a job waits for its device."""
+    what = ", ".join(part for part in (f"{signatures} layer(s)" if signatures else "",
+                                       f"{networks} network(s)" if networks else "") if part)
+    where = device.name
+    if device.kind == "agent" and device.status == "offline":
+        seen = f"last seen {device.last_seen:%Y-%m-%d %H:%M} UTC" if device.last_seen else "never connected"
+        where += f" (offline, {seen})"
+    return f"waiting for {where} to measure {what}: {reason}"
+
+
+class JobRunner:
+    """Runs a claimed job (status ``running``, ``claimed_by`` this worker) until it ends or parks.
+
+    The worker never waits for a device or for other workers. When the engine asks for
+    measurements, the runner looks for a finished ``MeasurementRequest`` of the job with exactly
+    that content (networks are described by architecture and channels: latency does not depend on
+    weights); when there is none it opens one on the device's queue, saves the checkpoint, and
+    parks the job (status ``waiting``); the request's completion re-enqueues it. The proposals
+    of an iteration are fine-tuned by parallel tasks (``adaptation.proposals``) the same way.
+    The device's look-up table is reused by every later job on the device.
 
     ``run`` never raises for a failure of the job: it records it (status ``failed``, a one-line
     ``error``, ``job.log`` and ``job.status`` events) and returns, so the worker lives on.
@@ -157,8 +231,9 @@ class JobRunner:
         self.files = JobFiles(job.pk)
         self.time_limit_error = time_limit_error
         self.keeper: LeaseKeeper | None = None
-        self.measurer: LocalMeasurer | None = None
         self.table: DatabaseLatencyTable | None = None
+        self.engine: NetAdapt | None = None
+        self.spec: ArchitectureSpec | None = None
 
     # ------------------------------------------------------------------ the run and its endings
 
@@ -179,6 +254,8 @@ class JobRunner:
         except LeaseLost:
             logger.info("job %s: %s no longer holds the job; stopping", self.job.pk, self.worker)
             return "lost"
+        except Parked as parked:
+            return self._park(parked)
         except JobCancelled:
             return self._end("cancelled")
         except Exception as error:
@@ -201,6 +278,24 @@ class JobRunner:
             publish(self.job.pk, "job.status", {"status": status, "error": error})
         return status
 
+    def _park(self, parked: Parked) -> str:
+        """Save the checkpoint and mark the job ``waiting``, if this worker still holds it."""
+        if self.engine is not None and self.engine.state is not None:
+            self.files.save_checkpoint(self.engine.state)
+        with transaction.atomic():
+            done = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
+                status="waiting", waiting_kind=parked.kind, waiting_for=str(parked)[:300],
+                claimed_by="", heartbeat_at=timezone.now())
+            if not done:
+                return "lost"
+            publish(self.job.pk, "job.status", {"status": "waiting", "error": "",
+                                                "waiting_for": str(parked)})
+        if parked.then is not None:
+            parked.then()
+        if parked.kind == "measurement":
+            resume_waiting_job(self.job.pk)  # its requests may have ended while it parked
+        return "waiting"
+
     def _run(self) -> None:
         job = self.job
         publish(job.pk, "job.status", {"status": "running", "error": ""})
@@ -209,17 +304,20 @@ class JobRunner:
                            "out of memory?); not trying again")
         self._check_cancel()
         config, options = parse_settings(job.settings)
-        spec, original = self._load_model()
-        data = self._load_data(spec, config, options)
-        check_dataset_fits(spec, in_channels=data.in_channels, resolution=data.resolution,
-                           num_classes=data.num_classes)
+        spec, original = load_job_model(job)
+        data = load_job_data(job, spec, config, options)
+        self.spec = spec
         resource = self._resource_model(config, options)
         state = self._load_checkpoint(config)
-        engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state)
+        engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state,
+                          delegate_evaluation=True)
+        self.engine = engine
         for record in engine.run():
             self._hold_lease()
             if isinstance(record, NeedsMeasurement):
                 self._measure(record)
+            elif isinstance(record, NeedsEvaluation):
+                self._evaluate(record)
             elif isinstance(record, StartRecord):
                 self.files.save_checkpoint(engine.state)
                 self._record_start(engine.state.start)
@@ -235,54 +333,13 @@ class JobRunner:
 
     # ------------------------------------------------------------------ inputs
 
-    def _load_model(self) -> tuple[ArchitectureSpec, nn.Module]:
-        upload = self.job.model
-        if upload.source != "builtin":
-            raise JobError("ONNX models cannot be adapted yet: upload a built-in architecture "
-                           "with its weights")
-        spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels, upload.width,
-                                upload.resolution)
-        try:
-            with upload.file.open("rb") as handle:
-                return spec, load_weights(handle, spec)
-        except FileNotFoundError:
-            raise JobError(f"the weights file of model '{upload.name}' is missing") from None
-
-    def _load_data(self, spec: ArchitectureSpec, config: AdaptConfig,
-                   options: JobOptions) -> DatasetSplits:
-        dataset = self.job.dataset
-        holdout = options.holdout
-        if dataset.kind == "builtin":
-            if holdout is None:
-                holdout = (FASHION_MNIST_HOLDOUT if dataset.builtin_name == "fashion_mnist"
-                           else DEFAULT_HOLDOUT_FRACTION)
-            return load_dataset(dataset.builtin_name, holdout_size=holdout,
-                                resolution=spec.resolution, seed=config.seed,
-                                limit_train=options.limit_train)
-        holdout = DEFAULT_HOLDOUT_FRACTION if holdout is None else holdout
-        folder = media_path(extracted_dataset_name(dataset.pk))
-        if not folder.is_dir():
-            try:
-                with dataset.archive.open("rb") as archive:
-                    return load_archive_dataset(archive, folder, resolution=spec.resolution,
-                                                seed=config.seed, holdout_size=holdout)
-            except FileExistsError:
-                pass  # another job extracted it meanwhile
-            except FileNotFoundError:
-                raise JobError(f"the archive of dataset '{dataset.name}' is missing") from None
-        return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution,
-                                 seed=config.seed)
-
     def _resource_model(self, config: AdaptConfig, options: JobOptions) -> ResourceModel:
         if config.metric != "latency":
             return exact_model(config.metric)
-        device = self.job.device
-        if device.kind != "local":
-            raise JobError("agent devices are not supported yet: measure latency on this "
-                           "server's CPU, or adapt for MACs or parameters")
-        self.measurer = LocalMeasurer(device.runtime, MeasureProtocol(threads=device.threads))
-        self.table = DatabaseLatencyTable(device, self.measurer.runtime_name,
-                                          self.measurer.runtime_version, device.threads)
+        try:
+            self.table = device_table(self.job.device)
+        except ValueError as error:
+            raise JobError(str(error)) from None
         if options.latency_model == "whole":
             return WholeNetworkLatencyModel()
         return LatencyTableModel(self.table)
@@ -302,10 +359,11 @@ class JobRunner:
             if record["iteration"] not in stored:
                 name = self.files.iteration_name(record["iteration"])
                 self._record_iteration(record, name if media_path(name).exists() else None)
-        publish(self.job.pk, "job.log", {
-            "level": "info",
-            "message": f"resuming after iteration {state.iteration - 1} (attempt {self.job.attempts})"
-            if state.iteration else f"resuming after the original's measurement (attempt {self.job.attempts})"})
+        if self.job.attempts > 1:  # a crash, not the end of a wait
+            publish(self.job.pk, "job.log", {
+                "level": "info",
+                "message": f"resuming after iteration {state.iteration - 1} (attempt {self.job.attempts})"
+                if state.iteration else f"resuming after the original's measurement (attempt {self.job.attempts})"})
         return state
 
     # ------------------------------------------------------------------ between steps
@@ -321,23 +379,51 @@ class JobRunner:
     # ------------------------------------------------------------------ records
 
     def _measure(self, request: NeedsMeasurement) -> None:
-        """Measure what the engine asks for on this server's CPU; see the class docstring."""
+        """Answer the engine from the job's finished request for exactly this, or park the job
+        behind a new (or still open) request on the device's queue; see the class docstring."""
         self._check_cancel()
-        signatures = list(dict.fromkeys(request.signatures))
-        counts = {"reason": request.reason, "signatures": len(signatures),
-                  "networks": len(request.networks)}
+        device = self.job.device
+        signatures = [s.to_dict() for s in dict.fromkeys(request.signatures)]
+        networks = [describe_network(self.spec, n.channels, n.label) for n in request.networks]
+        shape = list(request.example_input.shape)
+        asked = MeasurementRequest.objects.filter(job_id=self.job.pk, key=request_key(signatures, networks, shape))
+        done = asked.filter(status="done").order_by("-pk").first()
+        if done is not None and networks and not signatures:
+            for network, result in zip(request.networks, done.results):
+                network.result = TimingStats(**result)
+            return
+        failed = asked.filter(status="failed").order_by("-pk").first()
+        if failed is not None:
+            raise JobError(failed.error or f"measuring on {device.name} failed")
+        with transaction.atomic():
+            measurement = open_request(
+                owner=self.job.owner, device=device, job=self.job, reason=request.reason,
+                runtime=device.runtime, threads=device.threads, example_shape=shape,
+                signatures=signatures, networks=networks)
+        counts = {"reason": request.reason, "signatures": len(signatures), "networks": len(networks),
+                  "request": measurement.pk, "device": device.name}
         publish(self.job.pk, "job.measure", {**counts, "done": False, "table_size": len(self.table)})
-        for start in range(0, len(signatures), MEASURE_BATCH):
-            if start:
-                self._hold_lease()
-                self._check_cancel()
-            self.table.add(self.measurer.measure_signatures(signatures[start:start + MEASURE_BATCH]))
-        if request.networks:
-            stats = self.measurer.measure_models([n.model for n in request.networks],
-                                                 request.example_input)
-            for network, result in zip(request.networks, stats):
-                network.result = result
-        publish(self.job.pk, "job.measure", {**counts, "done": True, "table_size": len(self.table)})
+        raise Parked("measurement", waiting_message(device, request.reason, len(signatures), len(networks)))
+
+    def _evaluate(self, request: NeedsEvaluation) -> None:
+        """Take the proposals' results from the files their tasks wrote, or park the job behind
+        a chord of tasks that fine-tune the missing ones (``adaptation.proposals``)."""
+        from adaptation.proposals import dispatch_evaluations, load_evaluations
+
+        plan = [p.to_state() for p in request.proposals]
+        stored = load_evaluations(self.job.pk, request.iteration, plan)
+        errors = [entry["error"] for entry in stored if entry and "error" in entry]
+        if errors:
+            raise JobError(errors[0])
+        missing = [k for k, entry in enumerate(stored) if entry is None]
+        if not missing:
+            for k, entry in enumerate(stored):
+                result = ProposalResult.from_state(entry["result"])
+                request.results[k] = (result, self.engine.rebuild(result.proposal.config, entry["model_state"]))
+            return
+        raise Parked("evaluation", f"{len(missing)} proposal(s) of iteration {request.iteration} "
+                                   "are being fine-tuned",
+                     then=lambda: dispatch_evaluations(self.job.pk, request.iteration, plan, missing))
 
     def _insert_iteration(self, number: int, record: dict, **fields) -> Iteration | None:
         """The new row, or None when it exists already (a redelivered or resumed step)."""

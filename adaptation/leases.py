@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 from datetime import datetime, timedelta
+from typing import Callable
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -133,19 +134,34 @@ def jobs_to_resume(now: datetime | None = None) -> list[int]:
     for pk in runnable.filter(waiting).values_list("pk", flat=True):
         if runnable.filter(waiting, pk=pk).update(heartbeat_at=now):
             ids.append(pk)
+    # Proposals fine-tuned by other tasks beat on the waiting job; silence means they were lost
+    # (a killed worker; the filesystem transport does not redeliver): run the job to resend them.
+    stalled = Q(status="waiting", waiting_kind="evaluation",
+                heartbeat_at__lt=now - timedelta(seconds=lease_seconds()))
+    for pk in runnable.filter(stalled).values_list("pk", flat=True):
+        if runnable.filter(stalled, pk=pk).update(status="queued", heartbeat_at=now, claimed_by=""):
+            ids.append(pk)
     return sorted(ids)
+
+
+def beat_waiting(job_id: int) -> bool:
+    """A task working for a waiting job says it is alive; False once the job waits no more."""
+    return bool(Job.objects.filter(pk=job_id, status="waiting").update(heartbeat_at=timezone.now()))
 
 
 class LeaseKeeper:
     """Renews a job's lease from a daemon thread while the worker computes a step.
 
     The thread has its own database connection (Django's are per thread) and closes it on exit.
-    ``lost`` is set when the lease is gone; the runner checks it at its next step. A database
+    ``lost`` is set when the lease is gone; the runner checks it at its next step. ``renew`` (by
+    default ``renew_lease``) is what a beat does; it returns False once the lease is gone. A database
     error is logged and retried at the next beat: the lease is long enough to ride it out.
     """
 
-    def __init__(self, job_id: int, worker: str, interval: float | None = None) -> None:
+    def __init__(self, job_id: int, worker: str, interval: float | None = None,
+                 renew: Callable[[], bool] | None = None) -> None:
         self.job_id, self.worker = job_id, worker
+        self.renew = renew or (lambda: renew_lease(job_id, worker))
         self.interval = heartbeat_seconds() if interval is None else interval
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -163,7 +179,7 @@ class LeaseKeeper:
         try:
             while not self._stop.wait(self.interval):
                 try:
-                    if not renew_lease(self.job_id, self.worker):
+                    if not self.renew():
                         self.lost.set()
                         return
                 except DatabaseError as error:

@@ -112,6 +112,10 @@ class Job(models.Model):
     claimed_by = models.CharField(max_length=255, blank=True)  # worker host and pid
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # While ``waiting``: for what ("measurement": its device's requests; "evaluation": its
+    # proposals, fine-tuned by other tasks) and a sentence for the job page.
+    waiting_kind = models.CharField(max_length=16, blank=True)
+    waiting_for = models.CharField(max_length=300, blank=True)
     result = models.JSONField(default=dict, blank=True)  # the engine's FinishRecord.to_dict()
     created = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -16,6 +16,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from django.db import connections, transaction
+from django.utils import timezone
 
 from adaptation.jobs import JobRunner
 from adaptation.leases import claim_job, jobs_to_resume, lease_seconds, worker_name
@@ -42,6 +43,30 @@ def run_job(job_id: int) -> str | None:
         logger.info("job %s: not claimable (gone, ended, or running elsewhere)", job_id)
         return None
     return JobRunner(job, time_limit_error=SoftTimeLimitExceeded).run()
+
+
+@shared_task(acks_late=True)
+def evaluate_proposal_task(job_id: int, iteration: int, index: int) -> str:
+    """Fine-tune one proposal of a waiting job (a chord's member; see ``adaptation.proposals``)."""
+    from adaptation.proposals import evaluate_for_job
+    return evaluate_for_job(job_id, iteration, index, worker_name())
+
+
+@shared_task
+def proposals_evaluated(job_id: int) -> bool:
+    """The chord's end: run the job again, which reads the proposals' files."""
+    return resume_job(job_id, "evaluation")
+
+
+def resume_job(job_id: int, kind: str) -> bool:
+    """Re-enqueue a job that waits for ``kind`` ("measurement" or "evaluation"); False if it
+    does not (it ended, was cancelled, or someone resumed it already)."""
+    resumed = Job.objects.filter(pk=job_id, status="waiting", waiting_kind=kind).update(
+        status="queued", heartbeat_at=timezone.now(), claimed_by="", attempts=0, waiting_kind="",
+        waiting_for="")
+    if resumed:
+        enqueue_job_id(job_id)
+    return bool(resumed)
 
 
 @shared_task

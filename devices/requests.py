@@ -27,6 +27,7 @@ from devices.lut import DatabaseLatencyTable
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
+from webapp.events import publish
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,16 @@ def request_key(signatures: list[dict], networks: list[dict], example_shape: lis
 def open_request(*, owner, device: Device, job=None, reason: str, runtime: str, threads: int,
                  example_shape: list[int], signatures: list[dict] | None = None,
                  networks: list[dict] | None = None) -> MeasurementRequest:
-    """The job's request for exactly this (an existing one, whatever its status) or a new one.
+    """The job's open request for exactly this, or a new one.
 
     A new request is dispatched to its device when the current transaction commits.
     """
     signatures, networks = list(signatures or []), list(networks or [])
     key = request_key(signatures, networks, list(example_shape))
     if job is not None:
-        existing = MeasurementRequest.objects.filter(job=job, key=key).order_by("-pk").first()
-        if existing is not None and existing.status != "failed":
+        existing = (MeasurementRequest.objects.filter(job=job, key=key, status__in=MeasurementRequest.OPEN_STATUSES)
+                    .order_by("-pk").first())
+        if existing is not None:
             return existing
     request = MeasurementRequest.objects.create(
         owner=owner, device=device, job=job, reason=reason[:200], key=key, runtime=runtime,
@@ -84,6 +86,23 @@ def claim_request(request_id: int, worker: str) -> MeasurementRequest | None:
             return None
         MeasurementRequest.objects.filter(pk=request_id).update(attempts=F("attempts") + 1)
     return MeasurementRequest.objects.select_related("device").get(pk=request_id)
+
+
+def device_table(device: Device) -> DatabaseLatencyTable:
+    """The look-up table a job on ``device`` reads: its runtime at the version that measures.
+
+    A local device measures with this server's runtime; an agent with the ONNX Runtime version it
+    reported (none yet: an empty table, filled once it has measured).
+    """
+    if device.kind == "local":
+        from devices.measure.runtimes import get_runtime  # imports torch: only where it is needed
+        version = get_runtime(device.runtime).version()
+    elif device.runtime != "onnxruntime":
+        raise ValueError(f"device '{device.name}' is set to {device.get_runtime_display()}, but the "
+                         "agent program measures with ONNX Runtime only: change its runtime")
+    else:
+        version = str(device.facts.get("onnxruntime", ""))
+    return DatabaseLatencyTable(device, device.runtime, version, device.threads)
 
 
 def request_table(request: MeasurementRequest, runtime_version: str) -> DatabaseLatencyTable:
@@ -135,6 +154,12 @@ def complete_request(request: MeasurementRequest, network_results: Iterable[Mapp
             status="done", results=results, runtime_version=runtime_version, error="",
             signatures_done=len(request.signatures), finished_at=timezone.now())
         if ended:
+            if request.job_id is not None:
+                publish(request.job_id, "job.measure", {
+                    "reason": request.reason, "signatures": len(request.signatures),
+                    "networks": len(request.networks), "request": request.pk,
+                    "device": request.device.name, "done": True,
+                    "table_size": len(request_table(request, runtime_version))})
             _after_request(request)
 
 
@@ -154,12 +179,7 @@ def _after_request(request: MeasurementRequest) -> None:
 
 def resume_waiting_job(job_id: int) -> bool:
     """Re-enqueue a job that waits for measurements once none of its requests is open."""
-    from adaptation.models import Job  # the devices app must not need adaptation at import time
+    from adaptation.tasks import resume_job  # the devices app must not need adaptation at import time
     if MeasurementRequest.objects.filter(job_id=job_id, status__in=MeasurementRequest.OPEN_STATUSES).exists():
         return False
-    resumed = Job.objects.filter(pk=job_id, status="waiting").update(status="queued", heartbeat_at=None,
-                                                                     claimed_by="", attempts=0)
-    if resumed:
-        from adaptation.tasks import enqueue_job_id
-        enqueue_job_id(job_id)
-    return bool(resumed)
+    return resume_job(job_id, "measurement")

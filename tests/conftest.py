@@ -142,6 +142,14 @@ def sent_run_job(monkeypatch):
     return sent
 
 
+@pytest.fixture
+def workers(monkeypatch, sent_run_job):
+    """Workers played in this process: ``workers.drive(job)`` (tests/in_process.py)."""
+    from tests.in_process import InProcessWorkers
+
+    return InProcessWorkers(monkeypatch, sent_run_job)
+
+
 # --------------------------------------------------------------------------- end-to-end
 
 

@@ -21,7 +21,7 @@ from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
 from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.export import load_pytorch
-from devices.models import Device, LatencyEntry
+from devices.models import Device, LatencyEntry, MeasurementRequest
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("single_torch_thread")]
 transactional = pytest.mark.django_db(transaction=True)
@@ -79,10 +79,11 @@ def iteration_numbers(job) -> list[int]:
     return list(Iteration.objects.filter(job=job).order_by("number").values_list("number", flat=True))
 
 
-def run_to_end(job) -> Job:
-    outcome = tasks.run_job(job.pk)
-    job.refresh_from_db()
-    assert outcome == "finished", job.error
+def run_to_end(workers, job) -> Job:
+    """The job run by workers played in this process (its waits for measurements and proposals
+    included) until it ends."""
+    job = workers.drive(job)
+    assert job.status == "finished", job.error
     return job
 
 
@@ -94,14 +95,15 @@ def stale(job) -> None:
 
 
 @transactional
-def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job):
+def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, workers):
     job = new_job(LATENCY)
     with transaction.atomic():
         tasks.enqueue_job(job)
         assert sent_run_job == []
     assert sent_run_job == [job.pk]  # sent once committed
+    sent_run_job.clear()
 
-    run_to_end(job)
+    run_to_end(workers, job)
     assert (job.status, job.error, job.attempts) == ("finished", "", 1)
     assert job.started_at and job.finished_at
     assert job.result["budget_met"] and job.result["iterations"] >= 1
@@ -124,8 +126,14 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job):
     assert stream[-1].payload == {"status": "finished", "error": ""}
     middle = [e.type for e in stream[1:-2]]
     start = middle.index("job.start")
-    assert start > 0 and set(middle[:start]) == {"job.measure"}
-    assert set(middle[start + 1:]) == {"job.measure", "job.iteration"}
+    assert start > 0 and set(middle[:start]) == {"job.measure", "job.status"}
+    assert set(middle[start + 1:]) == {"job.measure", "job.iteration", "job.status"}
+    # It waited for every measurement and every iteration's proposals, and went on after each.
+    statuses = [e.payload["status"] for e in stream if e.type == "job.status"]
+    assert statuses == ["running", "waiting"] * (len(statuses) // 2 - 1) + ["running", "finished"]
+    waits = [e.payload["waiting_for"] for e in stream if e.type == "job.status" and e.payload["status"] == "waiting"]
+    assert sum("being fine-tuned" in w for w in waits) == n
+    assert all("This server's CPU to measure" in w for w in waits if "fine-tuned" not in w)
     iteration_events = [e.payload for e in stream if e.type == "job.iteration"]
     assert [p["number"] for p in iteration_events] == list(range(n))
     assert iteration_events[0]["measured_ms"] == rows[1].measured_ms
@@ -151,13 +159,13 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job):
 
 
 @transactional
-def test_a_second_job_on_the_device_reuses_its_table(new_job, system_device, sent_run_job):
-    first = run_to_end(new_job(LATENCY))
+def test_a_second_job_on_the_device_reuses_its_table(new_job, system_device, workers):
+    first = run_to_end(workers, new_job(LATENCY))
     before = dict(LatencyEntry.objects.filter(device=system_device)
                   .values_list("signature_key", "measured_at"))
     assert before
 
-    second = run_to_end(new_job(LATENCY))
+    second = run_to_end(workers, new_job(LATENCY))
     after = dict(LatencyEntry.objects.filter(device=system_device)
                  .values_list("signature_key", "measured_at"))
     assert {key: after[key] for key in before} == before  # nothing measured again
@@ -172,7 +180,7 @@ def test_a_second_job_on_the_device_reuses_its_table(new_job, system_device, sen
 
 
 @transactional
-def test_it_extracts_an_uploaded_image_folder_once(new_job, owner, media, digits16):
+def test_it_extracts_an_uploaded_image_folder_once(new_job, owner, media, digits16, workers):
     from PIL import Image
 
     archive = f"datasets/{owner.pk}/digits.zip"
@@ -189,11 +197,11 @@ def test_it_extracts_an_uploaded_image_folder_once(new_job, owner, media, digits
                 bundle.writestr(f"digits/{label}/{n}.png", buffer.getvalue())
     dataset = Dataset.objects.create(owner=owner, name="my digits", kind="folder", archive=archive)
 
-    first = run_to_end(new_job(MACS, dataset=dataset))
+    first = run_to_end(workers, new_job(MACS, dataset=dataset))
     folder = media_path(f"datasets/extracted/{dataset.pk}")
     assert sorted(p.name for p in folder.iterdir()) == [str(label) for label in range(10)]
     media_path(archive).unlink()  # the second job needs the extracted folder only
-    second = run_to_end(new_job(MACS, dataset=dataset))
+    second = run_to_end(workers, new_job(MACS, dataset=dataset))
     assert first.result["iterations"] == second.result["iterations"] >= 1
 
 
@@ -211,7 +219,7 @@ def test_it_cancels_before_the_first_step(new_job):
 
 
 @transactional
-def test_it_cancels_between_iterations(new_job, monkeypatch):
+def test_it_cancels_between_iterations(new_job, monkeypatch, workers):
     job = new_job(MACS)
     real_publish = jobs.publish
 
@@ -222,7 +230,7 @@ def test_it_cancels_between_iterations(new_job, monkeypatch):
         return event
     monkeypatch.setattr(jobs, "publish", publish)
 
-    assert tasks.run_job(job.pk) == "cancelled"
+    assert workers.drive(job).status == "cancelled"
     assert iteration_numbers(job) == [-1, 0]  # the finished iteration is kept
     assert types(job)[-1] == "job.status" and events(job)[-1].payload["status"] == "cancelled"
 
@@ -242,12 +250,25 @@ def test_a_budget_already_met_fails_with_the_engines_message(new_job):
 
 
 @transactional
-def test_an_agent_device_fails_clearly(new_job, owner):
+def test_a_job_on_an_offline_agent_device_waits_and_says_so(new_job, owner, workers):
     phone = Device.objects.create(owner=owner, name="phone", kind="agent")
+    job = new_job(LATENCY, device=phone)
+    job = workers.drive(job)
+    assert (job.status, job.waiting_kind) == ("waiting", "measurement")
+    assert job.waiting_for.startswith("waiting for phone (offline, never connected) to measure")
+    (request,) = MeasurementRequest.objects.filter(job=job)
+    assert (request.device, request.status, request.owner) == (phone, "queued", owner)
+    assert request.signatures and not request.networks  # the original's layers come first
+    assert workers.requests == []  # an agent pulls its requests; no local queue has it
+
+
+@transactional
+def test_an_agent_device_set_to_another_runtime_fails_clearly(new_job, owner):
+    phone = Device.objects.create(owner=owner, name="phone", kind="agent", runtime="torch")
     job = new_job(LATENCY, device=phone)
     assert tasks.run_job(job.pk) == "failed"
     job.refresh_from_db()
-    assert job.error.startswith("agent devices are not supported yet")
+    assert "measures with ONNX Runtime only" in job.error
 
 
 @transactional
@@ -411,7 +432,7 @@ class WorkerKilled(BaseException):
 
 @transactional
 @pytest.mark.parametrize("when", ["after the commit", "before the commit"])
-def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when):
+def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when, workers):
     job = new_job(MACS)
     real_publish = jobs.publish
 
@@ -424,7 +445,7 @@ def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when):
         return event
     monkeypatch.setattr(jobs, "publish", publish)
     with pytest.raises(WorkerKilled):
-        tasks.run_job(job.pk)
+        workers.drive(job)
     monkeypatch.setattr(jobs, "publish", real_publish)
 
     job.refresh_from_db()
@@ -432,11 +453,11 @@ def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when):
     assert iteration_numbers(job) == ([-1, 0, 1] if when == "after the commit" else [-1, 0])
     assert tasks.run_job(job.pk) is None  # the lease is still held
     stale(job)
-    assert tasks.run_job(job.pk) == "finished"
+    assert workers.drive(job).status == "finished"
 
     job.refresh_from_db()
     n = job.result["iterations"]
-    assert n > 2 and job.attempts == 2
+    assert n > 2
     assert iteration_numbers(job) == list(range(-1, n))
     numbers = [e.payload["number"] for e in events(job) if e.type == "job.iteration"]
     assert sorted(numbers) == list(range(n))

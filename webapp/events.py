@@ -25,15 +25,18 @@ from django.db.models import Max
 EVENT_TYPES = ("job.status", "job.start", "job.measure", "job.iteration", "job.finish", "job.log")
 
 
-class StatusPayload(TypedDict):
-    status: str
-    error: str
+class StatusPayload(TypedDict, total=False):
+    status: str          # always there
+    error: str           # always there
+    waiting_for: str     # with "waiting": what for, in a sentence
 
 
-class MeasurePayload(TypedDict):
+class MeasurePayload(TypedDict, total=False):
     reason: str
     signatures: int      # layer entries to measure
     networks: int        # whole networks to measure
+    request: int         # the MeasurementRequest's id
+    device: str          # the device's name
     done: bool
     table_size: int      # entries in the device's table afterwards
 

@@ -1,0 +1,109 @@
+"""An iteration's proposals fine-tuned in parallel: one Celery task per proposal, then the job.
+
+The runner parks the job on ``NeedsEvaluation`` and calls ``dispatch_evaluations``: the plan goes
+to ``proposals/iteration_NNN/plan.json`` in the job's folder and a chord of
+``adaptation.tasks.evaluate_proposal_task`` (one per missing proposal, on whatever workers are
+up; a single worker takes them in turn) ends in ``proposals_evaluated``, which re-enqueues the
+job. Each task writes ``<k>.pt`` (the result and the fine-tuned weights, or an error) atomically;
+the resumed runner reads them with ``load_evaluations``. Tasks beat on the waiting job, so the
+sweep re-runs a job whose tasks were lost (``leases.jobs_to_resume``): it resends only the
+proposals without a file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from adaptation.job_files import JobFiles, write_atomically
+from adaptation.leases import LeaseKeeper, beat_waiting
+from adaptation.models import Job
+from adaptation.netadapt.graph import rebuild_pruned
+from adaptation.netadapt.steps import Proposal, evaluate_proposal
+
+logger = logging.getLogger(__name__)
+
+
+def iteration_folder(job_id: int, iteration: int) -> Path:
+    return JobFiles(job_id).folder / "proposals" / f"iteration_{iteration:03d}"
+
+
+def _plan_path(job_id: int, iteration: int) -> Path:
+    return iteration_folder(job_id, iteration) / "plan.json"
+
+
+def _result_path(job_id: int, iteration: int, index: int) -> Path:
+    return iteration_folder(job_id, iteration) / f"{index}.pt"
+
+
+def load_evaluations(job_id: int, iteration: int, plan: list[dict]) -> list[dict | None]:
+    """What each proposal's task wrote ({"result", "model_state", "worker"} or {"error"}), or None.
+
+    Files of another plan (the iteration was planned differently before a resume) are discarded.
+    """
+    plan_path = _plan_path(job_id, iteration)
+    if not plan_path.exists() or json.loads(plan_path.read_text()) != plan:
+        shutil.rmtree(iteration_folder(job_id, iteration), ignore_errors=True)
+        return [None] * len(plan)
+    found: list[dict | None] = []
+    for index in range(len(plan)):
+        path = _result_path(job_id, iteration, index)
+        found.append(torch.load(path, weights_only=True) if path.exists() else None)
+    return found
+
+
+def dispatch_evaluations(job_id: int, iteration: int, plan: list[dict], indices: list[int]) -> None:
+    """Write the plan and send a chord of one task per proposal in ``indices``."""
+    write_atomically(_plan_path(job_id, iteration), lambda path: path.write_text(json.dumps(plan)))
+    send_chord(job_id, iteration, indices)
+
+
+def send_chord(job_id: int, iteration: int, indices: list[int]) -> None:
+    from celery import chord
+
+    from adaptation.tasks import evaluate_proposal_task, proposals_evaluated
+
+    chord(evaluate_proposal_task.s(job_id, iteration, k) for k in indices)(proposals_evaluated.si(job_id))
+
+
+def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> str:
+    """Fine-tune and score proposal ``index`` of the job's iteration; write its file.
+
+    Returns what happened: "done", "error" (written for the job to report), or "stale" (the job
+    moved on, was cancelled, or the file exists already: nothing to do).
+    """
+    from adaptation.jobs import describe_error, load_job_data, load_job_model, parse_settings
+
+    path = _result_path(job_id, iteration, index)
+    job = Job.objects.select_related("model", "dataset").filter(pk=job_id).first()
+    if job is None or job.status != "waiting" or job.cancel_requested or path.exists():
+        return "stale"
+    files = JobFiles(job_id)
+    with LeaseKeeper(job_id, worker, renew=lambda: beat_waiting(job_id)) as keeper:
+        beat_waiting(job_id)
+        try:
+            state = files.load_checkpoint()
+            plan = json.loads(_plan_path(job_id, iteration).read_text())
+            if state is None or state.iteration != iteration or state.pending:
+                return "stale"
+            config, options = parse_settings(job.settings)
+            spec, original = load_job_model(job)
+            data = load_job_data(job, spec, config, options)
+            model = rebuild_pruned(original, spec.example_input(), state.channels)
+            model.load_state_dict(state.model_state)
+            result, candidate = evaluate_proposal(model.eval(), spec.example_input(),
+                                                  Proposal.from_state(plan[index]), data, config, iteration)
+            entry = {"result": result.to_state(), "model_state": candidate.state_dict(), "worker": worker}
+            outcome = "done"
+        except FileNotFoundError:
+            return "stale"  # the job's folder went away (deleted job)
+        except Exception as error:  # reported by the job, never a dead chord
+            logger.exception("job %s: proposal %s of iteration %s failed", job_id, index, iteration)
+            entry, outcome = {"error": f"proposal {index} of iteration {iteration}: {describe_error(error)}"}, "error"
+        if keeper.lost.is_set() and not Job.objects.filter(pk=job_id, status="waiting").exists():
+            return "stale"
+        write_atomically(path, lambda target: torch.save(entry, target))
+    return outcome
