@@ -47,7 +47,8 @@ from adaptation.preflight import PreflightError, check_dataset_fits, load_weight
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import MeasurementRequest
-from devices.requests import device_table, open_request, request_key, resume_waiting_job
+from devices.requests import (describe_presence, device_table, open_request, request_key,
+                              resume_waiting_job)
 from webapp.events import publish
 
 logger = logging.getLogger(__name__)
@@ -202,8 +203,7 @@ def waiting_message(device, reason: str, signatures: int, networks: int) -> str:
                                        f"{networks} network(s)" if networks else "") if part)
     where = device.name
     if device.kind == "agent" and device.status == "offline":
-        seen = f"last seen {device.last_seen:%Y-%m-%d %H:%M} UTC" if device.last_seen else "never connected"
-        where += f" (offline, {seen})"
+        where += f" ({describe_presence(device)})"
     return f"waiting for {where} to measure {what}: {reason}"
 
 
@@ -408,7 +408,7 @@ class JobRunner:
     def _evaluate(self, request: NeedsEvaluation) -> None:
         """Take the proposals' results from the files their tasks wrote, or park the job behind
         a chord of tasks that fine-tune the missing ones (``adaptation.proposals``)."""
-        from adaptation.proposals import dispatch_evaluations, load_evaluations
+        from adaptation.proposals import dispatch_count, dispatch_evaluations, load_evaluations
 
         plan = [p.to_state() for p in request.proposals]
         stored = load_evaluations(self.job.pk, request.iteration, plan)
@@ -421,6 +421,10 @@ class JobRunner:
                 result = ProposalResult.from_state(entry["result"])
                 request.results[k] = (result, self.engine.rebuild(result.proposal.config, entry["model_state"]))
             return
+        sent = dispatch_count(self.job.pk, request.iteration)
+        if sent >= max_attempts():
+            raise JobError(f"the proposals of iteration {request.iteration} were lost {sent} times "
+                           "(worker killed or out of memory?); not trying again")
         raise Parked("evaluation", f"{len(missing)} proposal(s) of iteration {request.iteration} "
                                    "are being fine-tuned",
                      then=lambda: dispatch_evaluations(self.job.pk, request.iteration, plan, missing))

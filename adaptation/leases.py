@@ -139,7 +139,7 @@ def jobs_to_resume(now: datetime | None = None) -> list[int]:
     stalled = Q(status="waiting", waiting_kind="evaluation",
                 heartbeat_at__lt=now - timedelta(seconds=lease_seconds()))
     for pk in runnable.filter(stalled).values_list("pk", flat=True):
-        if runnable.filter(stalled, pk=pk).update(status="queued", heartbeat_at=now, claimed_by=""):
+        if runnable.filter(stalled, pk=pk).update(status="queued", heartbeat_at=now, claimed_by="", attempts=0):
             ids.append(pk)
     return sorted(ids)
 

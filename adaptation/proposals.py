@@ -55,9 +55,17 @@ def load_evaluations(job_id: int, iteration: int, plan: list[dict]) -> list[dict
     return found
 
 
+def dispatch_count(job_id: int, iteration: int) -> int:
+    """How many times the proposals of this iteration were sent (more than once: tasks were lost)."""
+    path = iteration_folder(job_id, iteration) / "dispatches"
+    return int(path.read_text()) if path.exists() else 0
+
+
 def dispatch_evaluations(job_id: int, iteration: int, plan: list[dict], indices: list[int]) -> None:
     """Write the plan and send a chord of one task per proposal in ``indices``."""
+    count = dispatch_count(job_id, iteration) + 1
     write_atomically(_plan_path(job_id, iteration), lambda path: path.write_text(json.dumps(plan)))
+    write_atomically(iteration_folder(job_id, iteration) / "dispatches", lambda path: path.write_text(str(count)))
     send_chord(job_id, iteration, indices)
 
 

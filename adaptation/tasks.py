@@ -72,11 +72,16 @@ def resume_job(job_id: int, kind: str) -> bool:
 @shared_task
 def sweep_stale_jobs() -> list[int]:
     """Re-send ``run_job`` for each job that needs a worker; the claim makes duplicates harmless."""
+    from devices.requests import sweep_requests
+
     job_ids = jobs_to_resume()
     for job_id in job_ids:
         run_job.delay(job_id)
     if job_ids:
         logger.info("sweep: re-sent jobs %s", job_ids)
+    requests = sweep_requests()
+    if requests["resent"] or requests["expired"]:
+        logger.info("sweep: measurement requests re-sent %s, expired %s", requests["resent"], requests["expired"])
     return job_ids
 
 

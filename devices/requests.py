@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import timedelta
 from typing import Iterable, Mapping
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -183,3 +185,47 @@ def resume_waiting_job(job_id: int) -> bool:
     if MeasurementRequest.objects.filter(job_id=job_id, status__in=MeasurementRequest.OPEN_STATUSES).exists():
         return False
     return resume_job(job_id, "measurement")
+
+
+def device_wait_seconds() -> float:
+    """How long a job waits for an agent device to measure before it fails."""
+    return float(getattr(settings, "DEVICE_WAIT_SECONDS", 24 * 3600))
+
+
+def sweep_requests(now=None) -> dict[str, list[int]]:
+    """Requests that need a push: a local device's requests whose worker died (running under a
+    process of this host that is gone) or that sat queued past ``JOB_REQUEUE_SECONDS`` (the
+    filesystem transport loses a message its killed worker had read) are dispatched again; an
+    agent device's requests open past ``DEVICE_WAIT_SECONDS`` fail, and their jobs with them.
+    """
+    from adaptation.leases import claim_is_gone, requeue_seconds
+
+    now = now or timezone.now()
+    local = MeasurementRequest.objects.filter(device__kind="local")
+    resent = []
+    for request in local.filter(status="running").only("pk", "claimed_by", "device"):
+        if claim_is_gone(request.claimed_by) and local.filter(
+                pk=request.pk, status="running", claimed_by=request.claimed_by).update(status="queued", claimed_by=""):
+            resent.append(request.pk)
+    stale = local.filter(status="queued", created__lt=now - timedelta(seconds=requeue_seconds()))
+    resent += [pk for pk in stale.values_list("pk", flat=True) if pk not in resent]
+    for request in MeasurementRequest.objects.filter(pk__in=resent).select_related("device"):
+        dispatch(request.pk, request.device_id, "local")
+    expired = []
+    limit = device_wait_seconds()
+    for request in (MeasurementRequest.objects.filter(device__kind="agent", status__in=MeasurementRequest.OPEN_STATUSES,
+                                                      created__lt=now - timedelta(seconds=limit))
+                    .select_related("device")):
+        fail_request(request, f"{request.device.name} did not measure within {limit / 3600:g} h "
+                              f"({describe_presence(request.device)}); the job gave up waiting")
+        expired.append(request.pk)
+    return {"resent": sorted(resent), "expired": expired}
+
+
+def describe_presence(device: Device) -> str:
+    """"online", or how long an agent has been away, for messages."""
+    if device.status != "offline":
+        return device.get_status_display().lower()
+    if device.last_seen is None:
+        return "it never connected"
+    return f"offline, last seen {device.last_seen:%Y-%m-%d %H:%M} UTC"

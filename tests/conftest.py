@@ -94,7 +94,8 @@ def make_job(system_device, digits_dataset):
         model = ModelUpload.objects.create(owner=user, name=f"{user.username}'s net", source="builtin",
                                            arch="plain_cnn", num_classes=10, in_channels=1, resolution=8,
                                            file=f"models/{user.pk}/net.pt", status="ready")
-        return Job.objects.create(owner=user, model=model, dataset=digits_dataset, device=system_device, **fields)
+        return Job.objects.create(owner=user, model=model, **{"dataset": digits_dataset, "device": system_device,
+                                                               **fields})
 
     return make
 

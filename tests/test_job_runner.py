@@ -19,6 +19,7 @@ from adaptation import jobs, tasks
 from adaptation.job_files import JobFiles, media_path
 from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
+from adaptation.proposals import dispatch_count
 from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.export import load_pytorch
 from devices.models import Device, LatencyEntry, MeasurementRequest
@@ -255,7 +256,7 @@ def test_a_job_on_an_offline_agent_device_waits_and_says_so(new_job, owner, work
     job = new_job(LATENCY, device=phone)
     job = workers.drive(job)
     assert (job.status, job.waiting_kind) == ("waiting", "measurement")
-    assert job.waiting_for.startswith("waiting for phone (offline, never connected) to measure")
+    assert job.waiting_for.startswith("waiting for phone (it never connected) to measure")
     (request,) = MeasurementRequest.objects.filter(job=job)
     assert (request.device, request.status, request.owner) == (phone, "queued", owner)
     assert request.signatures and not request.networks  # the original's layers come first
@@ -467,3 +468,42 @@ def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when, 
                for e in events(job) if e.type == "job.log")
     resources = list(Iteration.objects.filter(job=job).order_by("number").values_list("resource", flat=True))
     assert all(a > b for a, b in zip(resources, resources[1:]))
+
+
+@transactional
+def test_proposal_tasks_lost_with_their_workers_are_resent_a_bounded_number_of_times(new_job, workers, settings):
+    settings.JOB_MAX_ATTEMPTS = 2
+    job = new_job(MACS)
+    tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.waiting_kind) == ("waiting", "evaluation")
+    ((job_id, iteration, indices),) = workers.chords
+    assert (job_id, iteration) == (job.pk, 0) and indices
+    workers.chords.clear()  # the chord's workers were killed: nobody will ever answer
+
+    assert job.pk not in jobs_to_resume()  # its tasks may still be running
+    stale(job)
+    assert job.pk in jobs_to_resume()
+    assert Job.objects.get(pk=job.pk).status == "queued"
+    tasks.run_job(job.pk)
+    assert [c[2] for c in workers.chords] == [indices]  # the same proposals, sent again
+    assert dispatch_count(job.pk, 0) == 2
+    workers.chords.clear()
+
+    stale(job)
+    jobs_to_resume()
+    assert tasks.run_job(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.error == ("the proposals of iteration 0 were lost 2 times (worker killed or out of "
+                         "memory?); not trying again")
+
+
+@transactional
+def test_proposals_are_evaluated_once_each_and_a_late_duplicate_does_nothing(new_job, workers):
+    job = new_job(MACS)
+    tasks.run_job(job.pk)
+    ((_, iteration, indices),) = workers.chords
+    assert tasks.evaluate_proposal_task(job.pk, iteration, indices[0]) == "done"
+    assert tasks.evaluate_proposal_task(job.pk, iteration, indices[0]) == "stale"  # its file exists
+    assert workers.drive(job).status == "finished"
+    assert tasks.evaluate_proposal_task(job.pk, iteration, indices[1]) == "stale"  # the job moved on

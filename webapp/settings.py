@@ -270,6 +270,10 @@ if JOB_HEARTBEAT_SECONDS * 3 > JOB_LEASE_SECONDS:
     raise ImproperlyConfigured("NETADAPT_JOB_LEASE_SECONDS must be at least 3 heartbeats")
 JOB_REQUEUE_SECONDS = env_int("NETADAPT_JOB_REQUEUE_SECONDS", 600, minimum=60)
 JOB_MAX_ATTEMPTS = env_int("NETADAPT_JOB_MAX_ATTEMPTS", 5, minimum=1)
+# A job waits this long for an agent device (offline phone...) to measure, then fails.
+DEVICE_WAIT_SECONDS = env_int("NETADAPT_DEVICE_WAIT_SECONDS", 24 * 3600, minimum=60)
+# Minutes a pairing code shown on "Add device" stays valid.
+PAIRING_CODE_MINUTES = env_int("NETADAPT_PAIRING_CODE_MINUTES", 10, minimum=1)
 CELERY_BEAT_SCHEDULE = {"sweep-stale-jobs": {"task": "adaptation.tasks.sweep_stale_jobs",
                                              "schedule": 60.0}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")

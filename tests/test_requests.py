@@ -1,0 +1,160 @@
+"""Measurement requests: queued per device, measured into its table, the waiting job re-enqueued;
+the sweep re-sends requests of dead local workers and gives up on agents that stay away."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from adaptation.models import Job
+from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from devices import requests
+from devices.measure import trace_layers
+from devices.models import Device, LatencyEntry, MeasurementRequest
+from devices.requests import (claim_request, complete_request, device_table, fail_request,
+                              open_request, pending_signatures, store_layer_results, sweep_requests)
+from devices.tasks import measure_request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SPEC = ArchitectureSpec("plain_cnn", 10, 1, 0.5, 8)
+
+
+@pytest.fixture
+def signatures():
+    model = SPEC.build().eval()
+    return [s.to_dict() for s in dict.fromkeys(t.signature for t in trace_layers(model, SPEC.example_input()))]
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Requests handed to local devices' queues (nothing reaches a broker)."""
+    calls: list[int] = []
+    monkeypatch.setattr(requests, "dispatch", lambda request_id, device_id, kind: calls.append(request_id))
+    return calls
+
+
+def waiting_job(make_job, owner, **fields) -> Job:
+    job = make_job(owner, **fields)
+    Job.objects.filter(pk=job.pk).update(status="waiting", waiting_kind="measurement", waiting_for="x")
+    return job
+
+
+def test_a_local_request_is_measured_into_the_table_and_resumes_its_job(
+        make_job, owner, system_device, signatures, sent, sent_run_job):
+    job = waiting_job(make_job, owner)
+    network = describe_network(SPEC, {}, "original")
+    request = open_request(owner=owner, device=system_device, job=job, reason="original", runtime="onnxruntime",
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
+    assert sent == [request.pk]
+    # Asking again for the same thing in the same job gives the same request.
+    again = open_request(owner=owner, device=system_device, job=job, reason="original", runtime="onnxruntime",
+                         threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
+    assert again.pk == request.pk and sent == [request.pk]
+
+    assert measure_request(request.pk) == "done"
+    request.refresh_from_db()
+    assert (request.status, request.signatures_done, request.error) == ("done", len(signatures), "")
+    assert len(request.results) == 1 and request.results[0]["min_ms"] > 0
+    table = device_table(system_device)
+    assert request.runtime_version == table.runtime_version
+    assert len(table) == len(signatures)
+    job.refresh_from_db()
+    assert (job.status, job.waiting_kind, job.attempts) == ("queued", "", 0)
+    assert sent_run_job == [job.pk]
+    assert measure_request(request.pk) is None  # a duplicate message does nothing
+
+
+def test_layers_stored_before_a_crash_are_not_measured_again(owner, system_device, signatures, sent):
+    request = open_request(owner=owner, device=system_device, reason="layers", runtime="onnxruntime",
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures)
+    claimed = claim_request(request.pk, "worker:1")
+    version = device_table(system_device).runtime_version
+    first = pending_signatures(claimed, version)[0]
+    stats = {"n": 5, "min_ms": 0.01, "p10_ms": 0.01, "median_ms": 0.02, "p90_ms": 0.03,
+             "mean_ms": 0.02, "std_ms": 0.001}
+    store_layer_results(claimed, {first[0]: stats}, version)
+    assert [i for i, _ in pending_signatures(claimed, version)] == list(range(1, len(signatures)))
+    assert MeasurementRequest.objects.get(pk=request.pk).signatures_done == 1
+    with pytest.raises(ValueError, match="not measured"):
+        complete_request(claimed, [], version)
+    with pytest.raises(ValueError, match="layer index 99"):
+        store_layer_results(claimed, {99: stats}, version)
+
+
+def test_a_failed_request_resumes_its_job_which_then_fails_with_the_reason(
+        make_job, owner, system_device, signatures, sent, sent_run_job):
+    job = waiting_job(make_job, owner)
+    request = open_request(owner=owner, device=system_device, job=job, reason="layers", runtime="onnxruntime",
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures)
+    fail_request(request, "the phone ran out of memory")
+    request.refresh_from_db()
+    assert (request.status, request.error) == ("failed", "the phone ran out of memory")
+    job.refresh_from_db()
+    assert job.status == "queued" and sent_run_job == [job.pk]
+
+
+def test_a_job_waits_until_its_last_open_request_is_done(make_job, owner, system_device, signatures, sent,
+                                                          sent_run_job):
+    job = waiting_job(make_job, owner)
+    first, second = (open_request(owner=owner, device=system_device, job=job, reason=str(n),
+                                  runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
+                                  signatures=signatures[n:n + 1]) for n in range(2))
+    fail_request(first, "gone")
+    assert Job.objects.get(pk=job.pk).status == "waiting" and sent_run_job == []
+    fail_request(second, "gone")
+    assert Job.objects.get(pk=job.pk).status == "queued" and sent_run_job == [job.pk]
+
+
+def test_the_sweep_resends_requests_of_dead_local_workers_and_old_queued_ones(
+        owner, system_device, signatures, sent, settings):
+    dead = open_request(owner=owner, device=system_device, reason="a", runtime="onnxruntime", threads=1,
+                        example_shape=[1, 1, 8, 8], signatures=signatures[:1])
+    claim_request(dead.pk, f"{__import__('socket').gethostname()}:999999999")  # no such process
+    alive = open_request(owner=owner, device=system_device, reason="b", runtime="onnxruntime", threads=1,
+                         example_shape=[1, 1, 8, 8], signatures=signatures[1:2])
+    claim_request(alive.pk, "other-host:1")
+    old = open_request(owner=owner, device=system_device, reason="c", runtime="onnxruntime", threads=1,
+                       example_shape=[1, 1, 8, 8], signatures=signatures[2:3])
+    MeasurementRequest.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(hours=1))
+    sent.clear()
+
+    assert sweep_requests()["resent"] == sorted([dead.pk, old.pk])
+    assert sorted(sent) == sorted([dead.pk, old.pk])
+    assert MeasurementRequest.objects.get(pk=dead.pk).status == "queued"
+    assert MeasurementRequest.objects.get(pk=alive.pk).status == "running"
+
+
+def test_the_sweep_gives_up_on_an_agent_that_stays_away(make_job, owner, signatures, sent, sent_run_job,
+                                                         settings):
+    settings.DEVICE_WAIT_SECONDS = 3600
+    phone = Device.objects.create(owner=owner, name="phone", kind="agent",
+                                  last_seen=timezone.now() - timedelta(hours=5))
+    job = waiting_job(make_job, owner, device=phone)
+    request = open_request(owner=owner, device=phone, job=job, reason="layers", runtime="onnxruntime",
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures)
+    assert sent == [request.pk]  # dispatch is told; for an agent it sends nothing (it pulls)
+    assert sweep_requests()["expired"] == []  # not yet
+    MeasurementRequest.objects.filter(pk=request.pk).update(created=timezone.now() - timedelta(hours=2))
+    assert sweep_requests()["expired"] == [request.pk]
+    request.refresh_from_db()
+    assert request.status == "failed"
+    assert request.error.startswith("phone did not measure within 1 h (offline, last seen ")
+    assert Job.objects.get(pk=job.pk).status == "queued" and sent_run_job == [job.pk]
+
+
+def test_an_agent_table_is_the_one_of_the_version_it_reported(owner):
+    phone = Device.objects.create(owner=owner, name="phone", kind="agent", facts={"onnxruntime": "1.20.0"})
+    assert device_table(phone).runtime_version == "1.20.0"
+    phone.runtime = "torch"
+    with pytest.raises(ValueError, match="ONNX Runtime only"):
+        device_table(phone)
+
+
+def test_requests_of_a_device_go_with_it(owner, signatures, sent):
+    phone = Device.objects.create(owner=owner, name="phone", kind="agent")
+    open_request(owner=owner, device=phone, reason="x", runtime="onnxruntime", threads=1,
+                 example_shape=[1, 1, 8, 8], signatures=signatures)
+    phone.delete()
+    assert not MeasurementRequest.objects.exists() and not LatencyEntry.objects.exists()
