@@ -1,0 +1,147 @@
+"""What the agent and the server agree on: paths, message types, and the checks of a message.
+
+Both sides import this module (the server's ``devices.consumers`` and ``devices.agent_views``,
+and the agent), so a message type or a limit is spelled once. Standard library only.
+
+Every websocket message is one JSON object with a ``type``. The conversation (docs/agent.md has
+the fields of each message):
+
+    agent  -> server   hello {protocol, agent, runtime, runtime_version, facts}
+    server -> agent    welcome {device, name, runtime, threads, heartbeat_seconds}
+    agent  -> server   heartbeat {}                          (every heartbeat_seconds)
+    server -> agent    request {request, files, threads, protocol, signatures, pending, ...}
+    agent  -> server   layers {request, results: {index: stats}}      (one batch at a time)
+    server -> agent    stored {request, stored, signatures_done}
+    agent  -> server   networks {request, results: [stats, ...]}      (ends the request)
+    server -> agent    done {request}
+    agent  -> server   error {request, message}              (fails the request)
+    server -> agent    error {message, request?}             (a message it could not use)
+
+The server sends an agent one request at a time, and the next one only after ``done`` or a
+failure. An ``error`` naming the request the agent is working on means: stop working on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+WEBSOCKET_PATH = "/ws/agent/"
+PAIR_PATH = "/api/v1/agent/pair"
+FILES_PATH = "/api/v1/agent/requests/{request}/files"
+AUTH_SCHEME = "Token"
+
+# Agent -> server.
+HELLO = "hello"
+HEARTBEAT = "heartbeat"
+LAYERS = "layers"
+NETWORKS = "networks"
+# Server -> agent.
+WELCOME = "welcome"
+REQUEST = "request"
+STORED = "stored"
+DONE = "done"
+# Both ways.
+ERROR = "error"
+
+#: The server closes an accepted connection with this code when the device's token was revoked
+#: (a refused handshake, before accept, reaches the agent as HTTP 403).
+CLOSE_REVOKED = 4001
+
+HEARTBEAT_SECONDS = 15.0
+#: Longest JSON text of one message either side accepts (a batch of layer results is far less).
+MAX_MESSAGE_CHARS = 1_000_000
+#: Largest ``facts`` object (as JSON) a device may report.
+MAX_FACTS_CHARS = 8_000
+#: Longest runtime version string (the look-up table's column holds 32 characters).
+MAX_VERSION_CHARS = 32
+MAX_ERROR_CHARS = 2_000
+
+STATS_FIELDS = ("n", "min_ms", "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms")
+#: The timing protocol's fields as the server sends them (devices.measure.protocol.MeasureProtocol).
+PROTOCOL_FIELDS = ("warmup", "rounds", "runs_per_round", "max_spread", "max_retries")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the text says what is wrong."""
+
+
+def encode(message_type: str, **fields: Any) -> str:
+    return json.dumps({"type": message_type, **fields}, separators=(",", ":"), allow_nan=False)
+
+
+def decode(text: str | bytes | None) -> dict:
+    """The message as a dict with a string ``type``, or ProtocolError."""
+    if not isinstance(text, str):
+        raise ProtocolError("messages are JSON text frames")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(f"message longer than {MAX_MESSAGE_CHARS} characters")
+    try:
+        message = json.loads(text)
+    except ValueError as error:
+        raise ProtocolError(f"malformed JSON: {error}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError('a message is a JSON object with a string "type"')
+    return message
+
+
+def integer(value: Any, what: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int (a JSON number without a fraction, or a string of digits); else ProtocolError."""
+    if isinstance(value, bool):
+        raise ProtocolError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ProtocolError(f"{what} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        raise ProtocolError(f"{what} must be in [{minimum}, {maximum}], got {value}")
+    return value
+
+
+def check_stats(value: Any, what: str = "stats") -> dict:
+    """A timing summary (``TimingStats.to_dict()``) checked field by field; a clean copy.
+
+    Exactly the fields of STATS_FIELDS; n >= 1; finite, non-negative milliseconds in the order
+    min <= p10 <= median <= p90 (a rounding slack allowed) and min <= mean.
+    """
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be an object with {', '.join(STATS_FIELDS)}")
+    missing = [name for name in STATS_FIELDS if name not in value]
+    unknown = sorted(set(value) - set(STATS_FIELDS))
+    if missing or unknown:
+        raise ProtocolError(f"{what}: missing fields {missing}, unknown fields {unknown}")
+    stats: dict[str, Any] = {"n": integer(value["n"], f"{what}.n", minimum=1)}
+    for name in STATS_FIELDS[1:]:
+        number = value[name]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                or number < 0:
+            raise ProtocolError(f"{what}.{name} must be a finite number >= 0, got {number!r}")
+        stats[name] = float(number)
+    slack = 1e-9 * max(1.0, stats["p90_ms"])
+    order = [stats["min_ms"], stats["p10_ms"], stats["median_ms"], stats["p90_ms"]]
+    if any(a > b + slack for a, b in zip(order, order[1:])) or stats["min_ms"] > stats["mean_ms"] + slack:
+        raise ProtocolError(f"{what}: min <= p10 <= median <= p90 and min <= mean must hold, got {order} "
+                            f"and mean {stats['mean_ms']}")
+    return stats
+
+
+def authorization(token: str) -> str:
+    """The value of the ``Authorization`` header that carries a device token."""
+    return f"{AUTH_SCHEME} {token}"
+
+
+def token_of(header: str | bytes | None) -> str | None:
+    """The token of an ``Authorization: Token <token>`` header value, or None."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != AUTH_SCHEME.lower() or not token or " " in token:
+        return None
+    return token

@@ -1,0 +1,144 @@
+"""Timing ONNX models with ONNX Runtime on the device, under the server's timing protocol.
+
+The protocol is the one the server's own CPU uses (devices/measure/protocol.py, sent with each
+request): warm-up runs per model, then interleaved rounds (A B C A B C ...) so that drift of the
+device (heat, frequency scaling, background apps) hits every model alike; every call timed on
+its own with ``perf_counter_ns`` while the garbage collector is off; entries whose spread
+(p90 - p10) / median is above ``max_spread`` re-timed (interleaved among themselves), keeping
+the attempt with the smallest spread. Sessions are set up like the server's (fixed intra-op
+threads, sequential, all graph optimisations, no spinning: an idle pool that spins would steal
+cores from the session timed next) and fed the same seeded random input.
+
+The loop is written here rather than imported because devices/measure/protocol.py sets torch's
+thread count and so imports torch; the statistics are the server's file itself
+(devices.agent.stats). tests/test_agent_protocol.py checks that the defaults agree.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from devices.agent.protocol import PROTOCOL_FIELDS, ProtocolError, integer
+from devices.agent.stats import TimingStats
+
+INPUT_SEED = 1  # the seed of the server's runners' input (devices/measure/runtimes.py)
+MAX_THREADS = 256
+
+Runner = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class TimingProtocol:
+    """How many runs to warm up, time and retry (the server's MeasureProtocol, field by field)."""
+
+    threads: int = 1
+    warmup: int = 10
+    rounds: int = 5
+    runs_per_round: int = 40
+    max_spread: float = 0.5
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        limits = {"threads": (1, MAX_THREADS), "warmup": (0, 100_000), "rounds": (1, 10_000),
+                  "runs_per_round": (1, 100_000), "max_retries": (0, 100)}
+        for name, (low, high) in limits.items():
+            integer(getattr(self, name), f"protocol.{name}", low, high)
+        spread = self.max_spread
+        if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not spread > 0:
+            raise ProtocolError(f"protocol.max_spread must be a number > 0, got {spread!r}")
+
+    @classmethod
+    def from_message(cls, threads: Any, protocol: Mapping[str, Any] | None) -> "TimingProtocol":
+        """The protocol of a ``request`` message; fields it leaves out keep their defaults."""
+        protocol = dict(protocol or {})
+        unknown = set(protocol) - set(PROTOCOL_FIELDS)
+        if unknown:
+            raise ProtocolError(f"unknown timing protocol fields {sorted(unknown)}")
+        values = {"threads": integer(threads, "threads", 1, MAX_THREADS)}
+        for field in fields(cls):
+            if field.name in protocol:
+                value = protocol[field.name]
+                values[field.name] = value if field.name == "max_spread" else integer(value, field.name)
+        return cls(**values)
+
+    @property
+    def runs(self) -> int:
+        """Timed runs behind each statistic."""
+        return self.rounds * self.runs_per_round
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Sequential, fully optimised, non-spinning options with ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    return options
+
+
+def load_runner(onnx_bytes: bytes, input_shape: Sequence[int], threads: int) -> Runner:
+    """A zero-argument call that runs one inference of the model on a fixed random input."""
+    session = ort.InferenceSession(onnx_bytes, sess_options=session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ValueError(f"an ONNX model to time must have exactly one input, this one has {len(inputs)}")
+    feed = {inputs[0].name: np.random.default_rng(INPUT_SEED).standard_normal(tuple(input_shape),
+                                                                             dtype=np.float32)}
+    output_names = [output.name for output in session.get_outputs()]
+    run = session.run
+
+    def runner() -> None:
+        run(output_names, feed)
+
+    runner()  # fails here, not in the timing loop, when the shape does not fit the model
+    return runner
+
+
+def time_interleaved(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:
+    """Warm up each runner, then time them in interleaved rounds; one TimingStats per runner."""
+    if not runners:
+        return []
+    samples_ns: list[list[int]] = [[] for _ in runners]
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    try:
+        gc.collect()
+        gc.disable()
+        for runner in runners:
+            for _ in range(protocol.warmup):
+                runner()
+        for _ in range(protocol.rounds):
+            for runner, samples in zip(runners, samples_ns):
+                append = samples.append
+                for _ in range(protocol.runs_per_round):
+                    start = clock()
+                    runner()
+                    append(clock() - start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [TimingStats.from_samples([ns / 1e6 for ns in samples]) for samples in samples_ns]
+
+
+def time_with_retries(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:
+    """:func:`time_interleaved`, then re-time (interleaved) the entries whose spread is too wide."""
+    best = time_interleaved(runners, protocol)
+    for _ in range(protocol.max_retries):
+        noisy = [i for i, stats in enumerate(best) if stats.spread > protocol.max_spread]
+        if not noisy:
+            break
+        retried = time_interleaved([runners[i] for i in noisy], protocol)
+        for index, stats in zip(noisy, retried):
+            if stats.spread < best[index].spread:
+                best[index] = stats
+    return best
