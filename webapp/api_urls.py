@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from adaptation import api as adaptation_api
 from adaptation import api_jobs
+from devices import agent_views
 from devices import api as devices_api
 from webapp.api import TokenView
 
@@ -17,6 +18,9 @@ urlpatterns = [
     path("devices", devices_api.DeviceList.as_view(), name="api-device-list"),
     path("devices/<int:id>", devices_api.DeviceDetail.as_view(), name="api-device-detail"),
     path("devices/<int:id>/lut", devices_api.DeviceLut.as_view(), name="api-device-lut"),
+    # The agent program's endpoints (device token, not a user's): devices/agent_views.py.
+    path("agent/pair", agent_views.pair, name="api-agent-pair"),
+    path("agent/requests/<int:id>/files", agent_views.request_files, name="api-agent-request-files"),
     path("jobs", api_jobs.JobList.as_view(), name="api-job-list"),
     path("jobs/<int:id>", api_jobs.JobDetail.as_view(), name="api-job-detail"),
     path("jobs/<int:id>/cancel", api_jobs.JobCancel.as_view(), name="api-job-cancel"),

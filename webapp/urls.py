@@ -3,6 +3,7 @@ go through views that check ownership."""
 from django.contrib import admin
 from django.urls import include, path
 
+from devices import agent_views
 from webapp import accounts, views
 
 urlpatterns = [
@@ -10,6 +11,7 @@ urlpatterns = [
     path("accounts/", include(accounts.urlpatterns)),
     path("admin/", admin.site.urls),
     path("api/v1/", include("webapp.api_urls")),
+    path("devices/agent.pyz", agent_views.agent_download, name="agent_download"),
     path("models/", include("adaptation.urls_models")),
     path("datasets/", include("adaptation.urls_datasets")),
     path("devices/", include("devices.urls")),

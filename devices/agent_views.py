@@ -1,0 +1,109 @@
+"""HTTP endpoints of the agent program (docs/agent.md), next to its websocket (devices.consumers).
+
+- ``POST /api/v1/agent/pair``: ``{"code", "facts"}`` -> ``{"device", "token", "name", "runtime",
+  "threads"}``; a bad, expired or used code is a 400 with the reason. No session and no CSRF
+  token: the one-time code is the credential. Failed attempts are limited per client address.
+- ``GET /api/v1/agent/requests/<id>/files`` with ``Authorization: Token <device token>``: the zip
+  of a request's ONNX files (devices.agent_files). Only the open requests of the token's own
+  device: anything else is a 404; a missing, unknown or revoked token a 401.
+- ``GET /devices/agent.pyz`` (signed-in users): the agent program as one file.
+
+These are plain Django views, not REST framework ones: the API's token authentication would read
+the device token as a user token and refuse it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from devices.agent.protocol import MAX_FACTS_CHARS, token_of
+from devices.agent_files import ZIPAPP_NAME, agent_zipapp, request_archive
+from devices.models import MeasurementRequest
+from devices.pairing import PairingError, device_for_token, redeem
+
+logger = logging.getLogger(__name__)
+
+MAX_PAIR_BODY_BYTES = 64 * 1024
+#: Failed pairing attempts one client address may make per window (per server process: the
+#: default cache is local memory). Codes are 10 characters of 32: this is defence in depth.
+PAIR_FAILURES_ALLOWED = 20
+PAIR_FAILURE_WINDOW_S = 600
+
+
+def _detail(message: str, status: int, **headers) -> JsonResponse:
+    response = JsonResponse({"detail": message}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _failure_key(request) -> str:
+    return f"agent-pair-failures:{request.META.get('REMOTE_ADDR', '')}"
+
+
+def _count_failure(request) -> None:
+    key = _failure_key(request)
+    if not cache.add(key, 1, PAIR_FAILURE_WINDOW_S):
+        try:
+            cache.incr(key)
+        except ValueError:  # expired in between
+            cache.set(key, 1, PAIR_FAILURE_WINDOW_S)
+
+
+@csrf_exempt
+@require_POST
+def pair(request):
+    if (cache.get(_failure_key(request)) or 0) >= PAIR_FAILURES_ALLOWED:
+        return _detail("too many failed pairing attempts from this address: wait a few minutes", 429,
+                       Retry_After=str(PAIR_FAILURE_WINDOW_S))
+    if len(request.body) > MAX_PAIR_BODY_BYTES:
+        return _detail("request body too large", 400)
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return _detail('send JSON: {"code": "...", "facts": {...}}', 400)
+    code = body.get("code") if isinstance(body, dict) else None
+    facts = body.get("facts") if isinstance(body, dict) else None
+    facts = {} if facts is None else facts
+    if not isinstance(code, str) or not code.strip() or len(code) > 64:
+        return _detail('"code" must be the pairing code shown on the device\'s page', 400)
+    if not isinstance(facts, dict) or len(json.dumps(facts)) > MAX_FACTS_CHARS:
+        return _detail(f'"facts" must be an object of at most {MAX_FACTS_CHARS} characters as JSON', 400)
+    try:
+        device, token = redeem(code, facts)
+    except PairingError as error:
+        _count_failure(request)
+        return _detail(str(error), 400)
+    logger.info("device %s paired with an agent", device.pk)
+    return JsonResponse({"device": device.pk, "token": token, "name": device.name,
+                         "runtime": device.runtime, "threads": device.threads})
+
+
+@require_GET
+def request_files(request, id: int):
+    device = device_for_token(token_of(request.headers.get("Authorization")))
+    if device is None:
+        return _detail("send the device token: Authorization: Token <token> (a revoked device must "
+                       "be paired again)", 401, WWW_Authenticate="Token")
+    measurement = MeasurementRequest.objects.filter(
+        pk=id, device=device, status__in=MeasurementRequest.OPEN_STATUSES).first()
+    if measurement is None:
+        return _detail("no open measurement request of this device has this id", 404)
+    data, manifest = request_archive(measurement, (device.facts or {}).get("onnxruntime"))
+    response = HttpResponse(data, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="request-{measurement.pk}.zip"'
+    return response
+
+
+@login_required
+@require_GET
+def agent_download(request):
+    response = HttpResponse(agent_zipapp(), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{ZIPAPP_NAME}"'
+    return response
