@@ -62,7 +62,7 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto
 
-from .graph import NetworkAnalysis
+from .graph import NetworkAnalysis, UnsupportedNetwork
 from .models import example_input as _example_input
 
 OnnxSource = Union[bytes, bytearray, str, "os.PathLike[str]", IO[bytes]]
@@ -567,7 +567,7 @@ def convert_onnx(source: OnnxSource, *, analyse: bool = True) -> tuple[OnnxArchi
     if analyse:
         try:
             NetworkAnalysis(module, example)
-        except ValueError:  # UnsupportedNetwork: its message names the layer and why
+        except UnsupportedNetwork:  # its message names the layer and why
             raise
         except Exception as error:
             raise OnnxImportError(
