@@ -5,7 +5,8 @@
   token: the one-time code is the credential. Failed attempts are limited per client address.
 - ``GET /api/v1/agent/requests/<id>/files`` with ``Authorization: Token <device token>``: the zip
   of a request's ONNX files (devices.agent_files). Only the open requests of the token's own
-  device: anything else is a 404; a missing, unknown or revoked token a 401.
+  device: anything else is a 404; a missing, unknown or revoked token a 401. Files that cannot
+  be built (a network description that no longer rebuilds) fail the request: a 500.
 - ``GET /devices/agent.pyz`` (signed-in users): the agent program as one file.
 
 These are plain Django views, not REST framework ones: the API's token authentication would read
@@ -26,6 +27,7 @@ from devices.agent.protocol import MAX_FACTS_CHARS, token_of
 from devices.agent_files import ZIPAPP_NAME, agent_zipapp, request_archive
 from devices.models import MeasurementRequest
 from devices.pairing import PairingError, device_for_token, redeem
+from devices.requests import fail_request
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,13 @@ def request_files(request, id: int):
         pk=id, device=device, status__in=MeasurementRequest.OPEN_STATUSES).first()
     if measurement is None:
         return _detail("no open measurement request of this device has this id", 404)
-    data, manifest = request_archive(measurement, (device.facts or {}).get("onnxruntime"))
+    try:
+        data, manifest = request_archive(measurement, (device.facts or {}).get("onnxruntime"))
+    except Exception as error:  # a network that cannot be rebuilt or exported: it never will be
+        logger.exception("building the files of measurement request %s failed", measurement.pk)
+        fail_request(measurement, f"the server could not build the request's ONNX files: "
+                                  f"{type(error).__name__}: {error}")
+        return _detail("the server could not build this request's files; the request has failed", 500)
     response = HttpResponse(data, content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="request-{measurement.pk}.zip"'
     return response

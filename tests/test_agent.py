@@ -39,8 +39,9 @@ class Agents:
 
     def start(self, *args: str) -> Process:
         name = f"agent-{len(self.started) + 1}"
-        process = Process(name, [sys.executable, "-m", "devices.agent", "--server", self.app.base_url,
-                                 "--state", str(self.state), "--batch", "8", "--max-backoff", "2", *args], self.env, self.app.logs)
+        argv = [sys.executable, "-m", "devices.agent", "--server", self.app.base_url, "--state", str(self.state),
+                "--batch", "8", "--max-backoff", "2", *args]
+        process = Process(name, argv, self.env, self.app.logs)
         self.started.append(process)
         return process
 

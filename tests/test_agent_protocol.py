@@ -489,6 +489,16 @@ def test_the_files_of_a_request_are_its_devices_only(owner, stranger, agent_devi
     assert client.get(f"/api/v1/agent/requests/{mine.pk}/files", **auth).status_code == 401
 
 
+def test_files_that_cannot_be_built_fail_the_request(owner, agent_device, token, signatures):
+    request = make_request(owner, agent_device, signatures, networks=0)
+    MeasurementRequest.objects.filter(pk=request.pk).update(networks=[
+        {"label": "broken", "spec": {**SPEC.to_dict(), "arch": "no_such_arch"}, "channels": {}}])
+    answer = Client().get(f"/api/v1/agent/requests/{request.pk}/files", HTTP_AUTHORIZATION=f"Token {token}")
+    assert answer.status_code == 500 and "has failed" in answer.json()["detail"]
+    request.refresh_from_db()
+    assert request.status == "failed" and "could not build" in request.error
+
+
 def test_the_agent_download_is_a_runnable_zipapp(owner, tmp_path):
     client = Client()
     assert client.get("/devices/agent.pyz").status_code == 302  # to the login page
