@@ -598,6 +598,69 @@ def test_the_agent_times_onnx_models_interleaved_with_retries():
     assert calls == {"a": 3 * (2 + 12), "b": 3 * (2 + 12)}
 
 
+class FakeChannel:
+    """What ``Agent.serve_request`` sends, and the server's answers it waits for."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def send(self, message_type, **fields):
+        self.sent.append((message_type, fields))
+
+    def expect(self, types, request_id=None, timeout=None):
+        answer = {"stored": {"type": "stored", "signatures_done": 0}, "done": {"type": "done"}}[types[0]]
+        return {**answer, "request": request_id}
+
+
+def serve_zip(monkeypatch, files: dict[str, bytes], manifest: dict) -> FakeChannel:
+    from devices.agent import client
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in {**files, "manifest.json": json.dumps(manifest).encode()}.items():
+            archive.writestr(name, data)
+    monkeypatch.setattr(client, "download", lambda server, path, token, out: out.write(buffer.getvalue()))
+    channel = FakeChannel()
+    agent = client.Agent("http://server.example", "token", facts={}, batch=2)
+    agent.serve_request(channel, {"type": "request", "request": 7, "files": "/files", "threads": 1,
+                                  "protocol": {"warmup": 1, "rounds": 2, "runs_per_round": 3}})
+    return channel
+
+
+def test_the_agent_times_a_request_in_batches_then_its_networks(monkeypatch, signatures):
+    from devices.measure.builders import model_to_onnx, signature_input_shape, signature_onnx
+    from devices.measure.signature import LayerSignature
+
+    layers = [LayerSignature.from_dict(s) for s in signatures[:3]]
+    files = {f"layers/{i}.onnx": signature_onnx(s) for i, s in enumerate(layers)}
+    files["networks/0.onnx"] = model_to_onnx(SPEC.build(), SPEC.example_input())
+    manifest = {"request": 7, "layers": [{"index": i, "file": f"layers/{i}.onnx",
+                                          "input_shape": list(signature_input_shape(s))} for i, s in enumerate(layers)],
+                "networks": [{"index": 0, "file": "networks/0.onnx", "label": "net",
+                              "input_shape": list(SPEC.example_input().shape)}]}
+    channel = serve_zip(monkeypatch, files, manifest)
+    assert [(t, f["request"]) for t, f in channel.sent] == [("layers", 7), ("layers", 7), ("networks", 7)]
+    assert [sorted(f["results"]) for _, f in channel.sent[:2]] == [["0", "1"], ["2"]]
+    results = [*channel.sent[0][1]["results"].values(), *channel.sent[1][1]["results"].values(),
+               *channel.sent[2][1]["results"]]
+    assert [p.check_stats(stats)["n"] for stats in results] == [6] * 4
+
+
+@pytest.mark.parametrize("problem", ["corrupt-file", "missing-file", "wrong-request", "bad-shape"])
+def test_the_agent_fails_a_request_it_cannot_time(monkeypatch, signatures, problem):
+    from devices.measure.builders import signature_input_shape, signature_onnx
+    from devices.measure.signature import LayerSignature
+
+    layer = LayerSignature.from_dict(signatures[0])
+    files = {"layers/0.onnx": b"not onnx" if problem == "corrupt-file" else signature_onnx(layer)}
+    entry = {"index": 0, "file": "layers/9.onnx" if problem == "missing-file" else "layers/0.onnx",
+             "input_shape": [1, 2, 3] if problem == "bad-shape" else list(signature_input_shape(layer))}
+    channel = serve_zip(monkeypatch, files, {"request": 8 if problem == "wrong-request" else 7,
+                                             "layers": [entry], "networks": []})
+    ((message_type, fields),) = channel.sent
+    assert message_type == "error" and fields["request"] == 7 and fields["message"]
+
+
 def test_the_state_file_is_private_and_replaced_atomically(tmp_path):
     from devices.agent.cli import read_state, write_state
 

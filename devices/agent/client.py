@@ -212,7 +212,10 @@ def time_files(archive: zipfile.ZipFile, entries: list[ModelFile], protocol: Tim
         except Exception as error:  # ONNX Runtime's exceptions share no base class worth naming
             raise MeasurementFailed(f"ONNX Runtime cannot run {entry.file}: {type(error).__name__}: "
                                     f"{error}") from None
-    return time_with_retries(runners, protocol)
+    try:
+        return time_with_retries(runners, protocol)
+    except Exception as error:
+        raise MeasurementFailed(f"timing failed: {type(error).__name__}: {error}") from None
 
 
 # --------------------------------------------------------------------------- websocket
@@ -309,6 +312,8 @@ class Agent:
                 if isinstance(error, Refused):
                     raise
                 logger.warning("connection to %s: %s: %s", self.server, type(error).__name__, error)
+            except Exception:  # a bug of ours must not end a program left running on a device
+                logger.exception("unexpected error; starting over")
             if self.welcomed:  # it worked a while: the next try comes soon
                 delay = self.initial_backoff
             wait = delay * random.uniform(0.8, 1.2)
