@@ -108,12 +108,12 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _snapshot(self) -> dict | None:
-        job = Job.objects.only("pk", "status", "error", "settings").filter(pk=self.job_id).first()
+        job = Job.objects.only("pk", "status", "error", "waiting_for", "settings").filter(pk=self.job_id).first()
         if job is None:
             return None
         events = [message_of(event) for event in JobEvent.objects.filter(job_id=self.job_id).order_by("seq")]
         return {"type": "snapshot",
-                "job": {"id": job.pk, "status": job.status, "error": job.error, "settings": job.settings},
+                "job": {"id": job.pk, "status": job.status, "error": job.error, "waiting_for": job.waiting_for, "settings": job.settings},
                 "events": events, "last_seq": events[-1]["seq"] if events else 0}
 
     @database_sync_to_async

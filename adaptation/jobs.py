@@ -43,12 +43,14 @@ from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
                                            WholeNetworkLatencyModel, exact_model)
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import NoProposalError, ProposalResult
+from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
+                                  load_evaluations)
 from adaptation.preflight import PreflightError, check_dataset_fits, load_weights
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import MeasurementRequest
-from devices.requests import (describe_presence, device_table, open_request, request_key,
-                              resume_waiting_job)
+from devices.requests import (describe_presence, device_table, drop_queued_requests, open_request,
+                              request_key, resume_waiting_job)
 from webapp.events import publish
 
 logger = logging.getLogger(__name__)
@@ -234,6 +236,7 @@ class JobRunner:
         self.table: DatabaseLatencyTable | None = None
         self.engine: NetAdapt | None = None
         self.spec: ArchitectureSpec | None = None
+        self.evaluated_by: list[str | None] = []  # the worker of each proposal of the iteration
 
     # ------------------------------------------------------------------ the run and its endings
 
@@ -273,6 +276,7 @@ class JobRunner:
                 status=status, error=error, finished_at=timezone.now())
             if not ended:
                 return "lost"
+            drop_queued_requests(self.job.pk, f"the job was {status}")
             if error:
                 publish(self.job.pk, "job.log", {"level": "error", "message": error})
             publish(self.job.pk, "job.status", {"status": status, "error": error})
@@ -324,7 +328,11 @@ class JobRunner:
             elif isinstance(record, IterationRecord):
                 name = self.files.save_iteration(record.iteration, record.model, spec, record.channels)
                 self.files.save_checkpoint(engine.state)
-                self._record_iteration(record.to_dict(), name)
+                stored = record.to_dict()
+                for proposal, worker in zip(stored["proposals"], self.evaluated_by):
+                    proposal["worker"] = worker
+                self._record_iteration(stored, name)
+                discard_evaluations(job.pk, record.iteration)
             elif isinstance(record, FinishRecord):
                 self._finish(record, spec)
                 return
@@ -408,8 +416,6 @@ class JobRunner:
     def _evaluate(self, request: NeedsEvaluation) -> None:
         """Take the proposals' results from the files their tasks wrote, or park the job behind
         a chord of tasks that fine-tune the missing ones (``adaptation.proposals``)."""
-        from adaptation.proposals import dispatch_count, dispatch_evaluations, load_evaluations
-
         plan = [p.to_state() for p in request.proposals]
         stored = load_evaluations(self.job.pk, request.iteration, plan)
         errors = [entry["error"] for entry in stored if entry and "error" in entry]
@@ -417,6 +423,7 @@ class JobRunner:
             raise JobError(errors[0])
         missing = [k for k, entry in enumerate(stored) if entry is None]
         if not missing:
+            self.evaluated_by = [entry.get("worker") for entry in stored]
             for k, entry in enumerate(stored):
                 result = ProposalResult.from_state(entry["result"])
                 request.results[k] = (result, self.engine.rebuild(result.proposal.config, entry["model_state"]))
@@ -425,6 +432,10 @@ class JobRunner:
         if sent >= max_attempts():
             raise JobError(f"the proposals of iteration {request.iteration} were lost {sent} times "
                            "(worker killed or out of memory?); not trying again")
+        if sent:
+            publish(self.job.pk, "job.log", {
+                "level": "warning", "message": f"{len(missing)} proposal(s) of iteration {request.iteration} "
+                                              "sent again: their tasks were lost (worker killed?)"})
         raise Parked("evaluation", f"{len(missing)} proposal(s) of iteration {request.iteration} "
                                    "are being fine-tuned",
                      then=lambda: dispatch_evaluations(self.job.pk, request.iteration, plan, missing))

@@ -94,7 +94,7 @@ class Job(models.Model):
     """One run of the engine: an adaptation, a baseline for its chart, or a long fine-tune."""
 
     KIND_CHOICES = [("adapt", "Adaptation"), ("baseline", "Baseline"), ("finetune", "Fine-tune")]
-    STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("waiting", "Waiting for measurements"),
+    STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("waiting", "Waiting"),
                       ("finished", "Finished"), ("failed", "Failed"), ("cancelled", "Cancelled")]
     ACTIVE_STATUSES = ("queued", "running", "waiting")
 

@@ -46,13 +46,18 @@ def load_evaluations(job_id: int, iteration: int, plan: list[dict]) -> list[dict
     """
     plan_path = _plan_path(job_id, iteration)
     if not plan_path.exists() or json.loads(plan_path.read_text()) != plan:
-        shutil.rmtree(iteration_folder(job_id, iteration), ignore_errors=True)
+        discard_evaluations(job_id, iteration)
         return [None] * len(plan)
     found: list[dict | None] = []
     for index in range(len(plan)):
         path = _result_path(job_id, iteration, index)
         found.append(torch.load(path, weights_only=True) if path.exists() else None)
     return found
+
+
+def discard_evaluations(job_id: int, iteration: int) -> None:
+    """Remove an iteration's proposal files once the iteration is recorded (they hold weights)."""
+    shutil.rmtree(iteration_folder(job_id, iteration), ignore_errors=True)
 
 
 def dispatch_count(job_id: int, iteration: int) -> int:

@@ -187,6 +187,13 @@ def resume_waiting_job(job_id: int) -> bool:
     return resume_job(job_id, "measurement")
 
 
+def drop_queued_requests(job_id: int, why: str) -> int:
+    """Fail the job's requests no device has started (it ended): devices skip them. Requests being
+    measured finish; their layers still fill the device's table."""
+    return MeasurementRequest.objects.filter(job_id=job_id, status="queued").update(
+        status="failed", error=why, finished_at=timezone.now())
+
+
 def device_wait_seconds() -> float:
     """How long a job waits for an agent device to measure before it fails."""
     return float(getattr(settings, "DEVICE_WAIT_SECONDS", 24 * 3600))

@@ -113,11 +113,10 @@ class LiveApp:
         return self.base_url + path
 
     def start_worker(self) -> Process:
+        """One worker process for everything: jobs, proposals, and the measurements of this
+        server's CPU (its device queue), taken in turn."""
         assert self.worker is None, "one worker per test"
-        self.worker = self._start("worker", [
-            sys.executable, "-m", "celery", "-A", "webapp", "worker", "-c", "1", "--pool", "prefork",
-            "-Q", "celery", "-n", f"e2e-{uuid.uuid4().hex[:8]}@%h", "--without-gossip",
-            "--without-mingle", "--without-heartbeat", "-l", "info"])
+        self.worker = self._start("worker", worker_command(f"e2e-{uuid.uuid4().hex[:8]}"))
         return self.worker
 
     def start_web(self) -> Process:
@@ -171,14 +170,26 @@ def wait_until(condition, what: str, app: LiveApp | None = None, deadline_s: flo
         time.sleep(POLL_S)
 
 
+def worker_command(name: str) -> list[str]:
+    """``celery worker`` (one process) on the jobs' queue and the system device's queue."""
+    from devices.models import Device
+    from devices.requests import device_queue
+
+    queues = f"celery,{device_queue(Device.objects.get(owner=None, kind='local'))}"
+    return [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-c", "1", "--pool", "prefork",
+            "-Q", queues, "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-l", "info"]
+
+
 @contextmanager
 def live_database(tmp_path: Path, django_db_blocker):
     """(server environment, media folder), with this process's ORM on the servers' database."""
     from django.db import connections
 
     data_dir = tmp_path / "data"
+    # The shortest lease settings allow: work of a killed worker is taken over within 15 s.
     env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "NETADAPT_JOB_LEASE_SECONDS": "15"}
     if PRODUCTION:
         from webapp.celery import app as celery_app
 

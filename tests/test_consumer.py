@@ -83,7 +83,8 @@ def test_it_sends_the_history_to_the_owner(owner, make_job, poll_seconds):
         assert connected
         snapshot = await socket.receive_json_from(timeout=TIMEOUT)
         assert snapshot["type"] == "snapshot" and snapshot["last_seq"] == 3
-        assert snapshot["job"] == {"id": job.pk, "status": "running", "error": "", "settings": {}}
+        assert snapshot["job"] == {"id": job.pk, "status": "running", "error": "", "waiting_for": "",
+                                   "settings": {}}
         assert [(e["seq"], e["event_type"]) for e in snapshot["events"]] == [
             (1, "job.status"), (2, "job.log"), (3, "job.iteration")]
         assert snapshot["events"][1]["payload"] == {"level": "info", "message": "first"}

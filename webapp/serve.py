@@ -1,8 +1,9 @@
 """``python -m webapp.serve``: run the whole application on this machine (what ``make run`` does).
 
-Migrates, creates the shared CPU device and the built-in datasets, then starts uvicorn and one
-Celery worker (with its embedded beat for the stale-job sweep) as child processes, prints the
-URL, and on Ctrl+C (or SIGTERM) stops both and waits for them.
+Migrates, creates the shared CPU device and the built-in datasets, then starts as child processes
+uvicorn, one Celery worker for jobs and proposals (with its embedded beat for the stale-job
+sweep) and the measuring worker of this server's CPU (its queue ``device.<id>``, one measurement
+at a time), prints the URL, and on Ctrl+C (or SIGTERM) stops them all and waits for them.
 """
 from __future__ import annotations
 
@@ -46,16 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
     call_command("bootstrap")
+    from devices.models import Device
+    from devices.requests import device_queue
+
+    system_device = Device.objects.get(owner=None, kind="local")
+    celery = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--loglevel", "INFO"]
+    # start_new_session: Ctrl+C reaches only this launcher, which stops the children.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--beat", "--schedule",
-         settings.CELERY_BEAT_SCHEDULE_FILENAME, "--concurrency", str(args.concurrency), "--loglevel", "INFO"], cwd=ROOT,
-        start_new_session=True)  # Ctrl+C reaches only this launcher, which stops the children
+        [*celery, "--beat", "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME, "-Q", "celery",
+         "-n", "jobs@%h", "--concurrency", str(args.concurrency)], cwd=ROOT, start_new_session=True)
+    measurer = subprocess.Popen(
+        [*celery, "-Q", device_queue(system_device), "-n", f"{device_queue(system_device)}@%h",
+         "--concurrency", "1"], cwd=ROOT, start_new_session=True)
     web = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", args.host,
          "--port", str(args.port), "--log-level", "info"], cwd=ROOT, start_new_session=True)
-    children = [web, worker]
+    children = [web, worker, measurer]
     print(f"\nNetAdapt Studio is running at http://{args.host}:{args.port}/ "
-          "(Ctrl+C stops the web server and the worker)\n", flush=True)
+          "(Ctrl+C stops the web server and the workers)\n", flush=True)
     stop_requested = False
 
     def request_stop(signum, frame) -> None:  # noqa: ARG001
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     crashed = [p for p in children if p.poll() is not None]
     code = _stop(children)
     if crashed and not stop_requested:
-        print("a child process exited on its own; stopped the other", file=sys.stderr)
+        print("a child process exited on its own; stopped the others", file=sys.stderr)
         return code or 1
     print("stopped", flush=True)
     return 0

@@ -9,6 +9,7 @@
 
   const page = JSON.parse(document.getElementById("job-data").textContent);
   const statusBadge = document.getElementById("job-status");
+  const waitingLine = document.getElementById("job-waiting");
   const cancelForm = document.getElementById("cancel-form");
   const errorLine = document.getElementById("job-error");
   const measureLine = document.getElementById("measure-progress");
@@ -18,7 +19,7 @@
   const proposalsEmpty = document.getElementById("proposals-empty");
   const downloadsStale = document.getElementById("downloads-stale");
 
-  const STATUS_LABELS = {queued: "Queued", running: "Running", waiting: "Waiting for measurements",
+  const STATUS_LABELS = {queued: "Queued", running: "Running", waiting: "Waiting",
                          finished: "Finished", failed: "Failed", cancelled: "Cancelled"};
   const latencyAxis = page.metric === "latency";
   const xUnit = latencyAxis ? "ms" : page.unit;
@@ -110,8 +111,10 @@
     if (atBottom) logList.scrollTop = logList.scrollHeight;
   }
 
-  function showStatus(newStatus, error) {
+  function showStatus(newStatus, error, waitingFor) {
     status = newStatus;
+    waitingLine.hidden = newStatus !== "waiting" || !waitingFor;
+    if (waitingFor) waitingLine.textContent = waitingFor.charAt(0).toUpperCase() + waitingFor.slice(1);
     statusBadge.textContent = STATUS_LABELS[newStatus] || newStatus;
     statusBadge.className = "status status-" + newStatus;
     if (cancelForm && page.active_statuses.indexOf(newStatus) < 0) cancelForm.hidden = true;
@@ -175,7 +178,7 @@
 
   const handlers = {
     "job.status": (p, e) => {
-      showStatus(p.status, p.error);
+      showStatus(p.status, p.error, p.waiting_for);
       log(`Status: ${STATUS_LABELS[p.status] || p.status}${p.error ? " (" + p.error + ")" : ""}`,
           p.status === "failed" ? "error" : "info", e.created);
     },
@@ -257,7 +260,7 @@
         snapshotSeen = true;
         retryMs = 1000;
         connectionLine.textContent = "";
-        showStatus(data.job.status, data.job.error);
+        showStatus(data.job.status, data.job.error, data.job.waiting_for);
         data.events.forEach(handleEvent);
         lastSeq = Math.max(lastSeq, data.last_seq);
       } else if (data.type === "event") {
