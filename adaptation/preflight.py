@@ -1,10 +1,13 @@
-"""Upload-time checks: can this weights file and this network be adapted with NetAdapt?
+"""Upload-time checks: can this weights file (or ONNX file) and this network be adapted with NetAdapt?
 
 ``load_weights`` turns an uploaded PyTorch file into a network of the chosen architecture, refusing
-anything that would need arbitrary code to load. ``preflight`` then does, once and quickly, every
-step the adaptation will repeat: analyse the channel groups, prune every group by one step, run the
-pruned network, export to ONNX and run it in ONNX Runtime. ``check_dataset_fits`` compares a model's
-input and classes with a dataset's.
+anything that would need arbitrary code to load; ``load_onnx`` converts an uploaded ONNX file into a
+network and its ``OnnxArchitecture`` (``adaptation.netadapt.onnx_import``). ``preflight`` then
+does, once and quickly, every step the adaptation will repeat: analyse the channel groups, prune
+every group by one step, run the pruned network, export to ONNX and run it in ONNX Runtime.
+``check_dataset_fits`` compares a model's input and classes with a dataset's.
+``load_upload_architecture`` gives a job what it adapts: the (architecture, network) of a stored
+upload of either source.
 
 Every failure is a ``PreflightError`` whose message is meant to be shown to the user as is. This
 module imports neither Django nor Celery, so forms, tasks and the CLI can all call it.
@@ -31,10 +34,14 @@ import torch.nn as nn
 
 from adaptation.netadapt.export import PYTORCH_FORMAT, load_pytorch
 from adaptation.netadapt.graph import NetworkAnalysis, UnsupportedNetwork, pruned_copy
+from adaptation.netadapt.onnx_import import (OnnxArchitecture, OnnxImportError, architecture_from_dict,
+                                             convert_onnx, describe)
 from adaptation.netadapt.spec import ArchitectureSpec
 from devices.measure import model_to_onnx, trace_layers
 
 WeightsSource = Union[str, "os.PathLike[str]", IO[bytes]]
+#: What a network is built from: a built-in architecture, or a converted ONNX file.
+Architecture = Union[ArchitectureSpec, OnnxArchitecture]
 
 #: Keys under which common training checkpoints keep the model's state dict.
 CHECKPOINT_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model")
@@ -44,6 +51,8 @@ DRY_RUN_STEP = 8
 ONNX_TOLERANCE = 1e-4
 #: How many offending keys a message lists before saying "and N more".
 MAX_LISTED = 5
+#: Input resolutions (px, square) a model may have: the upload form's range.
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
@@ -56,7 +65,7 @@ class PreflightError(ValueError):
 class PreflightReport:
     """What the pre-flight found: the prunable groups and the size of the network."""
 
-    spec: ArchitectureSpec
+    spec: Architecture
     groups: list[dict]   # [{"name", "channels", "out_layers", "in_layers"}]
     macs: int
     params: int
@@ -82,7 +91,9 @@ class PreflightReport:
 # --------------------------------------------------------------------------- wording helpers
 
 
-def _describe_spec(spec: ArchitectureSpec) -> str:
+def _describe_spec(spec: Architecture) -> str:
+    if isinstance(spec, OnnxArchitecture):
+        return describe(spec)
     return (f"{spec.arch} (width {float(spec.width)}, {spec.num_classes} classes, "
             f"{spec.in_channels}-channel {spec.resolution} px input)")
 
@@ -163,11 +174,13 @@ def _load_payload(data: bytes, allow_pickled_modules: bool) -> object:
     except pickle.UnpicklingError as error:
         match = _UNSUPPORTED_GLOBAL.search(str(error))
         if match is None:
+            _refuse_onnx(data)
             raise PreflightError(
                 "not a PyTorch weights file: it could not be read as a torch.save() file "
                 f"({_first_line(error)})") from None
         refused = match.group(1)
     except Exception as error:  # the weights-only loader fails in many ways on garbage
+        _refuse_onnx(data)
         raise PreflightError(
             "not a PyTorch weights file: it could not be read as a torch.save() file "
             f"({type(error).__name__}: {_first_line(error)})") from None
@@ -192,6 +205,22 @@ def _load_payload(data: bytes, allow_pickled_modules: bool) -> object:
         raise PreflightError(
             f"the pickled file could not be loaded ({type(error).__name__}: {_first_line(error)})"
         ) from None
+
+
+def _refuse_onnx(data: bytes) -> None:
+    """PreflightError saying so when a file given as PyTorch weights is an ONNX model."""
+    if data[:1] != b"\x08":  # an ONNX file (a ModelProto) starts with its IR version
+        return
+    try:
+        import onnx
+
+        model = onnx.load_model_from_string(data)
+    except Exception:
+        return
+    if model.HasField("graph") and model.graph.node:
+        raise PreflightError(
+            "not a PyTorch weights file: it is an ONNX model. Upload it as an ONNX file (source "
+            "\"ONNX file\"), not as the weights of a built-in architecture")
 
 
 def _first_line(error: BaseException) -> str:
@@ -284,7 +313,7 @@ def _fit_problems(state: Mapping, expected: Mapping) -> list[str]:
 def _load_netadapt_file(data: bytes, payload: Mapping, spec: ArchitectureSpec) -> nn.Module:
     """A ``netadapt-pytorch/1`` export: its architecture must be the chosen one."""
     try:
-        stored = ArchitectureSpec.from_dict(dict(payload["architecture"]))
+        stored = architecture_from_dict(dict(payload["architecture"]))
     except (KeyError, TypeError, ValueError) as error:
         raise PreflightError(f"the {PYTORCH_FORMAT} file has no valid architecture ({error})") from None
     if stored != spec:
@@ -352,7 +381,7 @@ def _forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
         return model.eval()(example)
 
 
-def _check_output(output: object, spec: ArchitectureSpec, what: str) -> None:
+def _check_output(output: object, spec: Architecture, what: str) -> None:
     expected = (1, spec.num_classes)
     if not isinstance(output, torch.Tensor):
         raise PreflightError(
@@ -366,14 +395,14 @@ def _check_output(output: object, spec: ArchitectureSpec, what: str) -> None:
 
 
 def _prune_and_run(model: nn.Module, example: torch.Tensor, targets: dict[str, int],
-                   spec: ArchitectureSpec) -> nn.Module:
+                   spec: Architecture) -> nn.Module:
     pruned = pruned_copy(model, example, targets)
     _check_output(_forward(pruned, example), spec, "the pruned network")
     return pruned
 
 
 def _dry_run(model: nn.Module, example: torch.Tensor, analysis: NetworkAnalysis,
-             spec: ArchitectureSpec) -> None:
+             spec: Architecture) -> None:
     """Prune every group by one step at once; on failure, find the group that breaks."""
     targets = {g.name: _dry_run_channels(g.channels) for g in analysis.groups
                if _dry_run_channels(g.channels) < g.channels}
@@ -446,7 +475,7 @@ def _check_onnx(model: nn.Module, example: torch.Tensor, reference: torch.Tensor
     return len(data)
 
 
-def preflight(model: nn.Module, spec: ArchitectureSpec) -> PreflightReport:
+def preflight(model: nn.Module, spec: Architecture) -> PreflightReport:
     """Check, once, every operation NetAdapt will perform on ``model``; ``model`` is not modified.
 
     Steps: a forward pass on ``spec.example_input()`` giving (1, num_classes) logits; the channel
@@ -495,7 +524,7 @@ def preflight(model: nn.Module, spec: ArchitectureSpec) -> PreflightReport:
 # --------------------------------------------------------------------------- datasets
 
 
-def check_dataset_fits(spec: ArchitectureSpec, *, in_channels: int, resolution: int,
+def check_dataset_fits(spec: Architecture, *, in_channels: int, resolution: int,
                        num_classes: int) -> None:
     """PreflightError unless the dataset's channels, resolution and classes are the model's."""
     if (spec.in_channels, spec.resolution, spec.num_classes) == (in_channels, resolution, num_classes):
@@ -504,3 +533,69 @@ def check_dataset_fits(spec: ArchitectureSpec, *, in_channels: int, resolution: 
         f"the model expects {spec.in_channels}-channel {spec.resolution} px images and "
         f"{spec.num_classes} classes; the dataset has {in_channels}-channel {resolution} px images "
         f"and {num_classes} classes")
+
+
+# --------------------------------------------------------------------------- ONNX files
+
+
+def load_onnx(source: WeightsSource | bytes) -> tuple[OnnxArchitecture, nn.Module]:
+    """(architecture, network) of an uploaded ONNX file, or PreflightError saying why not.
+
+    ``convert_onnx`` reads, converts and checks the file (see ``adaptation.netadapt.onnx_import``:
+    not ONNX, truncated, an input or output NetAdapt cannot use, an unsupported operator, a
+    conversion that does not reproduce ONNX Runtime's outputs); its channel groups are left to
+    ``preflight``, which analyses the network anyway. The input resolution must be within
+    ``MIN_RESOLUTION`` and ``MAX_RESOLUTION``, as for built-in architectures.
+    """
+    try:
+        arch, model = convert_onnx(source, analyse=False)
+    except (OnnxImportError, UnsupportedNetwork) as error:
+        raise PreflightError(str(error)) from None
+    if not MIN_RESOLUTION <= arch.resolution <= MAX_RESOLUTION:
+        raise PreflightError(
+            f"the model's input is {arch.resolution}x{arch.resolution} px; NetAdapt adapts models of "
+            f"{MIN_RESOLUTION} to {MAX_RESOLUTION} px")
+    return arch, model
+
+
+def _stored_source(field_file) -> str | IO[bytes]:
+    """A stored file's local path, or the open file when its storage has no paths."""
+    try:
+        return field_file.path
+    except (NotImplementedError, AttributeError, ValueError):
+        field_file.open("rb")
+        return field_file
+
+
+def load_upload_architecture(upload, *, allow_pickled_modules: bool = False
+                             ) -> tuple[Architecture, nn.Module]:
+    """(architecture, original network in eval mode) of a stored model upload, of either source.
+
+    ``upload`` is an ``adaptation.models.ModelUpload`` (read through its fields only: ``source``,
+    ``name``, ``arch``, ``width``, ``num_classes``, ``in_channels``, ``resolution``, ``file``).
+    A built-in architecture is built and its weights loaded (``load_weights``); an ONNX file is
+    converted and checked again (``convert_onnx``), its architecture recording the stored file's
+    path so that a pruned network can be rebuilt from it later, and its shapes must still be those
+    the pre-flight recorded. PreflightError (a message for the user) when the file is missing or
+    no longer passes.
+    """
+    try:
+        if upload.source == "onnx":
+            source = _stored_source(upload.file)
+            try:
+                arch, model = load_onnx(source)
+            finally:
+                if not isinstance(source, str):
+                    upload.file.close()
+            recorded = (upload.num_classes, upload.in_channels, upload.resolution)
+            if (arch.num_classes, arch.in_channels, arch.resolution) != recorded:
+                raise PreflightError(
+                    f"the ONNX file of model '{upload.name}' is now a {describe(arch)}, not the "
+                    f"{recorded[0]}-class {recorded[1]}-channel {recorded[2]} px model that was checked")
+            return arch, model
+        spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels,
+                                float(upload.width), upload.resolution)
+        with upload.file.open("rb") as handle:
+            return spec, load_weights(handle, spec, allow_pickled_modules=allow_pickled_modules)
+    except FileNotFoundError:
+        raise PreflightError(f"the file of model '{upload.name}' is missing") from None
