@@ -65,9 +65,12 @@ def _create_upload(request, form_class: type[forms.BaseForm], create: Callable,
 
 
 class ModelList(generics.ListCreateAPIView):
-    """Your models; ``POST`` (multipart) uploads a built-in architecture's weights.
+    """Your models; ``POST`` (multipart) uploads a built-in architecture's weights or an ONNX file.
 
-    The upload is kept only when the pre-flight check accepts it (status ``ready``).
+    ``source`` is ``builtin`` (``arch``, ``width``, ``num_classes``, ``in_channels`` and
+    ``resolution`` required) or ``onnx`` (those are read from the file); left out, it is ``onnx``
+    for a file named ``*.onnx``. The upload is kept only when the pre-flight check accepts it
+    (status ``ready``); otherwise 400 with the reason under ``file``.
     """
 
     serializer_class = ModelUploadSerializer

@@ -4,7 +4,8 @@ Views and API modules call these, never the reverse, so both answer the same inp
 Failures the user can fix raise ``Rejected`` naming a field; ``create_from(form, user, create)``
 turns one into an error on the form.
 
-- ``check_model_upload(upload)``: the pre-flight of an upload's weights, recorded on the row.
+- ``check_model_upload(upload)``: the pre-flight of an upload's file (weights or ONNX), recorded
+  on the row.
 - ``create_model_upload(user, form)``: pre-flight a valid ``ModelUploadForm``, store it if it passes.
 - ``store_dataset_upload(...)``, ``create_dataset_upload(user, form)``: extract an uploaded zip
   into its own folder (``job_files.uploaded_dataset_name``) and create the dataset's row.
@@ -35,7 +36,7 @@ from adaptation.archives import ArchiveError, ArchiveLimits, load_archive_datase
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
-from adaptation.preflight import PreflightError, load_weights, preflight
+from adaptation.preflight import PreflightError, load_onnx, load_weights, preflight
 from webapp.events import publish
 
 #: Download formats of an iteration's network (PyTorch, the one kept, first).
@@ -83,20 +84,29 @@ def create_from(form: forms.BaseForm, user, create: Callable[[Any, Any], T]) -> 
 
 
 def check_model_upload(upload: ModelUpload) -> bool:
-    """Run the pre-flight on ``upload``'s weights; set its status, report and error; save nothing.
+    """Run the pre-flight on ``upload``'s file; set its status, report and error; save nothing.
 
-    Ready: ``preflight`` holds the report (groups, MACs, params...). Rejected: ``error`` holds the
-    message for the user. It runs in the request for now (seconds for big networks); it only reads
-    ``upload.file`` (an upload not yet stored, or a stored file) and sets fields, so a Celery task
-    can call it as is on a saved row and save the result.
+    A built-in architecture's weights are loaded into it; an ONNX file (source ``onnx``) is
+    converted and checked against ONNX Runtime, and its classes, input channels and resolution
+    are read from the file into the upload's fields. Ready: ``preflight`` holds the report
+    (groups, MACs, params...). Rejected: ``error`` holds the message for the user. It runs in the
+    request for now (seconds for big networks); it only reads ``upload.file`` (an upload not yet
+    stored, or a stored file) and sets fields, so a Celery task can call it as is on a saved row
+    and save the result.
     """
-    spec = ArchitectureSpec(arch=upload.arch, num_classes=upload.num_classes,
-                            in_channels=upload.in_channels, width=float(upload.width),
-                            resolution=upload.resolution)
     allow_pickled = settings.NETADAPT_ALLOW_PICKLED_MODELS
     try:
         upload.file.open("rb")  # keeps an unsaved upload's temporary file; it is stored later
-        model = load_weights(upload.file, spec, allow_pickled_modules=allow_pickled)
+        if upload.source == "onnx":
+            spec, model = load_onnx(upload.file)
+            upload.arch, upload.width = "", 1.0
+            upload.num_classes, upload.in_channels = spec.num_classes, spec.in_channels
+            upload.resolution = spec.resolution
+        else:
+            spec = ArchitectureSpec(arch=upload.arch, num_classes=upload.num_classes,
+                                    in_channels=upload.in_channels, width=float(upload.width),
+                                    resolution=upload.resolution)
+            model = load_weights(upload.file, spec, allow_pickled_modules=allow_pickled)
         report = preflight(model, spec)
     except PreflightError as error:
         upload.status, upload.error, upload.preflight = "rejected", str(error), {}

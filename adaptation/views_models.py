@@ -1,4 +1,5 @@
-"""Model pages: list, upload (with the pre-flight check), detail, delete.
+"""Model pages: list, upload (a built-in architecture's weights or an ONNX file, with the
+pre-flight check), detail, delete.
 
 An upload is kept only when the pre-flight accepts it (``services.create_model_upload``): a
 rejected file leaves no row and no file, and the form comes back with the pre-flight's message.

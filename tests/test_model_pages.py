@@ -71,7 +71,7 @@ def test_it_shows_the_upload_form(owner_client, media):
     assert response.status_code == 200
     page = response.content.decode()
     assert '<option value="mobilenet_v1"' in page and '<option value="resnet50"' in page
-    assert "ONNX upload is not supported yet" in page
+    assert "which exports work" in page  # ONNX uploads: tests/test_onnx_upload.py
     assert "200 MB" in page
     assert "js/upload.js" in page and "<progress" in page
 

@@ -1,7 +1,8 @@
 // Upload forms (form[data-upload]): send the form with XMLHttpRequest to show its progress in a
 // <progress> bar. The server's answer replaces <main>: the new page after a redirect (its URL
 // replaces the upload page's in the history), or the form with its errors. Without JavaScript
-// the form posts normally.
+// the form posts normally. A form with a "source" choice shows the fieldsets
+// [data-source-fields="<source>"] of the chosen source only (without JavaScript all show).
 (function () {
   "use strict";
 
@@ -9,7 +10,21 @@
     return (bytes / 1048576).toFixed(1) + " MB";
   }
 
+  function bindSource(form) {
+    var choices = form.querySelectorAll("input[name=source]");
+    if (!choices.length) return;
+    function update() {
+      var chosen = form.querySelector("input[name=source]:checked");
+      form.querySelectorAll("[data-source-fields]").forEach(function (fields) {
+        fields.hidden = chosen !== null && fields.dataset.sourceFields !== chosen.value;
+      });
+    }
+    choices.forEach(function (choice) { choice.addEventListener("change", update); });
+    update();
+  }
+
   function bind(form) {
+    bindSource(form);
     var box = form.querySelector("[data-upload-progress]");
     var bar = box.querySelector("progress");
     var status = box.querySelector("[data-upload-status]");

@@ -1,0 +1,238 @@
+"""ONNX model uploads through the page and the REST API: the pre-flight reads the model's input and
+classes from the file, each bad file is rejected with its own message and leaves no row and no
+file, and ``load_upload_architecture`` gives a job the network of a stored upload of either source.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from adaptation.models import ModelUpload
+from adaptation.netadapt.onnx_import import OnnxArchitecture
+from adaptation.netadapt.spec import ArchitectureSpec
+from adaptation.preflight import PreflightError, load_upload_architecture
+from tests.stored_files import files_under, torch_bytes
+from tests.test_onnx_import import (PLAIN, FixedBatchNet, GroupedConvNet, image, onnx_bytes, small_net,
+                                    trained_like)
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread")]
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def plain_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return trained_like(PLAIN.build()).eval()
+
+
+@pytest.fixture(scope="module")
+def good_onnx(plain_cnn) -> bytes:
+    return onnx_bytes(plain_cnn, PLAIN.example_input(), dynamic_axes={"input": {0: "batch"}})
+
+
+@pytest.fixture
+def owner_client(client, owner):
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
+def api(owner) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=owner)[0].key}")
+    return client
+
+
+def page_data(content: bytes, filename: str = "net.onnx", **fields) -> dict:
+    """What the upload page posts for an ONNX file (the built-in fields as the browser sends them)."""
+    data = {"source": "onnx", "name": "", "arch": "mobilenet_v1", "width": "1.0", "num_classes": "",
+            "in_channels": "3", "resolution": "32", **fields}
+    data["file"] = SimpleUploadedFile(filename, content)
+    return data
+
+
+def bad_files(good: bytes) -> dict[str, tuple[bytes, str]]:
+    """(file content, message) of every way an ONNX upload is rejected."""
+    return {
+        "not ONNX": (b"these are not weights", "not a valid ONNX file: it cannot be decoded"),
+        "PyTorch weights": (torch_bytes(PLAIN.build().state_dict()), "not a valid ONNX file: it is a zip archive"),
+        "truncated": (good[: len(good) * 2 // 3], "not a valid ONNX file: it is truncated"),
+        "unsupported operator": (onnx_bytes(small_net(nn.LocalResponseNorm(3)), image()),
+                                 "cannot be converted to PyTorch: If (opset 17)"),
+        "unprunable graph": (onnx_bytes(GroupedConvNet(), image()), "is a grouped convolution (groups=2)"),
+        "4-channel input": (onnx_bytes(small_net(channels=4), image(4)), "the model's input has 4 channels"),
+        "non-image input": (onnx_bytes(nn.Sequential(nn.Linear(12, 10)), torch.randn(1, 12)),
+                            "needs a batch of images, (N, C, H, W)"),
+        "too small": (onnx_bytes(small_net(), image(1, 4)), "the model's input is 4x4 px"),
+        "one image at a time": (onnx_bytes(FixedBatchNet(), image()), "runs only on one image at a time"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad(good_onnx) -> dict[str, tuple[bytes, str]]:
+    torch.manual_seed(0)
+    return bad_files(good_onnx)
+
+
+@pytest.fixture
+def mismatching_conversion(monkeypatch):
+    """A converter bug, simulated: every converted network's classifier is off by 0.5."""
+    import onnx2torch
+
+    real = onnx2torch.convert
+
+    def off_by_half(model):
+        module = real(model)
+        linear = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            linear.bias += 0.5
+        return module
+
+    monkeypatch.setattr(onnx2torch, "convert", off_by_half)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_the_upload_page_offers_onnx_and_says_which_exports_work(owner_client, media):
+    page = owner_client.get(reverse("model_upload")).content.decode()
+    assert 'name="source" value="onnx"' in page and 'data-source-fields="builtin"' in page
+    assert "which exports work" in page
+    for text in ("keep_initializers_as_inputs=True", "dynamo=True", "ReduceMean", "opset_version=17"):
+        assert text in page
+
+
+def test_the_page_uploads_an_onnx_model(owner_client, owner, media, good_onnx):
+    response = owner_client.post(reverse("model_upload"), page_data(good_onnx))
+    model = ModelUpload.objects.get()
+    assert response.status_code == 302 and response.url == reverse("model_detail", args=[model.pk])
+    assert (model.source, model.status, model.error, model.name) == ("onnx", "ready", "", "net")
+    # Read from the file, whatever the hidden built-in fields said.
+    assert (model.arch, model.width, model.num_classes, model.in_channels, model.resolution) == ("", 1.0, 10, 1, 16)
+    report = model.preflight
+    assert report["spec"]["arch"] == "onnx" and len(report["spec"]["sha256"]) == 64
+    assert len(report["groups"]) == 7 and report["macs"] > 0 and report["params"] > 0
+    assert report["onnx_bytes"] > 0
+    assert files_under(media) == [f"models/{owner.pk}/net.onnx"]
+    assert Path(model.file.path).read_bytes() == good_onnx
+
+    page = owner_client.get(response.url).content.decode()
+    assert "passed the pre-flight check" in page and "ONNX file, converted to PyTorch" in page
+    assert report["groups"][0]["name"] in page
+
+
+@pytest.mark.parametrize("case", ["not ONNX", "PyTorch weights", "truncated", "unsupported operator",
+                                  "unprunable graph", "4-channel input", "non-image input", "too small",
+                                  "one image at a time"])
+def test_the_page_rejects_a_bad_onnx_file_and_stores_nothing(owner_client, media, bad, case):
+    content, message = bad[case]
+    response = owner_client.post(reverse("model_upload"), page_data(content))
+    assert response.status_code == 200
+    error = response.context["form"].errors["file"][0]
+    assert error.startswith("Rejected: ") and message in error, error
+    assert message in response.content.decode().replace("&#x27;", "'").replace("&quot;", '"')
+    assert not ModelUpload.objects.exists()
+    assert files_under(media) == []
+
+
+def test_the_page_rejects_a_conversion_that_differs_from_onnx_runtime(owner_client, media, good_onnx,
+                                                                      mismatching_conversion):
+    response = owner_client.post(reverse("model_upload"), page_data(good_onnx))
+    error = response.context["form"].errors["file"][0]
+    assert "does not reproduce the ONNX model" in error and "by up to 0.5 (tolerance 0.0001" in error
+    assert not ModelUpload.objects.exists() and files_under(media) == []
+
+
+def test_an_onnx_file_sent_as_builtin_weights_is_pointed_to_the_onnx_source(owner_client, media, good_onnx):
+    fields = {"source": "builtin", "arch": "plain_cnn", "width": "0.25", "num_classes": "10",
+              "in_channels": "1", "resolution": "16"}
+    response = owner_client.post(reverse("model_upload"), page_data(good_onnx, **fields))
+    assert "net.onnx is an ONNX file" in response.context["form"].errors["source"][0]
+    # Named otherwise, the weights loader recognises the content.
+    response = owner_client.post(reverse("model_upload"), page_data(good_onnx, "net.pt", **fields))
+    assert "it is an ONNX model. Upload it as an ONNX file" in response.context["form"].errors["file"][0]
+    assert not ModelUpload.objects.exists() and files_under(media) == []
+
+
+def test_builtin_uploads_still_require_their_fields(owner_client, media):
+    data = page_data(b"weights", "net.pt", source="builtin", num_classes="", resolution="")
+    response = owner_client.post(reverse("model_upload"), data)
+    errors = response.context["form"].errors
+    assert errors["num_classes"] == ["This field is required."] == errors["resolution"]
+    assert not ModelUpload.objects.exists()
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_the_api_uploads_an_onnx_file_without_being_told_its_source(api, owner, media, good_onnx):
+    response = api.post(f"{API}/models", {"file": SimpleUploadedFile("plain.onnx", good_onnx)},
+                        format="multipart")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["source"], body["status"], body["name"], body["arch"]) == ("onnx", "ready", "plain", "")
+    assert (body["num_classes"], body["in_channels"], body["resolution"]) == (10, 1, 16)
+    assert len(body["preflight"]["groups"]) == 7
+    assert files_under(media) == [f"models/{owner.pk}/plain.onnx"]
+
+
+@pytest.mark.parametrize("case", ["truncated", "unsupported operator", "unprunable graph", "4-channel input"])
+def test_the_api_rejects_a_bad_onnx_file_and_stores_nothing(api, media, bad, case):
+    content, message = bad[case]
+    response = api.post(f"{API}/models", {"source": "onnx", "file": SimpleUploadedFile("net.bin", content)},
+                        format="multipart")
+    assert response.status_code == 400
+    assert message in response.json()["file"][0]
+    assert not ModelUpload.objects.exists() and files_under(media) == []
+
+
+def test_the_schema_documents_the_source(api):
+    schema = api.get(f"{API}/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    schemas = schema["components"]["schemas"]
+    source = schemas["ModelUploadRequest"]["properties"]["source"]
+    assert "a file named *.onnx" in source["description"]
+    assert schemas[source["allOf"][0]["$ref"].rsplit("/", 1)[1]]["enum"] == ["builtin", "onnx"]
+    assert schemas["ModelUploadRequest"]["required"] == ["file"]
+
+
+# --------------------------------------------------------------------------- what a job loads
+
+
+def test_a_job_loads_a_stored_onnx_upload(owner_client, owner, media, good_onnx, plain_cnn):
+    owner_client.post(reverse("model_upload"), page_data(good_onnx))
+    upload = ModelUpload.objects.get()
+    arch, model = load_upload_architecture(upload)
+    assert isinstance(arch, OnnxArchitecture)
+    assert arch.path == upload.file.path and arch.to_dict() == {**upload.preflight["spec"], "path": upload.file.path}
+    with torch.no_grad():
+        assert torch.allclose(model(arch.example_input(2)), plain_cnn(arch.example_input(2)), atol=1e-4)
+
+    ModelUpload.objects.filter(pk=upload.pk).update(num_classes=5)
+    upload.refresh_from_db()
+    with pytest.raises(PreflightError, match="not the 5-class 1-channel 16 px model that was checked"):
+        load_upload_architecture(upload)
+    Path(upload.file.path).unlink()
+    with pytest.raises(PreflightError, match="the file of model 'net' is missing"):
+        load_upload_architecture(upload)
+
+
+def test_a_job_loads_a_stored_builtin_upload(owner, media):
+    spec = ArchitectureSpec("plain_cnn", num_classes=3, in_channels=1, width=0.25, resolution=8)
+    torch.manual_seed(0)
+    original = spec.build().eval()
+    upload = ModelUpload.objects.create(
+        owner=owner, name="tiny", source="builtin", arch=spec.arch, width=spec.width, num_classes=3,
+        in_channels=1, resolution=8, status="ready", file=ContentFile(torch_bytes(original.state_dict()), name="tiny.pt"))
+    arch, model = load_upload_architecture(upload)
+    assert arch == spec
+    with torch.no_grad():
+        assert torch.equal(model(spec.example_input()), original(spec.example_input()))
