@@ -37,6 +37,7 @@ from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploa
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.preflight import PreflightError, load_onnx, load_weights, preflight
+from devices.requests import drop_queued_requests
 from webapp.events import publish
 
 #: Download formats of an iteration's network (PyTorch, the one kept, first).
@@ -199,6 +200,7 @@ def cancel_job(job: Job) -> CancelOutcome:
     cancelled = Job.objects.filter(pk=job.pk, status__in=("queued", "waiting")).update(
         status="cancelled", cancel_requested=True, finished_at=timezone.now())
     if cancelled:
+        drop_queued_requests(job.pk, "the job was cancelled")
         publish(job.pk, "job.status", {"status": "cancelled", "error": ""})
         return CancelOutcome("cancelled", f"Job #{job.pk} is cancelled.")
     if not Job.objects.filter(pk=job.pk, status="running").update(cancel_requested=True):

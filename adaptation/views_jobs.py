@@ -20,7 +20,8 @@ from adaptation.formatting import accuracy_text, budget_text, metric_unit, resou
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES
 from adaptation.job_forms import JobForm, original_resource, schedule_warning
 from adaptation.models import Iteration, Job
-from adaptation.services import REPORT_FORMATS, cancel_job, create_job, download_name, job_file, report_file
+from adaptation.services import (REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job, create_job,
+                                 download_name, job_file, open_iteration_file, report_file)
 from webapp.events import publish
 
 
@@ -70,7 +71,9 @@ def _downloads(job: Job, iterations: list[Iteration]) -> dict:
             continue
         points.append({"number": iteration.number,
                        "available": job_file(job, iteration.number, iteration=iteration).is_file(),
-                       "url": reverse("job_download", args=[job.pk, iteration.number, "pytorch"])})
+                       "files": [{"label": FORMAT_LABELS[fmt],
+                                  "url": reverse("job_download", args=[job.pk, iteration.number, fmt])}
+                                 for fmt in FORMAT_SUFFIXES]})
     final = [{"format": fmt, "label": FORMAT_LABELS[fmt], "available": job_file(job, None, fmt).is_file(),
               "url": reverse("job_download_final", args=[job.pk, fmt])}
              for fmt in FORMAT_SUFFIXES]
@@ -134,21 +137,24 @@ def _missing_file(request, job: Job, what: str):
 
 @login_required
 def job_download(request, job_id: int, number: int | None = None, fmt: str = "pytorch"):
-    """One model file: iteration ``number``'s PyTorch file, or (``number`` None) the final model."""
+    """One model file: iteration ``number``'s network in ``fmt`` (ONNX and TorchScript exported
+    on demand, as the API does), or (``number`` None) the final model."""
     job = get_job_for_user(request.user, job_id)
+    if fmt not in FORMAT_SUFFIXES:
+        raise Http404(f"unknown format '{fmt}'")
     if number is None:
-        if fmt not in FORMAT_SUFFIXES:
-            raise Http404(f"unknown format '{fmt}'")
-        what = f"The final {FORMAT_LABELS[fmt]} model"
-    else:
-        if fmt != "pytorch":
-            raise Http404("iterations are kept as PyTorch files only")
-        what = f"The PyTorch file of iteration {number}"
+        try:
+            handle = open(job_file(job, None, fmt), "rb")
+        except OSError:
+            return _missing_file(request, job, f"The final {FORMAT_LABELS[fmt]} model")
+        return FileResponse(handle, as_attachment=True, filename=download_name(job, None, fmt))
     try:
-        handle = open(job_file(job, number, fmt), "rb")
-    except OSError:
-        return _missing_file(request, job, what)
-    return FileResponse(handle, as_attachment=True, filename=download_name(job, number, fmt))
+        handle, filename = open_iteration_file(job, number, fmt)
+    except FileUnavailable as error:
+        return render(request, "jobs/missing_file.html", {"job": job, "message": str(error)}, status=404)
+    except ExportFailed as error:
+        return render(request, "jobs/missing_file.html", {"job": job, "message": str(error)}, status=500)
+    return FileResponse(handle, as_attachment=True, filename=filename)
 
 
 @login_required

@@ -241,11 +241,26 @@ def test_it_asks_a_running_job_to_stop(logged_in, owner, make_job):
     assert JobEvent.objects.get(job=job).type == "job.log"
 
 
-def test_it_cancels_a_job_waiting_for_measurements_at_once(logged_in, owner, make_job):
-    job = make_job(owner, status="waiting", claimed_by="host:1")
+def test_it_cancels_a_job_waiting_for_measurements_at_once(logged_in, owner, make_job, system_device):
+    from devices.models import MeasurementRequest
+
+    job = make_job(owner, status="waiting", waiting_kind="measurement")
+    queued, running = (MeasurementRequest.objects.create(
+        owner=owner, device=system_device, job=job, reason="x", key=str(n), runtime="onnxruntime",
+        threads=1, status=status) for n, status in enumerate(("queued", "running")))
     logged_in.post(reverse("job_cancel", args=[job.pk]))
     job.refresh_from_db()
     assert (job.status, job.cancel_requested) == ("cancelled", True)
+    queued.refresh_from_db(), running.refresh_from_db()
+    # The device skips what it has not started; what it measures still fills its table.
+    assert (queued.status, queued.error, running.status) == ("failed", "the job was cancelled", "running")
+
+
+def test_a_waiting_job_says_what_it_waits_for(logged_in, owner, make_job):
+    job = make_job(owner, status="waiting", waiting_kind="measurement",
+                   waiting_for="waiting for phone (it never connected) to measure 12 layer(s): original")
+    page = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert "Waiting for phone (it never connected) to measure 12 layer(s): original" in page
 
 
 def test_it_cancels_by_post_only(logged_in, owner, make_job):
@@ -277,13 +292,40 @@ def test_it_downloads_an_iteration_and_the_final_model(logged_in, owner, make_jo
     assert b"".join(response.streaming_content) == b"onnx bytes"
 
 
-@pytest.mark.parametrize("name, args", [("job_download", [7, "pytorch"]), ("job_download_final", ["torchscript"]),
-                                        ("job_download_final", ["pytorch"])])
-def test_it_says_a_missing_file_is_missing(logged_in, owner, make_job, media, name, args):
+@pytest.mark.parametrize("name, args, text", [
+    ("job_download", [7, "pytorch"], "has no iteration 7."),
+    ("job_download_final", ["torchscript"], "does not exist (yet)"),
+    ("job_download_final", ["pytorch"], "does not exist (yet)")])
+def test_it_says_a_missing_file_is_missing(logged_in, owner, make_job, media, name, args, text):
     job = make_job(owner)
     response = logged_in.get(reverse(name, args=[job.pk, *args]))
     assert response.status_code == 404
-    assert "does not exist (yet)" in response.content.decode()
+    assert text in response.content.decode()
+
+
+def test_it_exports_an_iteration_to_onnx_on_demand(logged_in, owner, make_job, media, tiny_cnn):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from adaptation.netadapt.export import load_pytorch
+
+    spec, weights = tiny_cnn
+    job = make_job(owner, status="running")
+    iteration(job, 0)
+    folder = media / "jobs" / str(job.pk)
+    folder.mkdir(parents=True)
+    (folder / "iteration_000.pt").write_bytes(weights)
+    page = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    for fmt in ("onnx", "torchscript", "pytorch"):
+        assert reverse("job_download", args=[job.pk, 0, fmt]) in page
+    response = logged_in.get(reverse("job_download", args=[job.pk, 0, "onnx"]))
+    assert response["Content-Disposition"] == f'attachment; filename="job{job.pk}-iteration000.onnx"'
+    session = ort.InferenceSession(b"".join(response.streaming_content), providers=["CPUExecutionProvider"])
+    x = spec.example_input()
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, load_pytorch(folder / "iteration_000.pt")(x).numpy(), atol=1e-4)
 
 
 def test_it_refuses_unknown_formats(logged_in, owner, make_job, media):
