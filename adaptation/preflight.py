@@ -15,6 +15,7 @@ module imports neither Django nor Celery, so forms, tasks and the CLI can all ca
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
 import pickle
@@ -558,13 +559,50 @@ def load_onnx(source: WeightsSource | bytes) -> tuple[OnnxArchitecture, nn.Modul
     return arch, model
 
 
-def _stored_source(field_file) -> str | IO[bytes]:
-    """A stored file's local path, or the open file when its storage has no paths."""
+def _stored_file(field_file) -> tuple[bytes, str | None]:
+    """(content, local path or None when its storage has no paths) of a stored file."""
     try:
-        return field_file.path
+        path = field_file.path
     except (NotImplementedError, AttributeError, ValueError):
-        field_file.open("rb")
-        return field_file
+        path = None
+    if path is not None:
+        with open(path, "rb") as handle:
+            return handle.read(), path
+    with field_file.open("rb") as handle:
+        return handle.read(), None
+
+
+def _load_stored_onnx(upload) -> tuple[OnnxArchitecture, nn.Module]:
+    """The network of a stored ONNX upload: rebuilt from the file when it is the one the pre-flight
+    accepted (same SHA-256), else converted and checked again."""
+    data, path = _stored_file(upload.file)
+    recorded = (upload.num_classes, upload.in_channels, upload.resolution)
+    checked = dict((upload.preflight or {}).get("spec") or {})
+    if checked.get("arch") == "onnx" and checked.get("sha256"):
+        if hashlib.sha256(data).hexdigest() != checked["sha256"]:
+            raise PreflightError(f"the ONNX file of model '{upload.name}' has changed since its "
+                                 "pre-flight check; upload it again")
+        try:
+            arch = OnnxArchitecture.from_dict({**checked, "path": path})
+        except (KeyError, TypeError, ValueError) as error:
+            raise PreflightError(f"the pre-flight report of model '{upload.name}' is damaged "
+                                 f"({error}); upload it again") from None
+        if (arch.num_classes, arch.in_channels, arch.resolution) != recorded:
+            raise PreflightError(
+                f"model '{upload.name}' says {recorded[0]} classes and {recorded[1]}-channel "
+                f"{recorded[2]} px images, but its pre-flight checked an {describe(arch)}")
+        arch = OnnxArchitecture(arch.sha256, *recorded, path=path, data=data)
+        try:
+            return arch, arch.build().eval()
+        except OnnxImportError as error:
+            raise PreflightError(str(error)) from None
+    arch, model = load_onnx(data)
+    arch = arch.with_path(path)
+    if (arch.num_classes, arch.in_channels, arch.resolution) != recorded:
+        raise PreflightError(
+            f"the ONNX file of model '{upload.name}' is now an {describe(arch)}, not the "
+            f"{recorded[0]}-class {recorded[1]}-channel {recorded[2]} px model that was checked")
+    return arch, model
 
 
 def load_upload_architecture(upload, *, allow_pickled_modules: bool = False
@@ -572,27 +610,19 @@ def load_upload_architecture(upload, *, allow_pickled_modules: bool = False
     """(architecture, original network in eval mode) of a stored model upload, of either source.
 
     ``upload`` is an ``adaptation.models.ModelUpload`` (read through its fields only: ``source``,
-    ``name``, ``arch``, ``width``, ``num_classes``, ``in_channels``, ``resolution``, ``file``).
-    A built-in architecture is built and its weights loaded (``load_weights``); an ONNX file is
-    converted and checked again (``convert_onnx``), its architecture recording the stored file's
-    path so that a pruned network can be rebuilt from it later, and its shapes must still be those
-    the pre-flight recorded. PreflightError (a message for the user) when the file is missing or
-    no longer passes.
+    ``name``, ``arch``, ``width``, ``num_classes``, ``in_channels``, ``resolution``, ``file``,
+    ``preflight``). A built-in architecture is built and its weights loaded (``load_weights``).
+    An ONNX file that is still the one the pre-flight accepted (its SHA-256) is converted again
+    without repeating the checks (once per process: ``OnnxArchitecture`` keeps the conversion);
+    otherwise it is checked in full and must still have the recorded input and classes. Its
+    architecture records the stored file's local path, so that other processes (proposal tasks,
+    measurement workers, downloads) rebuild pruned networks from it; with a storage that has no
+    local paths it lives in this process only. PreflightError (a message for the user) when the
+    file is missing or no longer passes.
     """
     try:
         if upload.source == "onnx":
-            source = _stored_source(upload.file)
-            try:
-                arch, model = load_onnx(source)
-            finally:
-                if not isinstance(source, str):
-                    upload.file.close()
-            recorded = (upload.num_classes, upload.in_channels, upload.resolution)
-            if (arch.num_classes, arch.in_channels, arch.resolution) != recorded:
-                raise PreflightError(
-                    f"the ONNX file of model '{upload.name}' is now a {describe(arch)}, not the "
-                    f"{recorded[0]}-class {recorded[1]}-channel {recorded[2]} px model that was checked")
-            return arch, model
+            return _load_stored_onnx(upload)
         spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels,
                                 float(upload.width), upload.resolution)
         with upload.file.open("rb") as handle:

@@ -16,7 +16,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from adaptation.models import ModelUpload
-from adaptation.netadapt.onnx_import import OnnxArchitecture
+from adaptation.netadapt import onnx_import
+from adaptation.netadapt.onnx_import import OnnxArchitecture, architecture_from_dict
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.preflight import PreflightError, load_upload_architecture
 from tests.stored_files import files_under, torch_bytes
@@ -210,15 +211,35 @@ def test_the_schema_documents_the_source(api):
 def test_a_job_loads_a_stored_onnx_upload(owner_client, owner, media, good_onnx, plain_cnn):
     owner_client.post(reverse("model_upload"), page_data(good_onnx))
     upload = ModelUpload.objects.get()
+    onnx_import._CACHE.clear()  # as in a worker process: converted again from the stored file
     arch, model = load_upload_architecture(upload)
-    assert isinstance(arch, OnnxArchitecture)
-    assert arch.path == upload.file.path and arch.to_dict() == {**upload.preflight["spec"], "path": upload.file.path}
+    assert isinstance(arch, OnnxArchitecture) and not model.training
+    assert arch.to_dict() == {**upload.preflight["spec"], "path": upload.file.path}
     with torch.no_grad():
         assert torch.allclose(model(arch.example_input(2)), plain_cnn(arch.example_input(2)), atol=1e-4)
+    # What a job records (export_pytorch's architecture, a measurement request's description)
+    # rebuilds the network in any process.
+    onnx_import._CACHE.clear()
+    rebuilt = architecture_from_dict(arch.to_dict()).build().eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(arch.example_input()), model(arch.example_input()))
 
-    ModelUpload.objects.filter(pk=upload.pk).update(num_classes=5)
-    upload.refresh_from_db()
-    with pytest.raises(PreflightError, match="not the 5-class 1-channel 16 px model that was checked"):
+
+def test_a_stored_onnx_upload_without_its_recorded_hash_is_checked_in_full(owner_client, media, good_onnx):
+    owner_client.post(reverse("model_upload"), page_data(good_onnx))
+    ModelUpload.objects.update(preflight={})
+    arch, _ = load_upload_architecture(ModelUpload.objects.get())
+    assert arch.num_classes == 10 and arch.path == ModelUpload.objects.get().file.path
+
+
+def test_a_job_refuses_a_stored_onnx_upload_that_changed(owner_client, media, good_onnx):
+    owner_client.post(reverse("model_upload"), page_data(good_onnx))
+    upload = ModelUpload.objects.get()
+    ModelUpload.objects.update(num_classes=5)
+    with pytest.raises(PreflightError, match="says 5 classes .* but its pre-flight checked an ONNX model"):
+        load_upload_architecture(ModelUpload.objects.get())
+    Path(upload.file.path).write_bytes(good_onnx + b"\x00")
+    with pytest.raises(PreflightError, match="has changed since its pre-flight check"):
         load_upload_architecture(upload)
     Path(upload.file.path).unlink()
     with pytest.raises(PreflightError, match="the file of model 'net' is missing"):
