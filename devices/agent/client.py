@@ -306,7 +306,8 @@ class Agent:
                     raise Refused(f"the server refused this agent's token (HTTP {status} on "
                                   f"{websocket_url(self.server)}): the device was revoked or paired "
                                   "again. Pair it again with --pair CODE (a new code is on the "
-                                  "device's page).") from None
+                                  "device's page). If it was paired just now, check that --server is "
+                                  "the address the server knows itself by (its ALLOWED_HOSTS).") from None
                 logger.warning("the server refused the websocket: HTTP %s", status)
             except (AgentError, ConnectionLost, OSError, TimeoutError, WebSocketException) as error:
                 if isinstance(error, Refused):
