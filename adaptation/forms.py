@@ -59,7 +59,9 @@ class ModelUploadForm(UploadLimitMixin, forms.ModelForm):
 
     source = forms.ChoiceField(
         choices=ModelUpload.SOURCE_CHOICES, required=False, initial="builtin", widget=forms.RadioSelect,
-        label="Model", help_text="Default: onnx for a file named *.onnx, else builtin.")
+        label="Model source",
+        help_text="A built-in architecture with its PyTorch weights, or an ONNX file (left out: ONNX "
+                  "when the file name ends in .onnx).")
     name = forms.CharField(max_length=100, required=False, help_text="Defaults to the file name.")
     arch = forms.ChoiceField(label="Architecture", required=False,
                              choices=[(arch, arch) for arch in ARCHITECTURES])
