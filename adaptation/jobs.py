@@ -95,6 +95,8 @@ class JobOptions:
     holdout: int | float | None = None  # holdout split: a count, or a fraction below 1 (None: default)
     limit_train: int | None = None      # cap on training images (built-in datasets; quick runs)
     latency_model: str = "table"        # "table": calibrated look-up table; "whole": measure candidates whole
+    finetune_iteration: int | None = None       # a fine-tune job: the parent's iteration it fine-tunes
+    baseline_ratios: list[float] | None = None  # a baseline job: the width ratios (None: the defaults)
 
 
 def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
@@ -122,6 +124,13 @@ def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
         raise JobError(f"invalid settings: limit_train must be a whole number of images, not {limit!r}")
     if options.get("latency_model", "table") not in ("table", "whole"):
         raise JobError("invalid settings: latency_model must be 'table' or 'whole'")
+    number = options.get("finetune_iteration")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
+        raise JobError(f"invalid settings: finetune_iteration must be an iteration number, not {number!r}")
+    ratios = options.get("baseline_ratios")
+    if ratios is not None and (not isinstance(ratios, list) or not ratios or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1 for r in ratios)):
+        raise JobError(f"invalid settings: baseline_ratios must be width ratios between 0 and 1, not {ratios!r}")
     return config, JobOptions(**options)
 
 

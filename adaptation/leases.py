@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: A queued job is re-sent by a sweep only once it is this old (its first message may be in flight).
 QUEUED_GRACE_SECONDS = 60
-#: Job kinds ``JobRunner`` runs; jobs of other kinds are never claimed or swept (they wait for theirs).
-RUNNABLE_KINDS = ("adapt",)
+#: Job kinds a runner exists for (``adaptation.child_jobs.RUNNERS``); others are never claimed.
+RUNNABLE_KINDS = ("adapt", "finetune", "baseline")
 
 
 def lease_seconds() -> float:

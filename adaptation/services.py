@@ -191,6 +191,19 @@ class CancelOutcome:
     message: str
 
 
+def start_child_job(parent: Job, kind: str, **options) -> Job:
+    """A child job of ``parent`` (its model, data, device and settings, plus ``options``),
+    enqueued once the transaction commits."""
+    from adaptation.tasks import enqueue_job
+
+    with transaction.atomic():
+        child = Job.objects.create(owner=parent.owner, kind=kind, parent=parent, model=parent.model,
+                                   dataset=parent.dataset, device=parent.device,
+                                   settings={**parent.settings, **options})
+        enqueue_job(child)
+    return child
+
+
 def cancel_job(job: Job) -> CancelOutcome:
     """Cancel ``job``: queued or waiting jobs stop now, a running one at its next check."""
     if not job.is_active:

@@ -18,7 +18,6 @@ from celery.signals import worker_ready
 from django.db import connections, transaction
 from django.utils import timezone
 
-from adaptation.jobs import JobRunner
 from adaptation.leases import claim_job, jobs_to_resume, lease_seconds, worker_name
 from adaptation.models import Job
 
@@ -38,11 +37,13 @@ def enqueue_job_id(job_id: int) -> None:
 @shared_task(acks_late=True)
 def run_job(job_id: int) -> str | None:
     """Claim and run one job; returns how it ended, None when it was not ours to run."""
+    from adaptation.child_jobs import RUNNERS
+
     job = claim_job(job_id, worker_name())
     if job is None:
         logger.info("job %s: not claimable (gone, ended, or running elsewhere)", job_id)
         return None
-    return JobRunner(job, time_limit_error=SoftTimeLimitExceeded).run()
+    return RUNNERS[job.kind](job, time_limit_error=SoftTimeLimitExceeded).run()
 
 
 @shared_task(acks_late=True)

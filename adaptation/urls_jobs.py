@@ -9,6 +9,7 @@ urlpatterns = [
     path("<int:job_id>/", views_jobs.job_detail, name="job_detail"),
     path("<int:job_id>/cancel/", views_jobs.job_cancel, name="job_cancel"),
     path("<int:job_id>/iterations/<int:number>/finetune/", views_jobs.job_finetune, name="job_finetune"),
+    path("<int:job_id>/baseline/", views_jobs.job_baseline, name="job_baseline"),
     path("<int:job_id>/download/<int:number>/<str:fmt>/", views_jobs.job_download, name="job_download"),
     path("<int:job_id>/download/final/<str:fmt>/", views_jobs.job_download, name="job_download_final"),
     path("<int:job_id>/report.<str:fmt>", views_jobs.job_report, name="job_report"),

@@ -21,6 +21,7 @@ from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES
 from adaptation.job_forms import JobForm, original_resource, schedule_warning
 from adaptation.models import Iteration, Job
 from adaptation.services import (REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job, create_job,
+                                 start_child_job,
                                  download_name, job_file, open_iteration_file, report_file)
 from webapp.events import publish
 
@@ -97,7 +98,6 @@ def job_detail(request, job_id: int):
         "budget_text": budget_text(job.settings),
         "unit": page_data["unit"], "warnings": warnings, "downloads": _downloads(job, iterations),
         "page_data": page_data, "children": job.children.all(),
-        "finetune_enabled": getattr(settings, "FINETUNE_JOBS_ENABLED", False),
     })
 
 
@@ -115,17 +115,23 @@ def job_cancel(request, job_id: int):
 def job_finetune(request, job_id: int, number: int):
     """Start a long-term fine-tune of one point of the curve (a child job of kind finetune)."""
     job = get_job_for_user(request.user, job_id)
-    if not getattr(settings, "FINETUNE_JOBS_ENABLED", False):
-        raise Http404("fine-tuning a point is not enabled")
-    iteration = get_object_or_404(Iteration, job=job, number=number)
-    child = Job.objects.create(owner=request.user, kind="finetune", parent=job, model=job.model,
-                               dataset=job.dataset, device=job.device, status="queued",
-                               settings={**job.settings, "finetune_iteration": iteration.number})
-    note = (f"Long-term fine-tune of iteration {iteration.number} of job #{job.pk}. Fine-tune jobs "
-            "have no runner yet: this job stays queued until one exists.")
-    publish(child.pk, "job.log", {"level": "warning", "message": note})
-    messages.info(request, note)
+    iteration = get_object_or_404(Iteration, job=job, number=number, number__gte=0)
+    child = start_child_job(job, "finetune", finetune_iteration=iteration.number)
+    messages.success(request, f"Job #{child.pk} fine-tunes iteration {iteration.number} of job #{job.pk}.")
     return redirect("job_detail", job_id=child.pk)
+
+
+@login_required
+@require_POST
+def job_baseline(request, job_id: int):
+    """Start the uniform width-multiplier baseline of an adaptation (a child job of kind baseline)."""
+    job = get_job_for_user(request.user, job_id)
+    if job.kind != "adapt":
+        raise Http404("only adaptations have a baseline")
+    child = start_child_job(job, "baseline")
+    messages.success(request, f"Job #{child.pk} runs the uniform width-multiplier baseline of job #{job.pk}; "
+                              "its points appear on this chart when it is done.")
+    return redirect("job_detail", job_id=job.pk)
 
 
 # --------------------------------------------------------------------------- files and reports

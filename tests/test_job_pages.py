@@ -375,28 +375,37 @@ def test_it_reports_iterations_as_json(logged_in, owner, make_job):
 # --------------------------------------------------------------------------- fine-tune a point
 
 
-def test_it_hides_fine_tuning_unless_enabled(logged_in, owner, make_job, settings):
-    job = make_job(owner, status="finished")
-    iteration(job, 0)
-    url = reverse("job_finetune", args=[job.pk, 0])
-    assert url not in logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
-    assert logged_in.post(url).status_code == 404
-    assert Job.objects.count() == 1
-    settings.FINETUNE_JOBS_ENABLED = True
-    assert url in logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
-
-
-def test_it_creates_a_fine_tune_job_of_a_point(logged_in, owner, make_job, settings):
-    settings.FINETUNE_JOBS_ENABLED = True
+def test_it_starts_a_fine_tune_job_of_a_point(logged_in, owner, make_job, media, enqueued):
     job = make_job(owner, status="finished", settings=AdaptConfig().to_dict())
     iteration(job, 2)
-    response = logged_in.post(reverse("job_finetune", args=[job.pk, 2]))
+    (media / "jobs" / str(job.pk)).mkdir(parents=True)
+    (media / "jobs" / str(job.pk) / "iteration_002.pt").write_bytes(b"weights")
+    url = reverse("job_finetune", args=[job.pk, 2])
+    assert url in logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    response = logged_in.post(url)
     child = Job.objects.get(parent=job)
     assert response.url == reverse("job_detail", args=[child.pk])
     assert (child.kind, child.status, child.owner, child.model) == ("finetune", "queued", owner, job.model)
-    assert child.settings["finetune_iteration"] == 2
-    assert "no runner yet" in JobEvent.objects.get(job=child).payload["message"]
+    assert child.settings == {**job.settings, "finetune_iteration": 2}
+    assert enqueued == [child.pk]
     assert logged_in.post(reverse("job_finetune", args=[job.pk, 9])).status_code == 404
+    assert Job.objects.count() == 2
+
+
+def test_it_starts_the_baseline_of_an_adaptation(logged_in, owner, make_job, media, enqueued):
+    job = make_job(owner, status="finished", settings=AdaptConfig().to_dict())
+    iteration(job, 0)
+    (media / "jobs" / str(job.pk)).mkdir(parents=True)
+    (media / "jobs" / str(job.pk) / "iteration_000.pt").write_bytes(b"weights")
+    url = reverse("job_baseline", args=[job.pk])
+    assert url in logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert logged_in.post(url).url == reverse("job_detail", args=[job.pk])
+    child = Job.objects.get(parent=job)
+    assert (child.kind, child.settings, enqueued) == ("baseline", job.settings, [child.pk])
+    page = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert f"#{child.pk}</a> (baseline, queued)" in page
+    # A child job has no baseline of its own.
+    assert logged_in.post(reverse("job_baseline", args=[child.pk])).status_code == 404
 
 
 # --------------------------------------------------------------------------- ownership
@@ -410,9 +419,9 @@ def test_it_creates_a_fine_tune_job_of_a_point(logged_in, owner, make_job, setti
     ("get", "job_report", ["csv"]),
     ("get", "job_report", ["json"]),
     ("post", "job_finetune", [0]),
+    ("post", "job_baseline", []),
 ])
 def test_it_checks_ownership(logged_in, stranger, make_job, media, settings, enqueued, method, name, extra):
-    settings.FINETUNE_JOBS_ENABLED = True
     theirs = make_job(stranger)
     iteration(theirs, 0)
     folder = media / "jobs" / str(theirs.pk)

@@ -20,6 +20,7 @@ from adaptation.job_files import JobFiles, media_path
 from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
 from adaptation.proposals import dispatch_count
+from adaptation.services import start_child_job
 from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.export import load_pytorch
 from devices.models import Device, LatencyEntry, MeasurementRequest
@@ -344,10 +345,6 @@ def test_a_claim_is_exclusive(new_job):
 
 
 @pytest.mark.django_db
-def test_only_adaptations_are_claimed(new_job):
-    assert claim_job(new_job(MACS, kind="finetune").pk, "host-a:1") is None
-
-
 @pytest.mark.django_db
 def test_a_stale_lease_can_be_claimed_and_a_fresh_one_cannot(new_job):
     job = new_job(MACS)
@@ -507,3 +504,58 @@ def test_proposals_are_evaluated_once_each_and_a_late_duplicate_does_nothing(new
     assert tasks.evaluate_proposal_task(job.pk, iteration, indices[0]) == "stale"  # its file exists
     assert workers.drive(job).status == "finished"
     assert tasks.evaluate_proposal_task(job.pk, iteration, indices[1]) == "stale"  # the job moved on
+
+
+# ---------------------------------------------------------------- child jobs
+
+
+@transactional
+def test_a_point_is_fine_tuned_by_a_child_job(new_job, workers, media):
+    parent = run_to_end(workers, new_job({**MACS, "max_iterations": 2, "long_term_epochs": 0.2}))
+    row = Iteration.objects.get(job=parent, number=0)
+    child = start_child_job(parent, "finetune", finetune_iteration=0)
+    assert workers.runs == [child.pk]
+    child = run_to_end(workers, child)
+    result = child.result
+    assert (result["iteration"], result["channels"], result["macs"]) == (0, row.record["channels"], row.macs)
+    assert result["long_term_s"] > 0 and 0 < result["validation_accuracy"] <= 1
+    assert result["before"]["holdout_accuracy"] == row.holdout_accuracy
+    # Its files are checked exports of the fine-tuned network, with the iteration's channels.
+    final = load_pytorch(media_path(JobFiles(child.pk).final_names()["pytorch"]))
+    assert final(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+    # The parent's chart gets the point.
+    (event,) = [e for e in events(parent) if e.type == "job.child"]
+    assert event.payload["kind"] == "finetune" and event.payload["job"] == child.pk
+    assert event.payload["points"][0]["validation_accuracy"] == result["validation_accuracy"]
+
+
+@transactional
+def test_a_fine_tune_of_a_missing_iteration_fails_clearly(new_job, workers):
+    parent = new_job(MACS, status="finished")
+    child = workers.drive(start_child_job(parent, "finetune", finetune_iteration=4))
+    assert (child.status, child.error) == ("failed", f"job #{parent.pk} has no iteration 4 to fine-tune")
+
+
+@transactional
+def test_the_latency_baseline_reuses_the_parents_table_and_measures_every_ratio(new_job, workers, system_device):
+    parent = run_to_end(workers, new_job({**LATENCY, "max_iterations": 1}))
+    measured_by_parent = set(LatencyEntry.objects.filter(device=system_device).values_list("signature_key", flat=True))
+    child = run_to_end(workers, start_child_job(parent, "baseline", baseline_ratios=[0.5, 0.75]))
+    points = child.result["points"]
+    assert [p["ratio"] for p in points] == [0.5, 0.75]
+    assert all(p["measured_ms"] > 0 and p["resource"] > 0 and p["resource_raw"] > 0 for p in points)
+    assert points[0]["macs"] < points[1]["macs"]
+    # Its layers were looked up in the device's table (extended where the parent had not been)...
+    requests = list(MeasurementRequest.objects.filter(job=child).order_by("pk"))
+    assert [r.status for r in requests] == ["done"] * len(requests)
+    keys = {layer_key(sig) for r in requests for sig in r.signatures}
+    assert not keys & measured_by_parent  # nothing the parent measured is measured again
+    # ... and both networks measured whole, interleaved in one request.
+    assert [len(r.networks) for r in requests if r.networks] == [2]
+    (event,) = [e for e in events(parent) if e.type == "job.child"]
+    assert event.payload["kind"] == "baseline" and len(event.payload["points"]) == 2
+
+
+def layer_key(signature: dict) -> str:
+    from devices.measure.signature import LayerSignature
+    return LayerSignature.from_dict(signature).key()

@@ -12,6 +12,8 @@ Event types (``JobEvent.type``) and their payloads:
 - ``job.iteration``: IterationPayload — one finished NetAdapt iteration (a point on the chart).
 - ``job.finish``: the engine's finish record (after the long-term fine-tune and A/B check).
 - ``job.log``: LogPayload — a line for the job's log.
+- ``job.child``: ChildPayload — a child job (baseline, fine-tune of a point) finished: its points
+  for this job's chart.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from channels.layers import get_channel_layer
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-EVENT_TYPES = ("job.status", "job.start", "job.measure", "job.iteration", "job.finish", "job.log")
+EVENT_TYPES = ("job.status", "job.start", "job.measure", "job.iteration", "job.finish", "job.log",
+               "job.child")
 
 
 class StatusPayload(TypedDict, total=False):
@@ -52,6 +55,12 @@ class IterationPayload(TypedDict):
     params: int
     holdout_accuracy: float
     proposals: list[dict[str, Any]]
+
+
+class ChildPayload(TypedDict):
+    kind: str            # "baseline" | "finetune"
+    job: int             # the child job's id
+    points: list[dict]   # label, resource, measured_ms, holdout_accuracy, validation_accuracy...
 
 
 class LogPayload(TypedDict):

@@ -60,7 +60,7 @@
     return Object.assign({label: label, data: [], borderColor: color, backgroundColor: color,
                           pointRadius: 4, pointHoverRadius: 6}, extra || {});
   }
-  const ITERATIONS = 0, MEASURED = 1, ORIGINAL = 2, FINAL = 3, UNIFORM = 4;
+  const ITERATIONS = 0, MEASURED = 1, ORIGINAL = 2, FINAL = 3, UNIFORM = 4, FINETUNED = 5;
   const chart = new Chart(document.getElementById("tradeoff-chart"), {
     type: "scatter",
     data: {datasets: [
@@ -68,7 +68,8 @@
       series("measured", "#8250df", {pointStyle: "triangle", pointRadius: 5}),
       series("original", "#1f2328", {pointStyle: "rectRot", pointRadius: 7}),
       series("final (validation)", "#1a7f37", {pointStyle: "star", pointRadius: 9, borderWidth: 2}),
-      series("uniform baseline", "#9a6700", {showLine: true, borderDash: [6, 4]}),
+      series("uniform baseline (validation)", "#9a6700", {showLine: true, borderDash: [6, 4]}),
+      series("fine-tuned points (validation)", "#cf222e", {pointStyle: "crossRot", pointRadius: 8, borderWidth: 2}),
     ]},
     options: {
       animation: false,
@@ -235,6 +236,16 @@
       downloadsStale.hidden = false;
     },
     "job.log": (p, e) => log(p.message, p.level, e.created),
+    "job.child": (p, e) => {
+      const index = p.kind === "baseline" ? UNIFORM : FINETUNED;
+      (p.points || []).forEach((b) => {
+        const x = xOf(b), y = pct(b.validation_accuracy);
+        if (!isNumber(x) || !isNumber(y)) return;
+        const xKind = isNumber(latencyAxis ? measuredMs(b) : null) ? "measured" : "estimated";
+        putPoint(index, `${p.job}:${b.label}`, point(b.label, x, y, "validation", xKind, x));
+      });
+      log(`Job #${p.job} (${p.kind}) finished: ${(p.points || []).length} point(s) on the chart`, "info", e.created);
+    },
   };
 
   function handleEvent(event) {
