@@ -45,7 +45,7 @@ from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import NoProposalError, ProposalResult
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   load_evaluations)
-from adaptation.preflight import PreflightError, check_dataset_fits, load_weights
+from adaptation.preflight import PreflightError, check_dataset_fits, load_upload_architecture
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import MeasurementRequest
@@ -160,18 +160,10 @@ def iteration_payload(record: dict) -> dict:
 
 
 def load_job_model(job: Job) -> tuple[ArchitectureSpec, nn.Module]:
-    """The job's original network and the spec that rebuilds it (JobError when unusable)."""
-    upload = job.model
-    if upload.source != "builtin":
-        raise JobError("ONNX models cannot be adapted yet: upload a built-in architecture "
-                       "with its weights")
-    spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels, upload.width,
-                            upload.resolution)
-    try:
-        with upload.file.open("rb") as handle:
-            return spec, load_weights(handle, spec)
-    except FileNotFoundError:
-        raise JobError(f"the weights file of model '{upload.name}' is missing") from None
+    """The job's original network and the architecture that rebuilds it (a built-in
+    ``ArchitectureSpec`` or an ``OnnxArchitecture``); PreflightError when unusable."""
+    return load_upload_architecture(job.model, allow_pickled_modules=getattr(
+        settings, "NETADAPT_ALLOW_PICKLED_MODELS", False))
 
 
 def load_job_data(job: Job, spec: ArchitectureSpec, config: AdaptConfig,

@@ -279,7 +279,7 @@ def test_a_missing_weights_file_fails_clearly(new_job, upload):
     job = new_job(MACS)
     tasks.run_job(job.pk)
     job.refresh_from_db()
-    assert job.error == "the weights file of model 'tiny' is missing"
+    assert job.error == "the file of model 'tiny' is missing"
 
 
 @transactional

@@ -257,3 +257,32 @@ def test_a_job_loads_a_stored_builtin_upload(owner, media):
     assert arch == spec
     with torch.no_grad():
         assert torch.equal(model(spec.example_input()), original(spec.example_input()))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_onnx_upload_is_adapted_for_latency_and_downloads_as_onnx(
+        owner_client, owner, media, good_onnx, workers, system_device, digits_dataset):
+    import numpy as np
+    import onnxruntime as ort
+
+    from adaptation.job_files import JobFiles
+    from adaptation.models import Iteration, Job
+    from devices.models import MeasurementRequest
+
+    owner_client.post(reverse("model_upload"), page_data(good_onnx))
+    upload = ModelUpload.objects.get()
+    assert upload.status == "ready", upload.error
+    job = Job.objects.create(owner=owner, model=upload, dataset=digits_dataset, device=system_device, settings={
+        "metric": "latency", "budget": 0.95, "initial_reduction": 0.04, "decay": 0.9, "short_term_steps": 3,
+        "long_term_epochs": 0, "batch_size": 64, "max_iterations": 1, "holdout": 0.15})
+    onnx_import._CACHE.clear()  # the worker converts the stored file again
+    job = workers.drive(job)
+    assert job.status == "finished", job.error
+    # The device measured networks rebuilt from the ONNX architecture's description.
+    networks = [n for r in MeasurementRequest.objects.filter(job=job) for n in r.networks]
+    assert networks and all(n["spec"]["arch"] == "onnx" for n in networks)
+    assert Iteration.objects.get(job=job, number=0).measured_ms > 0
+    final = JobFiles(job.pk).final_path("onnx")
+    session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 1, 16, 16), np.float32)})
+    assert out.shape == (1, 10)

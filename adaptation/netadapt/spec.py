@@ -31,6 +31,11 @@ class ArchitectureSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ArchitectureSpec":
+        """The architecture of ``to_dict()``; an uploaded ONNX network's (``arch`` "onnx") is an
+        ``OnnxArchitecture`` with the same interface, so every reader handles both."""
+        if data.get("arch") == "onnx":
+            from .onnx_import import OnnxArchitecture  # onnx2torch: only for ONNX uploads
+            return OnnxArchitecture.from_dict(data)
         return cls(**data)
 
 
