@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 #: Layers timed (and stored) together: a killed worker loses at most one batch.
 MEASURE_BATCH = 64
+#: Raw per-run times kept per network of a request that no job made (``results[i]["samples_ms"]``).
+MAX_SAMPLES = 1000
 
 
 def measurer_for(request: MeasurementRequest) -> LocalMeasurer:
@@ -43,8 +45,20 @@ def run_request(request: MeasurementRequest) -> None:
         import torch
         example = torch.zeros(request.example_shape)
         models = [build_network(description) for description in request.networks]
-        results = measurer.measure_models(models, example)
+        if request.job_id is None:  # a user's own measurement: its page draws a histogram
+            results = [{**timed.stats.to_dict(), "samples_ms": kept_samples(timed.samples_ms)}
+                       for timed in measurer.measure_models_with_samples(models, example)]
+        else:
+            results = measurer.measure_models(models, example)
     complete_request(request, results, version)
+
+
+def kept_samples(samples_ms: list[float], limit: int = MAX_SAMPLES) -> list[float]:
+    """At most ``limit`` of the samples, spread evenly over the run (every k-th when there are more),
+    rounded to the nanosecond the clock gives."""
+    if len(samples_ms) > limit:
+        samples_ms = [samples_ms[i * len(samples_ms) // limit] for i in range(limit)]
+    return [round(value, 6) for value in samples_ms]
 
 
 @shared_task(acks_late=True)

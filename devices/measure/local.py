@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from devices.measure.builders import signature_input_shape, signature_module, signature_onnx
-from devices.measure.protocol import MeasureProtocol, time_with_retries
+from devices.measure.protocol import MeasureProtocol, TimedSamples, time_with_retries, time_with_retries_and_samples
 from devices.measure.runtimes import Runner, get_runtime
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
@@ -72,6 +72,14 @@ class LocalMeasurer:
         shape = tuple(example_input.shape)
         runners = [self.runtime.load_module(model, shape, self.threads) for model in models]
         return time_with_retries(runners, self.protocol)
+
+    def measure_models_with_samples(self, models: Sequence[nn.Module],
+                                    example_input: torch.Tensor) -> list[TimedSamples]:
+        """:meth:`measure_models` that also returns each model's per-run times (ms), the samples
+        its statistics were computed from (for a histogram)."""
+        shape = tuple(example_input.shape)
+        runners = [self.runtime.load_module(model, shape, self.threads) for model in models]
+        return time_with_retries_and_samples(runners, self.protocol)
 
     def measure_onnx(
         self, onnx_models: Sequence[bytes], input_shapes: Sequence[tuple[int, ...]]

@@ -58,10 +58,11 @@ def _timing_window(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous_threads)
 
 
-def time_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:
-    """Warm up each runner, then time them in interleaved rounds; one TimingStats per runner.
+def sample_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[list[float]]:
+    """Warm up each runner, then time them in interleaved rounds; each runner's per-call times (ms).
 
-    Each stats has ``n == protocol.rounds * protocol.runs_per_round``.
+    Each list holds ``protocol.rounds * protocol.runs_per_round`` samples, in the order they were
+    taken (round by round).
     """
     if not runners:
         return []
@@ -78,7 +79,43 @@ def time_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasurePro
                     start = clock()
                     runner()
                     append(clock() - start)
-    return [TimingStats.from_samples([ns / 1e6 for ns in samples]) for samples in samples_ns]
+    return [[ns / 1e6 for ns in samples] for samples in samples_ns]
+
+
+def time_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:
+    """Warm up each runner, then time them in interleaved rounds; one TimingStats per runner.
+
+    Each stats has ``n == protocol.rounds * protocol.runs_per_round``.
+    """
+    return [TimingStats.from_samples(samples) for samples in sample_interleaved(runners, protocol)]
+
+
+@dataclass(frozen=True)
+class TimedSamples:
+    """One runner's statistics and the raw per-call times (ms) they summarise."""
+
+    stats: TimingStats
+    samples_ms: list[float]
+
+
+def time_with_retries_and_samples(runners: Sequence[Callable[[], None]],
+                                  protocol: MeasureProtocol) -> list[TimedSamples]:
+    """:func:`time_with_retries` that also keeps, for each runner, the samples of the attempt whose
+    statistics it returns (a histogram then shows exactly what the statistics describe)."""
+    def attempt(group: Sequence[Callable[[], None]]) -> list[TimedSamples]:
+        return [TimedSamples(TimingStats.from_samples(samples), samples)
+                for samples in sample_interleaved(group, protocol)]
+
+    best = attempt(runners)
+    for _ in range(protocol.max_retries):
+        noisy = [i for i, timed in enumerate(best) if timed.stats.spread > protocol.max_spread]
+        if not noisy:
+            break
+        retried = attempt([runners[i] for i in noisy])
+        for index, timed in zip(noisy, retried):
+            if timed.stats.spread < best[index].stats.spread:
+                best[index] = timed
+    return best
 
 
 def time_with_retries(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:
@@ -88,13 +125,4 @@ def time_with_retries(runners: Sequence[Callable[[], None]], protocol: MeasurePr
     to ``max_retries`` times; for each, the attempt with the smallest
     spread is kept.
     """
-    best = time_interleaved(runners, protocol)
-    for _ in range(protocol.max_retries):
-        noisy = [i for i, stats in enumerate(best) if stats.spread > protocol.max_spread]
-        if not noisy:
-            break
-        retried = time_interleaved([runners[i] for i in noisy], protocol)
-        for index, stats in zip(noisy, retried):
-            if stats.spread < best[index].spread:
-                best[index] = stats
-    return best
+    return [timed.stats for timed in time_with_retries_and_samples(runners, protocol)]
