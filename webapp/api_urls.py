@@ -6,6 +6,7 @@ from adaptation import api as adaptation_api
 from adaptation import api_jobs
 from devices import agent_views
 from devices import api as devices_api
+from devices import api_measure
 from webapp.api import TokenView
 
 urlpatterns = [
@@ -18,6 +19,8 @@ urlpatterns = [
     path("devices", devices_api.DeviceList.as_view(), name="api-device-list"),
     path("devices/<int:id>", devices_api.DeviceDetail.as_view(), name="api-device-detail"),
     path("devices/<int:id>/lut", devices_api.DeviceLut.as_view(), name="api-device-lut"),
+    path("devices/<int:id>/measure", api_measure.MeasureStart.as_view(), name="api-device-measure"),
+    path("measurements/<int:id>", api_measure.MeasurementDetail.as_view(), name="api-measurement-detail"),
     # The agent program's endpoints (device token, not a user's): devices/agent_views.py.
     path("agent/pair", agent_views.pair, name="api-agent-pair"),
     path("agent/requests/<int:id>/files", agent_views.request_files, name="api-agent-request-files"),

@@ -1,0 +1,9 @@
+"""Measurement pages, mounted at ``devices/measurements/`` (``devices.views_measure``)."""
+from django.urls import path
+
+from devices import views_measure
+
+urlpatterns = [
+    path("start/", views_measure.measurement_start, name="measurement_start"),
+    path("<int:pk>/", views_measure.measurement_detail, name="measurement_detail"),
+]
