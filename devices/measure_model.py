@@ -217,12 +217,11 @@ def traced_layers(description: dict, shape: list[int], upload: ModelUpload | Non
     try:
         return list(_trace(_frozen(description), tuple(shape)))
     except Exception as error:
+        cause = f"{type(error).__name__}: {error}"
         if upload is not None and upload.source == "onnx":
-            raise MeasureError(
-                f"Model '{upload.name}' is an ONNX upload whose network cannot be rebuilt from its "
-                f"description ({type(error).__name__}: {error}), so it cannot be measured on a device. "
-                "A built-in architecture with its weights can be.", "model") from None
-        raise MeasureError(f"The network cannot be rebuilt: {type(error).__name__}: {error}") from None
+            raise MeasureError(f"Model '{upload.name}' is an ONNX upload whose network cannot be rebuilt "
+                               f"from its stored file ({cause}), so it cannot be measured.", "model") from None
+        raise MeasureError(f"The network cannot be rebuilt ({cause}), so it cannot be measured.") from None
 
 
 def network_layers(request: MeasurementRequest, index: int = 0) -> list[tuple[str, LayerSignature]]:

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 from django.urls import reverse
 from django.utils.html import escape
 from rest_framework.test import APIClient
@@ -182,6 +183,29 @@ def test_a_job_point_measured_from_the_job_page(owner_client, owner, make_job, m
                                                                        args=[measurement.pk])))
 
 
+def test_an_onnx_upload_is_measured_like_a_builtin_one(owner_client, owner, media, system_device, workers):
+    from adaptation.netadapt import onnx_import
+    from tests.test_onnx_import import PLAIN, onnx_bytes, trained_like
+    from tests.test_onnx_upload import page_data
+
+    torch.manual_seed(0)
+    exported = onnx_bytes(trained_like(PLAIN.build()).eval(), PLAIN.example_input(),
+                          dynamic_axes={"input": {0: "batch"}})
+    owner_client.post(reverse("model_upload"), page_data(exported))
+    upload = ModelUpload.objects.get(source="onnx")
+    response = owner_client.post(reverse("measurement_start"), {"model": upload.pk, "device": system_device.pk})
+    measurement = MeasurementRequest.objects.get()
+    assert response["Location"] == reverse("measurement_detail", args=[measurement.pk])
+    assert measurement.networks[0]["spec"] == {**upload.preflight["spec"], "path": upload.file.path}
+    assert measurement.example_shape == [1, 1, 16, 16]
+    onnx_import._CACHE.clear()  # as in the device's worker: converted again from the stored file
+    assert measure_request(workers.requests.pop()) == "done"
+    done = owner_client.get(reverse("measurement_detail", args=[measurement.pk]))
+    layers = trace_layers(build_network(measurement.networks[0]), torch.zeros(1, 1, 16, 16))
+    assert len(layers) == 8 and sorted(layer_names(done)) == sorted(layer.name for layer in layers)
+    assert chart_data(done)["n"] == RUNS
+
+
 def test_an_agent_device_gets_the_request_without_a_worker(owner_client, owner, model, workers):
     phone = Device.objects.create(owner=owner, name="Pixel", kind="agent", facts={"onnxruntime": "1.17.0"})
     response = owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": phone.pk})
@@ -327,7 +351,8 @@ def test_other_refusals(owner_client, api, owner, model, make_job, media, system
                                                           "in_channels": 1, "resolution": 8}})
     response = api.post(url, {"model": onnx.pk}, format="json")
     assert response.status_code == 400
-    assert "Model 'exported' is an ONNX upload whose network cannot be rebuilt" in response.json()["model"][0]
+    assert response.json()["model"][0].startswith(
+        "Model 'exported' is an ONNX upload whose network cannot be rebuilt from its stored file (OnnxImportError:")
     phone = Device.objects.create(owner=owner, name="Pi", kind="agent", runtime="torch")
     ModelUpload.objects.filter(pk=model.pk).update(status="ready")
     response = api.post(f"/api/v1/devices/{phone.pk}/measure", {"model": model.pk}, format="json")
