@@ -1,0 +1,60 @@
+"""``python -m webapp.serve`` (what ``make run`` runs): it sets up a fresh data folder, serves the
+application with its workers, and Ctrl+C stops every process it started."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_support import _answers, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_make_run_serves_the_app_with_its_workers_and_ctrl_c_stops_them_all(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(NETADAPT_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen([sys.executable, "-m", "webapp.serve", "--port", str(port)], cwd=REPO, env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/accounts/login/"
+        wait_until(lambda: _answers(url) or serve.poll() is not None, "the server to answer", None, 300)
+        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        children = children_of(serve.pid)
+        lines = [command_line(pid) for pid in children]
+        assert len(children) == 3, lines
+        assert sum("uvicorn" in line for line in lines) == 1
+        workers = [line for line in lines if "celery" in line]
+        assert any("--beat" in line and "-Q celery" in line for line in workers), workers
+        assert any("-Q device." in line and "--concurrency 1" in line for line in workers), workers
+        # The data folder holds the embedded database with the system device.
+        assert (tmp_path / "data" / "db.sqlite3").exists()
+
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and command_line(pid)]
+        assert "stopped" in (tmp_path / "serve.log").read_text()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
