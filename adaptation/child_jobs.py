@@ -23,9 +23,8 @@ import torch
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.jobs import JobError, JobRunner, load_job_data, load_job_model, parse_settings
+from adaptation.jobs import JobError, JobRunner
 from adaptation.job_files import media_path, write_atomically
-from adaptation.leases import max_attempts
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline
 from adaptation.netadapt.export import export_pytorch, load_pytorch
@@ -44,18 +43,9 @@ class ChildRunner(JobRunner):
     """What both child jobs share: the start of a run, the parent, and the ending."""
 
     def _begin(self):
-        job = self.job
-        publish(job.pk, "job.status", {"status": "running", "error": ""})
-        if job.attempts > max_attempts():
-            raise JobError(f"the job stopped unexpectedly {job.attempts - 1} times (worker killed or "
-                           "out of memory?); not trying again")
-        self._check_cancel()
-        if job.parent_id is None:
-            raise JobError(f"a {job.get_kind_display().lower()} job needs the adaptation it belongs to")
-        config, options = parse_settings(job.settings)
-        spec, original = load_job_model(job)
-        self.spec = spec
-        return config, options, spec, original, load_job_data(job, spec, config, options)
+        if self.job.parent_id is None:
+            raise JobError(f"a {self.job.get_kind_display().lower()} job needs the adaptation it belongs to")
+        return self._prepare()
 
     def _end_with(self, result: dict, child_payload: dict) -> None:
         """Finish the job with ``result`` and show it on the parent's chart."""

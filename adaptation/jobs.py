@@ -301,7 +301,8 @@ class JobRunner:
             resume_waiting_job(self.job.pk)  # its requests may have ended while it parked
         return "waiting"
 
-    def _run(self) -> None:
+    def _prepare(self) -> tuple[AdaptConfig, JobOptions, ArchitectureSpec, nn.Module, DatasetSplits]:
+        """The start of every run: say so, give up after too many crashes, load the inputs."""
         job = self.job
         publish(job.pk, "job.status", {"status": "running", "error": ""})
         if job.attempts > max_attempts():
@@ -309,9 +310,11 @@ class JobRunner:
                            "out of memory?); not trying again")
         self._check_cancel()
         config, options = parse_settings(job.settings)
-        spec, original = load_job_model(job)
-        data = load_job_data(job, spec, config, options)
-        self.spec = spec
+        self.spec, original = load_job_model(job)
+        return config, options, self.spec, original, load_job_data(job, self.spec, config, options)
+
+    def _run(self) -> None:
+        config, options, spec, original, data = self._prepare()
         resource = self._resource_model(config, options)
         state = self._load_checkpoint(config)
         engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state,
@@ -333,7 +336,7 @@ class JobRunner:
                 for proposal, worker in zip(stored["proposals"], self.evaluated_by):
                     proposal["worker"] = worker
                 self._record_iteration(stored, name)
-                discard_evaluations(job.pk, record.iteration)
+                discard_evaluations(self.job.pk, record.iteration)
             elif isinstance(record, FinishRecord):
                 self._finish(record, spec)
                 return

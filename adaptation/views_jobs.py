@@ -7,7 +7,6 @@ The work itself is ``adaptation.services``'s, shared with the REST API.
 """
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpResponse
@@ -23,7 +22,6 @@ from adaptation.models import Iteration, Job
 from adaptation.services import (REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job, create_job,
                                  start_child_job,
                                  download_name, job_file, open_iteration_file, report_file)
-from webapp.events import publish
 
 
 # --------------------------------------------------------------------------- pages

@@ -151,6 +151,24 @@ def workers(monkeypatch, sent_run_job):
     return InProcessWorkers(monkeypatch, sent_run_job)
 
 
+@pytest.fixture
+def mismatching_conversion(monkeypatch):
+    """A converter bug, simulated: every network onnx2torch converts has its classifier off by 0.5."""
+    import onnx2torch
+    import torch.nn as nn
+
+    real = onnx2torch.convert
+
+    def off_by_half(model):
+        module = real(model)
+        linear = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            linear.bias += 0.5
+        return module
+
+    monkeypatch.setattr(onnx2torch, "convert", off_by_half)
+
+
 # --------------------------------------------------------------------------- end-to-end
 
 

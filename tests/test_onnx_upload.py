@@ -84,23 +84,6 @@ def bad(good_onnx) -> dict[str, tuple[bytes, str]]:
     return bad_files(good_onnx)
 
 
-@pytest.fixture
-def mismatching_conversion(monkeypatch):
-    """A converter bug, simulated: every converted network's classifier is off by 0.5."""
-    import onnx2torch
-
-    real = onnx2torch.convert
-
-    def off_by_half(model):
-        module = real(model)
-        linear = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
-        with torch.no_grad():
-            linear.bias += 0.5
-        return module
-
-    monkeypatch.setattr(onnx2torch, "convert", off_by_half)
-
-
 # --------------------------------------------------------------------------- the page
 
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import os
 import threading
 import warnings

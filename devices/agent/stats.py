@@ -43,4 +43,6 @@ def load_shared_stats() -> ModuleType:
     return module
 
 
-TimingStats = load_shared_stats().TimingStats
+_shared = load_shared_stats()
+TimingStats = _shared.TimingStats
+interleaved_samples = _shared.interleaved_samples

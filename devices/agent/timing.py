@@ -15,8 +15,6 @@ thread count and so imports torch; the statistics are the server's file itself
 """
 from __future__ import annotations
 
-import gc
-import time
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from devices.agent.protocol import PROTOCOL_FIELDS, ProtocolError, integer
-from devices.agent.stats import TimingStats
+from devices.agent.stats import TimingStats, interleaved_samples
 
 INPUT_SEED = 1  # the seed of the server's runners' input (devices/measure/runtimes.py)
 MAX_THREADS = 256
@@ -105,29 +103,12 @@ def load_runner(onnx_bytes: bytes, input_shape: Sequence[int], threads: int) -> 
 
 
 def time_interleaved(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:
-    """Warm up each runner, then time them in interleaved rounds; one TimingStats per runner."""
+    """Warm up each runner, then time them in interleaved rounds; one TimingStats per runner
+    (the server's own loop and statistics: devices/measure/stats.py)."""
     if not runners:
         return []
-    samples_ns: list[list[int]] = [[] for _ in runners]
-    clock = time.perf_counter_ns
-    gc_was_enabled = gc.isenabled()
-    try:
-        gc.collect()
-        gc.disable()
-        for runner in runners:
-            for _ in range(protocol.warmup):
-                runner()
-        for _ in range(protocol.rounds):
-            for runner, samples in zip(runners, samples_ns):
-                append = samples.append
-                for _ in range(protocol.runs_per_round):
-                    start = clock()
-                    runner()
-                    append(clock() - start)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return [TimingStats.from_samples([ns / 1e6 for ns in samples]) for samples in samples_ns]
+    samples = interleaved_samples(runners, protocol.warmup, protocol.rounds, protocol.runs_per_round)
+    return [TimingStats.from_samples(s) for s in samples]
 
 
 def time_with_retries(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:

@@ -10,15 +10,13 @@ cannot land inside one runner's samples.
 
 from __future__ import annotations
 
-import gc
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from devices.measure.stats import TimingStats
+from devices.measure.stats import TimingStats, interleaved_samples
 
 
 @dataclass(frozen=True)
@@ -43,18 +41,13 @@ class MeasureProtocol:
 
 
 @contextmanager
-def _timing_window(threads: int) -> Iterator[None]:
-    """Torch thread count set and GC off for the window; both restored afterwards, also on error."""
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Torch's thread count set for the window, restored afterwards, also on error."""
     previous_threads = torch.get_num_threads()
-    gc_was_enabled = gc.isenabled()
     torch.set_num_threads(threads)
     try:
-        gc.collect()
-        gc.disable()
         yield
     finally:
-        if gc_was_enabled:
-            gc.enable()
         torch.set_num_threads(previous_threads)
 
 
@@ -62,24 +55,12 @@ def sample_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasureP
     """Warm up each runner, then time them in interleaved rounds; each runner's per-call times (ms).
 
     Each list holds ``protocol.rounds * protocol.runs_per_round`` samples, in the order they were
-    taken (round by round).
+    taken (round by round). The loop is ``stats.interleaved_samples``, the agent's too.
     """
     if not runners:
         return []
-    samples_ns: list[list[int]] = [[] for _ in runners]
-    clock = time.perf_counter_ns
-    with _timing_window(protocol.threads):
-        for runner in runners:
-            for _ in range(protocol.warmup):
-                runner()
-        for _ in range(protocol.rounds):
-            for runner, samples in zip(runners, samples_ns):
-                append = samples.append
-                for _ in range(protocol.runs_per_round):
-                    start = clock()
-                    runner()
-                    append(clock() - start)
-    return [[ns / 1e6 for ns in samples] for samples in samples_ns]
+    with _torch_threads(protocol.threads):
+        return interleaved_samples(runners, protocol.warmup, protocol.rounds, protocol.runs_per_round)
 
 
 def time_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:

@@ -1,15 +1,20 @@
-"""Summary statistics of a set of latency samples.
+"""Summary statistics of a set of latency samples, and the interleaved timing loop that takes them.
 
 Latency samples on a shared CPU are skewed (a long right tail from
 preemption and cache misses), so the summary keeps robust order
 statistics (min, percentiles, median) next to the mean and std.
+
+This file needs numpy only: the agent program runs it on devices without torch (see
+devices/agent/stats.py), so server and agent time and summarise exactly alike.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -82,3 +87,29 @@ class TimingStats:
             n=int(d["n"]),
             **{name: float(d[name]) for name in expected if name != "n"},
         )
+
+
+def interleaved_samples(runners: Sequence[Callable[[], None]], warmup: int, rounds: int,
+                        runs_per_round: int) -> list[list[float]]:
+    """Warm up each runner, then time them in interleaved rounds (A B A B ...) with the garbage
+    collector off; each runner's per-call times in ms, in the order they were taken."""
+    samples_ns: list[list[int]] = [[] for _ in runners]
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    try:
+        gc.collect()
+        gc.disable()
+        for runner in runners:
+            for _ in range(warmup):
+                runner()
+        for _ in range(rounds):
+            for runner, samples in zip(runners, samples_ns):
+                append = samples.append
+                for _ in range(runs_per_round):
+                    start = clock()
+                    runner()
+                    append(clock() - start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [[ns / 1e6 for ns in samples] for samples in samples_ns]
