@@ -68,8 +68,8 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "kind", "parent", "model", "dataset", "device", "settings", "status",
-                  "cancel_requested", "error", "result", "final_iteration", "created", "started_at",
-                  "finished_at"]
+                  "waiting_for", "cancel_requested", "error", "result", "final_iteration", "created",
+                  "started_at", "finished_at"]
         read_only_fields = fields
 
     def get_final_iteration(self, job: Job) -> int | None:

@@ -616,3 +616,10 @@ def test_the_schema_is_yaml_by_default():
     assert response.status_code == 200
     assert response.content.startswith(b"openapi: 3.")
     assert b"/api/v1/jobs/{id}/cancel:" in response.content
+
+
+def test_a_waiting_job_says_what_it_waits_for(api, owner, make_job):
+    job = make_job(owner, status="waiting", waiting_kind="measurement",
+                   waiting_for="waiting for phone (it never connected) to measure 3 layer(s): original")
+    body = api.get(f"{API}/jobs/{job.pk}").json()
+    assert (body["status"], body["waiting_for"]) == ("waiting", job.waiting_for)
