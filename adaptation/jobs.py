@@ -44,7 +44,7 @@ from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import NoProposalError, ProposalResult
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
-                                  load_evaluations)
+                                  fruitless_sends, load_evaluations)
 from adaptation.preflight import PreflightError, check_dataset_fits, load_upload_architecture
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
@@ -432,11 +432,11 @@ class JobRunner:
                 result = ProposalResult.from_state(entry["result"])
                 request.results[k] = (result, self.engine.rebuild(result.proposal.config, entry["model_state"]))
             return
-        sent = dispatch_count(self.job.pk, request.iteration)
+        sent = fruitless_sends(self.job.pk, request.iteration, done=len(plan) - len(missing))
         if sent >= max_attempts():
             raise JobError(f"the proposals of iteration {request.iteration} were lost {sent} times "
                            "(worker killed or out of memory?); not trying again")
-        if sent:
+        if dispatch_count(self.job.pk, request.iteration):
             publish(self.job.pk, "job.log", {
                 "level": "warning", "message": f"{len(missing)} proposal(s) of iteration {request.iteration} "
                                               "sent again: their tasks were lost (worker killed?)"})

@@ -145,8 +145,10 @@ def jobs_to_resume(now: datetime | None = None) -> list[int]:
 
 
 def beat_waiting(job_id: int) -> bool:
-    """A task working for a waiting job says it is alive; False once the job waits no more."""
-    return bool(Job.objects.filter(pk=job_id, status="waiting").update(heartbeat_at=timezone.now()))
+    """A task working for a job says it is alive (the stamp counts while the job waits); False
+    once the job has ended, so the task may stop."""
+    Job.objects.filter(pk=job_id, status="waiting").update(heartbeat_at=timezone.now())
+    return Job.objects.filter(pk=job_id, status__in=Job.ACTIVE_STATUSES).exists()
 
 
 class LeaseKeeper:

@@ -4,10 +4,11 @@ The runner parks the job on ``NeedsEvaluation`` and calls ``dispatch_evaluations
 to ``proposals/iteration_NNN/plan.json`` in the job's folder and a chord of
 ``adaptation.tasks.evaluate_proposal_task`` (one per missing proposal, on whatever workers are
 up; a single worker takes them in turn) ends in ``proposals_evaluated``, which re-enqueues the
-job. Each task writes ``<k>.pt`` (the result and the fine-tuned weights, or an error) atomically;
-the resumed runner reads them with ``load_evaluations``. Tasks beat on the waiting job, so the
-sweep re-runs a job whose tasks were lost (``leases.jobs_to_resume``): it resends only the
-proposals without a file.
+job once every proposal has its file (a chord of an earlier send, whose members found their
+files written, ends too and must not wake the job early). Each task writes ``<k>.pt`` (the
+result and the fine-tuned weights, or an error) atomically; the resumed runner reads them with
+``load_evaluations``. Tasks beat on the waiting job, so the sweep re-runs a job whose tasks were
+lost (``leases.jobs_to_resume``): it resends only the proposals without a file.
 """
 from __future__ import annotations
 
@@ -60,17 +61,40 @@ def discard_evaluations(job_id: int, iteration: int) -> None:
     shutil.rmtree(iteration_folder(job_id, iteration), ignore_errors=True)
 
 
+def all_evaluated(job_id: int, iteration: int) -> bool:
+    """Whether every proposal of the iteration's current plan has its file."""
+    plan_path = _plan_path(job_id, iteration)
+    if not plan_path.exists():
+        return False
+    count = len(json.loads(plan_path.read_text()))
+    return all(_result_path(job_id, iteration, k).exists() for k in range(count))
+
+
+def _dispatches(job_id: int, iteration: int) -> dict:
+    path = iteration_folder(job_id, iteration) / "dispatches.json"
+    return json.loads(path.read_text()) if path.exists() else {"count": 0, "done": 0}
+
+
 def dispatch_count(job_id: int, iteration: int) -> int:
-    """How many times the proposals of this iteration were sent (more than once: tasks were lost)."""
-    path = iteration_folder(job_id, iteration) / "dispatches"
-    return int(path.read_text()) if path.exists() else 0
+    """How many sends of this iteration's proposals in a row brought no new result (the last one
+    may still be under way)."""
+    return _dispatches(job_id, iteration)["count"]
+
+
+def fruitless_sends(job_id: int, iteration: int, done: int) -> int:
+    """Sends in a row that ended with no new result, now that ``done`` proposals have theirs:
+    their tasks were lost (killed workers), not merely slow."""
+    previous = _dispatches(job_id, iteration)
+    return previous["count"] if done <= previous["done"] else 0
 
 
 def dispatch_evaluations(job_id: int, iteration: int, plan: list[dict], indices: list[int]) -> None:
     """Write the plan and send a chord of one task per proposal in ``indices``."""
-    count = dispatch_count(job_id, iteration) + 1
+    previous, done = _dispatches(job_id, iteration), len(plan) - len(indices)
+    record = {"count": 1 if done > previous["done"] else previous["count"] + 1, "done": done}
     write_atomically(_plan_path(job_id, iteration), lambda path: path.write_text(json.dumps(plan)))
-    write_atomically(iteration_folder(job_id, iteration) / "dispatches", lambda path: path.write_text(str(count)))
+    write_atomically(iteration_folder(job_id, iteration) / "dispatches.json",
+                     lambda path: path.write_text(json.dumps(record)))
     send_chord(job_id, iteration, indices)
 
 
@@ -79,7 +103,7 @@ def send_chord(job_id: int, iteration: int, indices: list[int]) -> None:
 
     from adaptation.tasks import evaluate_proposal_task, proposals_evaluated
 
-    chord(evaluate_proposal_task.s(job_id, iteration, k) for k in indices)(proposals_evaluated.si(job_id))
+    chord(evaluate_proposal_task.s(job_id, iteration, k) for k in indices)(proposals_evaluated.si(job_id, iteration))
 
 
 def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> str:
@@ -92,7 +116,9 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
 
     path = _result_path(job_id, iteration, index)
     job = Job.objects.select_related("model", "dataset").filter(pk=job_id).first()
-    if job is None or job.status != "waiting" or job.cancel_requested or path.exists():
+    # Only an ended job makes the work useless: the job may be between a resume and its next
+    # park (queued, running) while this task waits in the queue.
+    if job is None or not job.is_active or job.cancel_requested or path.exists():
         return "stale"
     files = JobFiles(job_id)
     with LeaseKeeper(job_id, worker, renew=lambda: beat_waiting(job_id)) as keeper:
@@ -116,7 +142,7 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
         except Exception as error:  # reported by the job, never a dead chord
             logger.exception("job %s: proposal %s of iteration %s failed", job_id, index, iteration)
             entry, outcome = {"error": f"proposal {index} of iteration {iteration}: {describe_error(error)}"}, "error"
-        if keeper.lost.is_set() and not Job.objects.filter(pk=job_id, status="waiting").exists():
-            return "stale"
+        if keeper.lost.is_set():
+            return "stale"  # the job ended meanwhile
         write_atomically(path, lambda target: torch.save(entry, target))
     return outcome

@@ -54,9 +54,10 @@ def evaluate_proposal_task(job_id: int, iteration: int, index: int) -> str:
 
 
 @shared_task
-def proposals_evaluated(job_id: int) -> bool:
-    """The chord's end: run the job again, which reads the proposals' files."""
-    return resume_job(job_id, "evaluation")
+def proposals_evaluated(job_id: int, iteration: int) -> bool:
+    """The chord's end: run the job again, which reads the proposals' files, once all exist."""
+    from adaptation.proposals import all_evaluated
+    return all_evaluated(job_id, iteration) and resume_job(job_id, "evaluation")
 
 
 def resume_job(job_id: int, kind: str) -> bool:

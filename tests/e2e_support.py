@@ -97,6 +97,7 @@ class LiveApp:
     env: dict
     media: Path
     logs: Path
+    system_device: int  # the id of "This server's CPU", whose queue the worker serves
     web: Process | None = None
     worker: Process | None = None
     processes: list[Process] = field(default_factory=list)
@@ -116,7 +117,7 @@ class LiveApp:
         """One worker process for everything: jobs, proposals, and the measurements of this
         server's CPU (its device queue), taken in turn."""
         assert self.worker is None, "one worker per test"
-        self.worker = self._start("worker", worker_command(f"e2e-{uuid.uuid4().hex[:8]}"))
+        self.worker = self._start("worker", worker_command(f"e2e-{uuid.uuid4().hex[:8]}", self.system_device))
         return self.worker
 
     def start_web(self) -> Process:
@@ -170,12 +171,11 @@ def wait_until(condition, what: str, app: LiveApp | None = None, deadline_s: flo
         time.sleep(POLL_S)
 
 
-def worker_command(name: str) -> list[str]:
-    """``celery worker`` (one process) on the jobs' queue and the system device's queue."""
-    from devices.models import Device
+def worker_command(name: str, device_id: int) -> list[str]:
+    """``celery worker`` (one process) on the jobs' queue and the queue of local device ``device_id``."""
     from devices.requests import device_queue
 
-    queues = f"celery,{device_queue(Device.objects.get(owner=None, kind='local'))}"
+    queues = f"celery,{device_queue(device_id)}"
     return [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-c", "1", "--pool", "prefork",
             "-Q", queues, "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-l", "info"]
@@ -224,7 +224,10 @@ def live_app(tmp_path: Path, django_db_blocker):
                            cwd=REPO, env=env, check=True, timeout=600)
         logs = tmp_path / "logs"
         logs.mkdir()
-        app = LiveApp(port=free_port(), env=env, media=media, logs=logs)
+        from devices.models import Device
+
+        app = LiveApp(port=free_port(), env=env, media=media, logs=logs,
+                      system_device=Device.objects.get(owner=None, kind="local").pk)
         try:
             app.start_web()
             yield app

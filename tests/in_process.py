@@ -36,7 +36,7 @@ class InProcessWorkers:
             job_id, iteration, indices = self.chords.pop(0)
             for index in indices:
                 self.evaluated_by.append(tasks.evaluate_proposal_task(job_id, iteration, index))
-            tasks.proposals_evaluated(job_id)
+            tasks.proposals_evaluated(job_id, iteration)
         elif self.runs:
             tasks.run_job(self.runs.pop(0))
         else:

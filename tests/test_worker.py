@@ -82,11 +82,11 @@ def send_run_job(job_id: int, data_dir: Path) -> None:
 class Worker:
     """``celery worker`` in its own process group (so SIGKILL takes its pool children too)."""
 
-    def __init__(self, name: str, env: dict, logs: Path) -> None:
+    def __init__(self, name: str, env: dict, logs: Path, device_id: int) -> None:
         self.log = logs / f"worker-{name}.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                ["nice", "-n", "15", *worker_command(name)],
+                ["nice", "-n", "15", *worker_command(name, device_id)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def tail(self) -> str:
@@ -106,11 +106,11 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(live_db, tmp_path):
+def start_worker(live_db, scene, tmp_path):
     workers: list[Worker] = []
 
     def start(name: str) -> Worker:
-        workers.append(Worker(name, live_db[0], tmp_path))
+        workers.append(Worker(name, live_db[0], tmp_path, scene.device.pk))
         return workers[-1]
 
     yield start

@@ -113,6 +113,8 @@
   }
 
   function showStatus(newStatus, error, waitingFor) {
+    // A flash about the job ("Job #7 is queued.") is stale once its status moves on.
+    if (newStatus !== page.status) document.querySelectorAll(".messages").forEach((m) => { m.hidden = true; });
     status = newStatus;
     waitingLine.hidden = newStatus !== "waiting" || !waitingFor;
     if (waitingFor) waitingLine.textContent = waitingFor.charAt(0).toUpperCase() + waitingFor.slice(1);
