@@ -8,7 +8,10 @@ mode nothing could push them here from another process -- and hands the agent on
 time: its own unfinished ``running`` request first (an agent that reconnects after a crash gets
 it back), then the oldest ``queued`` one, claimed with ``claim_request(id, "agent:<device id>")``
 (status busy). Layer results are stored batch by batch (``store_layer_results``), the networks'
-results end the request (``complete_request``), an agent's error fails it (``fail_request``).
+results end the request (``complete_request``), an agent's error fails it (``fail_request``). A
+request no job made (a user's own measurement) asks for ``samples``: each network's result may
+then carry its raw per-run times, ``samples_ms``, stored with the statistics as the local
+device's worker stores its own (devices.tasks.run_request); the measurement page draws them.
 Each poll also re-checks the token: a revoked agent is disconnected with code 4001.
 
 Every message is validated (devices.agent.protocol): what cannot be used is answered with an
@@ -50,8 +53,9 @@ CANDIDATES_PER_POLL = 10
 def poll_seconds() -> float:
     """How often a connection polls for requests and re-checks its token.
 
-    ``AGENT_POLL_SECONDS`` when set, else ``EVENT_POLL_SECONDS`` (0.1 s embedded), else 1 s: the
-    production mode's channel layer carries job events, but nothing announces new requests.
+    ``AGENT_POLL_SECONDS`` when set (``NETADAPT_AGENT_POLL_SECONDS``; 0 means not set), else
+    ``EVENT_POLL_SECONDS`` (0.1 s embedded), else 1 s: the production mode's channel layer carries
+    job events, but nothing announces new requests.
     """
     return float(getattr(settings, "AGENT_POLL_SECONDS", 0) or settings.EVENT_POLL_SECONDS or 1.0)
 
@@ -81,6 +85,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.said_hello = False
         self.runtime_version = ""
         self.current: int | None = None  # the request this connection's agent is working on
+        self.samples = False  # whether that request asked for the networks' per-run times
         self.touched = None  # the last_seen this connection wrote
         headers = dict(self.scope.get("headers") or [])
         found = await self._device_of(p.token_of(headers.get(b"authorization")))
@@ -195,7 +200,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         try:
             if not isinstance(results, list):
                 raise InvalidResults("results must be a list of stats, one per network")
-            checked = [p.check_stats(stats, f"results[{i}]") for i, stats in enumerate(results)]
+            checked = [p.check_network_result(result, f"results[{i}]", samples=self.samples)
+                       for i, result in enumerate(results)]
         except p.ProtocolError as error:
             await self._fail_current(request_id, f"the agent sent invalid network results: {error}")
             return
@@ -263,7 +269,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         """Hand the agent its next request, if there is one (call with the lock held)."""
         offer = await self._claim_next()
         if offer is not None:
-            self.current = offer["request"]
+            self.current, self.samples = offer["request"], offer["samples"]
             await self._send(p.REQUEST, **offer)
 
     async def _poll(self, seconds: float) -> None:
@@ -351,6 +357,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                     "signatures": len(request.signatures), "pending": len(pending),
                     "networks": [str(d.get("label", "")) for d in request.networks],
                     "example_shape": request.example_shape,
+                    # A user's own measurement: its page draws a histogram of the runs.
+                    "samples": request.job_id is None,
                     "protocol": {name: getattr(protocol, name) for name in p.PROTOCOL_FIELDS}}
         return None
 

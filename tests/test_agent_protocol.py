@@ -340,6 +340,115 @@ def test_network_results_must_complete_the_request(owner, agent_device, token, s
     assert request.status == "failed" and "not measured" in request.error
 
 
+#: Per-run times of one network (200 of them, as STATS's n says), in the order they were taken.
+SAMPLES = [round(0.01 + 0.005 * ((i * 37) % 100) / 100, 6) for i in range(200)]
+
+
+async def send_all_layers(socket, request_id: int, count: int) -> None:
+    await socket.send_json_to({"type": "layers", "request": request_id,
+                               "results": {str(i): STATS for i in range(count)}})
+    assert (await socket.receive_json_from(timeout=TIMEOUT))["signatures_done"] == count
+
+
+@pytest.mark.parametrize("sent", ["with-samples", "old-agent"])
+def test_a_users_own_measurement_asks_for_samples_and_stores_them(owner, agent_device, token, signatures, sent):
+    request = make_request(owner, agent_device, signatures, networks=2)  # no job: a user's own
+    many = {**STATS, "n": 5000}  # more runs than samples kept: the agent thinned them to the cap
+    results = ([{**STATS, "samples_ms": SAMPLES}, {**many, "samples_ms": [0.02] * p.MAX_SAMPLES}]
+               if sent == "with-samples" else [STATS, many])
+
+    async def scenario():
+        socket = await connected(token)
+        await hello(socket)
+        offer = await socket.receive_json_from(timeout=TIMEOUT)
+        assert offer["request"] == request.pk and offer["samples"] is True
+        await send_all_layers(socket, request.pk, len(signatures))
+        await socket.send_json_to({"type": "networks", "request": request.pk, "results": results})
+        assert await socket.receive_json_from(timeout=TIMEOUT) == {
+            "type": "done", "request": request.pk, "status": "done"}
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    request.refresh_from_db()
+    # Stored as the local device's worker stores its own (devices.tasks.run_request): in the results.
+    assert request.status == "done" and request.results == results
+
+
+def test_a_jobs_request_asks_for_no_samples(owner, agent_device, token, signatures, make_job, sent_run_job):
+    job = make_job(owner, status="running")
+    request = open_request(owner=owner, device=agent_device, job=job, reason="job", runtime="onnxruntime",
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures,
+                           networks=[describe_network(SPEC, {}, "net")])
+
+    async def scenario():
+        socket = await connected(token)
+        await hello(socket)
+        offer = await socket.receive_json_from(timeout=TIMEOUT)
+        assert offer["request"] == request.pk and offer["samples"] is False
+        await send_all_layers(socket, request.pk, len(signatures))
+        await socket.send_json_to({"type": "networks", "request": request.pk,
+                                   "results": [{**STATS, "samples_ms": SAMPLES}]})
+        answer = await socket.receive_json_from(timeout=TIMEOUT)
+        assert answer["type"] == "error" and "were not asked for" in answer["message"]
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    request.refresh_from_db()
+    assert request.status == "failed" and "results[0].samples_ms" in request.error
+    assert request.results == []
+
+
+@pytest.mark.parametrize("samples, why", [
+    ("fast", "must be a list of 1 to 200 run times (at most 1000, and no more than the 200 timed runs), "
+             "got str"),
+    ({"0": 0.01}, "got dict"),
+    ([], "must be a list of 1 to 200 run times (at most 1000, and no more than the 200 timed runs), "
+         "got a list of 0"),
+    (SAMPLES + [0.01], "no more than the 200 timed runs), got a list of 201"),
+    ([0.01] * (p.MAX_SAMPLES + 1), "must be a list of 1 to 1000 run times"),
+    ([0.01, 0.0], "samples_ms[1] must be a finite number > 0, got 0.0"),
+    ([-0.01], "samples_ms[0] must be a finite number > 0, got -0.01"),
+    ([float("nan")], "samples_ms[0] must be a finite number > 0, got nan"),
+    ([float("inf")], "samples_ms[0] must be a finite number > 0, got inf"),
+    ([0.01, "0.02"], "samples_ms[1] must be a finite number > 0, got '0.02'"),
+    ([True], "samples_ms[0] must be a finite number > 0, got True"),
+    ([[0.01]], "samples_ms[0] must be a finite number > 0, got [0.01]"),
+], ids=["string", "object", "empty", "more-than-n", "more-than-cap", "zero", "negative", "nan", "infinity",
+        "text", "boolean", "nested"])
+def test_invalid_samples_fail_the_request(owner, agent_device, token, signatures, samples, why):
+    request = make_request(owner, agent_device, signatures, networks=1)
+    stats = {**STATS, "n": 5000} if len(samples) > p.MAX_SAMPLES else STATS
+
+    async def scenario():
+        socket = await connected(token)
+        await hello(socket)
+        await socket.receive_json_from(timeout=TIMEOUT)
+        await send_all_layers(socket, request.pk, len(signatures))
+        await socket.send_json_to({"type": "networks", "request": request.pk,
+                                   "results": [{**stats, "samples_ms": samples}]})
+        answer = await socket.receive_json_from(timeout=TIMEOUT)
+        assert answer["type"] == "error" and answer["request"] == request.pk
+        assert "invalid network results" in answer["message"] and why in answer["message"]
+        assert (await in_db(refresh)(agent_device)).status == "online"
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    request.refresh_from_db()
+    assert request.status == "failed" and request.results == []
+    assert request.error.startswith("the agent sent invalid network results: results[0].samples_ms")
+
+
+def test_the_heartbeat_interval_is_the_servers_setting(settings, agent_device, token):
+    settings.AGENT_HEARTBEAT_SECONDS = 7
+
+    async def scenario():
+        socket = await connected(token)
+        assert (await hello(socket))["heartbeat_seconds"] == 7
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+
+
 def test_an_agent_error_fails_the_request(owner, agent_device, token, signatures):
     request = make_request(owner, agent_device, signatures)
 
@@ -598,6 +707,56 @@ def test_the_agent_times_onnx_models_interleaved_with_retries():
     assert calls == {"a": 3 * (2 + 12), "b": 3 * (2 + 12)}
 
 
+def test_the_agent_keeps_the_samples_of_the_attempt_it_keeps(monkeypatch):
+    from devices.agent import timing
+    from devices.agent.stats import TimingStats
+
+    # Scripted attempts of runners a, b: a is noisy at first, narrower on its first retry and wider
+    # again on its second; b is steady from the start (and so never timed again).
+    noisy, narrow, wider = [1.0, 1.0, 3.0, 5.0], [1.0, 1.1, 1.2, 1.3], [1.0, 2.0, 3.0, 4.0]
+    steady = [2.0, 2.0, 2.0, 2.1]
+    attempts = iter([[noisy, steady], [narrow], [wider]])
+    groups = []
+
+    def scripted(runners, warmup, rounds, runs_per_round):
+        groups.append(list(runners))
+        return next(attempts)
+
+    monkeypatch.setattr(timing, "interleaved_samples", scripted)
+    a, b = (lambda: None), (lambda: None)
+    protocol = timing.TimingProtocol(max_spread=0.05, max_retries=2)
+    timed = timing.time_with_retries_and_samples([a, b], protocol)
+    assert groups == [[a, b], [a], [a]]
+    assert [t.samples_ms for t in timed] == [narrow, steady]
+    assert [t.stats for t in timed] == [TimingStats.from_samples(narrow), TimingStats.from_samples(steady)]
+
+
+def test_the_agent_keeps_the_samples_the_servers_worker_keeps():
+    from devices.tasks import MAX_SAMPLES, kept_samples
+
+    assert p.MAX_SAMPLES == MAX_SAMPLES
+    runs = [0.1 + i * 1.37e-7 for i in range(2500)]
+    assert p.kept_samples(runs) == kept_samples(runs) and len(p.kept_samples(runs)) == p.MAX_SAMPLES
+    assert p.kept_samples(runs[:200]) == kept_samples(runs[:200]) and len(p.kept_samples(runs[:200])) == 200
+    assert p.kept_samples([0.12345678]) == [0.123457]
+
+
+def test_the_agent_settings_come_from_the_environment(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETADAPT_AGENT_")}
+    env.update(PYTHONPATH=str(REPO), NETADAPT_DATA_DIR=str(tmp_path))
+    code = "import json, webapp.settings as s; print(json.dumps([s.AGENT_POLL_SECONDS, s.AGENT_HEARTBEAT_SECONDS]))"
+
+    def read(**variables):
+        run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, **variables},
+                             capture_output=True, text=True, timeout=60)
+        return json.loads(run.stdout) if run.returncode == 0 else run.stderr
+
+    assert read() == [0, p.HEARTBEAT_SECONDS]  # 0: the consumer falls back to EVENT_POLL_SECONDS
+    assert read(NETADAPT_AGENT_POLL_SECONDS="3", NETADAPT_AGENT_HEARTBEAT_SECONDS="30") == [3, 30]
+    assert "NETADAPT_AGENT_HEARTBEAT_SECONDS=0 must be at least 1" in read(NETADAPT_AGENT_HEARTBEAT_SECONDS="0")
+    assert "NETADAPT_AGENT_POLL_SECONDS='often' is not an integer" in read(NETADAPT_AGENT_POLL_SECONDS="often")
+
+
 class FakeChannel:
     """What ``Agent.serve_request`` sends, and the server's answers it waits for."""
 
@@ -612,7 +771,7 @@ class FakeChannel:
         return {**answer, "request": request_id}
 
 
-def serve_zip(monkeypatch, files: dict[str, bytes], manifest: dict) -> FakeChannel:
+def serve_zip(monkeypatch, files: dict[str, bytes], manifest: dict, **request) -> FakeChannel:
     from devices.agent import client
 
     buffer = io.BytesIO()
@@ -623,11 +782,12 @@ def serve_zip(monkeypatch, files: dict[str, bytes], manifest: dict) -> FakeChann
     channel = FakeChannel()
     agent = client.Agent("http://server.example", "token", facts={}, batch=2)
     agent.serve_request(channel, {"type": "request", "request": 7, "files": "/files", "threads": 1,
-                                  "protocol": {"warmup": 1, "rounds": 2, "runs_per_round": 3}})
+                                  "protocol": {"warmup": 1, "rounds": 2, "runs_per_round": 3}, **request})
     return channel
 
 
-def test_the_agent_times_a_request_in_batches_then_its_networks(monkeypatch, signatures):
+@pytest.mark.parametrize("samples", [None, False, True], ids=["older-server", "a-job", "a-users-own"])
+def test_the_agent_times_a_request_in_batches_then_its_networks(monkeypatch, signatures, samples):
     from devices.measure.builders import model_to_onnx, signature_input_shape, signature_onnx
     from devices.measure.signature import LayerSignature
 
@@ -638,12 +798,23 @@ def test_the_agent_times_a_request_in_batches_then_its_networks(monkeypatch, sig
                                           "input_shape": list(signature_input_shape(s))} for i, s in enumerate(layers)],
                 "networks": [{"index": 0, "file": "networks/0.onnx", "label": "net",
                               "input_shape": list(SPEC.example_input().shape)}]}
-    channel = serve_zip(monkeypatch, files, manifest)
+    channel = serve_zip(monkeypatch, files, manifest, **({} if samples is None else {"samples": samples}))
     assert [(t, f["request"]) for t, f in channel.sent] == [("layers", 7), ("layers", 7), ("networks", 7)]
     assert [sorted(f["results"]) for _, f in channel.sent[:2]] == [["0", "1"], ["2"]]
-    results = [*channel.sent[0][1]["results"].values(), *channel.sent[1][1]["results"].values(),
-               *channel.sent[2][1]["results"]]
-    assert [p.check_stats(stats)["n"] for stats in results] == [6] * 4
+    layers = [*channel.sent[0][1]["results"].values(), *channel.sent[1][1]["results"].values()]
+    assert [p.check_stats(stats)["n"] for stats in layers] == [6] * 3  # layers never carry samples
+    (network,) = channel.sent[2][1]["results"]
+    if not samples:
+        assert p.check_stats(network)["n"] == 6  # statistics only, as before
+        return
+    # The per-run times of the attempt the statistics summarise, as the server checks them.
+    checked = p.check_network_result(network, samples=True)
+    assert checked["n"] == 6 and len(checked["samples_ms"]) == 6
+    from devices.agent.stats import TimingStats
+
+    summary = TimingStats.from_samples(checked["samples_ms"])
+    for name in p.STATS_FIELDS[1:]:
+        assert getattr(summary, name) == pytest.approx(checked[name], abs=1e-6)
 
 
 @pytest.mark.parametrize("problem", ["corrupt-file", "missing-file", "wrong-request", "bad-shape"])

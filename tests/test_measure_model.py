@@ -215,6 +215,70 @@ def test_an_agent_device_gets_the_request_without_a_worker(owner_client, owner, 
     assert "Waiting for Pixel (its agent program is offline)" in waiting
 
 
+@pytest.mark.services
+def test_a_measurement_on_an_agent_device_shows_the_histogram_of_its_runs(owner_client, owner, model, workers,
+                                                                         settings):
+    """The agent's side played in-process through its websocket (as tests/test_agent_protocol.py does):
+    the request asks for samples, the agent's per-run times are stored and drawn."""
+    import onnxruntime as ort
+    from asgiref.sync import async_to_sync
+    from channels.testing import WebsocketCommunicator
+
+    from devices.pairing import new_pairing, redeem
+    from webapp.asgi import application
+
+    settings.AGENT_POLL_SECONDS = 0.05
+    phone = Device.objects.create(owner=owner, name="Pixel", kind="agent", threads=1)
+    code, _ = new_pairing(phone)
+    token = redeem(code, {"os": "Android"})[1]
+    response = owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": phone.pk})
+    measurement = MeasurementRequest.objects.get()
+    assert measurement.device == phone and workers.requests == []
+    samples = [round(0.2 + 0.01 * ((i * 7) % 30) + (0.5 if i % 97 == 0 else 0.0), 6) for i in range(RUNS)]
+    stats = TimingStats.from_samples(samples).to_dict()
+    n_layers = len(measurement.signatures)
+
+    async def agent():
+        socket = WebsocketCommunicator(application, "/ws/agent/", headers=[
+            (b"origin", b"http://localhost"), (b"authorization", f"Token {token}".encode())])
+        assert (await socket.connect(timeout=5))[0]
+        await socket.send_json_to({"type": "hello", "protocol": 1, "agent": "test", "runtime": "onnxruntime",
+                                   "runtime_version": ort.__version__, "facts": {"os": "Android"}})
+        assert (await socket.receive_json_from(timeout=5))["type"] == "welcome"
+        offer = await socket.receive_json_from(timeout=5)
+        assert (offer["request"], offer["samples"], offer["pending"]) == (measurement.pk, True, n_layers)
+        await socket.send_json_to({"type": "layers", "request": measurement.pk,
+                                   "results": {str(i): stats for i in range(n_layers)}})
+        assert (await socket.receive_json_from(timeout=5))["signatures_done"] == n_layers
+        await socket.send_json_to({"type": "networks", "request": measurement.pk,
+                                   "results": [{**stats, "samples_ms": samples}]})
+        assert (await socket.receive_json_from(timeout=5))["status"] == "done"
+        await socket.disconnect()
+
+    async_to_sync(agent)()
+    measurement.refresh_from_db()
+    assert measurement.status == "done" and measurement.results == [{**stats, "samples_ms": samples}]
+    done = owner_client.get(response["Location"])
+    text = page(done)
+    chart = chart_data(done)
+    assert chart["n"] == RUNS and sum(chart["counts"]) + chart["tail"] == RUNS
+    assert "Distribution of the runs" in text and f"{RUNS} timed runs" in text
+    assert "statistics only" not in text
+    assert sorted(layer_names(done)) == sorted(layer.name for layer in traced(SPEC, {}))
+
+
+def test_an_older_agents_measurement_says_why_it_has_no_histogram(owner_client, owner, model, workers):
+    phone = Device.objects.create(owner=owner, name="Pixel", kind="agent", facts={"onnxruntime": "1.17.0"})
+    owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": phone.pk})
+    measurement = MeasurementRequest.objects.get()
+    MeasurementRequest.objects.filter(pk=measurement.pk).update(  # as an agent without samples ends it
+        status="done", results=[TimingStats.from_samples([0.2, 0.3]).to_dict()])
+    text = page(owner_client.get(reverse("measurement_detail", args=[measurement.pk])))
+    assert "Distribution of the runs" not in text
+    assert "No per-run times: the agent program sent statistics only" in text
+    assert reverse("agent_download") in text
+
+
 def test_a_failed_measurement_says_why_and_stops_reloading(owner_client, model, system_device, workers):
     owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": system_device.pk})
     measurement = MeasurementRequest.objects.get()

@@ -272,6 +272,11 @@ JOB_REQUEUE_SECONDS = env_int("NETADAPT_JOB_REQUEUE_SECONDS", 600, minimum=60)
 JOB_MAX_ATTEMPTS = env_int("NETADAPT_JOB_MAX_ATTEMPTS", 5, minimum=1)
 # A job waits this long for an agent device (offline phone...) to measure, then fails.
 DEVICE_WAIT_SECONDS = env_int("NETADAPT_DEVICE_WAIT_SECONDS", 24 * 3600, minimum=60)
+# An agent's websocket polls the database for its device's requests (and re-checks the token)
+# every AGENT_POLL_SECONDS; 0: EVENT_POLL_SECONDS (below), else 1 s (devices/consumers.py).
+AGENT_POLL_SECONDS = env_int("NETADAPT_AGENT_POLL_SECONDS", 0, minimum=0)
+# How often a connected agent sends a heartbeat (told in its welcome; 15 s, the agent's own default).
+AGENT_HEARTBEAT_SECONDS = env_int("NETADAPT_AGENT_HEARTBEAT_SECONDS", 15, minimum=1)
 # Minutes a pairing code shown on "Add device" stays valid.
 PAIRING_CODE_MINUTES = env_int("NETADAPT_PAIRING_CODE_MINUTES", 10, minimum=1)
 CELERY_BEAT_SCHEDULE = {"sweep-stale-jobs": {"task": "adaptation.tasks.sweep_stale_jobs",

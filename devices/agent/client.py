@@ -5,7 +5,8 @@ hello, sends heartbeats from a background thread, and serves the requests the se
 at a time: download the request's ONNX files (a zip over HTTP, same token), time the layers in
 batches and send each batch's statistics as soon as it is timed (a killed agent loses at most
 one batch: the server stores each batch, and the files of a re-sent request hold only what is
-still missing), then time the whole networks together and send their statistics.
+still missing), then time the whole networks together and send their statistics (with the raw
+per-run times of each, thinned to ``p.MAX_SAMPLES``, when the request asks for ``samples``).
 
 When the connection drops (network, server restart) it reconnects with exponential backoff,
 capped; the server hands a reconnecting agent its unfinished request again. A refused token
@@ -31,7 +32,7 @@ from websockets.sync.client import connect
 
 from devices.agent import AGENT_VERSION
 from devices.agent import protocol as p
-from devices.agent.timing import TimingProtocol, load_runner, time_with_retries
+from devices.agent.timing import TimedSamples, TimingProtocol, load_runner, time_with_retries_and_samples
 
 logger = logging.getLogger("netadapt.agent")
 
@@ -203,8 +204,8 @@ def read_manifest(archive: zipfile.ZipFile, request_id: int) -> tuple[list[Model
     return layers, networks
 
 
-def time_files(archive: zipfile.ZipFile, entries: list[ModelFile], protocol: TimingProtocol):
-    """TimingStats of each file, timed together (interleaved)."""
+def time_files(archive: zipfile.ZipFile, entries: list[ModelFile], protocol: TimingProtocol) -> list[TimedSamples]:
+    """The statistics of each file, timed together (interleaved), with the samples they summarise."""
     runners = []
     for entry in entries:
         try:
@@ -213,7 +214,7 @@ def time_files(archive: zipfile.ZipFile, entries: list[ModelFile], protocol: Tim
             raise MeasurementFailed(f"ONNX Runtime cannot run {entry.file}: {type(error).__name__}: "
                                     f"{error}") from None
     try:
-        return time_with_retries(runners, protocol)
+        return time_with_retries_and_samples(runners, protocol)
     except Exception as error:
         raise MeasurementFailed(f"timing failed: {type(error).__name__}: {error}") from None
 
@@ -404,7 +405,7 @@ class Agent:
                 except zipfile.BadZipFile as error:
                     raise MeasurementFailed(f"the request's files are not a zip: {error}") from None
                 with archive:
-                    self._measure(channel, request_id, archive, protocol)
+                    self._measure(channel, request_id, archive, protocol, samples=message.get("samples") is True)
         except RequestAbandoned as error:
             logger.warning("request %d: the server stopped it: %s", request_id, error)
         except MeasurementFailed as error:
@@ -418,20 +419,27 @@ class Agent:
             logger.info("request %d done in %.1f s", request_id, time.monotonic() - started)
 
     def _measure(self, channel: Channel, request_id: int, archive: zipfile.ZipFile,
-                 protocol: TimingProtocol) -> None:
+                 protocol: TimingProtocol, samples: bool = False) -> None:
+        """Time and send the layers batch by batch, then the networks (with their per-run times
+        when ``samples``), and wait for the request to end."""
         layers, networks = read_manifest(archive, request_id)
         for start in range(0, len(layers), self.batch):
             batch = layers[start:start + self.batch]
-            stats = time_files(archive, batch, protocol)
+            timed = time_files(archive, batch, protocol)
             channel.send(p.LAYERS, request=request_id,
-                         results={str(entry.index): s.to_dict() for entry, s in zip(batch, stats)})
+                         results={str(entry.index): t.stats.to_dict() for entry, t in zip(batch, timed)})
             answer = channel.expect((p.STORED,), request_id)
             logger.info("request %d: %d/%d layer(s) timed, %s stored in all", request_id,
                         start + len(batch), len(layers), answer.get("signatures_done"))
-        stats = time_files(archive, networks, protocol)
-        for entry, s in zip(networks, stats):
+        timed = time_files(archive, networks, protocol)
+        results = []
+        for entry, t in zip(networks, timed):
             logger.info("request %d: network %r: median %.3f ms, min %.3f ms", request_id, entry.label,
-                        s.median_ms, s.min_ms)
-        channel.send(p.NETWORKS, request=request_id, results=[s.to_dict() for s in stats])
+                        t.stats.median_ms, t.stats.min_ms)
+            result = t.stats.to_dict()
+            if samples:
+                result[p.SAMPLES_FIELD] = p.kept_samples(t.samples_ms)
+            results.append(result)
+        channel.send(p.NETWORKS, request=request_id, results=results)
         channel.expect((p.DONE,), request_id)
 

@@ -9,13 +9,19 @@ the fields of each message):
     agent  -> server   hello {protocol, agent, runtime, runtime_version, facts}
     server -> agent    welcome {device, name, runtime, threads, heartbeat_seconds}
     agent  -> server   heartbeat {}                          (every heartbeat_seconds)
-    server -> agent    request {request, files, threads, protocol, signatures, pending, ...}
+    server -> agent    request {request, files, threads, protocol, signatures, pending, samples, ...}
     agent  -> server   layers {request, results: {index: stats}}      (one batch at a time)
     server -> agent    stored {request, stored, signatures_done}
-    agent  -> server   networks {request, results: [stats, ...]}      (ends the request)
+    agent  -> server   networks {request, results: [stats (+ samples_ms), ...]}  (ends the request)
     server -> agent    done {request}
     agent  -> server   error {request, message}              (fails the request)
     server -> agent    error {message, request?}             (a message it could not use)
+
+A ``request`` with ``samples: true`` (a user's own measurement, not a job's) asks for the raw
+per-run times of each whole network too: each network's result then carries ``samples_ms``, the
+times (ms) of the attempt its statistics summarise, at most MAX_SAMPLES of them (evenly thinned,
+``kept_samples``). An agent that sends no samples still completes the request; a server that
+sends no ``samples`` field gets none.
 
 The server sends an agent one request at a time, and the next one only after ``done`` or a
 failure. An ``error`` naming the request the agent is working on means: stop working on it.
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Sequence
 
 PROTOCOL_VERSION = 1
 
@@ -58,6 +64,11 @@ MAX_FACTS_CHARS = 8_000
 #: Longest runtime version string (the look-up table's column holds 32 characters).
 MAX_VERSION_CHARS = 32
 MAX_ERROR_CHARS = 2_000
+
+#: Raw per-run times one network's result may carry (the server's own worker keeps as many:
+#: devices.tasks.MAX_SAMPLES; a test checks that they agree).
+MAX_SAMPLES = 1000
+SAMPLES_FIELD = "samples_ms"
 
 STATS_FIELDS = ("n", "min_ms", "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms")
 #: The timing protocol's fields as the server sends them (devices.measure.protocol.MeasureProtocol).
@@ -127,6 +138,45 @@ def check_stats(value: Any, what: str = "stats") -> dict:
         raise ProtocolError(f"{what}: min <= p10 <= median <= p90 and min <= mean must hold, got {order} "
                             f"and mean {stats['mean_ms']}")
     return stats
+
+
+def kept_samples(samples_ms: Sequence[float], limit: int = MAX_SAMPLES) -> list[float]:
+    """At most ``limit`` of the samples, spread evenly over the run (every k-th when there are more),
+    rounded to the nanosecond the clock gives: what the server's worker keeps
+    (devices.tasks.kept_samples, which imports torch; a test checks that both keep the same)."""
+    if len(samples_ms) > limit:
+        samples_ms = [samples_ms[i * len(samples_ms) // limit] for i in range(limit)]
+    return [round(value, 6) for value in samples_ms]
+
+
+def check_samples(value: Any, runs: int, what: str = "samples_ms") -> list[float]:
+    """Raw per-run times (ms) of a result of ``runs`` timed runs, checked; a clean copy.
+
+    A list of 1 to min(runs, MAX_SAMPLES) finite numbers > 0.
+    """
+    limit = min(runs, MAX_SAMPLES)
+    if not isinstance(value, list) or not 1 <= len(value) <= limit:
+        got = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+        raise ProtocolError(f"{what} must be a list of 1 to {limit} run times (at most {MAX_SAMPLES}, "
+                            f"and no more than the {runs} timed runs), got {got}")
+    for i, number in enumerate(value):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                or not number > 0:
+            raise ProtocolError(f"{what}[{i}] must be a finite number > 0, got {number!r}")
+    return [float(number) for number in value]
+
+
+def check_network_result(value: Any, what: str = "result", samples: bool = False) -> dict:
+    """A whole network's result: its stats, plus its ``samples_ms`` when ``samples`` were asked
+    for (optional even then: an older agent sends none); a clean copy. Samples that were not
+    asked for are refused."""
+    if isinstance(value, dict) and SAMPLES_FIELD in value:
+        if not samples:
+            raise ProtocolError(f"{what}.{SAMPLES_FIELD}: per-run times were not asked for in this request")
+        result = check_stats({k: v for k, v in value.items() if k != SAMPLES_FIELD}, what)
+        result[SAMPLES_FIELD] = check_samples(value[SAMPLES_FIELD], result["n"], f"{what}.{SAMPLES_FIELD}")
+        return result
+    return check_stats(value, what)
 
 
 def authorization(token: str) -> str:

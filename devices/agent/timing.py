@@ -5,7 +5,8 @@ request): warm-up runs per model, then interleaved rounds (A B C A B C ...) so t
 device (heat, frequency scaling, background apps) hits every model alike; every call timed on
 its own with ``perf_counter_ns`` while the garbage collector is off; entries whose spread
 (p90 - p10) / median is above ``max_spread`` re-timed (interleaved among themselves), keeping
-the attempt with the smallest spread. Sessions are set up like the server's (fixed intra-op
+the attempt with the smallest spread (and, for whole networks the server wants a histogram of,
+that attempt's raw per-call times). Sessions are set up like the server's (fixed intra-op
 threads, sequential, all graph optimisations, no spinning: an idle pool that spins would steal
 cores from the session timed next) and fed the same seeded random input.
 
@@ -111,15 +112,37 @@ def time_interleaved(runners: Sequence[Runner], protocol: TimingProtocol) -> lis
     return [TimingStats.from_samples(s) for s in samples]
 
 
-def time_with_retries(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:
-    """:func:`time_interleaved`, then re-time (interleaved) the entries whose spread is too wide."""
-    best = time_interleaved(runners, protocol)
+@dataclass(frozen=True)
+class TimedSamples:
+    """One runner's statistics and the raw per-call times (ms) they summarise."""
+
+    stats: TimingStats
+    samples_ms: list[float]
+
+
+def time_with_retries_and_samples(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimedSamples]:
+    """:func:`time_with_retries` that also keeps, for each runner, the samples of the attempt whose
+    statistics it returns (the server's devices/measure/protocol.py does the same)."""
+    def attempt(group: Sequence[Runner]) -> list[TimedSamples]:
+        if not group:
+            return []
+        return [TimedSamples(TimingStats.from_samples(samples), samples)
+                for samples in interleaved_samples(group, protocol.warmup, protocol.rounds,
+                                                   protocol.runs_per_round)]
+
+    best = attempt(runners)
     for _ in range(protocol.max_retries):
-        noisy = [i for i, stats in enumerate(best) if stats.spread > protocol.max_spread]
+        noisy = [i for i, timed in enumerate(best) if timed.stats.spread > protocol.max_spread]
         if not noisy:
             break
-        retried = time_interleaved([runners[i] for i in noisy], protocol)
-        for index, stats in zip(noisy, retried):
-            if stats.spread < best[index].spread:
-                best[index] = stats
+        retried = attempt([runners[i] for i in noisy])
+        for index, timed in zip(noisy, retried):
+            if timed.stats.spread < best[index].stats.spread:
+                best[index] = timed
     return best
+
+
+def time_with_retries(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:
+    """:func:`time_interleaved`, then re-time (interleaved) the entries whose spread is too wide;
+    for each, the attempt with the smallest spread is kept."""
+    return [timed.stats for timed in time_with_retries_and_samples(runners, protocol)]
