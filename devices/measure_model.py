@@ -5,7 +5,7 @@ A measurement is a ``MeasurementRequest`` with no job: one network (an uploaded 
 network of one iteration of a job) timed whole, plus the layers of that network that the device's
 look-up table lacks (so the page can break the network down layer by layer). A local device's
 worker keeps the raw per-run times of such a request (``results[0]["samples_ms"]``) for the
-histogram; an agent reports statistics only.
+histogram (agents send them too).
 
 Who may ask: a user measures their own models and jobs (a stranger's is a 404) on the devices
 they see (``devices_visible_to``). Every refusal is a ``MeasureError`` whose message is meant for

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from adaptation.leases import worker_name
 from adaptation.netadapt.spec import build_network
+from devices.agent.protocol import MAX_SAMPLES, kept_samples  # pure: the agent keeps samples alike
 from devices.measure import LocalMeasurer, MeasureProtocol
 from devices.models import MeasurementRequest
 from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
@@ -23,7 +24,6 @@ logger = logging.getLogger(__name__)
 #: Layers timed (and stored) together: a killed worker loses at most one batch.
 MEASURE_BATCH = 64
 #: Raw per-run times kept per network of a request that no job made (``results[i]["samples_ms"]``).
-MAX_SAMPLES = 1000
 
 
 def measurer_for(request: MeasurementRequest) -> LocalMeasurer:
@@ -51,14 +51,6 @@ def run_request(request: MeasurementRequest) -> None:
         else:
             results = measurer.measure_models(models, example)
     complete_request(request, results, version)
-
-
-def kept_samples(samples_ms: list[float], limit: int = MAX_SAMPLES) -> list[float]:
-    """At most ``limit`` of the samples, spread evenly over the run (every k-th when there are more),
-    rounded to the nanosecond the clock gives."""
-    if len(samples_ms) > limit:
-        samples_ms = [samples_ms[i * len(samples_ms) // limit] for i in range(limit)]
-    return [round(value, 6) for value in samples_ms]
 
 
 @shared_task(acks_late=True)

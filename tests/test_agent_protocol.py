@@ -731,13 +731,12 @@ def test_the_agent_keeps_the_samples_of_the_attempt_it_keeps(monkeypatch):
     assert [t.stats for t in timed] == [TimingStats.from_samples(narrow), TimingStats.from_samples(steady)]
 
 
-def test_the_agent_keeps_the_samples_the_servers_worker_keeps():
-    from devices.tasks import MAX_SAMPLES, kept_samples
-
-    assert p.MAX_SAMPLES == MAX_SAMPLES
+def test_samples_are_thinned_evenly_to_the_cap_and_rounded_to_the_nanosecond():
     runs = [0.1 + i * 1.37e-7 for i in range(2500)]
-    assert p.kept_samples(runs) == kept_samples(runs) and len(p.kept_samples(runs)) == p.MAX_SAMPLES
-    assert p.kept_samples(runs[:200]) == kept_samples(runs[:200]) and len(p.kept_samples(runs[:200])) == 200
+    kept = p.kept_samples(runs)
+    assert len(kept) == p.MAX_SAMPLES == 1000
+    assert kept[0] == round(runs[0], 6) and kept[-1] == round(runs[2497], 6)  # every 2.5th, to the end
+    assert p.kept_samples(runs[:200]) == [round(r, 6) for r in runs[:200]]
     assert p.kept_samples([0.12345678]) == [0.123457]
 
 

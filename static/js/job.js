@@ -182,7 +182,8 @@
   const handlers = {
     "job.status": (p, e) => {
       showStatus(p.status, p.error, p.waiting_for);
-      log(`Status: ${STATUS_LABELS[p.status] || p.status}${p.error ? " (" + p.error + ")" : ""}`,
+      const detail = p.error || p.waiting_for;
+      log(`Status: ${STATUS_LABELS[p.status] || p.status}${detail ? " (" + detail + ")" : ""}`,
           p.status === "failed" ? "error" : "info", e.created);
     },
     "job.start": (p, e) => {
