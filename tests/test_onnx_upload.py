@@ -112,6 +112,8 @@ def test_the_page_uploads_an_onnx_model(owner_client, owner, media, good_onnx):
     page = owner_client.get(response.url).content.decode()
     assert "passed the pre-flight check" in page and "ONNX file, converted to PyTorch" in page
     assert report["groups"][0]["name"] in page
+    listing = owner_client.get(reverse("model_list")).content.decode()
+    assert "<td>ONNX</td>" in listing
 
 
 @pytest.mark.parametrize("case", ["not ONNX", "PyTorch weights", "truncated", "unsupported operator",
