@@ -105,7 +105,8 @@ class MeasurementRequest(models.Model):
     open request of a waiting job is done, the job is re-enqueued (``devices.requests``).
     ``signatures`` holds ``LayerSignature.to_dict()``s, ``networks`` the descriptions that rebuild
     each network (architecture + channel configuration: latency does not depend on weights),
-    ``results`` the ``TimingStats.to_dict()`` of each network, measured interleaved.
+    ``results`` the ``TimingStats.to_dict()`` of each network, measured interleaved (plus its
+    raw ``samples_ms``, at most 1000, for a measurement outside any job: its page's histogram).
     """
 
     STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"),
