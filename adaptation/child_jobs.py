@@ -23,7 +23,8 @@ import torch
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.jobs import JobError, JobRunner
+from adaptation.job_inputs import JobError
+from adaptation.jobs import JobRunner
 from adaptation.job_files import media_path, write_atomically
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline

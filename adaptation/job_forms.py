@@ -1,7 +1,7 @@
 """The form that starts an adaptation job, and what its settings say about the job.
 
 The job's settings are the engine's ``AdaptConfig.to_dict()`` plus the runner's options that are
-not engine configuration (``holdout``: see ``adaptation.jobs.JobOptions``, whose
+not engine configuration (``holdout``: see ``adaptation.job_inputs.JobOptions``, whose
 ``parse_settings`` the runner uses); ``adapt_config_of`` gives the engine's part back. The engine's own validation decides what is a valid configuration; its
 messages are shown next to the field they are about.
 """
@@ -19,7 +19,7 @@ from adaptation.netadapt.schedule import unreachable_warning
 from devices.access import devices_visible_to
 from devices.models import Device
 
-#: Settings stored next to the AdaptConfig fields (adaptation.jobs.JobOptions fields).
+#: Settings stored next to the AdaptConfig fields (adaptation.job_inputs.JobOptions fields).
 OPTION_SETTINGS = ("holdout",)
 ADAPT_CONFIG_FIELDS = tuple(f.name for f in dataclass_fields(AdaptConfig))
 METRIC_CHOICES = [("latency", "Latency on the device (ms)"), ("macs", "MACs (indirect metric)"),

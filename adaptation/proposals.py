@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from adaptation.job_files import JobFiles, write_atomically
+from adaptation.job_inputs import describe_error, load_job_data, load_job_model, parse_settings
 from adaptation.leases import LeaseKeeper, beat_waiting
 from adaptation.models import Job
 from adaptation.netadapt.graph import rebuild_pruned
@@ -112,8 +113,6 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
     Returns what happened: "done", "error" (written for the job to report), or "stale" (the job
     moved on, was cancelled, or the file exists already: nothing to do).
     """
-    from adaptation.jobs import describe_error, load_job_data, load_job_model, parse_settings
-
     path = _result_path(job_id, iteration, index)
     job = Job.objects.select_related("model", "dataset").filter(pk=job_id).first()
     # Only an ended job makes the work useless: the job may be between a resume and its next

@@ -96,7 +96,7 @@ def test_it_creates_a_job_with_engine_settings(logged_in, owner, ready_model, di
     assert config == AdaptConfig(metric="latency", budget=0.4, budget_relative=True, decay=0.9)
     assert set(job.settings) == set(ADAPT_CONFIG_FIELDS) | {"holdout"}
     assert job.settings["holdout"] == 300
-    from adaptation.jobs import JobOptions, parse_settings  # what the runner reads
+    from adaptation.job_inputs import JobOptions, parse_settings  # what the runner reads
 
     assert parse_settings(job.settings) == (config, JobOptions(holdout=300))
     assert enqueued == [job.pk]

@@ -15,7 +15,7 @@ import torch
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation import jobs, tasks
+from adaptation import job_inputs, jobs, tasks
 from adaptation.job_files import JobFiles, media_path
 from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
@@ -294,7 +294,7 @@ def test_it_names_unknown_settings(new_job):
 def test_an_unexpected_error_is_an_internal_error(new_job, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")
-    monkeypatch.setattr(jobs, "load_dataset", broken)
+    monkeypatch.setattr(job_inputs, "load_dataset", broken)
     job = new_job(MACS)
     assert tasks.run_job(job.pk) == "failed"
     job.refresh_from_db()
@@ -318,7 +318,7 @@ def test_it_reports_the_time_limit(new_job, monkeypatch):
 
     def slow(*args, **kwargs):
         raise TimeLimit()
-    monkeypatch.setattr(jobs, "load_dataset", slow)
+    monkeypatch.setattr(job_inputs, "load_dataset", slow)
     job = claim_job(new_job(MACS).pk, "me:1")
     assert JobRunner(job, time_limit_error=TimeLimit).run() == "failed"
     job.refresh_from_db()

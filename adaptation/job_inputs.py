@@ -1,0 +1,135 @@
+"""What a job runs on, read from its rows: its settings, its network, its data; and how its
+failures are told to the user. Shared by the job runner (``adaptation.jobs``) and the tasks that
+fine-tune its proposals (``adaptation.proposals``), which load the same inputs in other processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch.nn as nn
+from django.conf import settings
+
+from adaptation.archives import ArchiveError, load_archive_dataset
+from adaptation.job_files import extracted_dataset_name, media_path
+from adaptation.models import Job
+from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
+                                      load_dataset, load_image_folder)
+from adaptation.netadapt.export import ExportMismatch
+from adaptation.netadapt.loop import BudgetError
+from adaptation.netadapt.spec import ArchitectureSpec
+from adaptation.netadapt.steps import NoProposalError
+from adaptation.preflight import PreflightError, check_dataset_fits, load_upload_architecture
+
+#: Holdout carved from Fashion-MNIST's 60k training images by default (the paper-sized holdout);
+#: other datasets default to a tenth of their training images.
+FASHION_MNIST_HOLDOUT = 5000
+DEFAULT_HOLDOUT_FRACTION = 0.1
+
+
+class JobError(Exception):
+    """The job cannot run; the message is shown to the user as is."""
+
+
+#: Exceptions whose message is written for the user; anything else is an internal error.
+USER_ERRORS = (JobError, BudgetError, NoProposalError, DatasetUnavailable, InvalidDataset,
+               PreflightError, ArchiveError, ExportMismatch)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Job settings that are not the engine's ``AdaptConfig``."""
+
+    holdout: int | float | None = None  # holdout split: a count, or a fraction below 1 (None: default)
+    limit_train: int | None = None      # cap on training images (built-in datasets; quick runs)
+    latency_model: str = "table"        # "table": calibrated look-up table; "whole": measure candidates whole
+    finetune_iteration: int | None = None       # a fine-tune job: the parent's iteration it fine-tunes
+    baseline_ratios: list[float] | None = None  # a baseline job: the width ratios (None: the defaults)
+
+
+def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
+    """Split ``Job.settings`` into the engine's config and the job's options (JobError if bad).
+
+    ``Job.settings`` holds ``AdaptConfig`` fields plus, optionally, ``JobOptions`` fields.
+    """
+    raw = dict(raw or {})
+    option_names = {f.name for f in fields(JobOptions)}
+    options = {name: raw.pop(name) for name in list(raw) if name in option_names}
+    unknown = sorted(set(raw) - {f.name for f in fields(AdaptConfig)})
+    if unknown:
+        raise JobError(f"invalid settings: unknown setting(s) {', '.join(unknown)}")
+    try:
+        config = AdaptConfig.from_dict(raw)
+    except (TypeError, ValueError) as error:
+        raise JobError(f"invalid settings: {error}") from None
+    holdout = options.get("holdout")
+    if holdout is not None:
+        if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or holdout <= 0:
+            raise JobError(f"invalid settings: holdout must be a positive count or fraction, not {holdout!r}")
+        options["holdout"] = int(holdout) if holdout >= 1 else float(holdout)
+    limit = options.get("limit_train")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise JobError(f"invalid settings: limit_train must be a whole number of images, not {limit!r}")
+    if options.get("latency_model", "table") not in ("table", "whole"):
+        raise JobError("invalid settings: latency_model must be 'table' or 'whole'")
+    number = options.get("finetune_iteration")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
+        raise JobError(f"invalid settings: finetune_iteration must be an iteration number, not {number!r}")
+    ratios = options.get("baseline_ratios")
+    if ratios is not None and (not isinstance(ratios, list) or not ratios or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1 for r in ratios)):
+        raise JobError(f"invalid settings: baseline_ratios must be width ratios between 0 and 1, not {ratios!r}")
+    return config, JobOptions(**options)
+
+
+def one_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message ("" if none)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def describe_error(error: BaseException) -> str:
+    """What the user is told about a failure: the message of a known error, else its type."""
+    if isinstance(error, USER_ERRORS):
+        return one_line(error) or type(error).__name__
+    return f"internal error: {type(error).__name__}: {one_line(error)}".rstrip(": ")
+
+
+def load_job_model(job: Job) -> tuple[ArchitectureSpec, nn.Module]:
+    """The job's original network and the architecture that rebuilds it (a built-in
+    ``ArchitectureSpec`` or an ``OnnxArchitecture``); PreflightError when unusable."""
+    return load_upload_architecture(job.model, allow_pickled_modules=getattr(
+        settings, "NETADAPT_ALLOW_PICKLED_MODELS", False))
+
+
+def load_job_data(job: Job, spec: ArchitectureSpec, config: AdaptConfig,
+                  options: JobOptions) -> DatasetSplits:
+    """The job's dataset split by its seed, checked to fit the network."""
+    dataset = job.dataset
+    holdout = options.holdout
+    if dataset.kind == "builtin":
+        if holdout is None:
+            holdout = (FASHION_MNIST_HOLDOUT if dataset.builtin_name == "fashion_mnist"
+                       else DEFAULT_HOLDOUT_FRACTION)
+        data = load_dataset(dataset.builtin_name, holdout_size=holdout, resolution=spec.resolution,
+                            seed=config.seed, limit_train=options.limit_train)
+    else:
+        data = _load_uploaded_data(dataset, spec, config,
+                                   DEFAULT_HOLDOUT_FRACTION if holdout is None else holdout)
+    check_dataset_fits(spec, in_channels=data.in_channels, resolution=data.resolution,
+                       num_classes=data.num_classes)
+    return data
+
+
+def _load_uploaded_data(dataset, spec: ArchitectureSpec, config: AdaptConfig,
+                        holdout: int | float) -> DatasetSplits:
+    folder = media_path(extracted_dataset_name(dataset.pk))
+    if not folder.is_dir():
+        try:
+            with dataset.archive.open("rb") as archive:
+                return load_archive_dataset(archive, folder, resolution=spec.resolution,
+                                            seed=config.seed, holdout_size=holdout)
+        except FileExistsError:
+            pass  # another job extracted it meanwhile
+        except FileNotFoundError:
+            raise JobError(f"the archive of dataset '{dataset.name}' is missing") from None
+    return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution, seed=config.seed)
