@@ -13,7 +13,7 @@ from django.conf import settings
 
 from adaptation.leases import worker_name
 from adaptation.netadapt.spec import build_network
-from devices.agent.protocol import MAX_SAMPLES, kept_samples  # pure: the agent keeps samples alike
+from devices.agent.protocol import kept_samples  # pure: the agent keeps samples alike
 from devices.measure import LocalMeasurer, MeasureProtocol
 from devices.models import MeasurementRequest
 from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,

@@ -722,7 +722,8 @@ def test_the_agent_keeps_the_samples_of_the_attempt_it_keeps(monkeypatch):
         groups.append(list(runners))
         return next(attempts)
 
-    monkeypatch.setattr(timing, "interleaved_samples", scripted)
+    from devices.agent.stats import load_shared_stats  # the loop and its retries: the server's file
+    monkeypatch.setattr(load_shared_stats(), "interleaved_samples", scripted)
     a, b = (lambda: None), (lambda: None)
     protocol = timing.TimingProtocol(max_spread=0.05, max_retries=2)
     timed = timing.time_with_retries_and_samples([a, b], protocol)

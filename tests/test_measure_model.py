@@ -20,7 +20,8 @@ from devices.measure import MeasureProtocol, TimingStats, trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
 from devices.models import Device, MeasurementRequest
 from devices.requests import device_table, fail_request, open_request
-from devices.tasks import MAX_SAMPLES, kept_samples, measure_request
+from devices.agent.protocol import MAX_SAMPLES, kept_samples
+from devices.tasks import measure_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -45,4 +45,7 @@ def load_shared_stats() -> ModuleType:
 
 _shared = load_shared_stats()
 TimingStats = _shared.TimingStats
+TimedSamples = _shared.TimedSamples
 interleaved_samples = _shared.interleaved_samples
+timed_with_retries = _shared.timed_with_retries
+ort_session_options = _shared.ort_session_options

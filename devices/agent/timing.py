@@ -6,13 +6,13 @@ device (heat, frequency scaling, background apps) hits every model alike; every 
 its own with ``perf_counter_ns`` while the garbage collector is off; entries whose spread
 (p90 - p10) / median is above ``max_spread`` re-timed (interleaved among themselves), keeping
 the attempt with the smallest spread (and, for whole networks the server wants a histogram of,
-that attempt's raw per-call times). Sessions are set up like the server's (fixed intra-op
-threads, sequential, all graph optimisations, no spinning: an idle pool that spins would steal
-cores from the session timed next) and fed the same seeded random input.
+that attempt's raw per-call times). Sessions get the server's options (fixed intra-op threads,
+sequential, all graph optimisations, no spinning: an idle pool that spins would steal cores from
+the session timed next) and the same seeded random input.
 
-The loop is written here rather than imported because devices/measure/protocol.py sets torch's
-thread count and so imports torch; the statistics are the server's file itself
-(devices.agent.stats). tests/test_agent_protocol.py checks that the defaults agree.
+The loop, its retries, the statistics and the session options are the server's own
+devices/measure/stats.py (loaded through devices.agent.stats, without torch);
+tests/test_agent_protocol.py checks that the protocol defaults agree.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from devices.agent.protocol import PROTOCOL_FIELDS, ProtocolError, integer
-from devices.agent.stats import TimingStats, interleaved_samples
+from devices.agent.stats import (TimedSamples, TimingStats, interleaved_samples, ort_session_options,
+                                 timed_with_retries)
 
 INPUT_SEED = 1  # the seed of the server's runners' input (devices/measure/runtimes.py)
 MAX_THREADS = 256
@@ -71,22 +72,9 @@ class TimingProtocol:
         return self.rounds * self.runs_per_round
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """Sequential, fully optimised, non-spinning options with ``threads`` intra-op threads."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only
-    return options
-
-
 def load_runner(onnx_bytes: bytes, input_shape: Sequence[int], threads: int) -> Runner:
     """A zero-argument call that runs one inference of the model on a fixed random input."""
-    session = ort.InferenceSession(onnx_bytes, sess_options=session_options(threads),
+    session = ort.InferenceSession(onnx_bytes, sess_options=ort_session_options(threads),
                                    providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -112,34 +100,11 @@ def time_interleaved(runners: Sequence[Runner], protocol: TimingProtocol) -> lis
     return [TimingStats.from_samples(s) for s in samples]
 
 
-@dataclass(frozen=True)
-class TimedSamples:
-    """One runner's statistics and the raw per-call times (ms) they summarise."""
-
-    stats: TimingStats
-    samples_ms: list[float]
-
-
 def time_with_retries_and_samples(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimedSamples]:
     """:func:`time_with_retries` that also keeps, for each runner, the samples of the attempt whose
-    statistics it returns (the server's devices/measure/protocol.py does the same)."""
-    def attempt(group: Sequence[Runner]) -> list[TimedSamples]:
-        if not group:
-            return []
-        return [TimedSamples(TimingStats.from_samples(samples), samples)
-                for samples in interleaved_samples(group, protocol.warmup, protocol.rounds,
-                                                   protocol.runs_per_round)]
-
-    best = attempt(runners)
-    for _ in range(protocol.max_retries):
-        noisy = [i for i, timed in enumerate(best) if timed.stats.spread > protocol.max_spread]
-        if not noisy:
-            break
-        retried = attempt([runners[i] for i in noisy])
-        for index, timed in zip(noisy, retried):
-            if timed.stats.spread < best[index].stats.spread:
-                best[index] = timed
-    return best
+    statistics it returns (the server's own loop and retries: devices/measure/stats.py)."""
+    return timed_with_retries(runners, protocol.warmup, protocol.rounds, protocol.runs_per_round,
+                              protocol.max_spread, protocol.max_retries)
 
 
 def time_with_retries(runners: Sequence[Runner], protocol: TimingProtocol) -> list[TimingStats]:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from devices.measure.stats import TimingStats, interleaved_samples
+from devices.measure.stats import TimedSamples, TimingStats, interleaved_samples, timed_with_retries
 
 
 @dataclass(frozen=True)
@@ -71,32 +71,15 @@ def time_interleaved(runners: Sequence[Callable[[], None]], protocol: MeasurePro
     return [TimingStats.from_samples(samples) for samples in sample_interleaved(runners, protocol)]
 
 
-@dataclass(frozen=True)
-class TimedSamples:
-    """One runner's statistics and the raw per-call times (ms) they summarise."""
-
-    stats: TimingStats
-    samples_ms: list[float]
-
-
 def time_with_retries_and_samples(runners: Sequence[Callable[[], None]],
                                   protocol: MeasureProtocol) -> list[TimedSamples]:
     """:func:`time_with_retries` that also keeps, for each runner, the samples of the attempt whose
     statistics it returns (a histogram then shows exactly what the statistics describe)."""
-    def attempt(group: Sequence[Callable[[], None]]) -> list[TimedSamples]:
-        return [TimedSamples(TimingStats.from_samples(samples), samples)
-                for samples in sample_interleaved(group, protocol)]
-
-    best = attempt(runners)
-    for _ in range(protocol.max_retries):
-        noisy = [i for i, timed in enumerate(best) if timed.stats.spread > protocol.max_spread]
-        if not noisy:
-            break
-        retried = attempt([runners[i] for i in noisy])
-        for index, timed in zip(noisy, retried):
-            if timed.stats.spread < best[index].stats.spread:
-                best[index] = timed
-    return best
+    if not runners:
+        return []
+    with _torch_threads(protocol.threads):
+        return timed_with_retries(runners, protocol.warmup, protocol.rounds, protocol.runs_per_round,
+                                  protocol.max_spread, protocol.max_retries)
 
 
 def time_with_retries(runners: Sequence[Callable[[], None]], protocol: MeasureProtocol) -> list[TimingStats]:

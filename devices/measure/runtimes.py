@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from devices.measure.builders import model_to_onnx
+from devices.measure.stats import ort_session_options
 
 INPUT_SEED = 1
 """Seed of the fixed random input every runner feeds."""
@@ -78,17 +79,8 @@ class OnnxRuntimeRuntime(Runtime):
 
     @staticmethod
     def session_options(threads: int) -> ort.SessionOptions:
-        """Sequential, fully optimized, non-spinning options with ``threads`` intra-op threads."""
-        _check_threads(threads)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only
-        return options
+        """The options every timing uses, the agent's too (``stats.ort_session_options``)."""
+        return ort_session_options(threads)
 
     def load_onnx(self, onnx_bytes: bytes, input_shape: tuple[int, ...], threads: int) -> Runner:
         session = ort.InferenceSession(

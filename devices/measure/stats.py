@@ -1,11 +1,13 @@
-"""Summary statistics of a set of latency samples, and the interleaved timing loop that takes them.
+"""Summary statistics of latency samples, the interleaved timing loop that takes them (with its
+retries of noisy entries), and the ONNX Runtime session settings every timing uses.
 
 Latency samples on a shared CPU are skewed (a long right tail from
 preemption and cache misses), so the summary keeps robust order
 statistics (min, percentiles, median) next to the mean and std.
 
-This file needs numpy only: the agent program runs it on devices without torch (see
-devices/agent/stats.py), so server and agent time and summarise exactly alike.
+This file needs numpy only (onnxruntime when sessions are made): the agent program runs it on
+devices without torch (see devices/agent/stats.py), so server and agent time and summarise
+exactly alike.
 """
 
 from __future__ import annotations
@@ -113,3 +115,51 @@ def interleaved_samples(runners: Sequence[Callable[[], None]], warmup: int, roun
         if gc_was_enabled:
             gc.enable()
     return [[ns / 1e6 for ns in samples] for samples in samples_ns]
+
+
+@dataclass(frozen=True)
+class TimedSamples:
+    """One runner's statistics and the raw per-call times (ms) they summarise."""
+
+    stats: TimingStats
+    samples_ms: list[float]
+
+
+def timed_with_retries(runners: Sequence[Callable[[], None]], warmup: int, rounds: int,
+                       runs_per_round: int, max_spread: float, max_retries: int) -> list[TimedSamples]:
+    """:func:`interleaved_samples`, then re-time (interleaved among themselves) the entries whose
+    spread exceeds ``max_spread``, up to ``max_retries`` times; for each runner, the attempt with
+    the smallest spread, its statistics with the samples they describe."""
+    def attempt(group: Sequence[Callable[[], None]]) -> list[TimedSamples]:
+        if not group:
+            return []
+        return [TimedSamples(TimingStats.from_samples(samples), samples)
+                for samples in interleaved_samples(group, warmup, rounds, runs_per_round)]
+
+    best = attempt(runners)
+    for _ in range(max_retries):
+        noisy = [i for i, timed in enumerate(best) if timed.stats.spread > max_spread]
+        if not noisy:
+            break
+        for index, timed in zip(noisy, attempt([runners[i] for i in noisy])):
+            if timed.stats.spread < best[index].stats.spread:
+                best[index] = timed
+    return best
+
+
+def ort_session_options(threads: int):
+    """ONNX Runtime options for timing: sequential, fully optimised, non-spinning, ``threads``
+    intra-op threads, errors only in the log."""
+    import onnxruntime as ort  # only where sessions are made
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
