@@ -24,13 +24,18 @@ MACS_CONFIG = AdaptConfig(metric="macs", budget=0.6, short_term_steps=3, long_te
                           initial_reduction=0.1, decay=0.9, batch_size=64, seed=3)
 
 
+def briefly_trained(spec: ArchitectureSpec, data, steps: int):
+    """``spec``'s network after a few seeded SGD steps, in eval mode."""
+    torch.manual_seed(0)
+    model = spec.build()
+    train_steps(model, data.train, steps, lr=0.05, batch_size=64, seed=0)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def trained(digits8):
     """plain_cnn (width 0.5) briefly trained on 8-px digits; shared, never modified."""
-    torch.manual_seed(0)
-    model = SPEC.build()
-    train_steps(model, digits8.train, 40, lr=0.05, batch_size=64, seed=0)
-    return model.eval()
+    return briefly_trained(SPEC, digits8, 40)
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +230,7 @@ WIDE_SPEC = ArchitectureSpec("plain_cnn", 10, 1, 2.0, 8)
 @pytest.fixture(scope="module")
 def wide(digits8):
     """plain_cnn at width 2 on 8-px digits, briefly trained; shared, never modified."""
-    torch.manual_seed(0)
-    model = WIDE_SPEC.build()
-    train_steps(model, digits8.train, 10, lr=0.05, batch_size=64, seed=0)
-    return model.eval()
+    return briefly_trained(WIDE_SPEC, digits8, 10)
 
 
 def test_a_latency_run_asks_for_every_measurement_it_needs(wide, digits8, light_protocol):

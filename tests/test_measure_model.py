@@ -39,12 +39,6 @@ def short_protocol(settings):
 
 
 @pytest.fixture
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    return tmp_path
-
-
-@pytest.fixture
 def model(owner):
     return ModelUpload.objects.create(owner=owner, name="tiny net", source="builtin", arch="plain_cnn",
                                       num_classes=10, in_channels=1, width=0.5, resolution=8,
