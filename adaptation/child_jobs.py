@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from adaptation.job_inputs import JobError
 from adaptation.jobs import JobRunner
-from adaptation.job_files import media_path, write_atomically
+from adaptation.job_files import JobFiles, media_path, write_atomically
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline
 from adaptation.netadapt.export import export_pytorch, load_pytorch
@@ -138,7 +138,7 @@ class BaselineRunner(ChildRunner):
         except ValueError as error:
             raise JobError(str(error)) from None
         resource = LatencyTableModel(self.table)
-        parent_state = type(self.files)(self.job.parent_id).load_checkpoint()
+        parent_state = JobFiles(self.job.parent_id).load_checkpoint()
         if parent_state is not None:
             resource.calibration = parent_state.calibration
         signatures = [analysis.signatures(point["channels"]) for point in points]

@@ -312,9 +312,9 @@ class JobRunner:
         missing = [k for k, entry in enumerate(stored) if entry is None]
         if not missing:
             self.evaluated_by = [entry.get("worker") for entry in stored]
-            for k, entry in enumerate(stored):
-                result = ProposalResult.from_state(entry["result"])
-                request.results[k] = (result, self.engine.rebuild(result.proposal.config, entry["model_state"]))
+            results = [ProposalResult.from_state(entry["result"]) for entry in stored]
+            request.results[:] = [(result, None) for result in results]
+            request.load = lambda k: self.engine.rebuild(results[k].proposal.config, stored[k]["model_state"])
             return
         sent = fruitless_sends(self.job.pk, request.iteration, done=len(plan) - len(missing))
         if sent >= max_attempts():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -69,13 +69,16 @@ class NeedsMeasurement:
 class NeedsEvaluation:
     """An iteration's proposals, to fine-tune and score from ``model`` (the current network).
 
-    The caller sets ``results[k]`` to what ``steps.evaluate_proposal`` returns for proposal k.
+    The caller sets ``results[k]`` to what ``steps.evaluate_proposal`` returns for proposal k. A
+    caller that holds the fine-tuned networks elsewhere (files of other workers) may give None
+    for the network and set ``load``: only the chosen proposal's network is then built.
     """
 
     iteration: int
     model: nn.Module
     proposals: list[Proposal]
-    results: list[tuple[ProposalResult, nn.Module] | None]
+    results: list[tuple[ProposalResult, nn.Module | None] | None]
+    load: Callable[[int], nn.Module] | None = None
 
 
 @dataclass
@@ -355,6 +358,8 @@ class NetAdapt:
         phases["evaluate_s"] = sum(r.evaluate_s for r in results)
         best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
         chosen_model = evaluated[best][1]
+        if chosen_model is None:
+            chosen_model = request.load(best)
         state.pending = {"phase": "iteration", "iteration": i, "target": target,
                          "results": [r.to_state() for r in results], "skipped": dict(plan.skipped),
                          "chosen": best, "model_state": copy.deepcopy(chosen_model.state_dict()),
