@@ -1,21 +1,31 @@
-"""NetAdapt against uniform width multipliers and MACs-driven NetAdapt, measured on this machine.
+"""NetAdapt against uniform width multipliers and MACs-driven NetAdapt, on fixed regimes.
 
-The paper's comparison (Yang et al. 2018, Fig. 6 / Table 1) at a size a 2-core CPU can run:
-MobileNetV1 (width 0.5, stride-1 stem) trained here on Fashion-MNIST, adapted to 50% of its
-measured latency in ONNX Runtime on one thread. Every final model is measured in one interleaved
-session (A B C ... rounds) and compared by the minimum of its runs; the spread (p10-p90 over the
-median) is printed beside it.
+The paper's comparison (Yang et al. 2018, Fig. 6 / Table 1) at sizes a 2-core CPU can run. A
+*regime* fixes the network, data, pretraining and every fine-tune budget before any NetAdapt run
+(see REGIMES); its multiplier curve is run alone first (``--stage uniform``) and committed to
+``bench/results/tradeoff-uniform.json``, and NetAdapt runs only on committed regimes. Every
+network of a regime is measured in one interleaved session (A B C ... rounds, ONNX Runtime, one
+thread) and compared by the minimum of its runs.
 
-Usage: python bench/tradeoff.py [--quick] [--seeds 3] [--out bench/out]
+Usage:
+  python bench/tradeoff.py --stage uniform --regime NAME [--seeds 0 1 2]   # the curve alone
+  python bench/tradeoff.py --regime NAME --seeds 0 1 2                     # NetAdapt + curve
+  python bench/tradeoff.py --split tuning --seeds 100 101 ...              # ablations (no test set)
+  python bench/tradeoff.py --report [FILE]    # recompute the summary from FILE's raw rows
 
-Pretraining is cached in bench/cache/ and not counted in the reported time.
+Everything resumes: finished networks are saved as they finish and NetAdapt runs checkpoint
+after every iteration, so rerunning the same command continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import platform
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,249 +34,405 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adaptation.netadapt.baselines import uniform_baseline  # noqa: E402
-from adaptation.netadapt.config import AdaptConfig  # noqa: E402
-from adaptation.netadapt.data import load_dataset  # noqa: E402
-from adaptation.netadapt.export import export_pytorch, load_pytorch  # noqa: E402
-from adaptation.netadapt.graph import NetworkAnalysis  # noqa: E402
-from adaptation.netadapt.loop import FinishRecord, IterationRecord, NetAdapt, run_with  # noqa: E402
-from adaptation.netadapt.lut import MemoryLatencyTable  # noqa: E402
-from adaptation.netadapt.report import plot_tradeoff  # noqa: E402
-from adaptation.netadapt.resources import LatencyTableModel, MacsModel  # noqa: E402
-from adaptation.netadapt.spec import ArchitectureSpec  # noqa: E402
-from adaptation.netadapt.training import accuracy, steps_for_epochs, train_steps  # noqa: E402
-from devices.measure import LocalMeasurer, MeasureProtocol, TimingStats  # noqa: E402
+from bench.tradeoff_summary import summarise  # noqa: E402
 
-# Sizes chosen so the full run ends within 2 hours on 2 cores and --quick within 15 minutes.
-# MACs-driven NetAdapt runs on the first `macs_seeds` seeds only (it is the secondary comparison).
-FULL = dict(seeds=3, macs_seeds=1, limit_train=None, holdout=2000, pretrain_epochs=5,
-            short_term_steps=15, long_term_epochs=0.5, ratios=(0.5, 0.625, 0.75, 1.0))
-QUICK = dict(seeds=1, macs_seeds=1, limit_train=10000, holdout=1000, pretrain_epochs=5,
-             short_term_steps=10, long_term_epochs=0.5, ratios=(0.5, 0.75, 1.0))
-# The paper's schedule (0.025, 0.96) needs ~39 iterations to reach 50%; this one needs 7.
-SCHEDULE = dict(initial_reduction=0.1, decay=0.9)
-SPEC = ArchitectureSpec("mobilenet_v1", 10, 1, 0.5, 28)
+RESULTS = ROOT / "bench" / "results"
+UNIFORM_RESULTS = RESULTS / "tradeoff-uniform.json"
+FULL_RESULTS = RESULTS / "tradeoff.json"
+#: The validation split carved from the training images for ablations (never the test set).
+TUNING_VALIDATION = 10_000
+#: Splits are drawn once (seed 0) for every run, so seeds vary training only.
+DATA_SEED = 0
 
 
-def pretrained(cache: Path, epochs: float) -> torch.nn.Module:
-    """The starting network, trained once on the full training set and cached."""
-    path = cache / f"{SPEC.arch}_w{SPEC.width}_r{SPEC.resolution}_e{epochs:g}.pt"
+@dataclass(frozen=True)
+class Regime:
+    """One benchmark setting, fixed before NetAdapt runs on it."""
+
+    name: str
+    arch: str
+    width: float
+    resolution: int
+    limit_train: int | None    # training images (after carving holdout and tuning validation)
+    pretrain_epochs: float
+    holdout: int               # images that pick proposals (carved from training data)
+    short_term_steps: int
+    long_term_epochs: float
+    max_iterations: int
+    budget: float              # NetAdapt's target, fraction of the original's latency or MACs
+    initial_reduction: float
+    decay: float
+    ratios: tuple[float, ...]  # multiplier curve; widened until every method lies inside it
+    note: str
+
+    @property
+    def uniform_steps(self) -> int:
+        """The multipliers' fine-tune before the long-term one: the most short-term steps any
+        NetAdapt lineage can get (max_iterations x short_term_steps), fixed in advance."""
+        return self.max_iterations * self.short_term_steps
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "uniform_steps": self.uniform_steps}
+
+
+RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+REGIMES = {r.name: r for r in [
+    Regime("mbv1-0.5-fmnist28", "mobilenet_v1", 0.5, 28, None, 5, 2000, 15, 0.5, 10, 0.5, 0.1, 0.9,
+           RATIOS, "the first benchmark's setup: MobileNetV1-0.5, stride-1 stem, all training "
+           "images; the multiplier curve lost only 2.4 points from x1 to x0.5 there"),
+    Regime("mbv1-0.25-fmnist28-12k", "mobilenet_v1", 0.25, 28, 12_000, 10, 2000, 15, 0.5, 10, 0.5,
+           0.1, 0.9, RATIOS, "a narrower MobileNetV1 on 12k training images, where each channel "
+           "should count for more"),
+]}
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
+    """Train / holdout / evaluation splits: the evaluation split is the official test set
+    (``split="test"``) or ``TUNING_VALIDATION`` images carved from the training data
+    (``"tuning"``). The carved images are left out of training in both cases, so the pretrained
+    network and the fine-tunes never see them."""
+    from adaptation.netadapt.data import TensorSplit, load_dataset
+
+    data = load_dataset("fashion_mnist", holdout_size=regime.holdout, seed=DATA_SEED,
+                        resolution=regime.resolution)
+    order = torch.from_numpy(np.random.default_rng([DATA_SEED, 7]).permutation(len(data.train)))
+    carved, rest = order[:TUNING_VALIDATION], order[TUNING_VALIDATION:]
+    limit = limit_train if limit_train is not None else regime.limit_train
+    if limit is not None:
+        rest = rest[:limit]
+    train = TensorSplit(data.train.images[rest], data.train.labels[rest])
+    evaluation = (TensorSplit(data.train.images[carved], data.train.labels[carved])
+                  if split == "tuning" else data.validation)
+    return dataclasses.replace(data, train=train, validation=evaluation)
+
+
+def spec_of(regime: Regime):
+    from adaptation.netadapt.spec import ArchitectureSpec
+
+    return ArchitectureSpec(regime.arch, 10, 1, regime.width, regime.resolution)
+
+
+def pretrained(regime: Regime, data, cache: Path) -> torch.nn.Module:
+    """The regime's starting network, trained once (seed 0) and cached."""
+    from adaptation.netadapt.export import export_pytorch, load_pytorch
+    from adaptation.netadapt.training import accuracy, steps_for_epochs, train_steps
+
+    path = cache / f"{regime.name}-e{regime.pretrain_epochs:g}-n{len(data.train)}.pt"
     if path.exists():
         return load_pytorch(path)
-    data = load_dataset("fashion_mnist", holdout_size=2000, seed=0)
     torch.manual_seed(0)
-    model = SPEC.build()
-    steps = steps_for_epochs(data.train, epochs, 128)
-    print(f"pretraining {SPEC.arch} for {epochs} epochs ({steps} steps)...", flush=True)
+    model = spec_of(regime).build()
+    steps = steps_for_epochs(data.train, regime.pretrain_epochs, 128)
+    print(f"[{regime.name}] pretraining {regime.pretrain_epochs:g} epochs ({steps} steps)...", flush=True)
     train_steps(model, data.train, steps, lr=0.1, batch_size=128, seed=0, cosine=True)
     cache.mkdir(parents=True, exist_ok=True)
-    export_pytorch(model, SPEC, {}, path)
-    print(f"pretrained: validation accuracy {accuracy(model, data.validation):.4f}", flush=True)
+    export_pytorch(model, spec_of(regime), {}, path)
+    print(f"[{regime.name}] pretrained: holdout accuracy {accuracy(model, data.holdout):.4f}", flush=True)
     return model
 
 
-class Progress:
-    """Finished runs saved as they finish (rows, curves, models, the look-up table), so an
-    interrupted benchmark restarted with the same options picks up where it stopped."""
+def adapt_config(regime: Regime, metric: str, seed: int):
+    from adaptation.netadapt.config import AdaptConfig
 
-    def __init__(self, out: Path, size: dict, measurer: LocalMeasurer) -> None:
-        self.path, self.models_dir, self.table_path = out / "progress.json", out / "models", out / "lut.json"
-        self.size = json.loads(json.dumps(size))
+    return AdaptConfig(metric=metric, budget=regime.budget, short_term_steps=regime.short_term_steps,
+                       long_term_epochs=regime.long_term_epochs, max_iterations=regime.max_iterations,
+                       initial_reduction=regime.initial_reduction, decay=regime.decay, seed=seed)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A regime's finished networks (rows + weights) and its look-up table, saved as they finish,
+    plus each NetAdapt run's checkpoint after every iteration."""
+
+    def __init__(self, folder: Path, regime: Regime, measurer) -> None:
+        from adaptation.netadapt.export import load_pytorch
+        from adaptation.netadapt.lut import MemoryLatencyTable
+
+        self.folder, self.regime = folder, regime
+        self.path, self.models_dir = folder / "progress.json", folder / "models"
+        self.table_path = folder / "lut.json"
         self.rows: dict[str, dict] = {}
-        self.curves: dict[str, list] = {}
         self.models: dict[str, torch.nn.Module] = {}
         self.table = MemoryLatencyTable({"runtime": measurer.runtime_name, "threads": 1})
         if self.path.exists():
             saved = json.loads(self.path.read_text())
-            if saved["size"] == self.size:
-                self.rows, self.curves = saved["rows"], saved["curves"]
-                self.models = {name: load_pytorch(self.models_dir / f"{name}.pt")
-                               for name in self.rows if name != "original"}
-                if self.table_path.exists():
-                    self.table = MemoryLatencyTable.load(self.table_path)
-                print(f"resuming: {len(self.models)} finished runs loaded", flush=True)
+            if saved["regime"] != regime.to_dict():
+                raise SystemExit(f"{folder} holds runs of a different definition of "
+                                 f"{regime.name}; use another --out")
+            self.rows = saved["rows"]
+            self.models = {name: load_pytorch(self.models_dir / f"{name}.pt") for name in self.rows}
+            print(f"[{regime.name}] resuming: {len(self.rows)} finished networks", flush=True)
+        if self.table_path.exists():
+            self.table = MemoryLatencyTable.load(self.table_path)
+
+    def checkpoint(self, name: str) -> Path:
+        return self.folder / "checkpoints" / f"{name}.pt"
 
     def done(self, name: str, model: torch.nn.Module, channels: dict, row: dict) -> None:
+        from adaptation.netadapt.export import export_pytorch
+
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        export_pytorch(model, SPEC, channels, self.models_dir / f"{name}.pt")
-        self.models[name], self.rows[name] = model, row
+        export_pytorch(model, spec_of(self.regime), channels, self.models_dir / f"{name}.pt")
+        self.models[name], self.rows[name] = model, {**row, "channels": dict(channels)}
+        self.save()
+
+    def save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.table.save(self.table_path)
-        self.path.write_text(json.dumps({"size": self.size, "rows": self.rows,
-                                         "curves": self.curves}, indent=1))
+        self.path.write_text(json.dumps({"regime": self.regime.to_dict(), "rows": self.rows}, indent=1))
 
 
-def run_netadapt(model, data, analysis, config, resource, measurer, table):
-    """One adaptation; returns (finish record, per-iteration dicts)."""
-    finish, iterations = None, []
-    for record in run_with(NetAdapt(model, SPEC.example_input(), data, config, resource,
-                                    analysis=analysis), measurer, table):
+# --------------------------------------------------------------------------- runs
+
+
+def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysis, progress: Progress,
+                 measurer) -> None:
+    """One NetAdapt run, resumed from its last finished iteration when interrupted."""
+    from adaptation.netadapt.loop import AdaptState, FinishRecord, IterationRecord, NetAdapt, run_with
+    from adaptation.netadapt.resources import LatencyTableModel, MacsModel
+
+    name = f"netadapt-{metric} s{seed}"
+    if name in progress.rows:
+        return
+    config = adapt_config(regime, metric, seed)
+    checkpoint = progress.checkpoint(name)
+    state = AdaptState.load(checkpoint) if checkpoint.exists() else None
+    spent = state.start.get("bench_minutes", 0.0) if state else 0.0
+    resource = LatencyTableModel(progress.table) if metric == "latency" else MacsModel()
+    engine = NetAdapt(original, spec_of(regime).example_input(), data, config, resource,
+                      state=state, analysis=analysis)
+    tick = time.perf_counter()
+    finish = None
+    for record in run_with(engine, measurer, progress.table):
         if isinstance(record, IterationRecord):
-            iterations.append(record.to_dict())
-            print(f"  [{config.metric} seed {config.seed}] iteration {record.iteration}: "
-                  f"{record.chosen_group} -> {record.channels[record.chosen_group]} ch, "
-                  f"{record.resource.value:.4g}, holdout {record.holdout_accuracy:.4f}", flush=True)
+            print(f"  [{regime.name} {name}] iteration {record.iteration}: {record.chosen_group} -> "
+                  f"{record.channels[record.chosen_group]} ch, {record.resource.value:.4g}, "
+                  f"holdout {record.holdout_accuracy:.4f}", flush=True)
+            engine.state.start["bench_minutes"] = spent + (time.perf_counter() - tick) / 60
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            engine.state.save(checkpoint)
+            progress.save()  # the table grew
         elif isinstance(record, FinishRecord):
             finish = record
-    return finish, iterations
+    iterations = engine.state.records
+    progress.done(name, finish.model, finish.channels, {
+        "regime": regime.name, "kind": f"netadapt-{metric}", "seed": seed,
+        "config": config.to_dict(), "accuracy": finish.validation_accuracy,
+        "holdout_accuracy": finish.holdout_accuracy, "budget_met": finish.budget_met,
+        "measured_ratio": finish.measured_ratio,
+        "iterations": finish.iterations, "macs": iterations[-1]["macs"] if iterations else None,
+        "minutes": spent + (time.perf_counter() - tick) / 60,
+        "predicted_ms": [_prediction(r) for r in iterations]})
 
 
-def latency_at_accuracy(points: list[tuple[float, float]], target: float) -> tuple[float, str]:
-    """Latency where a (latency, accuracy) curve reaches ``target`` accuracy, linearly
-    interpolated; outside the curve, the nearest end and whether it is a bound."""
-    points = sorted(points)
-    accs = [a for _, a in points]
-    if target > max(accs):
-        return points[-1][0], ">"  # even the widest baseline is less accurate
-    if target <= accs[0]:
-        return points[0][0], "<"
-    for (l0, a0), (l1, a1) in zip(points, points[1:]):
-        if a0 < target <= a1 or a1 < target <= a0:
-            return l0 + (target - a0) * (l1 - l0) / (a1 - a0), "="
-    best = min(points, key=lambda p: abs(p[1] - target))
-    return best[0], "~"
+def _prediction(record: dict) -> dict | None:
+    """The chosen network's latency as the calibrated table predicted it before measuring it."""
+    if not record.get("measured"):
+        return None
+    chosen = next(p for p in record["proposals"] if p["group"] == record["chosen_group"])
+    return {"predicted_ms": chosen["resource"], "measured_min_ms": record["measured"]["min_ms"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, small data: ~15 min")
-    parser.add_argument("--seeds", type=int, default=None, help="adaptation seeds")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
-    parser.add_argument("--cache", default=str(ROOT / "bench" / "cache"))
-    parser.add_argument("--report-partial", action="store_true",
-                        help="train nothing: measure and report the runs saved so far in --out")
-    args = parser.parse_args()
-    size = dict(QUICK if args.quick else FULL)
-    if args.seeds:
-        size["seeds"] = args.seeds
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    original = pretrained(Path(args.cache), size["pretrain_epochs"])
-    started = time.perf_counter()
-    data = load_dataset("fashion_mnist", holdout_size=size["holdout"], seed=0,
-                        limit_train=size["limit_train"])
-    example = SPEC.example_input()
-    analysis = NetworkAnalysis(original, example)
-    measurer = LocalMeasurer("onnxruntime", MeasureProtocol(threads=1, rounds=5, runs_per_round=40))
-    progress = Progress(out, size, measurer)
-    table, models, rows, curves = progress.table, progress.models, progress.rows, progress.curves
-    models.setdefault("original", original)
-    rows.setdefault("original", {"kind": "original", "seed": None,
-                                 "macs": analysis.macs(analysis.original_config()),
-                                 "validation_accuracy": accuracy(original, data.validation)})
-    for seed in range(0 if args.report_partial else size["seeds"]):
-        for metric in ("latency", "macs"):
-            name = f"netadapt-{metric} s{seed}"
-            if name in rows or (metric == "macs" and seed >= size["macs_seeds"]):
-                continue
-            config = AdaptConfig(metric=metric, budget=0.5, short_term_steps=size["short_term_steps"],
-                                 long_term_epochs=size["long_term_epochs"], seed=seed,
-                                 **SCHEDULE)
-            resource = LatencyTableModel(table) if metric == "latency" else MacsModel()
-            tick = time.perf_counter()
-            finish, iterations = run_netadapt(original, data, analysis, config, resource,
-                                              measurer, table)
-            curves[name] = iterations
-            progress.done(name, finish.model, finish.channels, {
-                "kind": f"netadapt-{metric}", "seed": seed,
-                "validation_accuracy": finish.validation_accuracy, "iterations": finish.iterations,
-                "minutes": (time.perf_counter() - tick) / 60,
-                "macs": iterations[-1]["macs"] if iterations else None})
-        steps_total = rows[f"netadapt-latency s{seed}"]["iterations"] * size["short_term_steps"]
-        for ratio in size["ratios"]:
-            name = f"uniform x{ratio:g} s{seed}"
-            if name in rows:
-                continue
-            config = AdaptConfig(short_term_steps=size["short_term_steps"],
-                                 long_term_epochs=size["long_term_epochs"], seed=seed)
-            result = uniform_baseline(original, example, analysis, data, config, ratio, steps_total)
-            progress.done(name, result.model, result.channels, {
-                "kind": "uniform", "seed": seed, "ratio": ratio,
-                "validation_accuracy": result.validation_accuracy, "macs": result.macs})
-            print(f"  [uniform seed {seed}] x{ratio:g}: validation {result.validation_accuracy:.4f}",
-                  flush=True)
-    print("measuring every final model interleaved...", flush=True)
-    models = {name: models[name] for name in rows}  # the same order as the table
+def run_uniform(regime: Regime, ratio: float, seed: int, original, data, analysis,
+                progress: Progress) -> None:
+    from adaptation.netadapt.baselines import uniform_baseline
+
+    name = f"uniform x{ratio:g} s{seed}"
+    if name in progress.rows:
+        return
+    config = adapt_config(regime, "latency", seed)
+    tick = time.perf_counter()
+    result = uniform_baseline(original, spec_of(regime).example_input(), analysis, data, config,
+                              ratio, regime.uniform_steps)
+    progress.done(name, result.model, result.channels, {
+        "regime": regime.name, "kind": "uniform", "seed": seed, "ratio": ratio,
+        "config": config.to_dict(), "accuracy": result.validation_accuracy,
+        "holdout_accuracy": result.holdout_accuracy, "macs": result.macs,
+        "minutes": (time.perf_counter() - tick) / 60})
+    print(f"  [{regime.name} uniform s{seed}] x{ratio:g}: accuracy {result.validation_accuracy:.4f}",
+          flush=True)
+
+
+def measure_all(regime: Regime, progress: Progress, original) -> None:
+    """Every network of the regime (and the original) timed in one interleaved session."""
+    from devices.measure import LocalMeasurer, MeasureProtocol
+
+    names = ["original", *progress.rows]
+    models = [original, *(progress.models[n] for n in progress.rows)]
+    print(f"[{regime.name}] measuring {len(models)} networks interleaved...", flush=True)
     protocol = MeasureProtocol(threads=1, warmup=20, rounds=10, runs_per_round=50)
-    stats = LocalMeasurer("onnxruntime", protocol).measure_models(list(models.values()), example)
-    for name, measured in zip(models, stats):
-        rows[name]["latency"] = measured.to_dict()
-    seeds_done = len({r["seed"] for r in rows.values() if r["kind"] == "netadapt-latency"})
-    report = summarise(rows, seeds_done)
-    report["minutes"] = (time.perf_counter() - started) / 60
-    report["table_entries"] = len(table)
-    errors = lut_prediction_errors(curves)
-    report["lut_prediction_mape"] = float(np.mean(np.abs(errors))) if errors else None
-    report["lut_prediction_max_error"] = float(np.max(np.abs(errors))) if errors else None
-    report["size"] = {**size, **SCHEDULE, "spec": SPEC.to_dict()}
-    (out / "tradeoff.json").write_text(json.dumps({"rows": rows, "summary": report,
-                                                   "curves": curves}, indent=1))
-    print_table(rows, report)
-    plot(out / "tradeoff.png", rows)
+    stats = LocalMeasurer("onnxruntime", protocol).measure_models(models, spec_of(regime).example_input())
+    progress.original_latency = stats[0].to_dict()
+    for name, measured in zip(names[1:], stats[1:]):
+        progress.rows[name]["latency"] = measured.to_dict()
+    progress.save()
 
 
-def summarise(rows: dict[str, dict], seeds: int) -> dict:
-    """Speedup over the uniform curve at NetAdapt's accuracy, per seed and method."""
-    speedups: dict[str, list] = {"netadapt-latency": [], "netadapt-macs": []}
-    for seed in range(seeds):
-        curve = [(r["latency"]["min_ms"], r["validation_accuracy"])
-                 for r in rows.values() if r["kind"] == "uniform" and r["seed"] == seed]
-        for kind in speedups:
-            row = rows.get(f"{kind} s{seed}")
-            if row is None or not curve:
-                continue
-            at, bound = latency_at_accuracy(curve, row["validation_accuracy"])
-            speedups[kind].append({"seed": seed, "speedup": at / row["latency"]["min_ms"],
-                                   "bound": bound})
-    return {"speedup_vs_uniform": speedups,
-            "mean_speedup": {k: float(np.mean([s["speedup"] for s in v])) if v else None
-                             for k, v in speedups.items()}}
+# --------------------------------------------------------------------------- results
 
 
-def lut_prediction_errors(curves: dict[str, list[dict]]) -> list[float]:
-    """Relative error of each chosen network's latency as predicted by the calibrated table
-    *before* it was measured (the measurement then joins the calibration)."""
-    errors = []
-    for iterations in curves.values():
-        for record in iterations:
-            if record.get("measured"):
-                chosen = next(p for p in record["proposals"] if p["group"] == record["chosen_group"])
-                measured = record["measured"]["min_ms"]
-                errors.append((chosen["resource"] - measured) / measured)
-    return errors
+def machine() -> dict:
+    """What the latencies depend on: CPU model and vector extensions, runtime and threads."""
+    import onnxruntime
+
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model, "vector": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "neon"}),
+            "cores": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "threads": 1}
 
 
-def print_table(rows: dict[str, dict], report: dict) -> None:
-    print(f"\n{'model':<24}{'min ms':>9}{'median ms':>11}{'spread':>8}{'val acc %':>11}{'MACs':>12}")
-    for name, row in rows.items():
-        lat = TimingStats.from_dict(row["latency"])
-        macs = row.get("macs")
-        print(f"{name:<24}{lat.min_ms:>9.4f}{lat.median_ms:>11.4f}{lat.spread:>8.1%}"
-              f"{100 * row['validation_accuracy']:>11.2f}{(macs or 0):>12,}")
-    print("\nspeedup over the uniform-multiplier curve at equal accuracy "
-          "('>' / '<': outside the curve, a bound):")
-    for kind, entries in report["speedup_vs_uniform"].items():
-        listed = ", ".join(f"{e['bound'] if e['bound'] != '=' else ''}{e['speedup']:.2f}x" for e in entries)
-        mean = report["mean_speedup"][kind]
-        print(f"  {kind:<18} {listed}" + (f"  (mean {mean:.2f}x)" if mean is not None else ""))
-    if report.get("lut_prediction_mape") is not None:
-        print(f"look-up table: chosen networks' latency predicted before measuring within "
-              f"{report['lut_prediction_mape']:.1%} on average (worst "
-              f"{report['lut_prediction_max_error']:.1%})")
-    print(f"\n{report.get('table_entries')} look-up-table entries; "
-          f"{report.get('minutes', 0):.1f} min without pretraining")
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               text=True, capture_output=True, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-def plot(path: Path, rows: dict[str, dict]) -> None:
-    series: dict[str, list] = {}
-    for row in rows.values():
-        label = {"original": "original", "uniform": "uniform width multiplier",
-                 "netadapt-latency": "NetAdapt (latency LUT)",
-                 "netadapt-macs": "NetAdapt (MACs)"}[row["kind"]]
-        series.setdefault(label, []).append((row["latency"]["min_ms"], row["validation_accuracy"]))
-    plot_tradeoff(path, series, xlabel="measured latency (ms, ONNX Runtime, 1 thread, min)",
-                  ylabel="validation accuracy (%)",
-                  title="MobileNetV1-0.5 on Fashion-MNIST, 28 px")
+def write_results(path: Path, rows: list[dict], regimes: list[Regime], split: str) -> dict:
+    """Raw rows plus the summary recomputable from them (``--report``)."""
+    existing = json.loads(path.read_text()) if path.exists() else {"rows": [], "regimes": {}}
+    if any(r.get("split") != split for r in existing["rows"]):
+        raise SystemExit(f"{path} holds another split's rows: one split per results file")
+    names = {r.name for r in regimes}
+    kept = [r for r in existing["rows"] if r["regime"] not in names]
+    all_rows = kept + rows
+    document = {"machine": machine(), "commit": commit(),
+                "regimes": {**existing.get("regimes", {}), **{r.name: r.to_dict() for r in regimes}},
+                "rows": all_rows, "summary": summarise(all_rows)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    return document
+
+
+def print_report(document: dict) -> None:
+    print(f"\n{'regime':<24}{'model':<22}{'min ms':>9}{'spread':>8}{'acc %':>8}{'min':>7}")
+    for row in document["rows"]:
+        latency = row.get("latency") or {}
+        spread = ((latency["p90_ms"] - latency["p10_ms"]) / latency["median_ms"]
+                  if latency else float("nan"))
+        name = row["kind"] + (f" x{row['ratio']:g}" if "ratio" in row else "")
+        minutes = row.get("minutes")
+        print(f"{row['regime']:<24}{name + ' s' + str(row['seed']):<22}"
+              f"{latency.get('min_ms', float('nan')):>9.4f}{spread:>8.1%}"
+              f"{100 * row['accuracy']:>8.2f}{(minutes if minutes is not None else float('nan')):>7.1f}")
+    for regime in document["summary"]["regimes"]:
+        drop = regime["uniform_drop_x1_to_x05_pts"]
+        print(f"\n{regime['name']}: multiplier curve x1 -> x0.5 loses "
+              f"{'n/a' if drop is None else f'{drop:.2f}'} points")
+        for s in regime["seeds"]:
+            macs = s["macs_vs_uniform"]
+            print(f"  seed {s['seed']}: latency-driven {s['latency_vs_uniform']:.2f}x"
+                  f"{' (' + s['bound'] + ' bound)' if s['bound'] else ''}, MACs-driven "
+                  f"{'n/a' if macs is None else f'{macs:.2f}x'}, gain at equal latency "
+                  f"{s['latency_acc_gain_pts']:+.2f} pts")
+        if regime["seeds"]:
+            print(f"  mean (bounds left out): {json.dumps(regime['mean'])}")
+
+
+def report(path: Path) -> int:
+    """Recompute the summary from ``path``'s raw rows; 1 if it differs from the stored one."""
+    document = json.loads(path.read_text())
+    recomputed = summarise(document["rows"])
+    print_report({**document, "summary": recomputed})
+    if json.dumps(recomputed, sort_keys=True) != json.dumps(document["summary"], sort_keys=True):
+        print(f"\nthe summary stored in {path} differs from the one its rows give", file=sys.stderr)
+        return 1
+    return 0
+
+
+def committed_uniform_regimes() -> set[str]:
+    if not UNIFORM_RESULTS.exists():
+        return set()
+    return set(json.loads(UNIFORM_RESULTS.read_text()).get("regimes", {}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", nargs="+", choices=sorted(REGIMES), default=sorted(REGIMES))
+    parser.add_argument("--stage", choices=("uniform", "all"), default="all",
+                        help="uniform: the multiplier curve alone (commit it before NetAdapt runs)")
+    parser.add_argument("--split", choices=("test", "tuning"), default="test",
+                        help="evaluate on the official test set, or on images carved from the "
+                             "training data (for choosing levers)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "tradeoff"))
+    parser.add_argument("--cache", default=str(ROOT / "bench" / "cache"))
+    parser.add_argument("--results", default=None,
+                        help="results file (default: bench/results/tradeoff[-uniform].json for "
+                             "the test split; nothing is written for the tuning split unless given)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a minutes-long run of the whole pipeline on tiny settings (checks "
+                             "the code, not the method; writes no results file)")
+    parser.add_argument("--report", nargs="?", const=str(FULL_RESULTS), default=None, metavar="FILE",
+                        help="recompute and print the summary of FILE; train nothing")
+    args = parser.parse_args()
+    if args.report:
+        return report(Path(args.report))
+
+    from adaptation.netadapt.graph import NetworkAnalysis
+    from devices.measure import LocalMeasurer, MeasureProtocol
+
+    torch.set_num_threads(1)  # fine-tunes on one core leave the other to measurements' neighbours
+    regimes = [REGIMES[name] for name in args.regime]
+    if args.smoke:
+        regimes = [dataclasses.replace(r, name=r.name + "-smoke", limit_train=2000, pretrain_epochs=1,
+                                       holdout=500, short_term_steps=3, long_term_epochs=0.05,
+                                       max_iterations=2, initial_reduction=0.04, decay=1.0, budget=0.9,
+                                       ratios=(0.5, 1.0)) for r in regimes]
+    if args.stage == "all" and args.split == "test" and not args.smoke:
+        missing = [r.name for r in regimes if r.name not in committed_uniform_regimes()]
+        if missing:
+            raise SystemExit(f"no committed multiplier curve for {', '.join(missing)}: run "
+                             f"--stage uniform and commit {UNIFORM_RESULTS.relative_to(ROOT)} first")
+    measurer = LocalMeasurer("onnxruntime", MeasureProtocol(threads=1, rounds=5, runs_per_round=40))
+    rows: list[dict] = []
+    for regime in regimes:
+        data = regime_data(regime, args.split)
+        original = pretrained(regime, data, Path(args.cache))
+        analysis = NetworkAnalysis(original, spec_of(regime).example_input())
+        progress = Progress(Path(args.out) / args.split / regime.name, regime, measurer)
+        for seed in args.seeds:
+            if args.stage == "all":
+                for metric in ("latency", "macs"):
+                    run_netadapt(regime, metric, seed, original, data, analysis, progress, measurer)
+            for ratio in regime.ratios:
+                run_uniform(regime, ratio, seed, original, data, analysis, progress)
+        measure_all(regime, progress, original)
+        from adaptation.netadapt.training import accuracy
+
+        rows.append({"regime": regime.name, "kind": "original", "seed": None, "split": args.split,
+                     "accuracy": accuracy(original, data.validation),
+                     "latency": progress.original_latency, "channels": {}})
+        rows += [{**row, "split": args.split, "name": name}
+                 for name, row in progress.rows.items() if row["seed"] in args.seeds]
+    target = (Path(args.results) if args.results else
+              (UNIFORM_RESULTS if args.stage == "uniform" else FULL_RESULTS)
+              if args.split == "test" and not args.smoke else None)
+    document = {"machine": machine(), "commit": commit(), "rows": rows, "summary": summarise(rows)}
+    if target is not None:
+        document = write_results(target, rows, regimes, args.split)
+        print(f"\nwrote {target}")
+    print_report(document)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
