@@ -122,6 +122,10 @@ class OnnxArchitecture:
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return _example_input(self.in_channels, self.resolution, batch)
 
+    def original_names(self) -> dict[str, str]:
+        """{generated node/module name: the file's name for it}, for display (see ``original_names``)."""
+        return original_names(self._bytes())
+
     def to_dict(self) -> dict:
         return {"arch": ONNX_ARCH, "sha256": self.sha256, "num_classes": self.num_classes,
                 "in_channels": self.in_channels, "resolution": self.resolution, "path": self.path}
@@ -471,10 +475,12 @@ def original_names(source: OnnxSource) -> dict[str, str]:
     """{generated node name (``n3``): the name the file gives that node}, for display only.
 
     Module names, channel group names and layer names of a converted network are the generated
-    ones; this says which node of the uploaded file each one is. The values are user text.
+    ones; this says which node of the uploaded file each one is. The values are user text (cut
+    to ``MAX_SHOWN_NAME`` characters), to be escaped wherever they are shown.
     """
     data, _ = _read_source(source)
-    return renamed(_read_model(data))[1]
+    return {generated: name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "…"
+            for generated, name in renamed(_read_model(data))[1].items()}
 
 
 
