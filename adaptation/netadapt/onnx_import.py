@@ -16,6 +16,14 @@ reads the file again (checking the hash) unless a network of the same content wa
 this process already. ``architecture_from_dict`` rebuilds either kind of architecture from its
 dictionary (``arch`` is ``"onnx"`` for this one, a built-in name for ``ArchitectureSpec``).
 
+No name from the file reaches code: onnx2torch makes module names of node names, and torch.fx
+writes module names unescaped into the Python source it generates and runs. ``_convert``, which
+every conversion passes (at upload and in ``build()``, in any process), first replaces every
+name with a generated one (``renamed``: layers are ``n0``, ``n1``… by their index in the file,
+so rebuilding a file gives the same group names) and refuses files holding subgraphs, local
+functions or sparse initializers. ``original_names`` maps the generated layer names back to the
+file's names, for display only.
+
 Which exports convert (measured here with torch 2.14.1, onnx 1.23.2, onnx2torch 1.5.15, on our
 MobileNetV1 width 0.5 at 32 px, plain_cnn width 0.5 at 28 px and torchvision's mobilenet_v2 at
 32 and 224 px; "fresh": weights as built, "trained": batch-norm statistics and biases set to
