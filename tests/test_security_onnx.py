@@ -212,6 +212,29 @@ def test_a_hostile_input_name_in_a_refusal_is_quoted_and_cut(api, media):
     assert "x" * 121 not in message and not ModelUpload.objects.exists() and files_under(media) == []
 
 
+@pytest.mark.parametrize("field", ["op_type", "domain"])
+def test_a_hostile_operator_or_domain_is_refused_as_unknown(api, media, tmp_path, good_onnx, field):
+    """onnx2torch picks a converter by (domain, op_type) from its registry, whose only domain is the
+    default one; a node's domain is otherwise prefixed to its module name. Any other string is
+    refused before conversion, as text in the message."""
+    target = tmp_path / "created_by_operator"
+    model = onnx.load_from_string(good_onnx)
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    conv.name = ""  # an unnamed node's module would be named after its op_type
+    if field == "op_type":
+        conv.op_type = payload(target)
+    else:
+        conv.domain = payload(target)
+        model.opset_import.append(onnx.helper.make_opsetid(conv.domain, 1))
+    response = upload(api, model.SerializeToString())
+    assert response.status_code == 400
+    message = response.json()["file"][0]
+    expected = {"op_type": "not a valid ONNX file: No Op registered for x\"",
+                "domain": "the model uses ONNX operator(s) that cannot be converted to PyTorch: x\""}
+    assert expected[field] in message and len(message) < 500, message
+    assert not target.exists() and not ModelUpload.objects.exists() and files_under(media) == []
+
+
 # --------------------------------------------------------------------------- stored before the fix
 
 

@@ -545,6 +545,7 @@ def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
         domain = "" if node.domain in ("", "ai.onnx") else node.domain
         version = opsets.get(domain)
         name = node.op_type if not domain else f"{domain}.{node.op_type}"
+        name = name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "…"
         if version is None:
             missing[f"{name} (no opset declared for its domain)"] = None
             continue
