@@ -466,6 +466,9 @@ def renamed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
                 attribute.t.name = ""
             for tensor in attribute.tensors:
                 tensor.name = ""
+            for sparse in (*([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+                           *attribute.sparse_tensors):
+                sparse.values.name = sparse.indices.name = ""
     for info in graph.output:
         info.name = value(info.name)
     for info in graph.value_info:
