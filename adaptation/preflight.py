@@ -56,6 +56,8 @@ MAX_LISTED = 5
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+#: A generated ONNX layer name quoted in a message ("layer 'n3'").
+_GENERATED_LAYER = re.compile(r"'(n\d+)'")
 
 
 class PreflightError(ValueError):
@@ -74,10 +76,13 @@ class PreflightReport:
     onnx_bytes: int      # size of the exported ONNX model
     seconds: float       # time the whole check took
     notes: list[str] = field(default_factory=list)  # harmless oddities worth showing
+    #: ONNX uploads: {generated layer name in ``groups``: the file's own node name}, display only.
+    onnx_names: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-friendly form (lists, ints, floats and strings only)."""
-        return {
+        extra = {"onnx_names": dict(self.onnx_names)} if isinstance(self.spec, OnnxArchitecture) else {}
+        return {**extra,
             "spec": self.spec.to_dict(),
             "groups": [dict(group) for group in self.groups],
             "macs": self.macs,
@@ -498,7 +503,7 @@ def preflight(model: nn.Module, spec: Architecture) -> PreflightReport:
     try:
         analysis = NetworkAnalysis(model, example)
     except UnsupportedNetwork as error:
-        raise PreflightError(str(error)) from None
+        raise PreflightError(_with_onnx_names(str(error), spec)) from None
     except Exception as error:
         raise PreflightError(
             f"the network could not be analysed for pruning: {type(error).__name__}: "
@@ -516,10 +521,35 @@ def preflight(model: nn.Module, spec: Architecture) -> PreflightReport:
                "in_layers": list(g.in_layers)} for g in analysis.groups]
     notes = [f"channel group '{g.name}' has a single channel and cannot be pruned"
              for g in analysis.groups if g.channels <= 1]
+    onnx_names = {}
+    if isinstance(spec, OnnxArchitecture):
+        used = {name for g in groups for name in (g["name"], *g["out_layers"], *g["in_layers"])}
+        onnx_names = {name: original for name, original in _onnx_names(spec).items() if name in used}
     return PreflightReport(
         spec=spec, groups=groups, macs=int(analysis.macs(config)), params=int(analysis.params(config)),
         layers=len(analysis.layers), onnx_bytes=onnx_bytes,
-        seconds=time.perf_counter() - start, notes=notes)
+        seconds=time.perf_counter() - start, notes=notes, onnx_names=onnx_names)
+
+
+def _onnx_names(spec: OnnxArchitecture) -> dict[str, str]:
+    """The file's node names of a converted ONNX network's layers (empty when it cannot be read)."""
+    try:
+        return spec.original_names()
+    except (OnnxImportError, OSError):
+        return {}
+
+
+def _with_onnx_names(message: str, spec: Architecture) -> str:
+    """``message`` with each generated layer name it quotes followed by the ONNX file's name."""
+    if not isinstance(spec, OnnxArchitecture):
+        return message
+    names = _onnx_names(spec)
+
+    def named(match: re.Match) -> str:
+        original = names.get(match.group(1))
+        return match.group(0) if original is None else f"{match.group(0)} (ONNX node '{original}')"
+
+    return _GENERATED_LAYER.sub(named, message)
 
 
 # --------------------------------------------------------------------------- datasets

@@ -50,12 +50,30 @@ def model_upload(request):
     return render(request, "models/upload.html", {"form": form, **upload_limit_context()})
 
 
+def _group_rows(report: dict) -> list[dict]:
+    """The report's groups, each layer of an ONNX upload followed by the file's name for it.
+
+    An ONNX network's layers carry generated names (``n3``: the file's names never reach code);
+    ``onnx_names`` says which node of the file each is. Plain text: the template escapes it.
+    """
+    names = report.get("onnx_names") or {}
+
+    def label(layer: str) -> str:
+        return f"{layer} ({names[layer]})" if layer in names else layer
+
+    return [{**group, "onnx_name": names.get(group.get("name"), ""),
+             "out_layers": [label(layer) for layer in group.get("out_layers", [])],
+             "in_layers": [label(layer) for layer in group.get("in_layers", [])]}
+            for group in report.get("groups", [])]
+
+
 @login_required
 def model_detail(request, pk):
     upload = get_model_for_user(request.user, pk)
     report = upload.preflight or {}
     return render(request, "models/detail.html", {
-        **_summary(upload), "report": report, "group_rows": report.get("groups", []),
+        **_summary(upload), "report": report, "group_rows": _group_rows(report),
+        "onnx_names": bool(report.get("onnx_names")),
         "onnx_size": human_size(report["onnx_bytes"]) if report.get("onnx_bytes") else "",
         "job_count": upload.jobs.count()})
 

@@ -21,8 +21,8 @@ from adaptation.netadapt.onnx_import import OnnxArchitecture, architecture_from_
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.preflight import PreflightError, load_upload_architecture
 from tests.stored_files import files_under, torch_bytes
-from tests.test_onnx_import import (PLAIN, FixedBatchNet, GroupedConvNet, image, onnx_bytes, small_net,
-                                    trained_like)
+from tests.test_onnx_import import (PLAIN, FixedBatchNet, GroupedConvNet, Triu, image, onnx_bytes,
+                                    small_net, trained_like)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread")]
 
@@ -67,8 +67,8 @@ def bad_files(good: bytes) -> dict[str, tuple[bytes, str]]:
         "not ONNX": (b"these are not weights", "not a valid ONNX file: it cannot be decoded"),
         "PyTorch weights": (torch_bytes(PLAIN.build().state_dict()), "not a valid ONNX file: it is a zip archive"),
         "truncated": (good[: len(good) * 2 // 3], "not a valid ONNX file: it is truncated"),
-        "unsupported operator": (onnx_bytes(small_net(nn.LocalResponseNorm(3)), image()),
-                                 "cannot be converted to PyTorch: If (opset 17)"),
+        "unsupported operator": (onnx_bytes(small_net(Triu()), image()),
+                                 "cannot be converted to PyTorch: Trilu (opset 17)"),
         "unprunable graph": (onnx_bytes(GroupedConvNet(), image()), "is a grouped convolution (groups=2)"),
         "4-channel input": (onnx_bytes(small_net(channels=4), image(4)), "the model's input has 4 channels"),
         "non-image input": (onnx_bytes(nn.Sequential(nn.Linear(12, 10)), torch.randn(1, 12)),

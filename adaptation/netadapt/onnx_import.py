@@ -16,6 +16,14 @@ reads the file again (checking the hash) unless a network of the same content wa
 this process already. ``architecture_from_dict`` rebuilds either kind of architecture from its
 dictionary (``arch`` is ``"onnx"`` for this one, a built-in name for ``ArchitectureSpec``).
 
+No name from the file reaches code: onnx2torch makes module names of node names, and torch.fx
+writes module names unescaped into the Python source it generates and runs. ``_convert``, which
+every conversion passes (at upload and in ``build()``, in any process), first replaces every
+name with a generated one (``renamed``: layers are ``n0``, ``n1``… by their index in the file,
+so rebuilding a file gives the same group names) and refuses files holding subgraphs, local
+functions or sparse initializers. ``original_names`` maps the generated layer names back to the
+file's names, for display only.
+
 Which exports convert (measured here with torch 2.14.1, onnx 1.23.2, onnx2torch 1.5.15, on our
 MobileNetV1 width 0.5 at 32 px, plain_cnn width 0.5 at 28 px and torchvision's mobilenet_v2 at
 32 and 224 px; "fresh": weights as built, "trained": batch-norm statistics and biases set to
@@ -122,6 +130,10 @@ class OnnxArchitecture:
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return _example_input(self.in_channels, self.resolution, batch)
 
+    def original_names(self) -> dict[str, str]:
+        """{generated node/module name: the file's name for it}, for display (see ``original_names``)."""
+        return original_names(self._bytes())
+
     def to_dict(self) -> dict:
         return {"arch": ONNX_ARCH, "sha256": self.sha256, "num_classes": self.num_classes,
                 "in_channels": self.in_channels, "resolution": self.resolution, "path": self.path}
@@ -198,6 +210,16 @@ def _listed(items: list[str]) -> str:
     if len(items) > MAX_LISTED:
         shown += f" and {len(items) - MAX_LISTED} more"
     return shown
+
+
+#: Longest original name kept for display (the rest is cut with "…").
+MAX_SHOWN_NAME = 120
+
+
+def _shown(name: str) -> str:
+    """A name from the file as display text: quoted, cut to ``MAX_SHOWN_NAME`` characters."""
+    text = name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "…"
+    return f"'{text}'"
 
 
 def _first_line(error: BaseException) -> str:
@@ -318,31 +340,31 @@ def _image_input(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, int, int]
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
     if len(inputs) != 1:
-        names = [f"'{v.name}'" for v in inputs]
+        names = [_shown(v.name) for v in inputs]
         raise OnnxImportError(
             f"the model has {len(inputs)} inputs ({_listed(names) or 'none'}); NetAdapt needs exactly "
             "one: a batch of images (N, C, H, W)")
     value = inputs[0]
     if not value.type.HasField("tensor_type"):
-        raise OnnxImportError(f"the model's input '{value.name}' is not a tensor")
+        raise OnnxImportError(f"the model's input {_shown(value.name)} is not a tensor")
     elem = value.type.tensor_type.elem_type
     if elem != TensorProto.FLOAT:
         raise OnnxImportError(
-            f"the model's input '{value.name}' holds {_FLOAT_NAMES.get(elem, elem)} values; NetAdapt "
+            f"the model's input {_shown(value.name)} holds {_FLOAT_NAMES.get(elem, elem)} values; NetAdapt "
             "needs a float32 input: export the model in float32")
     dims = _dims(value)
     if len(dims) != 4:
         raise OnnxImportError(
-            f"the model's input '{value.name}' has shape {_shape_text(dims)}; NetAdapt needs a batch "
+            f"the model's input {_shown(value.name)} has shape {_shape_text(dims)}; NetAdapt needs a batch "
             "of images, (N, C, H, W) with 4 dimensions")
     batch, channels, height, width = dims
     if not all(isinstance(d, int) and d > 0 for d in (channels, height, width)):
         raise OnnxImportError(
-            f"the model's input '{value.name}' has shape {_shape_text(dims)}: its channels, height "
+            f"the model's input {_shown(value.name)} has shape {_shape_text(dims)}: its channels, height "
             "and width must be fixed numbers (only the batch may be dynamic)")
     if isinstance(batch, int) and batch not in (0, 1):
         raise OnnxImportError(
-            f"the model's input '{value.name}' has a fixed batch of {batch}; export it with batch 1 "
+            f"the model's input {_shown(value.name)} has a fixed batch of {batch}; export it with batch 1 "
             "or a dynamic batch axis (dynamic_axes={'input': {0: 'batch'}})")
     if channels not in SUPPORTED_CHANNELS:
         raise OnnxImportError(
@@ -357,18 +379,120 @@ def _image_input(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, int, int]
 def _check_single_output(model: onnx.ModelProto) -> None:
     outputs = list(model.graph.output)
     if len(outputs) != 1:
-        names = [f"'{v.name}'" for v in outputs]
+        names = [_shown(v.name) for v in outputs]
         raise OnnxImportError(
             f"the model has {len(outputs)} outputs ({_listed(names)}); NetAdapt needs exactly one: "
             "the class scores (N, classes)")
     dims = _dims(outputs[0])
     if dims and len(dims) != 2:
         raise OnnxImportError(
-            f"the model's output '{outputs[0].name}' has shape {_shape_text(dims)}; NetAdapt needs "
+            f"the model's output {_shown(outputs[0].name)} has shape {_shape_text(dims)}; NetAdapt needs "
             "class scores of shape (N, classes)")
 
 
 # --------------------------------------------------------------------------- conversion
+
+
+def _refuse_nested(model: onnx.ModelProto) -> None:
+    """OnnxImportError for what ``renamed`` does not rename: local functions and subgraphs.
+
+    A subgraph (the branches of ``If``, the bodies of ``Loop`` and ``Scan``: node attributes of
+    type GRAPH or GRAPHS) and a local function hold names of their own; onnx2torch converts
+    neither, and refusing them keeps every name the conversion sees one that was renamed.
+    """
+    if model.functions:
+        names = [_shown(f"{f.domain}.{f.name}" if f.domain else f.name) for f in model.functions]
+        raise OnnxImportError(
+            f"the model defines {len(names)} local function(s) ({_listed(names)}); NetAdapt converts "
+            "plain graphs only: inline them first (onnx.inliner.inline_local_functions) or export "
+            "without them")
+    nested = []
+    for node in model.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or a.HasField("g")
+               or len(a.graphs) for a in node.attribute):
+            nested.append(f"{node.op_type} node {_shown(node.name)}" if node.name else node.op_type)
+    if nested:
+        raise OnnxImportError(
+            f"the model holds subgraphs (control flow) in {len(nested)} node(s): {_listed(nested)}; "
+            "NetAdapt converts plain graphs only (no If, Loop or Scan): export the model without "
+            "data-dependent control flow")
+    if len(model.graph.sparse_initializer):
+        raise OnnxImportError(
+            f"the model stores {len(model.graph.sparse_initializer)} sparse weight tensor(s); "
+            "NetAdapt converts dense initializers only: export without sparse tensors")
+
+
+def renamed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``model`` whose every name is generated, and {generated node name: original name}.
+
+    onnx2torch turns node names into module names and torch.fx writes module names unescaped into
+    the Python source it generates and runs, so no string from the file may reach it: nodes become
+    ``n0``, ``n1``… (their index in the file's graph, so a rebuild of the same file gives the same
+    names, which jobs compare), every value (graph inputs and outputs, initializers, node inputs
+    and outputs, value_info) ``v0``, ``v1``… in order of first appearance, the graph ``main``;
+    tensors held in attributes lose their names; ``ai.onnx`` is written as the default domain ``""``
+    (onnx2torch prefixes a node's domain to its module name; any other domain has no converter and
+    is refused by name). Files with local functions, subgraphs or sparse initializers are refused
+    (``_refuse_nested``). The map gives each generated node name the file's own name (or
+    "(unnamed <op>)"), for display only: it is user text, to be escaped wherever it is shown.
+    """
+    _refuse_nested(model)
+    model = copy.deepcopy(model)
+    graph = model.graph
+    values: dict[str, str] = {}
+
+    def value(name: str) -> str:
+        if not name:  # an omitted optional input stays omitted
+            return ""
+        if name not in values:
+            values[name] = f"v{len(values)}"
+        return values[name]
+
+    for info in graph.input:
+        info.name = value(info.name)
+    for tensor in graph.initializer:
+        tensor.name = value(tensor.name)
+    originals: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        generated = f"n{index}"
+        originals[generated] = node.name or f"(unnamed {node.op_type})"
+        node.name = generated
+        if node.domain == "ai.onnx":
+            node.domain = ""
+        node.input[:] = [value(name) for name in node.input]
+        node.output[:] = [value(name) for name in node.output]
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                attribute.t.name = ""
+            for tensor in attribute.tensors:
+                tensor.name = ""
+            for sparse in (*([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+                           *attribute.sparse_tensors):
+                sparse.values.name = sparse.indices.name = ""
+    for info in graph.output:
+        info.name = value(info.name)
+    for info in graph.value_info:
+        info.name = value(info.name)
+    graph.name = "main"
+    del model.training_info[:]  # graphs onnx2torch never reads, with names of their own
+    domains = {entry.domain for entry in model.opset_import}
+    for entry in model.opset_import:
+        if entry.domain == "ai.onnx" and "" not in domains:
+            entry.domain = ""
+    return model, originals
+
+
+def original_names(source: OnnxSource) -> dict[str, str]:
+    """{generated node name (``n3``): the name the file gives that node}, for display only.
+
+    Module names, channel group names and layer names of a converted network are the generated
+    ones; this says which node of the uploaded file each one is. The values are user text (cut
+    to ``MAX_SHOWN_NAME`` characters), to be escaped wherever they are shown.
+    """
+    data, _ = _read_source(source)
+    return {generated: name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "…"
+            for generated, name in renamed(_read_model(data))[1].items()}
+
 
 
 def _inline_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -424,6 +548,7 @@ def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
         domain = "" if node.domain in ("", "ai.onnx") else node.domain
         version = opsets.get(domain)
         name = node.op_type if not domain else f"{domain}.{node.op_type}"
+        name = name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "…"
         if version is None:
             missing[f"{name} (no opset declared for its domain)"] = None
             continue
@@ -435,9 +560,14 @@ def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
 
 
 def _convert(model: onnx.ModelProto) -> nn.Module:
-    """onnx2torch's conversion of a parsed model, with its failures worded for the user."""
+    """onnx2torch's conversion of a parsed model, with its failures worded for the user.
+
+    Every conversion passes here (an upload, ``OnnxArchitecture.build`` in any process), so the
+    renaming that keeps the file's strings out of generated code (``renamed``) sits here too.
+    """
     from onnx2torch import convert
 
+    model, _ = renamed(model)
     model = _inline_constants(model)
     unsupported = _unsupported_ops(model)
     if unsupported:
