@@ -83,6 +83,12 @@ REGIMES = {r.name: r for r in [
     Regime("mbv1-0.25-fmnist28-12k", "mobilenet_v1", 0.25, 28, 12_000, 10, 2000, 15, 0.5, 10, 0.5,
            0.1, 0.9, RATIOS, "a narrower MobileNetV1 on 12k training images, where each channel "
            "should count for more"),
+    Regime("mbv1-0.125-fmnist28-12k", "mobilenet_v1", 0.125, 28, 12_000, 10, 2000, 15, 0.5, 10,
+           0.5, 0.1, 0.9, RATIOS, "narrower still: width 0.25 lost 2.5 points from x1 to x0.5 but "
+           "6 at x0.25, so halving a width-0.125 network should cost more"),
+    Regime("mbv1-0.25-fmnist14-12k", "mobilenet_v1", 0.25, 14, 12_000, 10, 2000, 15, 0.5, 10, 0.5,
+           0.1, 0.9, RATIOS, "width 0.25 on Fashion-MNIST downsampled to 14 px: less detail, so "
+           "fewer channels may have less to spare"),
 ]}
 
 
