@@ -209,8 +209,7 @@ def test_password_guessing_on_one_account_is_limited_across_processes_and_entry_
     assert live.post_json(f"{API}/token", {"username": "carol", "password": "guess 3"}).status == 400
     refused = live.post_json(f"{API}/token", {"username": "Carol ", "password": "guess 4"})
     assert refused.status == 429 and int(header(refused, "Retry-After")) > 0, refused
-    assert "Too many failed log-in attempts for this account" in refused.json()["detail"].replace(
-        "from this account", "for this account")
+    assert "Too many failed log-in attempts for this account" in refused.json()["detail"]
     assert live.post_json(f"{API}/token", {"username": "carol", "password": PASSWORD}).status == 429
     page = live.get("/accounts/login/")
     form = live.post_form("/accounts/login/", {"username": "carol", "password": PASSWORD,
@@ -457,3 +456,22 @@ def test_cancelling_a_jobs_measurement_is_refused_with_the_way_to_cancel_the_job
     page = browser(owner).get(reverse("measurement_detail", args=[measurement.pk])).content.decode()
     assert 'id="measurement-cancel"' not in page and reverse("job_detail", args=[job]) in page
     assert MeasurementRequest.objects.get(pk=measurement.pk).status == "queued"
+
+
+@pytest.mark.django_db
+def test_waiting_for_a_window_boundary_does_not_reset_the_count(no_rate_limits_counted):
+    from webapp.ratelimit import Limit, attempt, succeeded
+
+    limit = Limit("probe-address", 3, 600)  # explicit clock readings: no waiting
+    counts = [(limit, "192.0.2.1")]
+    boundary = 1_000 * 600.0
+    assert attempt(counts, boundary - 2) is None and attempt(counts, boundary - 1) is None
+    assert attempt(counts, boundary + 1) is None  # the next window: the two before still count
+    refused = attempt(counts, boundary + 2)
+    assert refused is not None and refused.retry_after == 598  # when the older window drops out
+    assert attempt(counts, boundary + 4) is not None
+    assert attempt(counts, boundary + 600) is None  # only the one attempt of +1 is a window old
+    succeeded(counts, boundary + 600)  # it succeeded: given back
+    assert attempt(counts, boundary + 601) is None and attempt(counts, boundary + 602) is None
+    assert attempt(counts, boundary + 603) is not None
+    assert attempt([(limit, "192.0.2.2")], boundary + 2) is None  # another address

@@ -4,8 +4,8 @@ and agent pairing, counted per client address and, for passwords, per account.
 Counters live in Django's default cache, which is shared between processes: the database cache
 table in the embedded mode (``migrate`` creates it), Redis in the production mode. A limit
 counts attempts in fixed windows of ``window`` seconds and refuses once the current and the
-previous window together hold ``limit`` of them, so a refusal lasts between one and two windows
-and never ends early at a window boundary.
+previous window together hold ``limit`` of them: every attempt of the last ``window`` seconds
+counts (crossing a window boundary resets nothing), and a refusal lasts at most two windows.
 
 An attempt is counted *before* the credential is checked (``attempt``; atomic: Redis ``INCR``,
 or one SQLite write transaction) and given back when it succeeded (``succeeded``), so parallel
@@ -37,11 +37,11 @@ class Refusal:
     """Too many failed attempts: ``retry_after`` whole seconds until the next one is counted."""
 
     retry_after: int
-    what: str  # "this address" or "this account"
+    what: str  # "from this address" or "for this account"
 
     def message(self, action: str) -> str:
         minutes = max(1, math.ceil(self.retry_after / 60))
-        return (f"Too many failed {action} attempts from {self.what}: try again in {minutes} "
+        return (f"Too many failed {action} attempts {self.what}: try again in {minutes} "
                 f"minute{'s' if minutes != 1 else ''}.")
 
 
@@ -52,6 +52,11 @@ class Limit:
     scope: str
     limit: int
     window: int
+
+    @property
+    def whose(self) -> str:
+        """Whose attempts it counts, for messages."""
+        return "for this account" if self.scope.endswith("account") else "from this address"
 
     def _key(self, identity: str, index: int) -> str:
         digest = hashlib.sha256(identity.encode()).hexdigest()[:32]  # any text, a fixed-size key
@@ -119,8 +124,7 @@ def attempt(counts: list[tuple[Limit, str]], now: float | None = None) -> Refusa
                 # The previous window drops out when this one ends; this one's count then
                 # stays a window longer.
                 retry = left + (limit.window if current >= limit.limit else 0)
-                refusal = Refusal(max(1, math.ceil(retry)),
-                                  "this account" if limit.scope.endswith("account") else "this address")
+                refusal = Refusal(max(1, math.ceil(retry)), limit.whose)
                 break
         if refusal is not None:
             _give_back(counts, now)
