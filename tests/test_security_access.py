@@ -475,3 +475,10 @@ def test_waiting_for_a_window_boundary_does_not_reset_the_count(no_rate_limits_c
     assert attempt(counts, boundary + 601) is None and attempt(counts, boundary + 602) is None
     assert attempt(counts, boundary + 603) is not None
     assert attempt([(limit, "192.0.2.2")], boundary + 2) is None  # another address
+
+
+def test_the_api_schema_documents_rotation_cancelling_and_the_rate_limit():
+    schema = json.loads(APIClient().get(f"{API}/schema?format=json").content)
+    assert "429" in schema["paths"]["/api/v1/token"]["post"]["responses"]
+    assert set(schema["paths"]["/api/v1/token/rotate"]) == {"post"}
+    assert set(schema["paths"]["/api/v1/measurements/{id}/cancel"]["post"]["responses"]) >= {"200", "404", "409"}
