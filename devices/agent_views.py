@@ -18,7 +18,6 @@ import json
 import logging
 
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -28,14 +27,11 @@ from devices.agent_files import ZIPAPP_NAME, agent_zipapp, request_archive
 from devices.models import MeasurementRequest
 from devices.pairing import PairingError, device_for_token, redeem
 from devices.requests import fail_request
+from webapp.ratelimit import attempt, pairing_limits, succeeded
 
 logger = logging.getLogger(__name__)
 
 MAX_PAIR_BODY_BYTES = 64 * 1024
-#: Failed pairing attempts one client address may make per window (per server process: the
-#: default cache is local memory). Codes are 10 characters of 32: this is defence in depth.
-PAIR_FAILURES_ALLOWED = 20
-PAIR_FAILURE_WINDOW_S = 600
 
 
 def _detail(message: str, status: int, **headers) -> JsonResponse:
@@ -45,25 +41,14 @@ def _detail(message: str, status: int, **headers) -> JsonResponse:
     return response
 
 
-def _failure_key(request) -> str:
-    return f"agent-pair-failures:{request.META.get('REMOTE_ADDR', '')}"
-
-
-def _count_failure(request) -> None:
-    key = _failure_key(request)
-    if not cache.add(key, 1, PAIR_FAILURE_WINDOW_S):
-        try:
-            cache.incr(key)
-        except ValueError:  # expired in between
-            cache.set(key, 1, PAIR_FAILURE_WINDOW_S)
-
-
 @csrf_exempt
 @require_POST
 def pair(request):
-    if (cache.get(_failure_key(request)) or 0) >= PAIR_FAILURES_ALLOWED:
-        return _detail("too many failed pairing attempts from this address: wait a few minutes", 429,
-                       Retry_After=str(PAIR_FAILURE_WINDOW_S))
+    """Every attempt counts against the address's limit until it pairs (then it is given back)."""
+    counts = pairing_limits(request)
+    refusal = attempt(counts)
+    if refusal is not None:
+        return _detail(refusal.message("pairing"), 429, Retry_After=str(refusal.retry_after))
     if len(request.body) > MAX_PAIR_BODY_BYTES:
         return _detail("request body too large", 400)
     try:
@@ -80,8 +65,8 @@ def pair(request):
     try:
         device, token = redeem(code, facts)
     except PairingError as error:
-        _count_failure(request)
         return _detail(str(error), 400)
+    succeeded(counts)
     logger.info("device %s paired with an agent", device.pk)
     return JsonResponse({"device": device.pk, "token": token, "name": device.name,
                          "runtime": device.runtime, "threads": device.threads})

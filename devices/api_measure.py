@@ -1,5 +1,6 @@
 """REST API of measurements: ``POST /api/v1/devices/<id>/measure`` starts one (a model, or a
-point of a job), ``GET /api/v1/measurements/<id>`` follows it to its results.
+point of a job), ``GET /api/v1/measurements/<id>`` follows it to its results,
+``POST /api/v1/measurements/<id>/cancel`` cancels it while it is queued.
 
 The same service as the pages' "Measure on…" form (``devices.measure_model``): a stranger's model,
 job, device or measurement is a 404; a point that cannot be measured is a 400 naming the field,
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,7 +19,7 @@ from devices import measure_model
 from devices.access import get_device_for_user
 from devices.measure_model import MeasureError
 from devices.models import MeasurementRequest
-from webapp.api import NOT_FOUND, VALIDATION_ERROR, invalid, request_fields
+from webapp.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, detail, invalid, request_fields
 
 
 class MeasureStartRequest(serializers.Serializer):
@@ -96,4 +97,21 @@ class MeasurementDetail(APIView):
     @extend_schema(parameters=[MEASUREMENT_ID], responses={200: MeasurementSerializer, 404: NOT_FOUND})
     def get(self, request, id: int):
         measurement = get_object_or_404(MeasurementRequest, pk=id, owner=request.user)
+        return Response(MeasurementSerializer(measurement).data)
+
+
+class MeasurementCancel(APIView):
+    """Cancel one of your measurements while it is queued: 200 with it (status ``cancelled``; no
+    device will run it). 409 when it has started or ended, or belongs to a job (cancel the job:
+    ``POST /api/v1/jobs/<id>/cancel``)."""
+
+    @extend_schema(request=None, parameters=[MEASUREMENT_ID], responses={
+        200: MeasurementSerializer, 404: NOT_FOUND,
+        409: OpenApiResponse(DETAIL, description="Not queued any more, or a job's measurement.")})
+    def post(self, request, id: int):
+        measurement = get_object_or_404(MeasurementRequest, pk=id, owner=request.user)
+        try:
+            measure_model.cancel_measurement(measurement)
+        except MeasureError as error:
+            return detail(str(error), status.HTTP_409_CONFLICT)
         return Response(MeasurementSerializer(measurement).data)

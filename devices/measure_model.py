@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from django.db import transaction
+from django.utils import timezone
 
 from adaptation.access import get_job_for_user, get_model_for_user
 from adaptation.models import Iteration, Job, ModelUpload
@@ -188,6 +189,23 @@ def start_measurement(user, device: Device, target: Target) -> MeasurementReques
                             example_shape=target.example_shape,
                             signatures=[signature.to_dict() for signature in missing],
                             networks=[target.description])
+
+
+def cancel_measurement(measurement: MeasurementRequest) -> None:
+    """Cancel one of the user's own measurements while it is queued: no measurer claims it then
+    (``claim_request`` and the agents' consumer take ``queued`` ones only). A MeasureError says
+    why not: a job's request (cancel the job: it would otherwise wait for it for ever) or one
+    that has started or ended."""
+    if measurement.job_id is not None:
+        raise MeasureError(f"This measurement belongs to job #{measurement.job_id}, which waits for it: cancel "
+                           "the job instead (its page, or POST /api/v1/jobs/<id>/cancel).")
+    cancelled = MeasurementRequest.objects.filter(pk=measurement.pk, status="queued", job__isnull=True).update(
+        status="cancelled", error="Cancelled by its owner before it started.", finished_at=timezone.now())
+    if not cancelled:
+        measurement.refresh_from_db(fields=["status"])
+        raise MeasureError(f"This measurement is {measurement.get_status_display().lower()} already: only a "
+                           "queued one can be cancelled.")
+    measurement.refresh_from_db()
 
 
 # --------------------------------------------------------------------------- the network's layers

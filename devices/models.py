@@ -107,10 +107,11 @@ class MeasurementRequest(models.Model):
     each network (architecture + channel configuration: latency does not depend on weights),
     ``results`` the ``TimingStats.to_dict()`` of each network, measured interleaved (plus its
     raw ``samples_ms``, at most 1000, for a measurement outside any job: its page's histogram).
+    Its owner may cancel such a measurement while it is queued (``cancelled``: nobody claims it).
     """
 
     STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"),
-                      ("failed", "Failed")]
+                      ("failed", "Failed"), ("cancelled", "Cancelled")]
     OPEN_STATUSES = ("queued", "running")
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="measurements")

@@ -4,6 +4,9 @@
 sends the code once (``redeem``) and receives a token it keeps. Only SHA-256 hashes of codes and
 tokens are stored, so a database leak gives neither away. Revoking empties the token hash: the
 agent is refused from then on and must be paired again with a new code.
+
+Redeeming a code ends every other unused code of the same device: an older code shown on a
+screen earlier cannot pair a second agent later and take the live token over.
 """
 from __future__ import annotations
 
@@ -51,7 +54,11 @@ def new_pairing(device: Device) -> tuple[str, Pairing]:
 
 
 def redeem(code: str, facts: dict | None = None) -> tuple[Device, str]:
-    """Use a code once: the device it pairs and a new token (replacing any earlier one)."""
+    """Use a code once: the device it pairs and a new token (replacing any earlier one).
+
+    The device's other unused codes are spent at the same time, so none of them can replace
+    this token later.
+    """
     now = timezone.now()
     with transaction.atomic():
         pairing = (Pairing.objects.select_for_update().select_related("device")
@@ -70,6 +77,7 @@ def redeem(code: str, facts: dict | None = None) -> tuple[Device, str]:
         device.save(update_fields=["token_hash", "token_created", "facts"])
         pairing.used_at = now
         pairing.save(update_fields=["used_at"])
+        Pairing.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
     return device, token
 
 

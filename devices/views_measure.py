@@ -1,6 +1,7 @@
 """Measurement pages: "Measure on…" (the form on the model and job pages posts here) and one
 measurement's page: its status while it waits or runs (the page reloads itself), then the
 statistics of the whole network, a histogram of its runs and the look-up table's per-layer view.
+A queued measurement of the user's own (not a job's) can be cancelled from its page.
 
 Only the owner sees a measurement; another user's is a 404, like their models, jobs and devices.
 The work is ``devices.measure_model``'s, shared with the REST API.
@@ -71,6 +72,20 @@ def _network_rows(measurement: MeasurementRequest) -> list[dict]:
                      "n": result.get("n") if result else None,
                      "samples": len(result.get("samples_ms") or []) if result else 0})
     return rows
+
+
+@login_required
+@require_POST
+def measurement_cancel(request, pk: int):
+    """Cancel a queued measurement; back to its page, which says what happened."""
+    measurement = get_object_or_404(MeasurementRequest, pk=pk, owner=request.user)
+    try:
+        measure_model.cancel_measurement(measurement)
+    except MeasureError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Cancelled measurement #{measurement.pk}.")
+    return redirect("measurement_detail", pk=measurement.pk)
 
 
 @login_required

@@ -58,6 +58,30 @@ def _fast_password_hashing():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _forget_earlier_rate_limits():
+    """In production mode the failed-attempt counters (webapp.ratelimit) live in Redis, which
+    outlives a test run: start from none (the embedded mode's are in the fresh test database)."""
+    from django.conf import settings
+
+    if settings.configured and getattr(settings, "REDIS_URL", None):
+        from webapp.ratelimit import clear
+
+        clear()
+    yield
+
+
+@pytest.fixture
+def no_rate_limits_counted(db):
+    """Counters cleared before and after a test that spends the failed-attempt limits, so no
+    other test (or its own live servers, sharing the cache) inherits them."""
+    from webapp.ratelimit import clear
+
+    clear()
+    yield
+    clear()
+
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -121,11 +121,12 @@ class LiveApp:
         return self.worker
 
     def start_web(self) -> Process:
-        self.web = self._start("web", [
-            sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", "127.0.0.1",
-            "--port", str(self.port), "--log-level", "info",
+        from webapp.serve import uvicorn_command  # what `make run` starts, trusted proxies included
+
+        self.web = self._start("web", uvicorn_command(
+            "127.0.0.1", self.port, "--log-level", "info",
             # A connection's task still running at shutdown is cancelled (and logged) after 10 s.
-            "--timeout-graceful-shutdown", "10"])
+            "--timeout-graceful-shutdown", "10"))
         wait_until(lambda: _answers(self.url("/accounts/login/")), "the web server to answer", self,
                    START_DEADLINE_S)
         return self.web

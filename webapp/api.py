@@ -7,22 +7,16 @@ derives the schema's request fields from the same forms, so the documentation ca
 from __future__ import annotations
 
 from django import forms
-from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-
-class TokenView(ObtainAuthToken):
-    """``POST username, password`` → ``{"token": "..."}``; send it as ``Authorization: Token <token>``.
-
-    Wrong credentials: 400 with ``non_field_errors``. The token is the same on every call until
-    an administrator deletes it.
-    """
-
-    authentication_classes = []  # a logged-in browser's session must not make this a CSRF check
+from webapp.ratelimit import refusal_of
 
 
 def form_errors(form: forms.BaseForm) -> dict[str, list[str]]:
@@ -99,3 +93,48 @@ VALIDATION_ERROR = OpenApiResponse(
     description="Invalid input, nothing stored: one key per field in error (non_field_errors for "
                 "the request as a whole), each with its messages.")
 NOT_FOUND = OpenApiResponse(DETAIL, description="Not found, or not yours.")
+RATE_LIMITED = OpenApiResponse(DETAIL, description="Too many failed attempts: wait the Retry-After header's "
+                                                   "seconds.")
+VALIDATION_ERROR_TOKEN = OpenApiResponse(
+    {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+    description="Wrong credentials (non_field_errors) or missing fields.")
+
+
+class TokenView(ObtainAuthToken):
+    """``POST username, password`` → ``{"token": "..."}``; send it as ``Authorization: Token <token>``.
+
+    Wrong credentials: 400 with ``non_field_errors``; too many failed attempts for the account or
+    from the address (``webapp.ratelimit``): 429 with ``Retry-After``. The token is the same on
+    every call until it is rotated (``/api/v1/token/rotate``, the token page) or the password
+    changes.
+    """
+
+    authentication_classes = []  # a logged-in browser's session must not make this a CSRF check
+
+    @extend_schema(responses={200: inline_serializer("Token", {"token": serializers.CharField()}),
+                              400: VALIDATION_ERROR_TOKEN, 429: RATE_LIMITED})
+    def post(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        if not serializer.is_valid():
+            refusal = refusal_of(request)
+            if refusal is not None:
+                return too_many(refusal.message("log-in"), refusal.retry_after)
+            return invalid(serializer.errors)
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})
+
+
+class TokenRotate(APIView):
+    """``POST`` (authenticated) → ``{"token": "..."}``: a new token; the one used until now (and
+    any other of the user's) stops working at once."""
+
+    @extend_schema(request=None, responses={200: inline_serializer("NewToken", {"token": serializers.CharField()})})
+    def post(self, request):
+        from webapp.accounts import rotate_token
+
+        return Response({"token": rotate_token(request.user)})
+
+
+def too_many(message: str, retry_after: int) -> Response:
+    return Response({"detail": message}, status=status.HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(retry_after)})

@@ -7,10 +7,11 @@ from adaptation import api_jobs
 from devices import agent_views
 from devices import api as devices_api
 from devices import api_measure
-from webapp.api import TokenView
+from webapp.api import TokenRotate, TokenView
 
 urlpatterns = [
     path("token", TokenView.as_view(), name="api-token"),
+    path("token/rotate", TokenRotate.as_view(), name="api-token-rotate"),
     path("schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("models", adaptation_api.ModelList.as_view(), name="api-model-list"),
     path("models/<int:id>", adaptation_api.ModelDetail.as_view(), name="api-model-detail"),
@@ -21,6 +22,7 @@ urlpatterns = [
     path("devices/<int:id>/lut", devices_api.DeviceLut.as_view(), name="api-device-lut"),
     path("devices/<int:id>/measure", api_measure.MeasureStart.as_view(), name="api-device-measure"),
     path("measurements/<int:id>", api_measure.MeasurementDetail.as_view(), name="api-measurement-detail"),
+    path("measurements/<int:id>/cancel", api_measure.MeasurementCancel.as_view(), name="api-measurement-cancel"),
     # The agent program's endpoints (device token, not a user's): devices/agent_views.py.
     path("agent/pair", agent_views.pair, name="api-agent-pair"),
     path("agent/requests/<int:id>/files", agent_views.request_files, name="api-agent-request-files"),

@@ -4,6 +4,10 @@ Migrates, creates the shared CPU device and the built-in datasets, then starts a
 uvicorn, one Celery worker for jobs and proposals (with its embedded beat for the stale-job
 sweep) and the measuring worker of this server's CPU (its queue ``device.<id>``, one measurement
 at a time), prints the URL, and on Ctrl+C (or SIGTERM) stops them all and waits for them.
+
+uvicorn is told which proxies to believe (``uvicorn_command``): ``NETADAPT_TRUSTED_PROXIES``, none
+by default. Left to itself it would believe ``X-Forwarded-For`` from 127.0.0.1, so anyone who
+reaches it over loopback could choose the client address the rate limits count.
 """
 from __future__ import annotations
 
@@ -37,6 +41,17 @@ def _stop(processes: list[subprocess.Popen], grace: float = 20.0) -> int:
     return max((abs(p.returncode or 0) for p in processes), default=0)
 
 
+def uvicorn_command(host: str, port: int, *extra: str) -> list[str]:
+    """The web server's command line, with the trusted proxies spelled out: ``--forwarded-allow-ips``
+    from ``TRUSTED_PROXIES``, or ``--no-proxy-headers`` when there are none (uvicorn's default,
+    and its ``FORWARDED_ALLOW_IPS`` variable, would trust 127.0.0.1)."""
+    proxies = [address for address in getattr(settings, "TRUSTED_PROXIES", []) if address]
+    trust = (["--proxy-headers", "--forwarded-allow-ips", ",".join(proxies)] if proxies
+             else ["--no-proxy-headers"])
+    return [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", host, "--port", str(port),
+            *trust, *extra]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m webapp.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("NETADAPT_HOST", "127.0.0.1"))
@@ -59,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     measurer = subprocess.Popen(
         [*celery, "-Q", device_queue(system_device), "-n", f"{device_queue(system_device)}@%h",
          "--concurrency", "1"], cwd=ROOT, start_new_session=True)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", args.host,
-         "--port", str(args.port), "--log-level", "info"], cwd=ROOT, start_new_session=True)
+    web = subprocess.Popen(uvicorn_command(args.host, args.port, "--log-level", "info"), cwd=ROOT,
+                           start_new_session=True)
     children = [web, worker, measurer]
     print(f"\nNetAdapt Studio is running at http://{args.host}:{args.port}/ "
           "(Ctrl+C stops the web server and the workers)\n", flush=True)

@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "channels",
     "devices",
     "adaptation",
+    "webapp",
 ]
 
 MIDDLEWARE = [
@@ -150,6 +151,17 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --------------------------------------------------------------------------- cache
+# Shared by every process (rate limits): the database cache table (``migrate`` creates it) in
+# the embedded mode, Redis in the production mode.
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": REDIS_URL, "KEY_PREFIX": "netadapt"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+                          "LOCATION": "netadapt_cache"}}
+
 # --------------------------------------------------------------------------- files
 
 MEDIA_ROOT = DATA_DIR / "media"  # uploads (models/, datasets/) and job outputs (jobs/<id>/)
@@ -180,12 +192,25 @@ FILE_UPLOAD_HANDLERS = [
 
 # --------------------------------------------------------------------------- accounts
 
+# Failed attempts allowed per window (and the window before it) to log in with a password (the
+# page and /api/v1/token together) per account and per client address, and to pair an agent per
+# client address (webapp.ratelimit). Counted in the default cache, shared by every process.
+RATE_LIMIT_WINDOW_SECONDS = env_int("NETADAPT_RATE_LIMIT_WINDOW_SECONDS", 15 * 60, minimum=1)
+LOGIN_FAILURES_PER_ACCOUNT = env_int("NETADAPT_LOGIN_FAILURES_PER_ACCOUNT", 10, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = env_int("NETADAPT_LOGIN_FAILURES_PER_ADDRESS", 30, minimum=1)
+PAIR_FAILURES_PER_ADDRESS = env_int("NETADAPT_PAIR_FAILURES_PER_ADDRESS", 20, minimum=1)
+# Proxies whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes (``python -m webapp.serve``
+# passes them as --forwarded-allow-ips); none by default, so REMOTE_ADDR is the peer's address.
+TRUSTED_PROXIES = env_list("NETADAPT_TRUSTED_PROXIES", [])
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The model backend with the failed-attempt limits (webapp.ratelimit).
+AUTHENTICATION_BACKENDS = ["webapp.ratelimit.RateLimitedModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

@@ -97,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     # Imported here so that --help and --version work even where onnxruntime is missing.
     from devices.agent.client import (DEFAULT_BATCH, MAX_BACKOFF_S, Agent, PairingFailed, Refused,
-                                      normalise_server, pair)
+                                      normalise_server, pair, protect_logs)
     from devices.agent.facts import device_facts
+
+    # No token or code in the log, whatever logs it (-v shows the websocket handshake's headers).
+    redact = protect_logs(args.pair)
 
     signal.signal(signal.SIGTERM, _stop)
     state_path = Path(args.state).expanduser()
     state = read_state(state_path)
+    redact.add(state.get("token") if isinstance(state.get("token"), str) else None)
     facts = device_facts()
     try:
         server = normalise_server(args.server or state.get("server") or "")
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as error:
                 logger.error("cannot reach %s: %s", server, error)
                 return EXIT_CANNOT_START
+            redact.add(answer["token"])
             state = {"server": server, "token": answer["token"], "device": answer["device"],
                      "name": answer.get("name", "")}
             write_state(state_path, state)

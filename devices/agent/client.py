@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import tempfile
 import threading
 import time
@@ -42,6 +43,60 @@ HTTP_TIMEOUT_S = 300.0       # the server builds a request's ONNX files while we
 MAX_DOWNLOAD_BYTES = 4 << 30
 INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
+
+
+REDACTED = "[redacted]"
+#: An ``Authorization`` header as websockets logs it at debug level (``> Authorization: Token x``).
+_AUTHORIZATION = re.compile(r"(authorization:\s*)\S+(?:[ \t]+\S+)?", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces the device token, the pairing code and any ``Authorization`` header value in a log
+    record with ``[redacted]``: ``-v`` logs websockets' handshake headers, and logs get shared.
+
+    Attach it to handlers (records of every logger pass them) and to the websocket's logger;
+    ``add`` a secret as soon as it is known.
+    """
+
+    def __init__(self, *secrets: str | None) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= 4:  # a shorter "secret" would blank out ordinary words
+            self.secrets.add(secret)
+
+    def redact(self, text: str) -> str:
+        text = _AUTHORIZATION.sub(lambda match: match.group(1) + REDACTED, text)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+#: The one filter of this process: every secret it learns is redacted everywhere it is attached.
+_REDACT = RedactSecrets()
+
+
+def protect_logs(*secrets: str | None, loggers: tuple[str, ...] = ("websockets.client",)) -> RedactSecrets:
+    """Redact ``secrets`` from every record the root logger's handlers write and from the records
+    of ``loggers`` (wherever they are handled); returns the filter (``add`` more secrets to it)."""
+    for target in [*logging.getLogger().handlers, *(logging.getLogger(name) for name in loggers)]:
+        if _REDACT not in target.filters:
+            target.addFilter(_REDACT)
+    for secret in secrets:
+        _REDACT.add(secret)
+    return _REDACT
 
 
 class AgentError(Exception):
@@ -285,6 +340,7 @@ class Agent:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.server = normalise_server(server)
         self.token = token
+        protect_logs(token)  # websockets logs the handshake's Authorization header at debug level
         self.facts = facts
         self.batch = batch
         self.initial_backoff = initial_backoff
