@@ -154,13 +154,13 @@ def test_it_stops_on_a_bad_debug_value(tmp_path):
 
 def test_it_routes_websockets_through_authentication_and_an_origin_check():
     from channels.routing import ProtocolTypeRouter
-    from channels.security.websocket import OriginValidator
 
     from webapp.asgi import application
+    from webapp.origins import SameOriginValidator
 
     assert isinstance(application, ProtocolTypeRouter)
     assert set(application.application_mapping) == {"http", "websocket"}
-    assert isinstance(application.application_mapping["websocket"], OriginValidator)
+    assert isinstance(application.application_mapping["websocket"], SameOriginValidator)
 
 
 @pytest.mark.services
