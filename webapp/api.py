@@ -13,6 +13,7 @@ from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 
 class TokenView(ObtainAuthToken):
@@ -23,6 +24,8 @@ class TokenView(ObtainAuthToken):
     """
 
     authentication_classes = []  # a logged-in browser's session must not make this a CSRF check
+    # ObtainAuthToken names DRF's own parsers: take the project's (JSON with limits) instead.
+    parser_classes = api_settings.DEFAULT_PARSER_CLASSES
 
 
 def form_errors(form: forms.BaseForm) -> dict[str, list[str]]:

@@ -4,7 +4,8 @@
   nesting deeper than 32 levels, no NaN, no number too large for a float or longer than 100
   characters, UTF-8 only, no unpaired surrogates) and at most ``DATA_UPLOAD_MAX_MEMORY_SIZE``
   bytes: a hostile body is a 400 naming the problem, never an exception.
-- ``handle_exception`` is DRF's handler, and for anything it does not know (a bug) a JSON 500
+- ``handle_exception`` is DRF's handler, a 400 for what Django answers with one (a body over
+  ``DATA_UPLOAD_MAX_MEMORY_SIZE``, a suspicious request), and for anything else (a bug) a JSON 500
   that reveals nothing, whatever ``DEBUG`` says: the traceback goes to the log.
 
 Kept apart from webapp.api: DRF imports these while ``rest_framework.views`` is still loading.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
 from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser, get_encoding
@@ -52,6 +54,12 @@ def handle_exception(exc: Exception, context: dict) -> Response:
     response = exception_handler(exc, context)
     if response is not None:
         return response
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} "
+                                   "bytes, the limit for bodies that are not file uploads."},
+                        status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, (SuspiciousOperation, BadRequest)):  # Django answers these with a 400 too
+        return Response({"detail": "Bad request."}, status=status.HTTP_400_BAD_REQUEST)
     set_rollback()
     view = context.get("view")
     logger.error("unexpected error in %s", type(view).__name__ if view is not None else "the API", exc_info=exc)
