@@ -67,3 +67,26 @@ def test_make_run_serves_the_app_with_its_workers_and_ctrl_c_stops_them_all(tmp_
         if serve.poll() is None:
             serve.kill()
         log.close()
+
+
+def make_datasets(package: str, *, unprivileged: bool) -> subprocess.CompletedProcess:
+    """``make datasets`` (the step of ``make run`` that offers Fashion-MNIST) for ``package``."""
+    command = ["make", "-s", "--no-print-directory", "datasets", f"FASHION_MNIST_PACKAGE={package}"]
+    if unprivileged and os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_make_run_says_in_one_line_how_to_add_fashion_mnist_when_it_cannot_install_it():
+    result = make_datasets("netadapt-test-no-such-package", unprivileged=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Fashion-MNIST is not offered: 'sudo apt-get install netadapt-test-no-such-package' adds it "
+        "(then make run again)"]
+
+
+def test_make_run_is_silent_about_fashion_mnist_once_it_is_installed():
+    if subprocess.run(["dpkg", "-s", "dataset-fashion-mnist"], capture_output=True).returncode != 0:
+        pytest.skip("dataset-fashion-mnist is not installed here (make run would install it)")
+    result = make_datasets("dataset-fashion-mnist", unprivileged=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
