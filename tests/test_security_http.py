@@ -180,6 +180,20 @@ def test_an_unexpected_api_error_is_a_json_500_without_details_even_with_debug(a
     assert "secret" not in response.content.decode() and "Traceback" not in response.content.decode()
 
 
+def test_an_unexpected_error_of_the_agent_pairing_endpoint_is_a_json_500_without_details(monkeypatch):
+    """The agent's endpoints are plain Django views under /api/: the same answer as DRF's."""
+    import devices.agent_views
+
+    def broken(code, facts):
+        raise RuntimeError("secret detail /srv/netadapt/settings.py")
+
+    monkeypatch.setattr(devices.agent_views, "redeem", broken)
+    response = Client(raise_request_exception=False).post(
+        f"{API}/agent/pair", json.dumps({"code": "ABCDE-FGHJK"}), content_type="application/json")
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert "unexpected error" in response.json()["detail"] and "secret" not in response.content.decode()
+
+
 @pytest.mark.parametrize("path", ["jobs/99999999999999999999999", "models/99999999999999999999999",
                                   "devices/99999999999999999999999",
                                   "jobs/99999999999999999999999/iterations/-99999999999999999999/download"])

@@ -8,6 +8,9 @@
   ``DATA_UPLOAD_MAX_MEMORY_SIZE``, a suspicious request), and for anything else (a bug) a JSON 500
   that reveals nothing, whatever ``DEBUG`` says: the traceback goes to the log.
 
+- ``APIErrorMiddleware`` does the same for the plain Django views under ``/api/`` (the agent's
+  pairing and file endpoints), which DRF's handler does not reach.
+
 Kept apart from webapp.api: DRF imports these while ``rest_framework.views`` is still loading.
 """
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse
 from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser, get_encoding
@@ -64,3 +68,21 @@ def handle_exception(exc: Exception, context: dict) -> Response:
     view = context.get("view")
     logger.error("unexpected error in %s", type(view).__name__ if view is not None else "the API", exc_info=exc)
     return Response({"detail": SERVER_ERROR}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+class APIErrorMiddleware:
+    """A JSON 500 without details, instead of an HTML page, for an unexpected exception of any
+    view under ``/api/`` (DRF's views answer through ``handle_exception`` before this is reached)."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception: Exception) -> JsonResponse | None:
+        if not request.path.startswith("/api/") or isinstance(
+                exception, (Http404, SuspiciousOperation, BadRequest, PermissionDenied)):
+            return None  # Django's own answers (404, 400, 403) are right for these
+        logger.error("unexpected error in %s", request.path, exc_info=exception)
+        return JsonResponse({"detail": SERVER_ERROR}, status=500)

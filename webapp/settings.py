@@ -140,6 +140,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.api_errors.APIErrorMiddleware",  # a JSON 500 for plain views under /api/
 ]
 
 ROOT_URLCONF = "webapp.urls"
