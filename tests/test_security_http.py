@@ -409,6 +409,45 @@ def test_a_formula_in_a_group_name_is_neutralised_in_the_csv_report(api, client,
         assert (rows[0]["iteration"], rows[0]["measured_ms"]) == ("-1", "-0.5")
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_formula_as_an_onnx_node_name_reaches_the_csv_report_neutralised(api, media, workers, system_device,
+                                                                           digits_dataset):
+    """The way users cause it: the Conv nodes of an uploaded ONNX file are named like formulas,
+    their names become the prunable groups' names, a job shrinks one and the report names it."""
+    import onnx
+
+    from adaptation.netadapt import onnx_import
+    from adaptation.services import FORMULA_TRIGGERS
+    from tests.test_onnx_import import PLAIN, onnx_bytes, trained_like
+
+    torch.manual_seed(0)
+    graph = onnx.load_from_string(onnx_bytes(trained_like(PLAIN.build()), PLAIN.example_input(),
+                                             dynamic_axes={"input": {0: "batch"}}))
+    for number, node in enumerate(graph.graph.node):
+        if node.op_type == "Conv":
+            node.name = f"{FORMULA[:-1]}{number}"
+    upload = SimpleUploadedFile("formulas.onnx", graph.SerializeToString())
+    response = api.post(f"{API}/models", {"name": "formulas", "file": upload}, format="multipart")
+    assert response.status_code == 201 and response.json()["status"] == "ready", response.content
+    response = api.post(f"{API}/jobs", {
+        "model": response.json()["id"], "dataset": digits_dataset.pk, "device": system_device.pk, "budget": 95,
+        "initial_reduction": 0.04, "decay": 0.9, "short_term_steps": 3, "long_term_epochs": 0,
+        "max_iterations": 1, "holdout_size": 0.15}, format="json")
+    assert response.status_code == 201, response.content
+    onnx_import._CACHE.clear()  # the worker converts the stored file again
+    job = workers.drive(Job.objects.get(pk=response.json()["id"]))
+    assert job.status == "finished", job.error
+    text = api.get(f"{API}/jobs/{job.pk}/report?format=csv").content.decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    chosen = rows[1]["chosen_group"]
+    assert chosen and not chosen.startswith(FORMULA_TRIGGERS)
+    assert "cmd|" not in chosen or chosen.startswith("'" + FORMULA[:-1])  # the node's name, quoted
+    for cell in (cell for row in rows for cell in row.values()):
+        if cell.startswith(FORMULA_TRIGGERS):  # only a negative number may, and it is a value
+            assert cell.startswith("-") and float(cell) < 0, cell
+
+
 def test_a_plain_group_name_is_written_as_it_is(api, job_of_the_api):
     record_iterations(job_of_the_api, "features.0")
     rows = list(csv.DictReader(io.StringIO(api.get(f"{API}/jobs/{job_of_the_api.pk}/report?format=csv")
