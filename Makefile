@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: setup migrate run demo test test-production bench-quick clean
+.PHONY: setup datasets migrate run demo test test-production bench-quick clean
 
 # Production-mode services for `make test` (started by .ci/run when not running).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/netadapt
@@ -22,13 +22,28 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 setup: $(STAMP) node_modules/.package-lock.json
 
+# Fashion-MNIST is a built-in dataset when Debian's package is installed: `make run` installs it
+# where it can (as root, with apt-get), else says in one line how. Silent once it is installed.
+FASHION_MNIST_PACKAGE ?= dataset-fashion-mnist
+datasets:
+	@dpkg -s $(FASHION_MNIST_PACKAGE) >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing $(FASHION_MNIST_PACKAGE) (the Fashion-MNIST built-in dataset) with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -qq $(FASHION_MNIST_PACKAGE) || \
+		  { apt-get update -qq && apt-get install -y -qq $(FASHION_MNIST_PACKAGE); }; } >/dev/null 2>&1 || \
+		echo "Could not install $(FASHION_MNIST_PACKAGE) with apt-get: Fashion-MNIST is not offered (digits are)"; \
+	else \
+		echo "Fashion-MNIST is not offered: 'sudo apt-get install $(FASHION_MNIST_PACKAGE)' adds it (then make run again)"; \
+	fi
+
 migrate: setup
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py bootstrap
 
 # The application on its embedded default: SQLite (WAL), a filesystem broker, one Celery worker
 # with its beat, uvicorn. Ctrl+C stops both. Data lives in ./data (NETADAPT_DATA_DIR).
-run: setup
+run: setup datasets
 	$(PY) -m webapp.serve
 
 # The engine alone from the command line: pretrain a small CNN on digits, adapt it to 60% of

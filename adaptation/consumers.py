@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: Most events one database read sends (a poll or a gap fill); the next read continues.
 EVENTS_PER_READ = 500
+#: Close code for a client that sends anything (1003: "unsupported data").
+RECEIVE_REFUSED = 1003
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -66,7 +68,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             self.group = None
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
-        """The page sends nothing the server acts on; whatever arrives is ignored."""
+        """The page sends nothing: a client that does is not the page, and the connection closes
+        with 1003 ("unsupported data") and the reason, without reading what was sent."""
+        await self.close(code=RECEIVE_REFUSED, reason="this socket only sends job events: it reads no messages")
 
     async def job_event(self, message: dict) -> None:
         """A ``job.event`` group message (webapp.events.EventMessage)."""

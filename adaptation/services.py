@@ -347,12 +347,28 @@ def report_rows(job: Job) -> list[dict]:
     return rows
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A report cell that no spreadsheet runs: text starting with a formula trigger gets a leading
+    single quote (OWASP's rule); numbers stay numbers. Text cells hold names a user chose (group
+    names come from the node names of an uploaded ONNX file); numbers are ours, and a negative
+    one such as -1 (the original network's iteration) is a value to a spreadsheet, not a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 def report_csv(job: Job) -> str:
-    """One row per recorded iteration, the columns of ``REPORT_COLUMNS``."""
+    """One row per recorded iteration, the columns of ``REPORT_COLUMNS`` (cells by ``csv_cell``)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in report_rows(job))
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in report_rows(job))
     return buffer.getvalue()
 
 

@@ -22,6 +22,7 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from devices.agent import safe_json
 from devices.agent.protocol import MAX_FACTS_CHARS, token_of
 from devices.agent_files import ZIPAPP_NAME, agent_zipapp, request_archive
 from devices.models import MeasurementRequest
@@ -52,9 +53,9 @@ def pair(request):
     if len(request.body) > MAX_PAIR_BODY_BYTES:
         return _detail("request body too large", 400)
     try:
-        body = json.loads(request.body)
-    except ValueError:
-        return _detail('send JSON: {"code": "...", "facts": {...}}', 400)
+        body = safe_json.loads(request.body)
+    except safe_json.JSONInputError as error:
+        return _detail(f'send JSON: {{"code": "...", "facts": {{...}}}} ({error})', 400)
     code = body.get("code") if isinstance(body, dict) else None
     facts = body.get("facts") if isinstance(body, dict) else None
     facts = {} if facts is None else facts

@@ -14,8 +14,10 @@ then carry its raw per-run times, ``samples_ms``, stored with the statistics as 
 device's worker stores its own (devices.tasks.run_request); the measurement page draws them.
 Each poll also re-checks the token: a revoked agent is disconnected with code 4001.
 
-Every message is validated (devices.agent.protocol): what cannot be used is answered with an
-``error`` message and changes nothing -- except invalid results for the request the agent is
+Every message is validated (devices.agent.protocol): a frame that is not a message at all
+(binary, not JSON, nested too deeply, not an object with a string ``type``) closes the
+connection with ``CLOSE_MALFORMED`` and the reason; a message that cannot be used is answered
+with an ``error`` message and changes nothing -- except invalid results for the request the agent is
 working on, which fail that request (the job shows why) instead of leaving it to hang. A message
 about a request that is not the one this connection was given (another device's, an unknown
 id) is refused and stores nothing. Status goes offline when the connection ends, unless another
@@ -114,9 +116,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.device_id is None:
             return
         try:
-            message = p.decode(text_data)
-        except p.ProtocolError as error:
-            await self._send_error(str(error))
+            message = p.decode(text_data if bytes_data is None else bytes_data)
+        except p.ProtocolError as error:  # not a message at all: no conversation after that
+            logger.warning("agent of device %s sent a malformed frame, closing: %s", self.device_id, error)
+            await self.close(code=p.CLOSE_MALFORMED, reason=p.close_reason(str(error)))
             return
         kind = message["type"]
         handler = {p.HELLO: self._hello, p.HEARTBEAT: self._heartbeat, p.LAYERS: self._layers,

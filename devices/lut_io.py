@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from adaptation.formatting import human_size
+from devices.agent import safe_json
 from devices.forms import MAX_THREADS, lut_max_bytes
 from devices.lut import CHUNK_SIZE, STATS_FIELDS, UNIQUE_FIELDS
 from devices.measure.signature import LayerSignature
@@ -103,25 +104,15 @@ def export_bytes(device: Device) -> bytes:
 # --------------------------------------------------------------------------- reading a file
 
 
-def _refuse_constant(name: str):
-    raise LutImportError(f"The file holds {name}, which is not a number: every statistic must be a "
-                         "positive finite number of milliseconds.")
-
-
 def read_table(data: bytes) -> LutFile:
     """Parse and check a look-up-table file; ``LutImportError`` names the first problem."""
     if len(data) > lut_max_bytes():
         raise LutImportError(f"The file is larger than the {human_size(lut_max_bytes())} limit for "
                              "look-up tables.")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise LutImportError("The file is not UTF-8 text: export a look-up table from a device page.") from None
-    try:
-        table = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as error:
-        raise LutImportError(f"The file is not valid JSON ({error.msg} at line {error.lineno}, "
-                             f"column {error.colno}).") from None
+        table = safe_json.loads(data)
+    except safe_json.JSONInputError as error:
+        raise LutImportError(f"The file is not a JSON look-up table: {error}.") from None
     if not isinstance(table, dict) or table.get("format") != FORMAT:
         raise LutImportError(f'This is not a look-up-table file: it needs "format": "{FORMAT}".')
     version = table.get("version")

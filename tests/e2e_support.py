@@ -14,7 +14,9 @@ The database is shared the way tests/test_worker.py shares it (that file keeps i
 - Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's PostgreSQL test
   database (the test module marks itself ``django_db(transaction=True)``), whose name goes to
   the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queue
-  purged first. DEBUG is off there, so the static files are collected for WhiteNoise.
+  purged first.
+
+DEBUG is off in both modes, so the static files are collected for WhiteNoise first.
 
 ``manage.py bootstrap`` runs (in this process, against the shared database) before the web
 server starts: the system device and the built-in digits dataset exist.
@@ -220,9 +222,10 @@ def live_app(tmp_path: Path, django_db_blocker):
 
     with live_database(tmp_path, django_db_blocker) as (env, media):
         call_command("bootstrap", stdout=io.StringIO())
-        if PRODUCTION:  # DEBUG is off: WhiteNoise serves only what is in STATIC_ROOT
-            subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-                           cwd=REPO, env=env, check=True, timeout=600)
+        # DEBUG is off (in both modes): WhiteNoise serves only what is in STATIC_ROOT, as after
+        # `make run`'s collectstatic.
+        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+                       cwd=REPO, env=env, check=True, timeout=600)
         logs = tmp_path / "logs"
         logs.mkdir()
         from devices.models import Device

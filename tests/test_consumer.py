@@ -24,6 +24,7 @@ from webapp.events import group_name, message_of, publish
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # a browser sends both; the origin check compares them
 TIMEOUT = 3
 
 
@@ -75,7 +76,7 @@ def test_it_sends_the_history_to_the_owner(owner, make_job, poll_seconds):
     publish(job.pk, "job.log", {"level": "info", "message": "first"})
     publish(job.pk, "job.iteration", {"number": 0, "holdout_accuracy": 0.9})
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -97,7 +98,7 @@ def test_it_sends_the_history_to_the_owner(owner, make_job, poll_seconds):
 def test_it_sends_an_empty_history(owner, make_job, poll_seconds):
     job = make_job(owner)
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -112,10 +113,10 @@ def test_it_sends_an_empty_history(owner, make_job, poll_seconds):
 @pytest.mark.parametrize("who", ["stranger", "anonymous", "no origin", "foreign origin"])
 def test_it_refuses_before_accepting(owner, stranger, make_job, who):
     job = make_job(owner)
-    headers = {"stranger": [ORIGIN, session_cookie(stranger)],
-               "anonymous": [ORIGIN],
-               "no origin": [session_cookie(owner)],
-               "foreign origin": [(b"origin", b"http://evil.example"), session_cookie(owner)]}[who]
+    headers = {"stranger": [ORIGIN, HOST, session_cookie(stranger)],
+               "anonymous": [ORIGIN, HOST],
+               "no origin": [HOST, session_cookie(owner)],
+               "foreign origin": [(b"origin", b"http://evil.example"), HOST, session_cookie(owner)]}[who]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -127,7 +128,7 @@ def test_it_refuses_before_accepting(owner, stranger, make_job, who):
 
 
 def test_it_refuses_a_job_that_does_not_exist(owner):
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(999_999, headers)
@@ -141,7 +142,7 @@ def test_it_forwards_a_later_event_exactly_once(owner, make_job, poll_seconds):
     job = make_job(owner, status="running")
     publish(job.pk, "job.status", {"status": "running", "error": ""})
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -162,7 +163,7 @@ def test_it_loses_nothing_published_while_connecting(owner, make_job, poll_secon
     job = make_job(owner, status="running")
     publish(job.pk, "job.log", {"level": "info", "message": "before"})
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -186,7 +187,7 @@ def test_it_polls_events_the_layer_cannot_carry(owner, make_job, settings):
     settings.EVENT_POLL_SECONDS = 0.05
     job = make_job(owner, status="running")
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -207,7 +208,7 @@ def test_it_drops_group_messages_it_has_sent_already(owner, make_job, settings):
     settings.EVENT_POLL_SECONDS = 0.05
     job = make_job(owner, status="running")
     publish(job.pk, "job.log", {"level": "info", "message": "in the snapshot"})
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -229,7 +230,7 @@ def test_it_fills_a_gap_from_the_database(owner, make_job, settings):
     settings.EVENT_POLL_SECONDS = 0.0
     job = make_job(owner, status="running")
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)
@@ -255,7 +256,7 @@ def test_it_stops_polling_after_disconnect(owner, make_job, settings):
     settings.EVENT_POLL_SECONDS = 0.05
     job = make_job(owner, status="running")
 
-    headers = [ORIGIN, session_cookie(owner)]
+    headers = [ORIGIN, HOST, session_cookie(owner)]
 
     async def scenario():
         socket = communicator(job.pk, headers)

@@ -194,9 +194,9 @@ BAD_FILES = {
     "negative minimum": (_mutate("min_ms", -0.1), "min_ms must be a positive finite number"),
     "negative spread": (_mutate("std_ms", -1.0), "std_ms must be zero or a positive finite number"),
     "text statistic": (_mutate("p90_ms", "fast"), "p90_ms must be a positive finite number"),
-    "NaN statistic": (_literal("mean_ms", "NaN"), "holds NaN, which is not a number"),
-    "Infinity statistic": (_literal("mean_ms", "-Infinity"), "holds -Infinity, which is not a number"),
-    "overflowing statistic": (_literal("p90_ms", "1e999"), "p90_ms must be a positive finite number"),
+    "NaN statistic": (_literal("mean_ms", "NaN"), "NaN is not a JSON number"),
+    "Infinity statistic": (_literal("mean_ms", "-Infinity"), "-Infinity is not a JSON number"),
+    "overflowing statistic": (_literal("p90_ms", "1e999"), "the number 1e999 is too large"),
     "contradicting statistics": (_mutate("p10_ms", 0.01), "contradict one another"),
     "repeated entry": (_mutate("signature", signature(8).key()), "Entry 3 repeats entry 1"),
 }

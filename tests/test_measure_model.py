@@ -235,7 +235,7 @@ def test_a_measurement_on_an_agent_device_shows_the_histogram_of_its_runs(owner_
 
     async def agent():
         socket = WebsocketCommunicator(application, "/ws/agent/", headers=[
-            (b"origin", b"http://localhost"), (b"authorization", f"Token {token}".encode())])
+            (b"origin", b"http://localhost"), (b"host", b"localhost"), (b"authorization", f"Token {token}".encode())])
         assert (await socket.connect(timeout=5))[0]
         await socket.send_json_to({"type": "hello", "protocol": 1, "agent": "test", "runtime": "onnxruntime",
                                    "runtime_version": ort.__version__, "facts": {"os": "Android"}})

@@ -120,7 +120,7 @@ def test_it_defaults_to_the_embedded_stack(tmp_path):
     assert stack["broker"] == "filesystem://"
     assert stack["backend"] == "django-db"
     assert stack["channel_layer"] == "channels.layers.InMemoryChannelLayer"
-    assert stack["debug"] is True
+    assert stack["debug"] is False
     options = stack["transport_options"]
     assert options["polling_interval"] == 0.1
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
@@ -140,10 +140,17 @@ def test_it_picks_postgresql_and_redis_from_the_environment(tmp_path):
     assert not (tmp_path / "data" / "broker").exists()
 
 
-def test_it_requires_a_secret_key_without_debug(tmp_path):
-    result = load_settings(tmp_path, DEBUG="false")
+def test_it_requires_a_secret_key_in_production_mode(tmp_path):
+    result = load_settings(tmp_path, DATABASE_URL="postgres://studio:secret@db.example:5432/netadapt",
+                           REDIS_URL="redis://cache.example:6379/0")
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+    assert not (tmp_path / "data" / "secret_key").exists()
+
+
+def test_debug_is_on_only_when_asked_for(tmp_path):
+    assert resolved(load_settings(tmp_path, DEBUG="1"))["debug"] is True
+    assert resolved(load_settings(tmp_path, DEBUG="0"))["debug"] is False
 
 
 def test_it_stops_on_a_bad_debug_value(tmp_path):
@@ -154,13 +161,13 @@ def test_it_stops_on_a_bad_debug_value(tmp_path):
 
 def test_it_routes_websockets_through_authentication_and_an_origin_check():
     from channels.routing import ProtocolTypeRouter
-    from channels.security.websocket import OriginValidator
 
     from webapp.asgi import application
+    from webapp.origins import SameOriginValidator
 
     assert isinstance(application, ProtocolTypeRouter)
     assert set(application.application_mapping) == {"http", "websocket"}
-    assert isinstance(application.application_mapping["websocket"], OriginValidator)
+    assert isinstance(application.application_mapping["websocket"], SameOriginValidator)
 
 
 @pytest.mark.services

@@ -14,6 +14,7 @@ from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from webapp.ratelimit import refusal_of
@@ -110,6 +111,8 @@ class TokenView(ObtainAuthToken):
     """
 
     authentication_classes = []  # a logged-in browser's session must not make this a CSRF check
+    # ObtainAuthToken names DRF's own parsers: take the project's (JSON with limits) instead.
+    parser_classes = api_settings.DEFAULT_PARSER_CLASSES
 
     @extend_schema(responses={200: inline_serializer("Token", {"token": serializers.CharField()}),
                               400: VALIDATION_ERROR_TOKEN, 429: RATE_LIMITED})

@@ -3,10 +3,13 @@
 Two modes, chosen by the environment alone:
 
 - **Embedded** (nothing set): everything under ``NETADAPT_DATA_DIR`` -- SQLite in WAL mode,
-  a ``filesystem://`` Celery broker, results in the database, an in-memory channel layer.
-  ``DEBUG`` defaults to True here: this mode is for one machine and one command.
+  a ``filesystem://`` Celery broker, results in the database, an in-memory channel layer. The
+  ``SECRET_KEY`` is generated on the first start and kept in ``<data>/secret_key`` (mode 0600)
+  unless the environment sets one.
 - **Production** (``DATABASE_URL`` and ``REDIS_URL``): PostgreSQL, Redis as Celery broker,
-  result backend and channel layer. ``DEBUG`` defaults to False and ``SECRET_KEY`` is required.
+  result backend and channel layer. ``SECRET_KEY`` is required.
+
+``DEBUG`` is off in both unless ``DEBUG=1``: its error pages show settings, paths and code.
 
 The helpers below read one variable each and raise ImproperlyConfigured naming the variable when
 its value cannot be used, so a typo stops the process at start-up instead of misbehaving later.
@@ -14,6 +17,7 @@ its value cannot be used, so a typo stops the process at start-up instead of mis
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -67,12 +71,43 @@ DATA_DIR = Path(env_str("NETADAPT_DATA_DIR", str(BASE_DIR / "data"))).resolve()
 DATABASE_URL = env_str("DATABASE_URL")
 REDIS_URL = env_str("REDIS_URL")
 
-DEBUG = env_bool("DEBUG", default=DATABASE_URL is None)
+
+def stored_secret_key(path: Path) -> str:
+    """The key kept in ``path``, generated there first if the file does not exist.
+
+    The new key is written to a private temporary file (mode 0600) that is then hard-linked to
+    ``path``: the link either creates ``path`` complete or fails because it exists, so processes
+    starting together (uvicorn, the workers) all end up reading the same key.
+    """
+    if not path.exists():
+        from django.core.management.utils import get_random_secret_key
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+        temporary = Path(name)
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(get_random_secret_key() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process was first: use its key
+        finally:
+            temporary.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if not key:
+        raise ImproperlyConfigured(f"{path} is empty: delete it to generate a new SECRET_KEY")
+    return key
+
+
+DEBUG = env_bool("DEBUG", default=False)
 SECRET_KEY = env_str("SECRET_KEY")
 if SECRET_KEY is None:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "django-insecure-netadapt-studio-development-only"
+    if DATABASE_URL:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is (production mode)")
+    SECRET_KEY = stored_secret_key(DATA_DIR / "secret_key")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", default=False)
@@ -106,6 +141,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.api_errors.APIErrorMiddleware",  # a JSON 500 for plain views under /api/
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -228,6 +264,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON bodies with limits (nesting, numbers, size); a JSON 500 for what no view expected.
+    "DEFAULT_PARSER_CLASSES": ["webapp.api_errors.SafeJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
+    "EXCEPTION_HANDLER": "webapp.api_errors.handle_exception",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {

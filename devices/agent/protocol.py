@@ -32,6 +32,9 @@ import json
 import math
 from typing import Any, Sequence
 
+from devices.agent.safe_json import JSONInputError
+from devices.agent.safe_json import loads as safe_loads
+
 PROTOCOL_VERSION = 1
 
 WEBSOCKET_PATH = "/ws/agent/"
@@ -55,6 +58,12 @@ ERROR = "error"
 #: The server closes an accepted connection with this code when the device's token was revoked
 #: (a refused handshake, before accept, reaches the agent as HTTP 403).
 CLOSE_REVOKED = 4001
+#: The server closes a connection with this code (1007, "invalid frame payload data") when a frame
+#: is not a protocol message at all: binary, too long, not JSON, too deeply nested, not an object
+#: with a string "type". The close reason says which; the agent reconnects.
+CLOSE_MALFORMED = 1007
+#: Longest close reason a websocket close frame can carry, in UTF-8 bytes.
+MAX_CLOSE_REASON_BYTES = 123
 
 HEARTBEAT_SECONDS = 15.0
 #: Longest JSON text of one message either side accepts (a batch of layer results is far less).
@@ -90,12 +99,20 @@ def decode(text: str | bytes | None) -> dict:
     if len(text) > MAX_MESSAGE_CHARS:
         raise ProtocolError(f"message longer than {MAX_MESSAGE_CHARS} characters")
     try:
-        message = json.loads(text)
-    except ValueError as error:
+        message = safe_loads(text)
+    except JSONInputError as error:
         raise ProtocolError(f"malformed JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError('a message is a JSON object with a string "type"')
     return message
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame carries (MAX_CLOSE_REASON_BYTES of UTF-8)."""
+    data = text.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return data[:MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", errors="ignore") + "..."
 
 
 def integer(value: Any, what: str, minimum: int | None = None, maximum: int | None = None) -> int:
