@@ -385,7 +385,7 @@ def test_a_cancelled_measurement_is_never_handed_to_the_agent(owner, media):
 
     async def offered() -> dict:
         socket = WebsocketCommunicator(application, "/ws/agent/", headers=[
-            (b"origin", b"http://localhost"), (b"authorization", f"Token {token}".encode())])
+            (b"origin", b"http://localhost"), (b"host", b"localhost"), (b"authorization", f"Token {token}".encode())])
         connected, _ = await socket.connect(timeout=10)
         assert connected
         await socket.send_json_to({"type": "hello", "protocol": 1, "agent": "test", "runtime": "onnxruntime",
