@@ -9,7 +9,8 @@ turns one into an error on the form.
 - ``create_model_upload(user, form)``: pre-flight a valid ``ModelUploadForm``, store it if it passes.
 - ``store_dataset_upload(...)``, ``create_dataset_upload(user, form)``: extract an uploaded zip
   into its own folder (``job_files.uploaded_dataset_name``) and create the dataset's row.
-- ``create_job(user, form)``: create the job of a valid ``JobForm`` and hand it to the runner.
+- ``create_job(user, form)``: create the job of a valid ``JobForm`` and hand it to the runner
+  (through ``queue_job``, which child jobs use too).
 - ``cancel_job(job)``: stop a queued or waiting job now, ask a running one to stop.
 - ``job_file(job, number, fmt)``: where a job's network file is (the final network, or an
   iteration's); ``open_iteration_file(job, number, fmt)`` serves one (exported on demand).
@@ -171,16 +172,26 @@ def create_dataset_upload(user, form) -> Dataset:
 # --------------------------------------------------------------------------- jobs
 
 
-def create_job(user, form) -> Job:
-    """The job of a valid ``JobForm``, queued; the runner gets it once the row is committed."""
+def queue_job(owner, *, model: ModelUpload, dataset: Dataset, device, settings: dict,
+              kind: str = "adapt", parent: Job | None = None) -> Job:
+    """A new job row, queued; the runner gets it once the row is committed.
+
+    The one place jobs are created: ``create_job`` (a user's form) and ``start_child_job`` call it.
+    ``settings`` is what ``Job.settings`` stores (``job_inputs.parse_settings`` reads it).
+    """
     from adaptation.tasks import enqueue_job  # imported late: it loads the runner and Celery
 
     with transaction.atomic():
-        job = Job.objects.create(owner=user, kind="adapt", model=form.cleaned_data["model"],
-                                 dataset=form.cleaned_data["dataset"], device=form.cleaned_data["device"],
-                                 settings=form.job_settings())
+        job = Job.objects.create(owner=owner, kind=kind, parent=parent, model=model, dataset=dataset,
+                                 device=device, settings=settings)
         enqueue_job(job)
     return job
+
+
+def create_job(user, form) -> Job:
+    """The job of a valid ``JobForm``, queued; the runner gets it once the row is committed."""
+    return queue_job(user, model=form.cleaned_data["model"], dataset=form.cleaned_data["dataset"],
+                     device=form.cleaned_data["device"], settings=form.job_settings())
 
 
 @dataclass(frozen=True)
@@ -194,14 +205,8 @@ class CancelOutcome:
 def start_child_job(parent: Job, kind: str, **options) -> Job:
     """A child job of ``parent`` (its model, data, device and settings, plus ``options``),
     enqueued once the transaction commits."""
-    from adaptation.tasks import enqueue_job
-
-    with transaction.atomic():
-        child = Job.objects.create(owner=parent.owner, kind=kind, parent=parent, model=parent.model,
-                                   dataset=parent.dataset, device=parent.device,
-                                   settings={**parent.settings, **options})
-        enqueue_job(child)
-    return child
+    return queue_job(parent.owner, kind=kind, parent=parent, model=parent.model, dataset=parent.dataset,
+                     device=parent.device, settings={**parent.settings, **options})
 
 
 def cancel_job(job: Job) -> CancelOutcome:

@@ -73,16 +73,18 @@ def stranger(django_user_model):
 
 @pytest.fixture
 def system_device(db):
-    from devices.models import SYSTEM_DEVICE_NAME, Device
+    """"This server's CPU", as ``manage.py bootstrap`` creates it."""
+    from tests.user_objects import system_device as bootstrapped_system_device
 
-    return Device.objects.create(owner=None, name=SYSTEM_DEVICE_NAME, kind="local", threads=1)
+    return bootstrapped_system_device()
 
 
 @pytest.fixture
 def digits_dataset(db):
-    from adaptation.models import Dataset
+    """The built-in scikit-learn digits, as ``manage.py bootstrap`` creates it."""
+    from tests.user_objects import builtin_dataset
 
-    return Dataset.objects.create(owner=None, name="scikit-learn digits", kind="builtin", builtin_name="digits")
+    return builtin_dataset("digits")
 
 
 @pytest.fixture
