@@ -33,7 +33,8 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.archives import ArchiveError, ArchiveLimits, load_archive_dataset
+from adaptation.archives import (ArchiveError, ArchiveLimits, load_archive_dataset, missing_folders,
+                                 remove_empty_folders)
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
@@ -141,11 +142,12 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
 
     The folder, ``MEDIA_ROOT/datasets/<owner id>/<random hex>/<class>/<image>``, is the row's
     ``archive`` (jobs load it with ``load_image_folder``); the zip itself is not kept. On any
-    error nothing is left: ``load_archive_dataset`` removes what it extracted, and the folder is
-    removed when the row cannot be created.
+    error nothing is left: ``load_archive_dataset`` removes what it extracted and the folders it
+    created (the owner's folder of a first upload), and so does a row that cannot be created.
     """
     folder = uploaded_dataset_name(owner.pk)
     destination = Path(default_storage.path(folder))
+    created = missing_folders(destination.parent)
     source = (uploaded.temporary_file_path() if hasattr(uploaded, "temporary_file_path")
               else uploaded.file)
     splits = load_archive_dataset(source, destination, resolution=resolution, grayscale=grayscale,
@@ -157,6 +159,7 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
                                       summary=summary, status="ready")
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
+        remove_empty_folders(created)
         raise
 
 
