@@ -94,7 +94,7 @@ def digits_net_weights():
 
     from adaptation.netadapt.spec import ArchitectureSpec
 
-    spec = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=0.25, resolution=8)
+    spec = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=1.0, resolution=8)
     torch.manual_seed(0)
     buffer = io.BytesIO()
     torch.save(spec.build().state_dict(), buffer)
