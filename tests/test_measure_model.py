@@ -18,7 +18,7 @@ from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_n
 from devices import measure_model
 from devices.measure import MeasureProtocol, TimingStats, trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
-from devices.models import Device, MeasurementRequest
+from devices.models import MeasurementRequest
 from devices.requests import device_table, fail_request, open_request
 from devices.agent.protocol import MAX_SAMPLES, kept_samples
 from devices.tasks import measure_request

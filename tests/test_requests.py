@@ -11,7 +11,7 @@ from adaptation.models import Job
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from devices import requests
 from devices.measure import trace_layers
-from devices.models import Device, LatencyEntry, MeasurementRequest
+from devices.models import LatencyEntry, MeasurementRequest
 from devices.requests import (claim_request, complete_request, device_table, fail_request,
                               open_request, pending_signatures, store_layer_results, sweep_requests)
 from devices.tasks import measure_request
