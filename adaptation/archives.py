@@ -4,7 +4,8 @@ Everything in the central directory is validated before a byte is written: membe
 (absolute, ``..``, drive letters), symbolic links, encryption, compression method, declared sizes
 and compression ratios. Accepted members are then streamed into a temporary folder next to the
 destination, with a running byte count that stops a member growing past its declared size, and the
-folder is renamed to the destination at the end: on any error nothing is left behind.
+folder is renamed to the destination at the end: on any error nothing is left behind, not even the
+parent folders the extraction created.
 
 Every user-facing failure is an ``ArchiveError`` naming the problem and the offending member. This
 module imports neither Django nor Celery.
@@ -216,8 +217,48 @@ def _copy_member(archive: zipfile.ZipFile, member: _Member, target: Path) -> Non
             f"member '{name}' has {written} bytes but its header declares {info.file_size}")
 
 
-def _extract(zip_path: ZipSource, destination: Path, limits: ArchiveLimits) -> tuple[str, ...]:
-    """Validate, extract atomically into ``destination``; returns the stripped wrapper prefix."""
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty: a failed extraction leaves no
+    folder it created. A folder another extraction has put something into meanwhile is kept."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): its ancestors are not empty either
+
+
+def _staging_folder(destination: Path) -> Path:
+    """A new temporary folder next to ``destination``, creating the parent folders it needs.
+
+    A failed extraction of another upload may remove a parent it created between our ``mkdir``
+    and ``mkdtemp`` (``remove_empty_folders``): then the parents are made again.
+    """
+    attempts = 5
+    while True:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
+                                         dir=destination.parent))
+        except FileNotFoundError:
+            attempts -= 1
+            if not attempts:
+                raise
+
+
+def _extract(zip_path: ZipSource, destination: Path,
+             limits: ArchiveLimits) -> tuple[tuple[str, ...], list[Path]]:
+    """Validate, extract atomically into ``destination``; returns the stripped wrapper prefix and
+    the parent folders this call created (for ``remove_empty_folders`` if a later step fails).
+    On failure it leaves neither files nor the folders it created."""
     destination = Path(destination)
     if destination.exists() or destination.is_symlink():
         raise FileExistsError(f"{destination} already exists")
@@ -229,9 +270,12 @@ def _extract(zip_path: ZipSource, destination: Path, limits: ArchiveLimits) -> t
         raise ArchiveError(f"not a zip archive ({error})") from None
     with archive:
         prefix, members = _validate(archive, limits)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
-                                        dir=destination.parent))
+        created = missing_folders(destination.parent)
+        try:
+            staging = _staging_folder(destination)
+        except BaseException:
+            remove_empty_folders(created)
+            raise
         try:
             root = staging.resolve()
             for member in members:
@@ -244,8 +288,9 @@ def _extract(zip_path: ZipSource, destination: Path, limits: ArchiveLimits) -> t
             os.rename(staging, destination)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            remove_empty_folders(created)
             raise
-    return prefix
+    return prefix, created
 
 
 def extract_image_folder(zip_path: ZipSource, destination: Path,
@@ -283,7 +328,7 @@ def load_archive_dataset(zip_path: ZipSource, destination: Path, *, resolution: 
     archive.
     """
     destination = Path(destination)
-    prefix = _extract(zip_path, destination, limits)
+    prefix, created = _extract(zip_path, destination, limits)
     try:
         return load_image_folder(destination, holdout_size=holdout_size,
                                  validation_size=validation_size, resolution=resolution,
@@ -291,7 +336,9 @@ def load_archive_dataset(zip_path: ZipSource, destination: Path, *, resolution: 
     except InvalidDataset as error:
         message = _user_message(error, destination, prefix)
         shutil.rmtree(destination, ignore_errors=True)
+        remove_empty_folders(created)
         raise ArchiveError(message) from error
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
+        remove_empty_folders(created)
         raise

@@ -5,10 +5,8 @@
 - ``jobs/<id>/iteration_NNN.pt``: each iteration's network (``export_pytorch``'s format).
 - ``jobs/<id>/final.onnx``, ``final.torchscript.pt``, ``final.pt``: the long-term fine-tuned
   result (``export_all``).
-- ``datasets/<owner id>/<random hex>/``: an uploaded image-folder archive, extracted on upload.
-- ``datasets/extracted/<id>/``: a dataset's stored archive, extracted once by the runner. (Archives
-  themselves are stored under ``datasets/<owner id>/``; the non-numeric ``extracted`` folder
-  keeps the two apart.)
+- ``datasets/<owner id>/<random hex>/``: an uploaded image-folder archive, extracted on upload
+  (the dataset's ``archive``; jobs load this folder, the zip is not kept).
 
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a reader (or a resumed job) sees the old file or the new one, never a torn one.
@@ -48,10 +46,6 @@ def media_path(name: str) -> Path:
 def job_folder_name(job_id: int) -> str:
     """Storage name of a job's folder: every file of the job is under it."""
     return f"jobs/{job_id}"
-
-
-def extracted_dataset_name(dataset_id: int) -> str:
-    return f"datasets/extracted/{dataset_id}"
 
 
 def uploaded_dataset_name(owner_id: int) -> str:

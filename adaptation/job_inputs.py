@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 import torch.nn as nn
 from django.conf import settings
 
-from adaptation.archives import ArchiveError, load_archive_dataset
-from adaptation.job_files import extracted_dataset_name, media_path
+from adaptation.archives import ArchiveError
+from adaptation.job_files import media_path
 from adaptation.models import Job
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
@@ -122,14 +122,16 @@ def load_job_data(job: Job, spec: ArchitectureSpec, config: AdaptConfig,
 
 def _load_uploaded_data(dataset, spec: ArchitectureSpec, config: AdaptConfig,
                         holdout: int | float) -> DatasetSplits:
-    folder = media_path(extracted_dataset_name(dataset.pk))
-    if not folder.is_dir():
-        try:
-            with dataset.archive.open("rb") as archive:
-                return load_archive_dataset(archive, folder, resolution=spec.resolution,
-                                            seed=config.seed, holdout_size=holdout)
-        except FileExistsError:
-            pass  # another job extracted it meanwhile
-        except FileNotFoundError:
-            raise JobError(f"the archive of dataset '{dataset.name}' is missing") from None
-    return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution, seed=config.seed)
+    """An uploaded dataset's images, from the folder its upload was extracted into.
+
+    ``services.store_dataset_upload`` extracts the zip once and keeps only that folder, named by
+    ``dataset.archive``; its channels are those the upload settled on (``summary["in_channels"]``),
+    so the job sees the images the job form checked against the network.
+    """
+    folder = media_path(dataset.archive.name) if dataset.archive.name else None
+    if folder is None or not folder.is_dir():
+        raise JobError(f"the images of dataset '{dataset.name}' are missing")
+    channels = (dataset.summary or {}).get("in_channels")
+    grayscale = None if channels not in (1, 3) else channels == 1
+    return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution,
+                             grayscale=grayscale, seed=config.seed)

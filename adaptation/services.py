@@ -9,7 +9,8 @@ turns one into an error on the form.
 - ``create_model_upload(user, form)``: pre-flight a valid ``ModelUploadForm``, store it if it passes.
 - ``store_dataset_upload(...)``, ``create_dataset_upload(user, form)``: extract an uploaded zip
   into its own folder (``job_files.uploaded_dataset_name``) and create the dataset's row.
-- ``create_job(user, form)``: create the job of a valid ``JobForm`` and hand it to the runner.
+- ``create_job(user, form)``: create the job of a valid ``JobForm`` and hand it to the runner
+  (through ``queue_job``, which child jobs use too).
 - ``cancel_job(job)``: stop a queued or waiting job now, ask a running one to stop.
 - ``job_file(job, number, fmt)``: where a job's network file is (the final network, or an
   iteration's); ``open_iteration_file(job, number, fmt)`` serves one (exported on demand).
@@ -32,7 +33,8 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.archives import ArchiveError, ArchiveLimits, load_archive_dataset
+from adaptation.archives import (ArchiveError, ArchiveLimits, load_archive_dataset, missing_folders,
+                                 remove_empty_folders)
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
@@ -140,11 +142,12 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
 
     The folder, ``MEDIA_ROOT/datasets/<owner id>/<random hex>/<class>/<image>``, is the row's
     ``archive`` (jobs load it with ``load_image_folder``); the zip itself is not kept. On any
-    error nothing is left: ``load_archive_dataset`` removes what it extracted, and the folder is
-    removed when the row cannot be created.
+    error nothing is left: ``load_archive_dataset`` removes what it extracted and the folders it
+    created (the owner's folder of a first upload), and so does a row that cannot be created.
     """
     folder = uploaded_dataset_name(owner.pk)
     destination = Path(default_storage.path(folder))
+    created = missing_folders(destination.parent)
     source = (uploaded.temporary_file_path() if hasattr(uploaded, "temporary_file_path")
               else uploaded.file)
     splits = load_archive_dataset(source, destination, resolution=resolution, grayscale=grayscale,
@@ -156,6 +159,7 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
                                       summary=summary, status="ready")
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
+        remove_empty_folders(created)
         raise
 
 
@@ -171,16 +175,26 @@ def create_dataset_upload(user, form) -> Dataset:
 # --------------------------------------------------------------------------- jobs
 
 
-def create_job(user, form) -> Job:
-    """The job of a valid ``JobForm``, queued; the runner gets it once the row is committed."""
+def queue_job(owner, *, model: ModelUpload, dataset: Dataset, device, settings: dict,
+              kind: str = "adapt", parent: Job | None = None) -> Job:
+    """A new job row, queued; the runner gets it once the row is committed.
+
+    The one place jobs are created: ``create_job`` (a user's form) and ``start_child_job`` call it.
+    ``settings`` is what ``Job.settings`` stores (``job_inputs.parse_settings`` reads it).
+    """
     from adaptation.tasks import enqueue_job  # imported late: it loads the runner and Celery
 
     with transaction.atomic():
-        job = Job.objects.create(owner=user, kind="adapt", model=form.cleaned_data["model"],
-                                 dataset=form.cleaned_data["dataset"], device=form.cleaned_data["device"],
-                                 settings=form.job_settings())
+        job = Job.objects.create(owner=owner, kind=kind, parent=parent, model=model, dataset=dataset,
+                                 device=device, settings=settings)
         enqueue_job(job)
     return job
+
+
+def create_job(user, form) -> Job:
+    """The job of a valid ``JobForm``, queued; the runner gets it once the row is committed."""
+    return queue_job(user, model=form.cleaned_data["model"], dataset=form.cleaned_data["dataset"],
+                     device=form.cleaned_data["device"], settings=form.job_settings())
 
 
 @dataclass(frozen=True)
@@ -194,14 +208,8 @@ class CancelOutcome:
 def start_child_job(parent: Job, kind: str, **options) -> Job:
     """A child job of ``parent`` (its model, data, device and settings, plus ``options``),
     enqueued once the transaction commits."""
-    from adaptation.tasks import enqueue_job
-
-    with transaction.atomic():
-        child = Job.objects.create(owner=parent.owner, kind=kind, parent=parent, model=parent.model,
-                                   dataset=parent.dataset, device=parent.device,
-                                   settings={**parent.settings, **options})
-        enqueue_job(child)
-    return child
+    return queue_job(parent.owner, kind=kind, parent=parent, model=parent.model, dataset=parent.dataset,
+                     device=parent.device, settings={**parent.settings, **options})
 
 
 def cancel_job(job: Job) -> CancelOutcome:

@@ -97,29 +97,49 @@ def stranger(django_user_model):
 
 @pytest.fixture
 def system_device(db):
-    from devices.models import SYSTEM_DEVICE_NAME, Device
+    """"This server's CPU", as ``manage.py bootstrap`` creates it."""
+    from tests.user_objects import system_device as bootstrapped_system_device
 
-    return Device.objects.create(owner=None, name=SYSTEM_DEVICE_NAME, kind="local", threads=1)
+    return bootstrapped_system_device()
 
 
 @pytest.fixture
 def digits_dataset(db):
-    from adaptation.models import Dataset
+    """The built-in scikit-learn digits, as ``manage.py bootstrap`` creates it."""
+    from tests.user_objects import builtin_dataset
 
-    return Dataset.objects.create(owner=None, name="scikit-learn digits", kind="builtin", builtin_name="digits")
+    return builtin_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_net_weights():
+    """(spec, state-dict file bytes) of an untrained plain_cnn for 8-px digits (``make_job``'s)."""
+    import io
+
+    from adaptation.netadapt.spec import ArchitectureSpec
+
+    spec = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=1.0, resolution=8)
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(spec.build().state_dict(), buffer)
+    return spec, buffer.getvalue()
 
 
 @pytest.fixture
-def make_job(system_device, digits_dataset):
-    """``make_job(user, **fields)``: a job of the user's own model on the system device."""
-    from adaptation.models import Job, ModelUpload
+def make_job(system_device, digits_dataset, media, digits_net_weights):
+    """``make_job(user, **fields)``: a job of a model the user uploaded, on digits and the system
+    device, created by the services (tests/user_objects.py). ``settings``, ``dataset``, ``device``,
+    ``kind`` and ``parent`` choose the job; other fields are the state its life has got to."""
+    from tests.user_objects import queue_job, upload_model
+
+    spec, weights = digits_net_weights
 
     def make(user, **fields):
-        model = ModelUpload.objects.create(owner=user, name=f"{user.username}'s net", source="builtin",
-                                           arch="plain_cnn", num_classes=10, in_channels=1, resolution=8,
-                                           file=f"models/{user.pk}/net.pt", status="ready")
-        return Job.objects.create(owner=user, model=model, **{"dataset": digits_dataset, "device": system_device,
-                                                               **fields})
+        model = upload_model(user, spec, weights, name=f"{user.username}'s net")
+        chosen = {"dataset": digits_dataset, "device": system_device, "settings": {}}
+        chosen.update({key: fields.pop(key) for key in list(chosen) if key in fields})
+        options = {key: fields.pop(key) for key in ("kind", "parent") if key in fields}
+        return queue_job(user, model, state=fields, **chosen, **options)
 
     return make
 

@@ -19,7 +19,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.e2e_support import PRODUCTION, LiveApp, Process, wait_until
+from tests.e2e_support import PRODUCTION, HttpClient, LiveApp, Process, wait_until
+from tests.test_e2e import PASSWORD, create_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 if PRODUCTION:  # committed rows in pytest-django's PostgreSQL test database, read by the servers
@@ -76,7 +77,6 @@ def conv(c_in: int, c_out: int, hw: int) -> dict:
 
 
 def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_app, tmp_path):
-    from django.contrib.auth import get_user_model
     from django.utils import timezone
 
     from adaptation.netadapt.spec import ArchitectureSpec, describe_network
@@ -87,9 +87,16 @@ def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_
 
     app = live_app
     version = ort.__version__
-    owner = get_user_model().objects.create(username="agent-owner")
-    device = Device.objects.create(owner=owner, name="test board", kind="agent", threads=1)
-    code, _ = new_pairing(device)
+    create_user("agent-owner")
+    api = HttpClient(app.base_url)
+    answer = api.post_json("/api/v1/token", {"username": "agent-owner", "password": PASSWORD})
+    assert answer.status == 200, answer.body
+    api.token = answer.json()["token"]
+    answer = api.post_json("/api/v1/devices", {"name": "test board", "threads": 1})
+    assert answer.status == 201, answer.body
+    device = Device.objects.get(pk=answer.json()["id"])
+    owner = device.owner
+    code, _ = new_pairing(device)  # what the device's "Pair" button does
     agents = Agents(app, tmp_path / "agent-state.json")
 
     def device_row() -> Device:

@@ -36,6 +36,7 @@ from devices.measure import MeasureProtocol, trace_layers
 from devices.models import Device, LatencyEntry, MeasurementRequest
 from devices.pairing import new_pairing, redeem, revoke
 from devices.requests import open_request, store_layer_results
+from tests.user_objects import add_device
 from webapp.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
@@ -57,7 +58,7 @@ def _fast_poll(settings):
 
 @pytest.fixture
 def agent_device(owner):
-    return Device.objects.create(owner=owner, name="Pi 5", kind="agent", threads=1)
+    return add_device(owner, name="Pi 5", threads=1)
 
 
 @pytest.fixture
@@ -237,7 +238,7 @@ def test_it_offers_one_request_at_a_time_oldest_first(owner, agent_device, token
 
 def test_it_ignores_foreign_and_unknown_request_ids(owner, stranger, agent_device, token, signatures):
     mine = make_request(owner, agent_device, signatures)
-    other_device = Device.objects.create(owner=stranger, name="other", kind="agent")
+    other_device = add_device(stranger, name="other")
     foreign = make_request(stranger, other_device, signatures)
 
     async def scenario():
@@ -597,7 +598,7 @@ def test_the_files_of_a_request_hold_what_is_missing(owner, agent_device, token,
 
 
 def test_the_files_of_a_request_are_its_devices_only(owner, stranger, agent_device, token, signatures):
-    other_device = Device.objects.create(owner=stranger, name="other", kind="agent")
+    other_device = add_device(stranger, name="other")
     foreign = make_request(stranger, other_device, signatures)
     mine = make_request(owner, agent_device, signatures)
     client = Client()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import zipfile
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 from rest_framework.authtoken.models import Token
@@ -23,6 +23,7 @@ from adaptation.netadapt.spec import ArchitectureSpec
 from devices.models import Device
 from tests.conftest import PASSWORD
 from tests.stored_files import files_under, torch_bytes
+from tests.user_objects import add_device, upload_dataset, upload_model
 
 pytestmark = pytest.mark.django_db
 
@@ -63,20 +64,37 @@ def enqueued(monkeypatch):
     return calls
 
 
-def stored_model(user, name="tiny", **fields) -> ModelUpload:
-    values = {"source": "builtin", "arch": "plain_cnn", "width": 0.25, "num_classes": 10, "in_channels": 1,
-              "resolution": 8, "status": "ready", "preflight": {"macs": 200_000, "params": 5_000}, **fields}
-    return ModelUpload.objects.create(owner=user, name=name, file=ContentFile(b"weights", name=f"{name}.pt"),
-                                      **values)
+@pytest.fixture(autouse=True)
+def _media(media):
+    """Uploads go to the test's own media folder."""
+
+
+#: The architecture of ``stored_model``: it fits the built-in digits (10 classes, 1 channel, 8 px).
+DIGITS_SPEC = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=0.25, resolution=8)
+
+
+@functools.cache
+def digits_weights() -> bytes:
+    torch.manual_seed(0)
+    return torch_bytes(DIGITS_SPEC.build().state_dict())
+
+
+def stored_model(user, name="tiny", **state) -> ModelUpload:
+    """A model ``user`` uploaded through the upload service; ``state`` (``status``...) as a later
+    check would have set it."""
+    model = upload_model(user, DIGITS_SPEC, digits_weights(), name=name)
+    if state:
+        ModelUpload.objects.filter(pk=model.pk).update(**state)
+        model.refresh_from_db()
+    return model
 
 
 def folder_dataset(user, name="pets") -> Dataset:
-    return Dataset.objects.create(owner=user, name=name, kind="folder", archive=f"datasets/{user.pk}/x",
-                                  summary={"sizes": {"train": 6, "holdout": 1, "validation": 1}})
+    return upload_dataset(user, name=name)
 
 
 def agent_device(user, name="phone") -> Device:
-    return Device.objects.create(owner=user, name=name, kind="agent")
+    return add_device(user, name=name)
 
 
 def iteration(job, number, **fields) -> Iteration:
@@ -528,7 +546,7 @@ def test_it_exports_an_iteration_on_demand(api, owner, media, make_job, fmt):
     assert abs(output - expected).max() < 1e-4
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
     assert f'filename="job{job.pk}-iteration000{suffix}"' in response["Content-Disposition"]
-    assert files_under(media) == [f"jobs/{job.pk}/iteration_000.pt"]  # nothing left behind
+    assert files_under(media) == sorted([job.model.file.name, f"jobs/{job.pk}/iteration_000.pt"])  # nothing left behind
 
 
 @pytest.mark.parametrize("number, fmt, code, message", [

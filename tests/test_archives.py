@@ -264,3 +264,11 @@ def test_class_with_too_few_images_cleans_up(tmp_path, parent):
     with pytest.raises(ArchiveError, match="birds: class has 1 image"):
         load_archive_dataset(_zip(tmp_path / "data.zip", members), parent / "dataset", resolution=8)
     _assert_nothing_left(parent)
+
+
+def test_a_refused_archive_leaves_none_of_the_folders_it_created(tmp_path, parent):
+    members = {**_dataset_members(), "dogs/fake.png": b"not an image"}
+    with pytest.raises(ArchiveError, match="not a decodable image"):
+        load_archive_dataset(_zip(tmp_path / "data.zip", members), parent / "owner" / "dataset",
+                             resolution=8)
+    _assert_nothing_left(parent)  # nor the owner folder that the extraction made

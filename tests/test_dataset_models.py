@@ -8,14 +8,19 @@ from django.http import Http404
 
 from adaptation.access import datasets_visible_to, get_dataset_for_user
 from adaptation.models import Dataset
+from tests.user_objects import upload_dataset
 
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _media(media):
+    """Uploads go to the test's own media folder."""
+
+
 def folder_dataset(user, name="flowers"):
-    return Dataset.objects.create(owner=user, name=name, kind="folder",
-                                  archive=f"datasets/{user.pk}/{name}.zip",
-                                  summary={"sizes": {"train": 80, "holdout": 10, "validation": 10}})
+    """An image-folder dataset uploaded by ``user`` through the upload service."""
+    return upload_dataset(user, name=name)
 
 
 def test_it_shows_own_and_builtin_datasets_only(owner, stranger, digits_dataset):

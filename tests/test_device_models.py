@@ -11,18 +11,19 @@ from adaptation.models import Dataset
 from adaptation.netadapt.data import fashion_mnist_available
 from devices.access import devices_visible_to, get_device_for_user
 from devices.models import SYSTEM_DEVICE_NAME, Device
+from tests.user_objects import add_device
 
 pytestmark = [pytest.mark.django_db, pytest.mark.services]
 
 
 @pytest.fixture
 def own_device(owner):
-    return Device.objects.create(owner=owner, name="Pixel 7", kind="agent", threads=2)
+    return add_device(owner, name="Pixel 7", threads=2)
 
 
 @pytest.fixture
 def strangers_device(stranger):
-    return Device.objects.create(owner=stranger, name="Raspberry Pi", kind="agent")
+    return add_device(stranger, name="Raspberry Pi")
 
 
 def test_it_shows_own_and_system_devices_only(owner, system_device, own_device, strangers_device):
@@ -69,7 +70,7 @@ def test_it_keeps_one_system_device_per_name(system_device):
 
 
 def test_it_lets_users_reuse_the_system_device_name(owner, system_device):
-    assert Device.objects.create(owner=owner, name=SYSTEM_DEVICE_NAME).pk != system_device.pk
+    assert add_device(owner, name=SYSTEM_DEVICE_NAME).pk != system_device.pk
 
 
 def test_it_offers_the_engine_runtimes():

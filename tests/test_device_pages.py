@@ -15,6 +15,7 @@ from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, LatencyEntry, MeasurementRequest, Pairing
 from devices.pairing import PairingError, device_for_token, new_pairing, redeem
+from tests.user_objects import add_device
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +24,8 @@ FACTS = {"os": "Android 14", "cpu_model": "Cortex-A76", "cores": 8, "memory_byte
 
 
 def phone(user, name="Pixel 7", **fields) -> Device:
-    return Device.objects.create(owner=user, name=name, kind="agent", **fields)
+    """An agent device ``user`` added on the "Add a device" page (``fields`` as its agent reported)."""
+    return add_device(user, name=name, **fields)
 
 
 def fill(device: Device, runtime="onnxruntime", version="1.17.0", threads=1, count=3) -> None:

@@ -6,12 +6,16 @@ import io
 import json
 
 import pytest
+import torch
 from django.contrib.staticfiles import finders
 from django.urls import reverse
 
 from adaptation.job_forms import ADAPT_CONFIG_FIELDS, adapt_config_of
 from adaptation.models import Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.spec import ArchitectureSpec
+from tests.stored_files import torch_bytes
+from tests.user_objects import upload_model
 
 pytestmark = [pytest.mark.django_db, pytest.mark.services]
 
@@ -30,11 +34,22 @@ def media(settings, tmp_path):
     return tmp_path
 
 
+#: plain_cnn at width 0.25 for 8-px digits, as ``uploaded_model`` uploads it: its MACs by the pre-flight.
+NET = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=0.25, resolution=8)
+NET_MACS = 88_192
+
+
+def uploaded_model(owner, spec: ArchitectureSpec = NET, name: str = "plain net") -> ModelUpload:
+    """A model ``owner`` uploaded through the upload service (untrained weights of ``spec``)."""
+    torch.manual_seed(0)
+    return upload_model(owner, spec, torch_bytes(spec.build().state_dict()), name=name)
+
+
 @pytest.fixture
-def ready_model(owner):
-    return ModelUpload.objects.create(owner=owner, name="plain net", source="builtin", arch="plain_cnn",
-                                      num_classes=10, in_channels=1, resolution=8, file="models/net.pt",
-                                      status="ready", preflight={"macs": 200_000, "params": 5_000})
+def ready_model(owner, media):
+    model = uploaded_model(owner)
+    assert model.preflight["macs"] == NET_MACS
+    return model
 
 
 def form_data(model, dataset, device, **changes):
@@ -104,9 +119,9 @@ def test_it_creates_a_job_with_engine_settings(logged_in, owner, ready_model, di
 
 def test_it_stores_an_absolute_budget(logged_in, ready_model, digits_dataset, system_device, enqueued):
     logged_in.post(reverse("job_create"), form_data(ready_model, digits_dataset, system_device,
-                                                    metric="macs", budget_mode="absolute", budget=120_000))
+                                                    metric="macs", budget_mode="absolute", budget=60_000))
     config = adapt_config_of(Job.objects.get().settings)
-    assert (config.metric, config.budget, config.budget_relative) == ("macs", 120_000, False)
+    assert (config.metric, config.budget, config.budget_relative) == ("macs", 60_000, False)
 
 
 @pytest.mark.parametrize("changes, field, message", [
@@ -115,7 +130,7 @@ def test_it_stores_an_absolute_budget(logged_in, ready_model, digits_dataset, sy
     ({"budget": 100}, "budget", "A budget of 100% of the original is already met: choose less than 100%."),
     ({"budget": 150}, "budget", "A budget of 150% of the original is already met: choose less than 100%."),
     ({"metric": "macs", "budget_mode": "absolute", "budget": 300_000}, "budget",
-     "The model already has 200,000 MACs, within the budget of 300,000: the budget is already met."),
+     "The model already has 88,192 MACs, within the budget of 300,000: the budget is already met."),
     ({"decay": 1.5}, "decay", "Decay must be in (0, 1]."),
     ({"initial_reduction": 0}, "initial_reduction", "Initial reduction must be in (0, 1)."),
     ({"channel_step": 0}, "channel_step", "Channel step must be at least 1."),
@@ -134,9 +149,8 @@ def test_it_rejects_bad_settings(logged_in, ready_model, digits_dataset, system_
 
 def test_it_rejects_a_model_that_does_not_fit_the_dataset(logged_in, owner, digits_dataset, system_device,
                                                           enqueued):
-    rgb = ModelUpload.objects.create(owner=owner, name="rgb net", source="builtin", arch="plain_cnn",
-                                     num_classes=100, in_channels=3, resolution=32, file="models/rgb.pt",
-                                     status="ready")
+    rgb = uploaded_model(owner, ArchitectureSpec("plain_cnn", num_classes=100, in_channels=3, width=0.25,
+                                                 resolution=32), name="rgb net")
     response = logged_in.post(reverse("job_create"), form_data(rgb, digits_dataset, system_device))
     assert response.context["form"].errors["dataset"] == [
         "This dataset does not fit the model: the model expects 3-channel 32 px images and 100 classes; "
@@ -146,9 +160,8 @@ def test_it_rejects_a_model_that_does_not_fit_the_dataset(logged_in, owner, digi
 
 def test_it_accepts_a_dataset_of_another_resolution(logged_in, owner, digits_dataset, system_device, enqueued):
     # Images are resized to the model's resolution when they load.
-    upsampled = ModelUpload.objects.create(owner=owner, name="16 px net", source="builtin", arch="plain_cnn",
-                                           num_classes=10, in_channels=1, resolution=16, file="models/n.pt",
-                                           status="ready")
+    upsampled = uploaded_model(owner, ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=0.25,
+                                                       resolution=16), name="16 px net")
     logged_in.post(reverse("job_create"), form_data(upsampled, digits_dataset, system_device))
     assert Job.objects.filter(model=upsampled).exists()
 
@@ -166,9 +179,7 @@ def test_it_keeps_training_images_besides_the_holdout(logged_in, ready_model, di
 
 def test_it_offers_only_the_users_ready_models(logged_in, stranger, ready_model, digits_dataset, system_device,
                                                enqueued):
-    theirs = ModelUpload.objects.create(owner=stranger, name="theirs", source="builtin", arch="plain_cnn",
-                                        num_classes=10, in_channels=1, resolution=8, file="models/t.pt",
-                                        status="ready")
+    theirs = uploaded_model(stranger, name="theirs")
     response = logged_in.post(reverse("job_create"), form_data(theirs, digits_dataset, system_device))
     assert "model" in response.context["form"].errors
     ready_model.status = "checking"

@@ -1,11 +1,10 @@
 """The job pipeline in one process: claims and leases, a job run to its end, cancel, failures, resume."""
 from __future__ import annotations
 
-import io
+import shutil
 import socket
 import subprocess
 import time
-import zipfile
 from datetime import timedelta
 
 import numpy as np
@@ -21,9 +20,10 @@ from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
 from adaptation.proposals import dispatch_count
 from adaptation.services import start_child_job
-from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload, Proposal
+from adaptation.models import Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.export import load_pytorch
-from devices.models import Device, LatencyEntry, MeasurementRequest
+from devices.models import LatencyEntry, MeasurementRequest
+from tests.user_objects import add_device, digit_images, image_zip, queue_job, upload_dataset, upload_model
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("single_torch_thread")]
 transactional = pytest.mark.django_db(transaction=True)
@@ -48,14 +48,9 @@ def media(settings, tmp_path):
 
 
 def stored_upload(owner, name: str, cnn) -> ModelUpload:
+    """``cnn``'s weights uploaded by ``owner`` as ``name`` (through the upload service)."""
     spec, weights = cnn
-    path = f"models/{owner.pk}/{name}.pt"
-    media_path(path).parent.mkdir(parents=True, exist_ok=True)
-    media_path(path).write_bytes(weights)
-    return ModelUpload.objects.create(owner=owner, name=name, source="builtin", arch=spec.arch,
-                                      num_classes=spec.num_classes, in_channels=spec.in_channels,
-                                      width=spec.width, resolution=spec.resolution, file=path,
-                                      status="ready")
+    return upload_model(owner, spec, weights, name=name)
 
 
 @pytest.fixture
@@ -66,15 +61,18 @@ def upload(owner, media, tiny_cnn):
 @pytest.fixture
 def new_job(owner, upload, media, wide_cnn, system_device, digits_dataset):
     """A job of ``upload`` (the tiny network); latency jobs adapt its width-2 sibling, whose layers
-    a look-up table resolves above the timing noise."""
+    a look-up table resolves above the timing noise. Keyword arguments: the job's ``model``,
+    ``dataset``, ``device``, ``kind``; anything else is the state its life has got to."""
     wide = []
 
     def make(settings: dict, **fields) -> Job:
         if settings.get("metric") == "latency" and "model" not in fields:
             wide[:] = wide or [stored_upload(owner, "wide", wide_cnn)]
             fields["model"] = wide[0]
-        fields = {"device": system_device, "dataset": digits_dataset, "model": upload, **fields}
-        return Job.objects.create(owner=owner, settings=settings, **fields)
+        chosen = {"device": system_device, "dataset": digits_dataset, "model": upload}
+        chosen.update({key: fields.pop(key) for key in ("device", "dataset", "model") if key in fields})
+        options = {key: fields.pop(key) for key in ("kind", "parent") if key in fields}
+        return queue_job(owner, settings=settings, state=fields, **chosen, **options)
     return make
 
 
@@ -195,29 +193,28 @@ def test_a_second_job_on_the_device_reuses_its_table(new_job, system_device, wor
 
 
 @transactional
-def test_it_extracts_an_uploaded_image_folder_once(new_job, owner, media, digits16, workers):
-    from PIL import Image
-
-    archive = f"datasets/{owner.pk}/digits.zip"
-    media_path(archive).parent.mkdir(parents=True, exist_ok=True)
-    images = digits16.train.images
-    with zipfile.ZipFile(media_path(archive), "w") as bundle:
-        for label in range(10):
-            picked = (digits16.train.labels == label).nonzero().flatten()[:8]
-            for n, index in enumerate(picked.tolist()):
-                pixels = images[index, 0]
-                pixels = ((pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255).byte().numpy()
-                buffer = io.BytesIO()
-                Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-                bundle.writestr(f"digits/{label}/{n}.png", buffer.getvalue())
-    dataset = Dataset.objects.create(owner=owner, name="my digits", kind="folder", archive=archive)
+def test_it_runs_jobs_on_an_uploaded_image_folder(new_job, owner, media, digits16, workers):
+    """The dataset as its upload stores it (the extracted folder): every job reads it, none
+    consumes it."""
+    dataset = upload_dataset(owner, image_zip(images=digit_images(digits16, per_class=8)),
+                             name="my digits", resolution=16)
+    folder = media_path(dataset.archive.name)
+    assert sorted(p.name for p in folder.iterdir()) == [str(label) for label in range(10)]
 
     first = run_to_end(workers, new_job(MACS, dataset=dataset))
-    folder = media_path(f"datasets/extracted/{dataset.pk}")
-    assert sorted(p.name for p in folder.iterdir()) == [str(label) for label in range(10)]
-    media_path(archive).unlink()  # the second job needs the extracted folder only
     second = run_to_end(workers, new_job(MACS, dataset=dataset))
     assert first.result["iterations"] == second.result["iterations"] >= 1
+    assert sorted(p.name for p in folder.iterdir()) == [str(label) for label in range(10)]
+
+
+@transactional
+def test_a_job_on_a_dataset_whose_images_are_gone_fails_clearly(new_job, owner, media):
+    dataset = upload_dataset(owner, name="pets")
+    shutil.rmtree(media_path(dataset.archive.name))
+    job = new_job(MACS, dataset=dataset)
+    assert tasks.run_job(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.error == "the images of dataset 'pets' are missing"
 
 
 # ---------------------------------------------------------------- cancel and failures
@@ -266,7 +263,7 @@ def test_a_budget_already_met_fails_with_the_engines_message(new_job):
 
 @transactional
 def test_a_job_on_an_offline_agent_device_waits_and_says_so(new_job, owner, workers):
-    phone = Device.objects.create(owner=owner, name="phone", kind="agent")
+    phone = add_device(owner, name="phone")
     job = new_job(LATENCY, device=phone)
     job = workers.drive(job)
     assert (job.status, job.waiting_kind) == ("waiting", "measurement")
@@ -279,7 +276,7 @@ def test_a_job_on_an_offline_agent_device_waits_and_says_so(new_job, owner, work
 
 @transactional
 def test_an_agent_device_set_to_another_runtime_fails_clearly(new_job, owner):
-    phone = Device.objects.create(owner=owner, name="phone", kind="agent", runtime="torch")
+    phone = add_device(owner, name="phone", runtime="torch")
     job = new_job(LATENCY, device=phone)
     assert tasks.run_job(job.pk) == "failed"
     job.refresh_from_db()

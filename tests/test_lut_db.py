@@ -8,6 +8,7 @@ from devices.lut import DatabaseLatencyTable
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, LatencyEntry
+from tests.user_objects import add_device
 
 pytestmark = [pytest.mark.django_db, pytest.mark.services]
 
@@ -54,7 +55,7 @@ def test_it_updates_an_entry_added_twice(table):
 
 def test_it_keeps_tables_apart(owner, system_device, table):
     table.add({signature(8, 16): stats(0.5)})
-    phone = Device.objects.create(owner=owner, name="phone")
+    phone = add_device(owner, name="phone")
     others = [DatabaseLatencyTable(system_device, "onnxruntime", "1.31.1", 2),
               DatabaseLatencyTable(system_device, "onnxruntime", "1.30.0", 1),
               DatabaseLatencyTable(system_device, "torch", "1.31.1", 1),
@@ -92,7 +93,7 @@ def test_it_round_trips_on_postgresql(owner):
 
     if connection.vendor != "postgresql":
         pytest.skip("set DATABASE_URL=postgres://... to run against PostgreSQL")
-    device = Device.objects.create(owner=owner, name="Pixel 7", kind="agent", facts={"cores": 8})
+    device = add_device(owner, name="Pixel 7", facts={"cores": 8})
     table = DatabaseLatencyTable(device, "onnxruntime", "1.31.1", 1)
     entries = {sig: stats(0.02) for sig in many_signatures(700)}
     table.add(entries)

@@ -16,6 +16,7 @@ from devices.lut import DatabaseLatencyTable
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, LatencyEntry
+from tests.user_objects import add_device
 
 pytestmark = pytest.mark.django_db
 
@@ -45,7 +46,8 @@ def rows(device: Device) -> set[tuple]:
 
 
 def phone(user, name="Pixel 7", **fields) -> Device:
-    return Device.objects.create(owner=user, name=name, kind="agent", **fields)
+    """An agent device ``user`` added with the device form (``fields`` as its agent reported)."""
+    return add_device(user, name=name, **fields)
 
 
 def good_file(entries: int = 3) -> dict:

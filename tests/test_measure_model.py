@@ -18,10 +18,12 @@ from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_n
 from devices import measure_model
 from devices.measure import MeasureProtocol, TimingStats, trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
-from devices.models import Device, MeasurementRequest
+from devices.models import MeasurementRequest
 from devices.requests import device_table, fail_request, open_request
 from devices.agent.protocol import MAX_SAMPLES, kept_samples
 from devices.tasks import measure_request
+from tests.stored_files import torch_bytes
+from tests.user_objects import add_device, upload_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,11 +40,15 @@ def short_protocol(settings):
     settings.MEASURE_PROTOCOL = {"warmup": 2, "rounds": 3, "runs_per_round": 20}
 
 
+def uploaded_model(user, name: str) -> ModelUpload:
+    """A model ``user`` uploaded through the upload service: untrained weights of ``SPEC``."""
+    torch.manual_seed(0)
+    return upload_model(user, SPEC, torch_bytes(SPEC.build().state_dict()), name=name)
+
+
 @pytest.fixture
-def model(owner):
-    return ModelUpload.objects.create(owner=owner, name="tiny net", source="builtin", arch="plain_cnn",
-                                      num_classes=10, in_channels=1, width=0.5, resolution=8,
-                                      file="models/tiny.pt", status="ready")
+def model(owner, media):
+    return uploaded_model(owner, "tiny net")
 
 
 @pytest.fixture
@@ -202,7 +208,7 @@ def test_an_onnx_upload_is_measured_like_a_builtin_one(owner_client, owner, medi
 
 
 def test_an_agent_device_gets_the_request_without_a_worker(owner_client, owner, model, workers):
-    phone = Device.objects.create(owner=owner, name="Pixel", kind="agent", facts={"onnxruntime": "1.17.0"})
+    phone = add_device(owner, name="Pixel", facts={"onnxruntime": "1.17.0"})
     response = owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": phone.pk})
     measurement = MeasurementRequest.objects.get()
     assert measurement.device == phone and workers.requests == []  # the agent pulls it
@@ -223,7 +229,7 @@ def test_a_measurement_on_an_agent_device_shows_the_histogram_of_its_runs(owner_
     from webapp.asgi import application
 
     settings.AGENT_POLL_SECONDS = 0.05
-    phone = Device.objects.create(owner=owner, name="Pixel", kind="agent", threads=1)
+    phone = add_device(owner, name="Pixel", threads=1)
     code, _ = new_pairing(phone)
     token = redeem(code, {"os": "Android"})[1]
     response = owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": phone.pk})
@@ -263,7 +269,7 @@ def test_a_measurement_on_an_agent_device_shows_the_histogram_of_its_runs(owner_
 
 
 def test_an_older_agents_measurement_says_why_it_has_no_histogram(owner_client, owner, model, workers):
-    phone = Device.objects.create(owner=owner, name="Pixel", kind="agent", facts={"onnxruntime": "1.17.0"})
+    phone = add_device(owner, name="Pixel", facts={"onnxruntime": "1.17.0"})
     owner_client.post(reverse("measurement_start"), {"model": model.pk, "device": phone.pk})
     measurement = MeasurementRequest.objects.get()
     MeasurementRequest.objects.filter(pk=measurement.pk).update(  # as an agent without samples ends it
@@ -340,10 +346,8 @@ def test_only_the_owner_sees_a_measurement(client, owner_client, owner, stranger
 def test_strangers_models_jobs_and_devices_are_not_found(client, owner, stranger, model, make_job, media,
                                                          system_device, workers):
     job = finished_job(make_job, owner, media)
-    phone = Device.objects.create(owner=owner, name="Pixel", kind="agent")
-    theirs = ModelUpload.objects.create(owner=stranger, name="bob's", source="builtin", arch="plain_cnn",
-                                        num_classes=10, in_channels=1, width=0.5, resolution=8, file="m.pt",
-                                        status="ready")
+    phone = add_device(owner, name="Pixel")
+    theirs = uploaded_model(stranger, "bob's")
     client.force_login(stranger)
     start = reverse("measurement_start")
     assert client.post(start, {"model": model.pk, "device": system_device.pk}).status_code == 404
@@ -412,7 +416,7 @@ def test_other_refusals(owner_client, api, owner, model, make_job, media, system
     assert response.status_code == 400
     assert response.json()["model"][0].startswith(
         "Model 'exported' is an ONNX upload whose network cannot be rebuilt from its stored file (OnnxImportError:")
-    phone = Device.objects.create(owner=owner, name="Pi", kind="agent", runtime="torch")
+    phone = add_device(owner, name="Pi", runtime="torch")
     ModelUpload.objects.filter(pk=model.pk).update(status="ready")
     response = api.post(f"/api/v1/devices/{phone.pk}/measure", {"model": model.pk}, format="json")
     assert response.status_code == 400 and "measures with ONNX Runtime only" in response.json()["device"][0]

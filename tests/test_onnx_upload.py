@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
@@ -23,6 +22,7 @@ from adaptation.preflight import PreflightError, load_upload_architecture
 from tests.stored_files import files_under, torch_bytes
 from tests.test_onnx_import import (PLAIN, FixedBatchNet, GroupedConvNet, Triu, image, onnx_bytes,
                                     small_net, trained_like)
+from tests.user_objects import queue_job, upload_model
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread")]
 
@@ -235,9 +235,7 @@ def test_a_job_loads_a_stored_builtin_upload(owner, media):
     spec = ArchitectureSpec("plain_cnn", num_classes=3, in_channels=1, width=0.25, resolution=8)
     torch.manual_seed(0)
     original = spec.build().eval()
-    upload = ModelUpload.objects.create(
-        owner=owner, name="tiny", source="builtin", arch=spec.arch, width=spec.width, num_classes=3,
-        in_channels=1, resolution=8, status="ready", file=ContentFile(torch_bytes(original.state_dict()), name="tiny.pt"))
+    upload = upload_model(owner, spec, torch_bytes(original.state_dict()), name="tiny")
     arch, model = load_upload_architecture(upload)
     assert arch == spec
     with torch.no_grad():
@@ -251,13 +249,13 @@ def test_an_onnx_upload_is_adapted_for_latency_and_downloads_as_onnx(
     import onnxruntime as ort
 
     from adaptation.job_files import JobFiles
-    from adaptation.models import Iteration, Job
+    from adaptation.models import Iteration
     from devices.models import MeasurementRequest
 
     owner_client.post(reverse("model_upload"), page_data(good_onnx))
     upload = ModelUpload.objects.get()
     assert upload.status == "ready", upload.error
-    job = Job.objects.create(owner=owner, model=upload, dataset=digits_dataset, device=system_device, settings={
+    job = queue_job(owner, upload, digits_dataset, system_device, {
         "metric": "latency", "budget": 0.95, "initial_reduction": 0.04, "decay": 0.9, "short_term_steps": 3,
         "long_term_epochs": 0, "batch_size": 64, "max_iterations": 1, "holdout": 0.15})
     onnx_import._CACHE.clear()  # the worker converts the stored file again

@@ -11,10 +11,11 @@ from adaptation.models import Job
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from devices import requests
 from devices.measure import trace_layers
-from devices.models import Device, LatencyEntry, MeasurementRequest
+from devices.models import LatencyEntry, MeasurementRequest
 from devices.requests import (claim_request, complete_request, device_table, fail_request,
                               open_request, pending_signatures, store_layer_results, sweep_requests)
 from devices.tasks import measure_request
+from tests.user_objects import add_device
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,8 +130,7 @@ def test_the_sweep_resends_requests_of_dead_local_workers_and_old_queued_ones(
 def test_the_sweep_gives_up_on_an_agent_that_stays_away(make_job, owner, signatures, sent, sent_run_job,
                                                          settings):
     settings.DEVICE_WAIT_SECONDS = 3600
-    phone = Device.objects.create(owner=owner, name="phone", kind="agent",
-                                  last_seen=timezone.now() - timedelta(hours=5))
+    phone = add_device(owner, name="phone", last_seen=timezone.now() - timedelta(hours=5))
     job = waiting_job(make_job, owner, device=phone)
     request = open_request(owner=owner, device=phone, job=job, reason="layers", runtime="onnxruntime",
                            threads=1, example_shape=[1, 1, 8, 8], signatures=signatures)
@@ -145,7 +145,7 @@ def test_the_sweep_gives_up_on_an_agent_that_stays_away(make_job, owner, signatu
 
 
 def test_an_agent_table_is_the_one_of_the_version_it_reported(owner):
-    phone = Device.objects.create(owner=owner, name="phone", kind="agent", facts={"onnxruntime": "1.20.0"})
+    phone = add_device(owner, name="phone", facts={"onnxruntime": "1.20.0"})
     assert device_table(phone).runtime_version == "1.20.0"
     phone.runtime = "torch"
     with pytest.raises(ValueError, match="ONNX Runtime only"):
@@ -153,7 +153,7 @@ def test_an_agent_table_is_the_one_of_the_version_it_reported(owner):
 
 
 def test_requests_of_a_device_go_with_it(owner, signatures, sent):
-    phone = Device.objects.create(owner=owner, name="phone", kind="agent")
+    phone = add_device(owner, name="phone")
     open_request(owner=owner, device=phone, reason="x", runtime="onnxruntime", threads=1,
                  example_shape=[1, 1, 8, 8], signatures=signatures)
     phone.delete()

@@ -149,11 +149,15 @@ def _body_reader(received: list[bytes]):
     return app
 
 
+def _with_length(chunks: list[bytes]) -> dict:
+    return {"type": "http", "headers": [(b"content-length", str(len(b"".join(chunks))).encode())]}
+
+
 def test_the_asgi_middleware_ends_an_oversize_body(settings):
     settings.UPLOAD_MAX_BYTES = LIMIT
     received: list[bytes] = []
-    _, pulled = _run_asgi(UploadLimitASGIMiddleware(_body_reader(received)), {"type": "http"},
-                          [b"x" * 50_000] * 4)
+    chunks = [b"x" * 50_000] * 4
+    _, pulled = _run_asgi(UploadLimitASGIMiddleware(_body_reader(received)), _with_length(chunks), chunks)
     assert len(b"".join(received)) == LIMIT + MULTIPART_ALLOWANCE
     assert len(pulled) == 2  # the other 100 KB were never read
 
@@ -161,7 +165,7 @@ def test_the_asgi_middleware_ends_an_oversize_body(settings):
 def test_the_asgi_middleware_passes_a_body_within_the_limit(settings):
     received: list[bytes] = []
     chunks = [b"a" * 30_000, b"b" * 30_000]
-    _, pulled = _run_asgi(UploadLimitASGIMiddleware(_body_reader(received)), {"type": "http"}, chunks)
+    _, pulled = _run_asgi(UploadLimitASGIMiddleware(_body_reader(received)), _with_length(chunks), chunks)
     assert received == chunks and pulled == chunks
 
 

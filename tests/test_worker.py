@@ -34,11 +34,12 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from adaptation.job_files import JobFiles
-from adaptation.models import Dataset, Iteration, Job, JobEvent, ModelUpload, Proposal
+from adaptation.models import Iteration, Job, JobEvent, Proposal
 from adaptation.tasks import run_job
-from devices.models import SYSTEM_DEVICE_NAME, Device, LatencyEntry
+from devices.models import Device, LatencyEntry
 from webapp.celery import app as celery_app
 from tests.e2e_support import live_database, worker_command
+from tests.user_objects import builtin_dataset, queue_job, system_device, upload_model
 
 PRODUCTION = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -161,24 +162,20 @@ class Scene:
 
 
 @pytest.fixture
-def scene(live_db, tiny_cnn) -> Scene:
-    """A user with a tiny model on the shared database, the system device, the digits dataset."""
+def scene(live_db, tiny_cnn, settings) -> Scene:
+    """A user with a tiny model on the shared database, the system device, the digits dataset:
+    the model uploaded and the shared rows bootstrapped by the functions the app uses, into the
+    worker's media folder."""
     env, media = live_db
+    settings.MEDIA_ROOT = media
     spec, weights = tiny_cnn
     owner = get_user_model().objects.create_user("alice", password="x")
-    device = Device.objects.create(owner=None, name=SYSTEM_DEVICE_NAME, kind="local", threads=1)
-    dataset = Dataset.objects.create(owner=None, name="digits", kind="builtin", builtin_name="digits")
-    name = f"models/{owner.pk}/tiny.pt"
-    (media / name).parent.mkdir(parents=True, exist_ok=True)
-    (media / name).write_bytes(weights)
-    upload = ModelUpload.objects.create(owner=owner, name="tiny", source="builtin", arch=spec.arch,
-                                        num_classes=spec.num_classes, in_channels=spec.in_channels,
-                                        width=spec.width, resolution=spec.resolution, file=name,
-                                        status="ready")
+    device = system_device()
+    dataset = builtin_dataset("digits")
+    upload = upload_model(owner, spec, weights, name="tiny")
 
     def new_job(job_settings: dict) -> Job:
-        return Job.objects.create(owner=owner, model=upload, dataset=dataset, device=device,
-                                  settings=job_settings)
+        return queue_job(owner, upload, dataset, device, job_settings)
     return Scene(Path(env["NETADAPT_DATA_DIR"]), media, device, spec, new_job)
 
 

@@ -10,12 +10,17 @@ Django does not cap the size of uploaded files, so two small pieces do it:
   body into a temporary file *before* any upload handler runs; the wrapper ends the body once it
   passes the limit (plus room for the other form fields), so under uvicorn too an oversize upload
   is never fully read. The handler then reports it as above, as the Content-Length is over the limit.
+  A body sent without Content-Length (chunked transfer encoding), which Django would not parse at
+  all, is spooled by the wrapper up to the same cap: within it, Django gets it with its length;
+  past it, reading stops and the request is marked in its ASGI scope, which
+  ``upload_limit_error`` reads too, so the form names the limit instead of "This field is required."
 
 Production also sets the limit at the reverse proxy (DESIGN.md section 5).
 """
 from __future__ import annotations
 
 import asyncio
+import tempfile
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
@@ -26,6 +31,12 @@ from adaptation.formatting import human_size
 MULTIPART_ALLOWANCE = 64 * 1024
 #: Attribute set on the request when the handler stopped an upload (its value: the limit).
 REQUEST_FLAG = "upload_limit_exceeded"
+#: Key set in the ASGI scope when the middleware stopped a body sent without Content-Length.
+SCOPE_FLAG = "netadapt.upload_limit_exceeded"
+#: Bytes of a body without Content-Length kept in memory while it is spooled; the rest goes to disk.
+SPOOL_MEMORY_BYTES = 1 << 20
+#: Size of the body messages a spooled body is passed on in.
+REPLAY_CHUNK_BYTES = 1 << 16
 
 
 def limit_message(limit: int) -> str:
@@ -40,6 +51,8 @@ def upload_limit_context() -> dict:
 def upload_limit_error(request) -> str | None:
     """The message to show when this request's upload was stopped for its size, else None."""
     limit = getattr(request, REQUEST_FLAG, None)
+    if limit is None:  # a chunked body stopped by UploadLimitASGIMiddleware
+        limit = (getattr(request, "scope", None) or {}).get(SCOPE_FLAG)
     return None if limit is None else limit_message(limit)
 
 
@@ -93,6 +106,8 @@ class UploadLimitASGIMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         cap = settings.UPLOAD_MAX_BYTES + MULTIPART_ALLOWANCE
+        if not any(name.lower() == b"content-length" for name, _ in scope.get("headers", ())):
+            return await self._without_length(scope, receive, send, cap)
         received = 0
         truncated = False
 
@@ -113,3 +128,45 @@ class UploadLimitASGIMiddleware:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+    async def _without_length(self, scope, receive, send, cap: int):
+        """A body without Content-Length (chunked), spooled up to ``cap`` and passed on with a
+        Content-Length. Past ``cap`` reading stops: the application gets the first ``cap`` bytes
+        under the length seen so far (over the limit, so ``UploadLimitHandler`` stops at the file
+        part and keeps the fields before it, as for a truncated body) and ``scope[SCOPE_FLAG]``."""
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES,
+                                           dir=settings.FILE_UPLOAD_TEMP_DIR) as spool:
+            size, more, ended = 0, True, None
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away: pass that on
+                    ended = message
+                    break
+                body = message.get("body", b"")
+                spool.write(body[:max(cap - size, 0)])
+                size += len(body)
+                more = message.get("more_body", False)
+                if size > cap:
+                    scope[SCOPE_FLAG] = settings.UPLOAD_MAX_BYTES
+                    break
+            truncated = SCOPE_FLAG in scope
+            if size and ended is None:
+                scope = {**scope, "headers": [*scope.get("headers", ()),
+                                              (b"content-length", str(size).encode())]}
+            spool.seek(0)
+            passed = 0
+            stored = min(size, cap)
+
+            async def replay():
+                nonlocal passed
+                if ended is not None:
+                    return ended
+                if passed < stored or (passed == 0 and stored == 0):
+                    chunk = spool.read(REPLAY_CHUNK_BYTES)
+                    passed += len(chunk) or 1  # an empty body is one empty message
+                    return {"type": "http.request", "body": chunk, "more_body": passed < stored}
+                if truncated:  # the rest of the body was never read: wait, as for a truncated one
+                    await asyncio.Event().wait()
+                return await receive()
+
+            return await self.app(scope, replay, send)
