@@ -121,6 +121,22 @@ def test_it_reports_a_bad_budget_as_an_error(trained, tmp_path, capsys):
     assert "between 0% and 100%" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--short-term-steps", "1000000000000000000000000000000",
+     "short_term_steps must be a whole number from 0 to 20,000, not 1e+30"),
+    ("--long-term-epochs", "1e9", "long_term_epochs must be a number from 0 to 200, not 1e+09"),
+    ("--max-iterations", "1000000000", "max_iterations must be a whole number from 1 to 200, not 1e+09"),
+    ("--channel-step", "8.5", "'8.5' is not a whole number"),
+    ("--holdout", "0", "holdout must be a fraction"),
+    ("--limit-train", "0", "limit_train must be a whole number from 1 to 10,000,000, not 0"),
+])
+def test_it_refuses_settings_out_of_range_before_any_work(option, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["adapt", "--model", "missing.pt", option, value, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_documents_every_option():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices

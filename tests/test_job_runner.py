@@ -304,6 +304,21 @@ def test_it_names_unknown_settings(new_job):
 
 
 @transactional
+@pytest.mark.parametrize("change, error", [
+    ({"short_term_steps": 10**30}, "short_term_steps must be a whole number from 0 to 20,000, not 1e+30"),
+    ({"holdout": 0}, "holdout must be a fraction (a number above 0 and below 1) or a count of images"),
+    ({"limit_train": 10**12}, "limit_train must be a whole number from 1 to 10,000,000, not 1e+12"),
+])
+def test_it_refuses_stored_settings_out_of_range(new_job, change, error):
+    # Settings stored before the ranges existed: the engine's own check stops the job at once.
+    job = new_job({**MACS, **change})
+    tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error.startswith(f"invalid settings: {error}")
+    assert not job.iterations.exists()
+
+
+@transactional
 def test_an_unexpected_error_is_an_internal_error(new_job, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")
