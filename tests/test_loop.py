@@ -14,7 +14,7 @@ from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, LatencyTable
 from adaptation.netadapt.schedule import iteration_target
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
-from adaptation.netadapt.training import train_steps
+from adaptation.netadapt.training import Cancelled, steps_for_epochs, train_steps
 from devices.measure import LocalMeasurer, TimingStats, trace_layers
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -242,6 +242,29 @@ def test_config_lists_every_problem_at_once():
         AdaptConfig(max_iterations=0, channel_step=0, selection="random")
     assert set(info.value.problems) == {"max_iterations", "channel_step", "selection"}
     assert str(info.value).count("; ") == 2
+
+
+def test_the_engine_passes_its_hook_to_every_fine_tune_and_a_cancel_stops_it(trained, digits8):
+    totals: list[int] = []
+    config = AdaptConfig(metric="macs", budget=0.6, short_term_steps=30, long_term_epochs=200,
+                         initial_reduction=0.1, decay=0.9, batch_size=64, max_iterations=1)
+    long_term = steps_for_epochs(digits8.train, 200, 64)
+
+    def stop_in_the_long_term_fine_tune(done: int, total: int) -> None:
+        totals.append(total)
+        if total == long_term:
+            raise Cancelled("stop")
+
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel(),
+                      hook=stop_in_the_long_term_fine_tune)
+    records = []
+    with pytest.raises(Cancelled) as info:
+        for record in engine.run():
+            records.append(record)
+    assert [type(r) for r in records] == [StartRecord, IterationRecord]  # no finish
+    proposals = len(records[1].proposals)
+    assert totals[:2 * proposals] == [30, 30] * proposals  # each short-term fine-tune: 0, 25
+    assert info.value.steps_done == 0 and info.value.steps_total == long_term > 30
 
 
 def test_it_rejects_a_resource_model_of_another_metric(trained, digits8):
