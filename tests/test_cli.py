@@ -41,8 +41,14 @@ def test_it_writes_results_that_meet_the_budget(adapted):
     finish = results["finish"]
     assert finish["budget_met"] and finish["resource"] <= finish["budget"]
     assert finish["budget"] == pytest.approx(0.8 * results["start"]["resource"])
-    resources = [results["start"]["resource"]] + [r["resource"] for r in results["iterations"]]
-    assert all(b < a for a, b in zip(resources, resources[1:]))
+    # Each iteration met its own target under the estimate it was chosen with; estimates of different
+    # iterations are not comparable (the calibration is refitted in between), but every iteration
+    # removed channels, so the MACs fall.
+    for record in results["iterations"]:
+        (chosen,) = [p for p in record["proposals"] if p["group"] == record["chosen_group"]]
+        assert chosen["resource"] <= record["target"], record
+    macs = [results["start"]["macs"]] + [r["macs"] for r in results["iterations"]]
+    assert all(b < a for a, b in zip(macs, macs[1:])), macs
     assert all(r["measured"]["n"] == 20 for r in results["iterations"])
     assert finish["ab_final"]["min_ms"] > 0 and finish["ab_original"]["min_ms"] > 0
     assert results["baselines"][0]["ratio"] == 0.5 and "measured" in results["baselines"][0]

@@ -23,9 +23,10 @@ if PRODUCTION:  # committed rows in pytest-django's PostgreSQL test database, re
     pytestmark.append(pytest.mark.django_db(transaction=True))
 
 PASSWORD = "a long enough test password"
-# Three iterations reach the budget (6% + 5.4% + 4.9% of the original). The cap keeps the run
-# short, and it stops before a fourth plan: on a loaded machine one slow whole-network measurement
-# can flatten the engine's latency calibration so that no proposal meets the next target.
+# Three iterations reach the budget on paper (6% + 5.4% + 4.9% of the original); one proposal may
+# cut more than its target asks, so one iteration can be enough. The cap keeps the run short, and it
+# stops before a fourth plan: on a loaded machine one slow whole-network measurement can flatten the
+# engine's latency calibration so that no proposal meets the next target.
 JOB = {"metric": "latency", "budget_mode": "percent", "budget": 85, "initial_reduction": 0.06,
        "decay": 0.9, "short_term_steps": 5, "long_term_epochs": 0.3, "holdout_size": 0.15,
        "max_iterations": 3}
@@ -105,13 +106,29 @@ def test_it_adapts_a_model_from_upload_to_download(live_app, digits_cnn_state_di
     assert live[-1]["payload"]["status"] == "finished", live[-1]["payload"]
     assert types[-2:] == ["job.finish", "job.status"] and types.count("job.start") == 1
     numbers = [m["payload"]["number"] for m in live if m["event_type"] == "job.iteration"]
-    assert len(numbers) >= 2 and numbers == list(range(len(numbers)))
+    assert len(numbers) >= 1 and numbers == list(range(len(numbers)))
     assert types.index("job.start") < types.index("job.iteration") < types.index("job.finish")
 
     # The job over the API agrees with the events; its last iteration downloads as ONNX.
     job = api.get(f"/api/v1/jobs/{job_id}").json()
     assert job["status"] == "finished" and job["final_iteration"] == numbers[-1]
     assert [it["number"] for it in job["iterations"]] == [-1, *numbers]
+    # What the algorithm guarantees, busy machine or not: every iteration met its own target under
+    # the estimate it was chosen with (estimates of different iterations are not comparable: the
+    # calibration is refitted in between), it removed channels (MACs fall), the run stopped at the
+    # budget (under the last estimate) or at the cap, and the final network was measured against the
+    # original in the same rounds.
+    report = api.get(f"/api/v1/jobs/{job_id}/report", format="json").json()
+    for row in report["iterations"][1:]:
+        (chosen,) = [p for p in row["proposals"] if p["chosen"]]
+        assert chosen["group"] == row["chosen_group"] and chosen["resource"] <= row["target"], row
+    macs = [row["macs"] for row in report["iterations"]]
+    assert all(a > b for a, b in zip(macs, macs[1:])), macs
+    result = job["result"]
+    assert result["budget_met"] == (result["resource"] <= result["budget"])
+    assert result["budget_met"] or result["iterations"] == JOB["max_iterations"], result
+    assert result["ab_original"]["min_ms"] > 0 and result["ab_final"]["min_ms"] > 0
+    assert result["measured_ratio"] == pytest.approx(result["ab_final"]["min_ms"] / result["ab_original"]["min_ms"])
     answer = api.get(f"/api/v1/jobs/{job_id}/iterations/{numbers[-1]}/download", format="onnx")
     assert answer.status == 200, answer.body[:500]
     session = ort.InferenceSession(answer.body, providers=["CPUExecutionProvider"])
