@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import fields as dataclass_fields
 
 from django import forms
+from django.forms.utils import pretty_name
 
 from adaptation.access import datasets_visible_to
 from adaptation.formatting import metric_unit, resource_text
@@ -39,6 +40,14 @@ BUILTIN_INPUTS = {"digits": {"in_channels": 1, "resolution": 8, "num_classes": 1
 BUDGET_UNITS = {"latency": "ms", "macs": "MACs", "params": "parameters"}
 
 
+def as_sentence(problem: str, name: str, label: str) -> str:
+    """An engine problem (``"short_term_steps must be ..."``, see ``SettingsError``) said by the
+    field's label: ``"Short-term fine-tune steps must be ... ."``."""
+    if problem.startswith(name + " "):
+        problem = label + problem[len(name):]
+    return problem[:1].upper() + problem[1:] + "."
+
+
 def ranged(field: forms.Field, name: str, help_text: str = "") -> forms.Field:
     """``field`` held to the engine's range of setting ``name``: min/max attributes on the page
     and in the API schema, the range in its help text, the engine's wording when out of it."""
@@ -46,12 +55,12 @@ def ranged(field: forms.Field, name: str, help_text: str = "") -> forms.Field:
     field.min_value, field.max_value = allowed.low, allowed.high
     field.widget.attrs.update({"min": allowed.low, "max": allowed.high,
                                "step": 1 if allowed.integer else "any"})
+    label = field.label or pretty_name(name)
 
     def within_range(value: float) -> None:
         problem = range_problem(name, value)
         if problem:
-            text = problem.replace("_", " ")
-            raise forms.ValidationError(text[:1].upper() + text[1:] + ".")
+            raise forms.ValidationError(as_sentence(problem, name, label))
 
     field.validators = [within_range]  # in place of Django's inclusive checks: open ends too
     field.help_text = " ".join(filter(None, [help_text, f"{allowed.describe().capitalize()}."]))
@@ -161,7 +170,7 @@ class JobForm(forms.Form):
             size = int(size)
         problem = holdout_problem(size, "the holdout size")
         if problem:
-            raise forms.ValidationError(problem[:1].upper() + problem[1:] + ".")
+            raise forms.ValidationError(as_sentence(problem, "", ""))
         return size
 
     def clean(self):
@@ -232,9 +241,10 @@ class JobForm(forms.Form):
                 measure_iterations=data["metric"] == "latency")
         except SettingsError as error:
             for name, problem in error.problems.items():
-                text = problem.replace("_", " ")
                 # A field the form does not show (the engine's defaults) is the form's problem.
-                self.add_error(name if name in self.fields else None, text[:1].upper() + text[1:] + ".")
+                field = self.fields.get(name)
+                label = (field.label if field else None) or pretty_name(name)
+                self.add_error(name if field else None, as_sentence(problem, name, label))
 
     def job_settings(self) -> dict:
         """What the job row stores: the engine configuration plus the runner's options."""

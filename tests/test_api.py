@@ -432,8 +432,8 @@ def test_it_validates_a_job_like_the_form(api, owner, system_device, digits_data
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("short_term_steps", 10**30, "Short term steps must be a whole number from 0 to 20,000, not 1e+30."),
-    ("long_term_epochs", 1e9, "Long term epochs must be a number from 0 to 200, not 1e+09."),
+    ("short_term_steps", 10**30, "Short-term fine-tune steps must be a whole number from 0 to 20,000, not 1e+30."),
+    ("long_term_epochs", 1e9, "Long-term fine-tune epochs must be a number from 0 to 200, not 1e+09."),
     ("max_iterations", 10**9, "Max iterations must be a whole number from 1 to 200, not 1e+09."),
     ("channel_step", 10**9, "Channel step must be a whole number from 1 to 256, not 1e+09."),
     ("decay", 0, "Decay must be a number above 0 and at most 1, not 0."),
