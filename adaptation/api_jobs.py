@@ -124,12 +124,12 @@ class JobDetail(generics.RetrieveAPIView):
 
 
 class JobCancel(APIView):
-    """Cancel a job: a queued or waiting one stops now (200), a running one after its current
-    step (202); a job that has ended already is a 409."""
+    """Cancel a job: a queued or waiting one stops now (200), a running one at its next step or
+    within 25 steps of a fine-tune (202); a job that has ended already is a 409."""
 
     @extend_schema(request=None, parameters=[JOB_ID], responses={
         200: OpenApiResponse(CancelSerializer, description="Cancelled."),
-        202: OpenApiResponse(CancelSerializer, description="Cancel requested: it stops after its step."),
+        202: OpenApiResponse(CancelSerializer, description="Cancel requested: it stops at its next step (within 25 steps of a fine-tune)."),
         404: NOT_FOUND, 409: OpenApiResponse(DETAIL, description="The job has ended already.")})
     def post(self, request, id: int):
         job = get_job_for_user(request.user, id)

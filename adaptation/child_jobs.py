@@ -75,7 +75,7 @@ class FinetuneRunner(ChildRunner):
         model = load_pytorch(path)
         if not config.long_term_epochs:
             config = dataclasses.replace(config, long_term_epochs=1.0)
-        long_term_s = long_term_finetune(model, data, config)
+        long_term_s = long_term_finetune(model, data, config, self._between_steps)
         self._hold_lease()
         self._check_cancel()
         model.eval()
@@ -121,7 +121,8 @@ class BaselineRunner(ChildRunner):
             stored = torch.load(path, weights_only=True)
             model = load_pytorch(self.files.folder / f"uniform_{ratio:.4f}.net.pt")
             return stored, model
-        baseline = uniform_baseline(original, example, analysis, data, config, ratio, steps)
+        baseline = uniform_baseline(original, example, analysis, data, config, ratio, steps,
+                                    hook=self._between_steps)
         point = {**baseline.to_dict(), "label": f"uniform x{ratio:g}"}
         write_atomically(self.files.folder / f"uniform_{ratio:.4f}.net.pt",
                          lambda target: export_pytorch(baseline.model, self.spec, baseline.channels, target))

@@ -3,18 +3,23 @@
 The job's settings are the engine's ``AdaptConfig.to_dict()`` plus the runner's options that are
 not engine configuration (``holdout``: see ``adaptation.job_inputs.JobOptions``, whose
 ``parse_settings`` the runner uses); ``adapt_config_of`` gives the engine's part back. The engine's own validation decides what is a valid configuration; its
-messages are shown next to the field they are about.
+messages are shown next to the field they name (``SettingsError.problems``). The numeric fields take
+their limits (the page's min/max attributes, the API schema's minimum/maximum) and the range in
+their help text from the engine's ``SETTING_RANGES``, so the three cannot disagree.
 """
 from __future__ import annotations
 
 from dataclasses import fields as dataclass_fields
 
 from django import forms
+from django.forms.utils import pretty_name
 
 from adaptation.access import datasets_visible_to
 from adaptation.formatting import metric_unit, resource_text
 from adaptation.models import Dataset, ModelUpload
-from adaptation.netadapt.config import SELECTION_RULES, AdaptConfig
+from adaptation.netadapt.config import (ABSOLUTE_BUDGETS, SELECTION_RULES, SETTING_RANGES, AdaptConfig,
+                                        SettingsError, holdout_problem, range_problem,
+                                        show_number)
 from adaptation.netadapt.schedule import unreachable_warning
 from devices.access import devices_visible_to
 from devices.models import Device
@@ -31,11 +36,56 @@ BUDGET_MODES = [("percent", "% of the original"), ("absolute", "Absolute (ms, MA
 # What built-in datasets feed a model before resizing (their summaries may not be filled in).
 BUILTIN_INPUTS = {"digits": {"in_channels": 1, "resolution": 8, "num_classes": 10},
                   "fashion_mnist": {"in_channels": 1, "resolution": 28, "num_classes": 10}}
+#: How an absolute budget's unit reads, by metric.
+BUDGET_UNITS = {"latency": "ms", "macs": "MACs", "params": "parameters"}
 
-# AdaptConfig's messages start with, or mention, the field they are about.
-_PROBLEM_FIELDS = (("budget", "budget"), ("metric", "metric"), ("initial_reduction", "initial_reduction"),
-                   ("decay", "decay"), ("channel_step", "channel_step"),
-                   ("max_iterations", "max_iterations"), ("selection", "selection"))
+
+def as_sentence(problem: str, name: str, label: str) -> str:
+    """An engine problem (``"short_term_steps must be ..."``, see ``SettingsError``) said by the
+    field's label: ``"Short-term fine-tune steps must be ... ."``."""
+    if problem.startswith(name + " "):
+        problem = label + problem[len(name):]
+    return problem[:1].upper() + problem[1:] + "."
+
+
+def ranged(field: forms.Field, name: str, help_text: str = "") -> forms.Field:
+    """``field`` held to the engine's range of setting ``name``: min/max attributes on the page
+    and in the API schema, the range in its help text, the engine's wording when out of it."""
+    allowed = SETTING_RANGES[name]
+    field.min_value, field.max_value = allowed.low, allowed.high
+    field.widget.attrs.update({"min": allowed.low, "max": allowed.high,
+                               "step": 1 if allowed.integer else "any"})
+    label = field.label or pretty_name(name)
+
+    def within_range(value: float) -> None:
+        problem = range_problem(name, value)
+        if problem:
+            raise forms.ValidationError(as_sentence(problem, name, label))
+
+    field.validators = [within_range]  # in place of Django's inclusive checks: open ends too
+    field.help_text = " ".join(filter(None, [help_text, f"{allowed.describe().capitalize()}."]))
+    return field
+
+
+def _holdout_field() -> forms.FloatField:
+    """A count of images or a fraction below 1: the limits are the count's (checked in
+    ``clean_holdout_size`` with the engine's wording)."""
+    count = SETTING_RANGES["holdout_count"]
+    field = forms.FloatField(
+        initial=0.1, label="Holdout size",
+        help_text="Images carved from the training data to score proposals: a fraction above 0 "
+                  f"and below 1, or a count of images from 1 to {show_number(count.high)}.")
+    field.min_value, field.max_value = 0, count.high
+    field.widget.attrs.update({"min": 0, "max": count.high})
+    return field
+
+
+def _budget_help() -> str:
+    """The budget's ranges: a percentage, or an absolute amount up to the metric's limit."""
+    limits = ", ".join(f"{show_number(allowed.high)} {BUDGET_UNITS[metric]}"
+                       for metric, allowed in ABSOLUTE_BUDGETS.items())
+    return (f"e.g. 50 (% of the original: above 0 and below 100), or 2.5 (ms). An absolute budget "
+            f"is above 0 and at most {limits}.")
 
 
 def adapt_config_of(settings: dict) -> AdaptConfig:
@@ -88,19 +138,20 @@ class JobForm(forms.Form):
                                     help_text="Latency is measured and looked up on this device.")
     metric = forms.ChoiceField(choices=METRIC_CHOICES, initial="latency")
     budget_mode = forms.ChoiceField(choices=BUDGET_MODES, initial="percent", label="Budget is")
-    budget = forms.FloatField(initial=50, help_text="e.g. 50 (% of the original), or 2.5 (ms).")
-    initial_reduction = forms.FloatField(initial=0.025, help_text="ΔR₀ as a fraction of the original.")
-    decay = forms.FloatField(initial=0.96, help_text="ΔRᵢ = initial reduction · R₀ · decayⁱ.")
-    short_term_steps = forms.IntegerField(initial=100, label="Short-term fine-tune steps")
-    long_term_epochs = forms.FloatField(initial=1, label="Long-term fine-tune epochs")
-    channel_step = forms.IntegerField(initial=8, help_text="Channel counts are multiples of this.")
+    budget = forms.FloatField(initial=50, help_text=_budget_help())
+    initial_reduction = ranged(forms.FloatField(initial=0.025), "initial_reduction",
+                               "ΔR₀ as a fraction of the original.")
+    decay = ranged(forms.FloatField(initial=0.96), "decay", "ΔRᵢ = initial reduction · R₀ · decayⁱ.")
+    short_term_steps = ranged(forms.IntegerField(initial=100, label="Short-term fine-tune steps"),
+                              "short_term_steps", "SGD steps of each proposal's fine-tune.")
+    long_term_epochs = ranged(forms.FloatField(initial=1, label="Long-term fine-tune epochs"),
+                              "long_term_epochs", "0 skips it.")
+    channel_step = ranged(forms.IntegerField(initial=8), "channel_step",
+                          "Channel counts are multiples of this.")
     selection = forms.ChoiceField(choices=[(rule, SELECTION_LABELS.get(rule, rule)) for rule in SELECTION_RULES],
                                   initial="accuracy")
-    max_iterations = forms.IntegerField(initial=50)
-    holdout_size = forms.FloatField(
-        initial=0.1, label="Holdout size",
-        help_text="Images carved from the training data to score proposals: a count, or a "
-                  "fraction below 1.")
+    max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
+    holdout_size = _holdout_field()
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -116,7 +167,10 @@ class JobForm(forms.Form):
         if size >= 1:
             if size != int(size):
                 raise forms.ValidationError("A holdout of 1 or more is a count of images: use a whole number.")
-            return int(size)
+            size = int(size)
+        problem = holdout_problem(size, "the holdout size")
+        if problem:
+            raise forms.ValidationError(as_sentence(problem, "", ""))
         return size
 
     def clean(self):
@@ -185,20 +239,12 @@ class JobForm(forms.Form):
                 short_term_steps=data["short_term_steps"], long_term_epochs=data["long_term_epochs"],
                 selection=data["selection"], max_iterations=data["max_iterations"],
                 measure_iterations=data["metric"] == "latency")
-        except ValueError as error:
-            for problem in str(error).split("; "):
-                # batch_size is not on the form (the engine's default is always valid).
-                text = problem.replace("batch_size and max_iterations", "max_iterations").replace("_", " ")
-                self.add_error(self._field_of(problem, data), text[:1].upper() + text[1:] + ".")
-
-    @staticmethod
-    def _field_of(problem: str, data: dict) -> str | None:
-        if problem.startswith("fine-tune lengths"):
-            return "short_term_steps" if data["short_term_steps"] < 0 else "long_term_epochs"
-        for words, field in _PROBLEM_FIELDS:
-            if words in problem:
-                return field
-        return None
+        except SettingsError as error:
+            for name, problem in error.problems.items():
+                # A field the form does not show (the engine's defaults) is the form's problem.
+                field = self.fields.get(name)
+                label = (field.label if field else None) or pretty_name(name)
+                self.add_error(name if field else None, as_sentence(problem, name, label))
 
     def job_settings(self) -> dict:
         """What the job row stores: the engine configuration plus the runner's options."""

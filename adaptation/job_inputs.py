@@ -12,7 +12,7 @@ from django.conf import settings
 from adaptation.archives import ArchiveError
 from adaptation.job_files import media_path
 from adaptation.models import Job
-from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.config import AdaptConfig, holdout_problem, range_problem
 from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
                                       load_dataset, load_image_folder)
 from adaptation.netadapt.export import ExportMismatch
@@ -64,12 +64,13 @@ def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
         raise JobError(f"invalid settings: {error}") from None
     holdout = options.get("holdout")
     if holdout is not None:
-        if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or holdout <= 0:
-            raise JobError(f"invalid settings: holdout must be a positive count or fraction, not {holdout!r}")
+        problem = holdout_problem(holdout)
+        if problem:
+            raise JobError(f"invalid settings: {problem}")
         options["holdout"] = int(holdout) if holdout >= 1 else float(holdout)
     limit = options.get("limit_train")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise JobError(f"invalid settings: limit_train must be a whole number of images, not {limit!r}")
+    if limit is not None and (problem := range_problem("limit_train", limit)):
+        raise JobError(f"invalid settings: {problem}")
     if options.get("latency_model", "table") not in ("table", "whole"):
         raise JobError("invalid settings: latency_model must be 'table' or 'whole'")
     number = options.get("finetune_iteration")

@@ -5,7 +5,9 @@ calls ``JobRunner(job).run()``; tests call both directly.
 
 What a run writes, step by step:
 - every engine record: the lease is renewed (a lost lease stops the run quietly) and
-  ``cancel_requested`` is read (a cancel stops it with status ``cancelled``);
+  ``cancel_requested`` is read (a cancel stops it with status ``cancelled``); inside a fine-tune
+  the engine's training hook does the same every ``training.HOOK_EVERY`` steps, so a cancel
+  stops even a long fine-tune within a few dozen steps (the log says after how many);
 - the start record: the checkpoint, then in one transaction the ``Iteration`` row number -1
   (the original network) and ``job.start``;
 - each iteration: its network file and the checkpoint, then in one transaction the ``Iteration``
@@ -41,6 +43,7 @@ from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
                                            WholeNetworkLatencyModel, exact_model)
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import ProposalResult
+from adaptation.netadapt.training import Cancelled
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   fruitless_sends, load_evaluations)
 from devices.lut import DatabaseLatencyTable
@@ -57,8 +60,8 @@ class LeaseLost(Exception):
     """Another worker holds the job now, or its row is gone: stop without writing anything."""
 
 
-class JobCancelled(Exception):
-    """The user asked to cancel the job."""
+class JobCancelled(Cancelled):
+    """The user asked to cancel the job (raised between steps, or inside a fine-tune by its hook)."""
 
 
 class Parked(Exception):
@@ -144,8 +147,8 @@ class JobRunner:
             return "lost"
         except Parked as parked:
             return self._park(parked)
-        except JobCancelled:
-            return self._end("cancelled")
+        except JobCancelled as stop:
+            return self._end("cancelled", note=f"Cancelled {stop.where()}." if stop.where() else "")
         except Exception as error:
             if self.time_limit_error and isinstance(error, self.time_limit_error):
                 limit = getattr(settings, "CELERY_TASK_TIME_LIMIT", None)
@@ -154,14 +157,17 @@ class JobRunner:
                 logger.exception("job %s failed", self.job.pk)
             return self._end("failed", describe_error(error))
 
-    def _end(self, status: str, error: str = "") -> str:
-        """Record a cancel or failure, if this worker still holds the job."""
+    def _end(self, status: str, error: str = "", note: str = "") -> str:
+        """Record a cancel or failure, if this worker still holds the job (``note``: a line
+        for the job's log)."""
         with transaction.atomic():
             ended = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
                 status=status, error=error, finished_at=timezone.now())
             if not ended:
                 return "lost"
             drop_queued_requests(self.job.pk, f"the job was {status}")
+            if note:
+                publish(self.job.pk, "job.log", {"level": "info", "message": note})
             if error:
                 publish(self.job.pk, "job.log", {"level": "error", "message": error})
             publish(self.job.pk, "job.status", {"status": status, "error": error})
@@ -202,7 +208,7 @@ class JobRunner:
         resource = self._resource_model(config, options)
         state = self._load_checkpoint(config)
         engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state,
-                          delegate_evaluation=True)
+                          delegate_evaluation=True, hook=self._between_steps)
         self.engine = engine
         for record in engine.run():
             self._hold_lease()
@@ -267,6 +273,15 @@ class JobRunner:
     def _hold_lease(self) -> None:
         if (self.keeper is not None and self.keeper.lost.is_set()) or not renew_lease(self.job.pk, self.worker):
             raise LeaseLost()
+
+    def _between_steps(self, done: int, total: int) -> None:
+        """The training hook of the fine-tunes this worker runs (``training.TrainingHook``): a
+        lost lease or a cancel stops them within ``HOOK_EVERY`` steps; the log tells each start."""
+        if self.keeper is not None and self.keeper.lost.is_set():
+            raise LeaseLost()
+        self._check_cancel()
+        if done == 0:
+            publish(self.job.pk, "job.log", {"level": "info", "message": f"Fine-tuning: {total:,} steps."})
 
     def _check_cancel(self) -> None:
         if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():

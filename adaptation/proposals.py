@@ -8,7 +8,9 @@ job once every proposal has its file (a chord of an earlier send, whose members 
 files written, ends too and must not wake the job early). Each task writes ``<k>.pt`` (the
 result and the fine-tuned weights, or an error) atomically; the resumed runner reads them with
 ``load_evaluations``. Tasks beat on the waiting job, so the sweep re-runs a job whose tasks were
-lost (``leases.jobs_to_resume``): it resends only the proposals without a file.
+lost (``leases.jobs_to_resume``): it resends only the proposals without a file. A task's
+fine-tune looks at the job every ``training.HOOK_EVERY`` steps and stops, writing nothing, once
+the job is cancelled or has ended (the job's log says after how many steps).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from adaptation.leases import LeaseKeeper, beat_waiting
 from adaptation.models import Job
 from adaptation.netadapt.graph import rebuild_pruned
 from adaptation.netadapt.steps import Proposal, evaluate_proposal
+from adaptation.netadapt.training import Cancelled
+from webapp.events import publish
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +126,12 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
     files = JobFiles(job_id)
     with LeaseKeeper(job_id, worker, renew=lambda: beat_waiting(job_id)) as keeper:
         beat_waiting(job_id)
+
+        def still_wanted(done: int, total: int) -> None:
+            """The fine-tune's training hook: stop once the job is cancelled or has ended."""
+            if keeper.lost.is_set() or not Job.objects.filter(
+                    pk=job_id, status__in=Job.ACTIVE_STATUSES, cancel_requested=False).exists():
+                raise Cancelled(f"job {job_id} was cancelled or has ended")
         try:
             state = files.load_checkpoint()
             plan = json.loads(_plan_path(job_id, iteration).read_text())
@@ -133,9 +143,15 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
             model = rebuild_pruned(original, spec.example_input(), state.channels)
             model.load_state_dict(state.model_state)
             result, candidate = evaluate_proposal(model.eval(), spec.example_input(),
-                                                  Proposal.from_state(plan[index]), data, config, iteration)
+                                                  Proposal.from_state(plan[index]), data, config, iteration,
+                                                  hook=still_wanted)
             entry = {"result": result.to_state(), "model_state": candidate.state_dict(), "worker": worker}
             outcome = "done"
+        except Cancelled as stop:
+            if stop.where():
+                publish(job_id, "job.log", {"level": "info", "message":
+                        f"Proposal {index} of iteration {iteration} stopped {stop.where()}: the job has ended."})
+            return "stale"
         except FileNotFoundError:
             return "stale"  # the job's folder went away (deleted job)
         except Exception as error:  # reported by the job, never a dead chord

@@ -38,6 +38,7 @@ from adaptation.archives import (ArchiveError, ArchiveLimits, load_archive_datas
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
+from adaptation.netadapt.training import HOOK_EVERY
 from adaptation.preflight import PreflightError, load_onnx, load_weights, preflight
 from devices.requests import drop_queued_requests
 from webapp.events import publish
@@ -199,7 +200,7 @@ def create_job(user, form) -> Job:
 
 @dataclass(frozen=True)
 class CancelOutcome:
-    """``done``: "cancelled" (stopped now), "requested" (stops after its step) or "inactive"."""
+    """``done``: "cancelled" (stopped now), "requested" (stops at its next step) or "inactive"."""
 
     done: str
     message: str
@@ -228,8 +229,10 @@ def cancel_job(job: Job) -> CancelOutcome:
         job.refresh_from_db()  # it ended between the two updates
         return CancelOutcome("inactive", f"Job #{job.pk} is already {job.get_status_display().lower()}.")
     publish(job.pk, "job.log", {"level": "warning",
-                                "message": "Cancel requested: the job stops after its current step."})
-    return CancelOutcome("requested", f"Cancel requested: job #{job.pk} stops after its current step.")
+                                "message": "Cancel requested: the job stops at its next step "
+                                           f"(within {HOOK_EVERY} steps of a fine-tune)."})
+    return CancelOutcome("requested", f"Cancel requested: job #{job.pk} stops at its next step "
+                                      f"(within {HOOK_EVERY} steps of a fine-tune).")
 
 
 # --------------------------------------------------------------------------- files

@@ -449,6 +449,38 @@ def test_it_validates_a_job_like_the_form(api, owner, system_device, digits_data
     assert not Job.objects.exists() and enqueued == []
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("short_term_steps", 10**30, "Short-term fine-tune steps must be a whole number from 0 to 20,000, not 1e+30."),
+    ("long_term_epochs", 1e9, "Long-term fine-tune epochs must be a number from 0 to 200, not 1e+09."),
+    ("max_iterations", 10**9, "Max iterations must be a whole number from 1 to 200, not 1e+09."),
+    ("channel_step", 10**9, "Channel step must be a whole number from 1 to 256, not 1e+09."),
+    ("decay", 0, "Decay must be a number above 0 and at most 1, not 0."),
+    ("holdout_size", 2_000_000, "The holdout size must be a fraction below 1 or a count of images"),
+])
+def test_it_refuses_settings_out_of_their_range(api, owner, system_device, digits_dataset, enqueued, field,
+                                                value, message):
+    model = stored_model(owner)
+    response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, **{field: value}),
+                        format="json")
+    assert response.status_code == 400
+    assert list(response.json()) == [field] and response.json()[field][0].startswith(message)
+    assert not Job.objects.exists() and enqueued == []
+
+
+@pytest.mark.parametrize("metric, budget, message", [
+    ("latency", 200_000, "Budget must be a number above 0 and at most 100,000, not 200,000 (an absolute "
+                         "latency budget)."),
+    ("macs", 1e16, "Budget must be a number above 0 and at most 1e+15, not 1e+16 (an absolute macs budget)."),
+])
+def test_it_refuses_an_absolute_budget_out_of_range(api, owner, system_device, digits_dataset, enqueued, metric,
+                                                    budget, message):
+    model = stored_model(owner, preflight={})  # the model's own count unknown: the range still holds
+    response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, metric=metric,
+                                                   budget_mode="absolute", budget=budget), format="json")
+    assert response.status_code == 400 and response.json() == {"budget": [message]}
+    assert not Job.objects.exists()
+
+
 def test_it_refuses_a_model_that_failed_its_check(api, owner, system_device, digits_dataset, enqueued):
     model = stored_model(owner, status="rejected")
     response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device), format="json")
@@ -619,6 +651,14 @@ def test_the_schema_documents_every_endpoint():
     assert {"model", "dataset", "device", "budget", "holdout_size"} <= set(job_request_fields["properties"])
     assert set(job_request_fields["required"]) == {"model", "dataset", "device"}
     assert job_request_fields["properties"]["budget"]["default"] == 50
+    ranges = {name: (job_request_fields["properties"][name].get("minimum"),
+                     job_request_fields["properties"][name].get("maximum"))
+              for name in ("short_term_steps", "long_term_epochs", "max_iterations", "channel_step", "decay",
+                           "initial_reduction", "holdout_size")}
+    assert ranges == {"short_term_steps": (0, 20000), "long_term_epochs": (0, 200), "max_iterations": (1, 200),
+                      "channel_step": (1, 256), "decay": (0, 1), "initial_reduction": (0, 1),
+                      "holdout_size": (0, 1_000_000)}
+    assert "A whole number from 0 to 20,000." in job_request_fields["properties"]["short_term_steps"]["description"]
     assert {"arch", "width", "num_classes", "in_channels", "resolution", "file"} <= set(
         components["ModelUploadRequest"]["properties"])
     assert "archive" in components["DatasetUploadRequest"]["properties"]

@@ -99,6 +99,17 @@ def test_it_shows_the_form_with_the_papers_defaults(logged_in, ready_model):
     assert list(form.fields["model"].queryset) == [ready_model]
 
 
+def test_the_form_states_every_settings_range(logged_in, ready_model):
+    page = logged_in.get(reverse("job_create")).content.decode()
+    for name, low, high in [("short_term_steps", 0, 20000), ("long_term_epochs", 0, 200),
+                            ("max_iterations", 1, 200), ("channel_step", 1, 256), ("decay", 0, 1),
+                            ("initial_reduction", 0, 1), ("holdout_size", 0, 1000000)]:
+        tag = next(line for line in page.split("<input")[1:] if f'name="{name}"' in line)
+        assert f'min="{low}"' in tag and f'max="{high}"' in tag, tag
+    assert "A whole number from 0 to 20,000." in page and "A number from 0 to 200." in page
+    assert "at most 100,000 ms" in page  # an absolute latency budget
+
+
 def test_it_creates_a_job_with_engine_settings(logged_in, owner, ready_model, digits_dataset, system_device,
                                                 enqueued):
     response = logged_in.post(reverse("job_create"), form_data(ready_model, digits_dataset, system_device,
@@ -131,11 +142,23 @@ def test_it_stores_an_absolute_budget(logged_in, ready_model, digits_dataset, sy
     ({"budget": 150}, "budget", "A budget of 150% of the original is already met: choose less than 100%."),
     ({"metric": "macs", "budget_mode": "absolute", "budget": 300_000}, "budget",
      "The model already has 88,192 MACs, within the budget of 300,000: the budget is already met."),
-    ({"decay": 1.5}, "decay", "Decay must be in (0, 1]."),
-    ({"initial_reduction": 0}, "initial_reduction", "Initial reduction must be in (0, 1)."),
-    ({"channel_step": 0}, "channel_step", "Channel step must be at least 1."),
-    ({"long_term_epochs": -1}, "long_term_epochs", "Fine-tune lengths cannot be negative."),
-    ({"max_iterations": 0}, "max_iterations", "Max iterations must be at least 1."),
+    ({"decay": 1.5}, "decay", "Decay must be a number above 0 and at most 1, not 1.5."),
+    ({"initial_reduction": 0}, "initial_reduction",
+     "Initial reduction must be a number above 0 and below 1, not 0."),
+    ({"channel_step": 0}, "channel_step", "Channel step must be a whole number from 1 to 256, not 0."),
+    ({"long_term_epochs": -1}, "long_term_epochs",
+     "Long-term fine-tune epochs must be a number from 0 to 200, not -1."),
+    ({"max_iterations": 0}, "max_iterations", "Max iterations must be a whole number from 1 to 200, not 0."),
+    # Each setting has an upper bound: one job cannot hold the worker for days.
+    ({"short_term_steps": 10**30}, "short_term_steps",
+     "Short-term fine-tune steps must be a whole number from 0 to 20,000, not 1e+30."),
+    ({"long_term_epochs": 1e9}, "long_term_epochs",
+     "Long-term fine-tune epochs must be a number from 0 to 200, not 1e+09."),
+    ({"max_iterations": 10**9}, "max_iterations",
+     "Max iterations must be a whole number from 1 to 200, not 1e+09."),
+    ({"channel_step": 10**9}, "channel_step", "Channel step must be a whole number from 1 to 256, not 1e+09."),
+    ({"holdout_size": 10**7}, "holdout_size", "The holdout size must be a fraction below 1 or a count of "
+                                              "images (a whole number from 1 to 1,000,000), not 10,000,000."),
     ({"holdout_size": 0}, "holdout_size", "The holdout needs at least one image."),
 ])
 def test_it_rejects_bad_settings(logged_in, ready_model, digits_dataset, system_device, enqueued,

@@ -1,6 +1,7 @@
 """The job pipeline in one process: claims and leases, a job run to its end, cancel, failures, resume."""
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -123,8 +124,14 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, 
     n = job.result["iterations"]
     rows = list(Iteration.objects.filter(job=job).order_by("number"))
     assert [r.number for r in rows] == list(range(-1, n))
-    resources = [r.resource for r in rows]
-    assert all(a > b for a, b in zip(resources, resources[1:])), resources
+    # Each iteration met its own target under the estimate it was chosen with (the calibration is
+    # refitted between iterations, so estimates of different iterations are not comparable), and
+    # removed channels: the MACs fall every iteration.
+    for row in rows[1:]:
+        chosen = next(p for p in row.record["proposals"] if p["group"] == row.record["chosen_group"])
+        assert chosen["resource"] <= row.record["target"], row.record
+    macs = [r.macs for r in rows]
+    assert all(a > b for a, b in zip(macs, macs[1:])), macs
     assert all(r.measured_ms and r.measured_ms > 0 for r in rows)
     assert rows[-1].validation_accuracy == job.result["validation_accuracy"]
     for row in rows[1:]:
@@ -140,7 +147,10 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, 
     middle = [e.type for e in stream[1:-2]]
     start = middle.index("job.start")
     assert start > 0 and set(middle[:start]) == {"job.measure", "job.status"}
-    assert set(middle[start + 1:]) == {"job.measure", "job.iteration", "job.status"}
+    assert set(middle[start + 1:]) == {"job.measure", "job.iteration", "job.status", "job.log"}
+    # The one log line: the long-term fine-tune's start (how long it is).
+    (line,) = [e.payload["message"] for e in stream if e.type == "job.log"]
+    assert re.fullmatch(r"Fine-tuning: [\d,]+ steps\.", line), line
     # It waited for every measurement and every iteration's proposals, and went on after each.
     statuses = [e.payload["status"] for e in stream if e.type == "job.status"]
     assert statuses == ["running", "waiting"] * (len(statuses) // 2 - 1) + ["running", "finished"]
@@ -298,6 +308,21 @@ def test_it_names_unknown_settings(new_job):
     tasks.run_job(job.pk)
     job.refresh_from_db()
     assert job.error == "invalid settings: unknown setting(s) colour"
+
+
+@transactional
+@pytest.mark.parametrize("change, error", [
+    ({"short_term_steps": 10**30}, "short_term_steps must be a whole number from 0 to 20,000, not 1e+30"),
+    ({"holdout": 0}, "holdout must be a fraction (a number above 0 and below 1) or a count of images"),
+    ({"limit_train": 10**12}, "limit_train must be a whole number from 1 to 10,000,000, not 1e+12"),
+])
+def test_it_refuses_stored_settings_out_of_range(new_job, change, error):
+    # Settings stored before the ranges existed: the engine's own check stops the job at once.
+    job = new_job({**MACS, **change})
+    tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error.startswith(f"invalid settings: {error}")
+    assert not job.iterations.exists()
 
 
 @transactional

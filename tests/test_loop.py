@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.config import AdaptConfig, SettingsError
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
 from adaptation.netadapt.loop import (AdaptState, BudgetError, FinishRecord, IterationRecord,
                                       NeedsEvaluation, NeedsMeasurement, NetAdapt, StartRecord,
@@ -14,7 +14,7 @@ from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, LatencyTable
 from adaptation.netadapt.schedule import iteration_target
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
-from adaptation.netadapt.training import train_steps
+from adaptation.netadapt.training import Cancelled, steps_for_epochs, train_steps
 from devices.measure import LocalMeasurer, TimingStats, trace_layers
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -209,7 +209,62 @@ def test_config_validation_names_the_bad_setting(kwargs, word):
 
 
 def test_config_accepts_an_absolute_budget_above_one():
-    assert AdaptConfig(budget=1e6, budget_relative=False).budget == 1e6
+    assert AdaptConfig(budget=25.0, budget_relative=False).budget == 25.0
+    assert AdaptConfig(metric="macs", budget=1e6, budget_relative=False).budget == 1e6
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"short_term_steps": 10**30}, {"short_term_steps": 20_001}, {"short_term_steps": -1},
+    {"short_term_steps": 100.0}, {"long_term_epochs": 1e9}, {"long_term_epochs": float("nan")},
+    {"max_iterations": 10**9}, {"max_iterations": 0}, {"channel_step": 10**9}, {"channel_step": True},
+    {"batch_size": 100_000}, {"short_term_lr": 0}, {"long_term_lr": float("inf")}, {"momentum": 1},
+    {"weight_decay": -1e-4}, {"seed": -1}, {"seed": 2**40},
+    {"budget": 1e9, "budget_relative": False},                       # ms
+    {"metric": "params", "budget": 1e13, "budget_relative": False},  # parameters
+])
+def test_config_holds_every_setting_to_its_range(kwargs):
+    with pytest.raises(SettingsError) as info:
+        AdaptConfig(**kwargs)
+    field = next(name for name in kwargs if name not in ("metric", "budget_relative"))
+    assert list(info.value.problems) == [field]  # named structurally, for the form and the API
+    assert info.value.problems[field].startswith(f"{field} must be ")
+
+
+def test_config_accepts_the_ends_of_its_closed_ranges():
+    config = AdaptConfig(short_term_steps=20_000, long_term_epochs=200, max_iterations=200, channel_step=256,
+                         batch_size=4096, decay=1, seed=2**31 - 1, weight_decay=1)
+    assert (config.short_term_steps, config.max_iterations, config.channel_step) == (20_000, 200, 256)
+    assert AdaptConfig(short_term_steps=0, long_term_epochs=0).short_term_steps == 0  # 0 skips a fine-tune
+
+
+def test_config_lists_every_problem_at_once():
+    with pytest.raises(SettingsError) as info:
+        AdaptConfig(max_iterations=0, channel_step=0, selection="random")
+    assert set(info.value.problems) == {"max_iterations", "channel_step", "selection"}
+    assert str(info.value).count("; ") == 2
+
+
+def test_the_engine_passes_its_hook_to_every_fine_tune_and_a_cancel_stops_it(trained, digits8):
+    totals: list[int] = []
+    config = AdaptConfig(metric="macs", budget=0.6, short_term_steps=30, long_term_epochs=200,
+                         initial_reduction=0.1, decay=0.9, batch_size=64, max_iterations=1)
+    long_term = steps_for_epochs(digits8.train, 200, 64)
+
+    def stop_in_the_long_term_fine_tune(done: int, total: int) -> None:
+        totals.append(total)
+        if total == long_term:
+            raise Cancelled("stop")
+
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel(),
+                      hook=stop_in_the_long_term_fine_tune)
+    records = []
+    with pytest.raises(Cancelled) as info:
+        for record in engine.run():
+            records.append(record)
+    assert [type(r) for r in records] == [StartRecord, IterationRecord]  # no finish
+    proposals = len(records[1].proposals)
+    assert totals[:2 * proposals] == [30, 30] * proposals  # each short-term fine-tune: 0, 25
+    assert info.value.steps_done == 0 and info.value.steps_total == long_term > 30
 
 
 def test_it_rejects_a_resource_model_of_another_metric(trained, digits8):

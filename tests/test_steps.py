@@ -13,7 +13,7 @@ from adaptation.netadapt.resources import Estimate, MacsModel
 from adaptation.netadapt.steps import (NoProposalError, Proposal, ProposalResult, candidate_counts,
                                        evaluate_proposal, plan_iteration, plan_signatures,
                                        select_proposal)
-from adaptation.netadapt.training import accuracy
+from adaptation.netadapt.training import HOOK_EVERY, Cancelled, accuracy, train_steps
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -140,6 +140,52 @@ def test_evaluate_proposal_prunes_finetunes_and_scores_a_copy(plain, digits16):
     assert all(torch.equal(a, b) for a, b in zip(candidate.state_dict().values(),
                                                   candidate2.state_dict().values()))
     assert again.holdout_accuracy == result.holdout_accuracy
+
+
+# ---------------------------------------------------------------- the training hook
+
+
+def test_the_training_hook_sees_every_few_dozen_steps_and_a_cancel_stops_the_fine_tune(plain, digits16):
+    model = copy.deepcopy(plain[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[tuple[int, int]] = []
+
+    def cancel_after_two_checks(done: int, total: int) -> None:
+        seen.append((done, total))
+        if len(seen) == 3:
+            raise Cancelled("no longer wanted")
+
+    with pytest.raises(Cancelled) as info:
+        train_steps(model, digits16.train, 20_000, lr=0.01, batch_size=32, seed=0, hook=cancel_after_two_checks)
+    assert seen == [(0, 20_000), (HOOK_EVERY, 20_000), (2 * HOOK_EVERY, 20_000)]
+    assert (info.value.steps_done, info.value.steps_total) == (2 * HOOK_EVERY, 20_000)
+    assert info.value.where() == f"after {2 * HOOK_EVERY} of 20,000 fine-tune steps"
+    assert not model.training  # left usable, not half in training mode
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # 50 steps ran
+
+
+def test_a_hook_that_lets_the_fine_tune_run_changes_nothing(plain, digits16):
+    hooked, plain_copy = copy.deepcopy(plain[0]), copy.deepcopy(plain[0])
+    calls: list[int] = []
+    loss = train_steps(hooked, digits16.train, 60, lr=0.01, batch_size=32, seed=0,
+                       hook=lambda done, total: calls.append(done))
+    assert loss == train_steps(plain_copy, digits16.train, 60, lr=0.01, batch_size=32, seed=0)
+    assert calls == [0, 25, 50]
+    assert all(torch.equal(a, b) for a, b in zip(hooked.state_dict().values(), plain_copy.state_dict().values()))
+
+
+def test_evaluate_proposal_passes_the_hook_to_its_fine_tune(plain, digits16):
+    model, x, analysis = plain
+    channels = analysis.original_config()
+    proposal = plan_iteration(analysis, channels, MacsModel(), 0, 0.95 * analysis.macs(channels), STEP).proposals[0]
+    config = AdaptConfig(metric="macs", short_term_steps=20_000, batch_size=32)
+
+    def cancelled(done: int, total: int) -> None:
+        raise Cancelled("the job was cancelled")
+
+    with pytest.raises(Cancelled) as info:
+        evaluate_proposal(model, x, proposal, digits16, config, iteration=0, hook=cancelled)
+    assert (info.value.steps_done, info.value.steps_total) == (0, 20_000)
 
 
 # ---------------------------------------------------------------- selection

@@ -19,7 +19,7 @@ from .config import AdaptConfig
 from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, pruned_copy
 from .loop import long_term_finetune
-from .training import accuracy, train_steps
+from .training import TrainingHook, accuracy, train_steps
 
 
 def uniform_channels(channels: Mapping[str, int], ratio: float, step: int) -> ChannelConfig:
@@ -52,17 +52,18 @@ class BaselineResult:
 
 def uniform_baseline(model: nn.Module, example_input: torch.Tensor, analysis: NetworkAnalysis,
                      data: DatasetSplits, config: AdaptConfig, ratio: float,
-                     short_term_steps_total: int) -> BaselineResult:
+                     short_term_steps_total: int, hook: TrainingHook | None = None) -> BaselineResult:
     """Shrink every group by ``ratio`` and fine-tune it as long as NetAdapt's chosen lineage was:
-    ``short_term_steps_total`` steps at the short-term rate, then the long-term fine-tune."""
+    ``short_term_steps_total`` steps at the short-term rate, then the long-term fine-tune
+    (``hook``: see ``training.TrainingHook``)."""
     start = time.perf_counter()
     channels = uniform_channels(analysis.original_config(), ratio, config.channel_step)
     pruned = pruned_copy(model, example_input, channels)
     train_steps(pruned, data.train, short_term_steps_total, lr=config.short_term_lr,
                 batch_size=config.batch_size, momentum=config.momentum,
-                weight_decay=config.weight_decay, seed=config.seed + 104729)
+                weight_decay=config.weight_decay, seed=config.seed + 104729, hook=hook)
     if config.long_term_epochs:
-        long_term_finetune(pruned, data, config)
+        long_term_finetune(pruned, data, config, hook)
     signatures = analysis.signatures(channels)
     return BaselineResult(f"uniform x{ratio:g}", ratio, channels,
                           sum(s.macs() for s in signatures), sum(s.params() for s in signatures),

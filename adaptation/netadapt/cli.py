@@ -14,7 +14,7 @@ from tqdm import tqdm
 from devices.measure import LocalMeasurer, MeasureProtocol, device_facts
 
 from .baselines import uniform_baseline
-from .config import SELECTION_RULES, AdaptConfig
+from .config import SELECTION_RULES, SETTING_RANGES, AdaptConfig, holdout_problem, range_problem
 from .data import BUILTIN_DATASETS, DatasetSplits, load_dataset, load_image_folder
 from .export import export_all, export_pytorch, load_pytorch
 from .graph import NetworkAnalysis
@@ -59,24 +59,46 @@ def load_data(name: str, *, holdout: int | float, resolution: int | None, seed: 
 
 
 def _holdout(text: str) -> int | float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if problem := holdout_problem(value):
+        raise argparse.ArgumentTypeError(problem)
     return int(value) if value >= 1 else value
+
+
+def _setting(name: str):
+    """An argparse type: a number within ``SETTING_RANGES[name]`` (a clear error otherwise)."""
+    whole = SETTING_RANGES[name].integer
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"'{text}' is not a {'whole number' if whole else 'number'}") from None
+        if problem := range_problem(name, value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
 def _common_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="fashion_mnist",
                         help=f"built-in ({', '.join(BUILTIN_DATASETS)}) or an image folder "
                              "(class_x/*.png) (default: %(default)s)")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--resolution", type=_setting("resolution"), default=None,
                         help="input size in pixels (default: the dataset's own)")
     parser.add_argument("--holdout", type=_holdout, default=5000,
                         help="holdout carved from the training data to pick proposals: a count, "
                              "or a fraction below 1 (default: %(default)s)")
-    parser.add_argument("--limit-train", type=int, default=None,
+    parser.add_argument("--limit-train", type=_setting("limit_train"), default=None,
                         help="use at most this many training images (quick runs)")
-    parser.add_argument("--batch-size", type=int, default=128,
+    parser.add_argument("--batch-size", type=_setting("batch_size"), default=128,
                         help="SGD mini-batch size (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_setting("seed"), default=0,
                         help="seed of the data split, shuffling and fine-tunes (default: %(default)s)")
 
 
@@ -92,11 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "it in the engine's PyTorch format.")
     pre.add_argument("--arch", default="mobilenet_v1", choices=ARCHITECTURES,
                      help="architecture to build (default: %(default)s)")
-    pre.add_argument("--width", type=float, default=1.0, help="width multiplier (default: 1.0)")
+    pre.add_argument("--width", type=_setting("width"), default=1.0, help="width multiplier (default: 1.0)")
     _common_data_args(pre)
-    pre.add_argument("--epochs", type=float, default=5,
+    pre.add_argument("--epochs", type=_setting("pretrain_epochs"), default=5,
                      help="training epochs (default: %(default)s)")
-    pre.add_argument("--lr", type=float, default=0.1, help="peak SGD rate, cosine (default: 0.1)")
+    pre.add_argument("--lr", type=_setting("pretrain_lr"), default=0.1, help="peak SGD rate, cosine (default: 0.1)")
     pre.add_argument("--out", required=True, help="model file to write")
 
     ada = sub.add_parser("adapt", help="run NetAdapt and write results, plot and models",
@@ -117,33 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="estimate latency from the per-layer look-up table (calibrated), or "
                           "measure every candidate network whole (slower; for tiny networks "
                           "whose layer sums are mostly call overhead) (default: table)")
-    ada.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
-    ada.add_argument("--rounds", type=int, default=5,
+    ada.add_argument("--threads", type=_setting("threads"), default=1, help="inference threads (default: 1)")
+    ada.add_argument("--rounds", type=_setting("rounds"), default=5,
                      help="interleaved measurement rounds (default: %(default)s)")
-    ada.add_argument("--runs-per-round", type=int, default=40,
+    ada.add_argument("--runs-per-round", type=_setting("runs_per_round"), default=40,
                      help="timed runs of each model or layer per round (default: %(default)s)")
     ada.add_argument("--table", default=None,
                      help="look-up table JSON to reuse and extend (default: OUT/lut.json)")
-    ada.add_argument("--initial-reduction", type=float, default=0.025,
+    ada.add_argument("--initial-reduction", type=_setting("initial_reduction"), default=0.025,
                      help="resource removed by the first iteration, as a fraction of the "
                           "original (default: 0.025, the paper's)")
-    ada.add_argument("--decay", type=float, default=0.96,
+    ada.add_argument("--decay", type=_setting("decay"), default=0.96,
                      help="each iteration removes this times the previous reduction "
                           "(default: 0.96, the paper's)")
-    ada.add_argument("--channel-step", type=int, default=8,
+    ada.add_argument("--channel-step", type=_setting("channel_step"), default=8,
                      help="channel counts stay multiples of this (default: 8)")
-    ada.add_argument("--short-term-steps", type=int, default=100,
+    ada.add_argument("--short-term-steps", type=_setting("short_term_steps"), default=100,
                      help="SGD steps of each proposal's short-term fine-tune (default: 100)")
-    ada.add_argument("--short-term-lr", type=float, default=0.01,
+    ada.add_argument("--short-term-lr", type=_setting("short_term_lr"), default=0.01,
                      help="learning rate of the short-term fine-tunes (default: 0.01)")
-    ada.add_argument("--long-term-epochs", type=float, default=1.0,
+    ada.add_argument("--long-term-epochs", type=_setting("long_term_epochs"), default=1.0,
                      help="epochs of the final long-term fine-tune, 0 to skip (default: 1)")
-    ada.add_argument("--long-term-lr", type=float, default=0.01,
+    ada.add_argument("--long-term-lr", type=_setting("long_term_lr"), default=0.01,
                      help="peak learning rate of the long-term fine-tune, cosine (default: 0.01)")
     ada.add_argument("--selection", default="accuracy", choices=SELECTION_RULES,
                      help="keep the best holdout accuracy (paper) or the least loss per "
                           "resource saved (official code) (default: accuracy)")
-    ada.add_argument("--max-iterations", type=int, default=50,
+    ada.add_argument("--max-iterations", type=_setting("max_iterations"), default=50,
                      help="stop after this many iterations even if the budget is not met "
                           "(default: 50)")
     ada.add_argument("--baselines", default="0.5,0.75",

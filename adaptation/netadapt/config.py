@@ -1,11 +1,125 @@
-"""Settings of one NetAdapt run."""
+"""Settings of one NetAdapt run, and the range of every numeric setting.
+
+``SETTING_RANGES`` is the one statement of what each numeric setting accepts: ``AdaptConfig``
+checks itself against it when constructed (so the CLI, the job runner and stored checkpoints are
+all held to it), the job form builds its fields' limits and help texts from it, and the API
+schema derives its ``minimum``/``maximum`` from the form. The ranges are generous for a demanding
+user but finite, so one job cannot hold a worker for days.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 from .resources import METRICS
 
 SELECTION_RULES = ("accuracy", "loss_per_resource")
+
+
+def show_number(value: float) -> str:
+    """A limit or value as a reader writes it: 20,000, 0.025, 1e+15."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    if math.isfinite(value) and value == int(value) and abs(value) <= 1e7:
+        return f"{int(value):,}"
+    return f"{value:.6g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting accepts: ``low`` to ``high``, both included unless marked open."""
+
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False   # ``low`` itself is refused
+    high_open: bool = False  # ``high`` itself is refused
+
+    def contains(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below  # False for NaN
+
+    def describe(self) -> str:
+        """``"a whole number from 1 to 256"``, ``"a number above 0 and at most 1"``..."""
+        kind = "a whole number" if self.integer else "a number"
+        low, high = show_number(self.low), show_number(self.high)
+        if not self.low_open and not self.high_open:
+            return f"{kind} from {low} to {high}"
+        start = f"above {low}" if self.low_open else f"at least {low}"
+        end = f"below {high}" if self.high_open else f"at most {high}"
+        return f"{kind} {start} and {end}"
+
+
+#: The range of every numeric setting (AdaptConfig fields and the job's data options).
+SETTING_RANGES: dict[str, Range] = {
+    "initial_reduction": Range(0, 1, low_open=True, high_open=True),
+    "decay": Range(0, 1, low_open=True),
+    "channel_step": Range(1, 256, integer=True),
+    "short_term_steps": Range(0, 20_000, integer=True),
+    "long_term_epochs": Range(0, 200),
+    "batch_size": Range(1, 4096, integer=True),
+    "short_term_lr": Range(0, 10, low_open=True),
+    "long_term_lr": Range(0, 10, low_open=True),
+    "momentum": Range(0, 1, high_open=True),
+    "weight_decay": Range(0, 1),
+    "max_iterations": Range(1, 200, integer=True),
+    "seed": Range(0, 2**31 - 1, integer=True),
+    # The data: a holdout is a count of images or a fraction of the training images.
+    "holdout_count": Range(1, 1_000_000, integer=True),
+    "holdout_fraction": Range(0, 1, low_open=True, high_open=True),
+    "limit_train": Range(1, 10_000_000, integer=True),
+    # The command line's own: training from scratch, and how this machine measures.
+    "pretrain_epochs": Range(0, 1000, low_open=True),
+    "pretrain_lr": Range(0, 10, low_open=True),
+    "width": Range(0, 4, low_open=True),
+    "resolution": Range(4, 1024, integer=True),
+    "threads": Range(1, 256, integer=True),
+    "rounds": Range(1, 100, integer=True),
+    "runs_per_round": Range(1, 10_000, integer=True),
+}
+#: The budget: a fraction of the original (relative), or an absolute amount in the metric's unit.
+RELATIVE_BUDGET = Range(0, 1, low_open=True, high_open=True)
+ABSOLUTE_BUDGETS: dict[str, Range] = {
+    "latency": Range(0, 100_000, low_open=True),  # ms
+    "macs": Range(0, 1e15, low_open=True),
+    "params": Range(0, 1e12, low_open=True),
+}
+
+
+def range_problem(name: str, value: object, allowed: Range | None = None) -> str | None:
+    """``"<name> must be <range>, not <value>"`` when ``value`` is out of the setting's range."""
+    allowed = allowed or SETTING_RANGES[name]
+    if allowed.contains(value):
+        return None
+    return f"{name} must be {allowed.describe()}, not {show_number(value)}"
+
+
+def holdout_problem(value: object, name: str = "holdout") -> str | None:
+    """Why ``value`` is not a holdout (a count of images, or a fraction below 1), if it is not."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+        count = SETTING_RANGES["holdout_count"]
+        if value != int(value) or not count.contains(int(value)):
+            return (f"{name} must be a fraction below 1 or a count of images ("
+                    f"{count.describe()}), not {show_number(value)}")
+        return None
+    fraction = SETTING_RANGES["holdout_fraction"]
+    if fraction.contains(value):
+        return None
+    return (f"{name} must be a fraction ({fraction.describe()}) or a count of images ("
+            f"{SETTING_RANGES['holdout_count'].describe()}), not {show_number(value)}")
+
+
+class SettingsError(ValueError):
+    """Settings out of their ranges; ``problems`` maps each offending field to its message."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(problems.values()))
+        self.problems = dict(problems)
 
 
 @dataclass(frozen=True)
@@ -31,27 +145,30 @@ class AdaptConfig:
     measure_iterations: bool = True  # measure each chosen network whole (latency metric only)
 
     def __post_init__(self) -> None:
-        problems = []
+        """Check every field against its range: SettingsError naming each field out of it."""
+        problems: dict[str, str] = {}
         if self.metric not in METRICS:
-            problems.append(f"metric must be one of {METRICS}, not '{self.metric}'")
-        if self.budget <= 0:
-            problems.append(f"budget must be positive, got {self.budget}")
-        if self.budget_relative and self.budget >= 1:
-            problems.append(f"a relative budget must be below 1 (the original), got {self.budget}")
-        if not 0 < self.initial_reduction < 1:
-            problems.append("initial_reduction must be in (0, 1)")
-        if not 0 < self.decay <= 1:
-            problems.append("decay must be in (0, 1]")
-        if self.channel_step < 1:
-            problems.append("channel_step must be at least 1")
-        if self.short_term_steps < 0 or self.long_term_epochs < 0:
-            problems.append("fine-tune lengths cannot be negative")
-        if self.batch_size < 1 or self.max_iterations < 1:
-            problems.append("batch_size and max_iterations must be at least 1")
+            problems["metric"] = f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}"
+        for flag in ("budget_relative", "measure_iterations"):
+            if not isinstance(getattr(self, flag), bool):
+                problems[flag] = f"{flag} must be true or false, not {getattr(self, flag)!r}"
+        budget_range = (RELATIVE_BUDGET if self.budget_relative is True
+                        else ABSOLUTE_BUDGETS.get(self.metric))
+        if budget_range is not None:
+            problem = range_problem("budget", self.budget, budget_range)
+            if problem:
+                problems["budget"] = problem + (" (a fraction of the original)" if self.budget_relative
+                                                else f" (an absolute {self.metric} budget)")
+        for name in (f.name for f in fields(self)):
+            if name in SETTING_RANGES:
+                problem = range_problem(name, getattr(self, name))
+                if problem:
+                    problems[name] = problem
         if self.selection not in SELECTION_RULES:
-            problems.append(f"selection must be one of {SELECTION_RULES}")
+            problems["selection"] = (f"selection must be one of {', '.join(SELECTION_RULES)}, "
+                                     f"not {self.selection!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,7 +37,7 @@ from .resources import Estimate, LatencyTableModel, ResourceModel
 from .schedule import iteration_target, unreachable_warning
 from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
                     plan_iteration, plan_signatures, select_proposal)
-from .training import accuracy, steps_for_epochs, train_steps
+from .training import TrainingHook, accuracy, steps_for_epochs, train_steps
 
 
 class BudgetError(ValueError):
@@ -194,22 +194,29 @@ class AdaptState:
         return cls.from_dict(torch.load(path, weights_only=True))
 
 
-def long_term_finetune(model: nn.Module, data: DatasetSplits, config: AdaptConfig) -> float:
-    """Fine-tune for ``config.long_term_epochs`` epochs (cosine learning rate); returns seconds."""
+def long_term_finetune(model: nn.Module, data: DatasetSplits, config: AdaptConfig,
+                       hook: TrainingHook | None = None) -> float:
+    """Fine-tune for ``config.long_term_epochs`` epochs (cosine learning rate; ``hook``: see
+    ``training.TrainingHook``); returns seconds."""
     start = time.perf_counter()
     steps = steps_for_epochs(data.train, config.long_term_epochs, config.batch_size)
     train_steps(model, data.train, steps, lr=config.long_term_lr, batch_size=config.batch_size,
                 momentum=config.momentum, weight_decay=config.weight_decay,
-                seed=config.seed + 7919, cosine=True)
+                seed=config.seed + 7919, cosine=True, hook=hook)
     return time.perf_counter() - start
 
 
 class NetAdapt:
-    """One adaptation of ``model`` (the original, trained network) under ``config``."""
+    """One adaptation of ``model`` (the original, trained network) under ``config``.
+
+    ``hook`` is passed to every fine-tune the engine runs itself (the proposals' short-term ones
+    unless delegated, and the long-term one): see ``training.TrainingHook``.
+    """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, data: DatasetSplits,
                  config: AdaptConfig, resource: ResourceModel, state: AdaptState | None = None,
-                 analysis: NetworkAnalysis | None = None, delegate_evaluation: bool = False) -> None:
+                 analysis: NetworkAnalysis | None = None, delegate_evaluation: bool = False,
+                 hook: TrainingHook | None = None) -> None:
         if resource.metric != config.metric:
             raise ValueError(f"config asks for metric '{config.metric}' but the resource model "
                              f"measures '{resource.metric}'")
@@ -221,6 +228,7 @@ class NetAdapt:
         self.analysis = analysis or NetworkAnalysis(model, example_input)
         self.state = state
         self.delegate_evaluation = delegate_evaluation
+        self.hook = hook
         if state is not None and isinstance(resource, LatencyTableModel):
             resource.calibration = state.calibration
 
@@ -351,7 +359,8 @@ class NetAdapt:
                 raise RuntimeError(f"iteration {i}: the caller did not evaluate every proposal")
             evaluated = request.results
         else:
-            evaluated = [evaluate_proposal(model, self.example_input, proposal, self.data, config, i)
+            evaluated = [evaluate_proposal(model, self.example_input, proposal, self.data, config, i,
+                                           hook=self.hook)
                          for proposal in plan.proposals]
         results = [result for result, _ in evaluated]
         phases["finetune_s"] = sum(r.finetune_s for r in results)
@@ -425,7 +434,8 @@ class NetAdapt:
             long_term_s = state.pending["long_term_s"]
         else:
             model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
-            long_term_s = long_term_finetune(model, self.data, config) if config.long_term_epochs else 0.0
+            long_term_s = (long_term_finetune(model, self.data, config, self.hook)
+                           if config.long_term_epochs else 0.0)
             state.pending = {"phase": "finish", "model_state": copy.deepcopy(model.state_dict()),
                              "long_term_s": long_term_s}
         resource = self.resource.estimate(self.analysis.signatures(state.channels))

@@ -17,12 +17,43 @@ def _endless_batches(split: TensorSplit, batch_size: int, generator: torch.Gener
         yield from iterate_batches(split, batch_size, shuffle=True, generator=generator)
 
 
+#: Steps between two calls of a training hook: a cancel stops a fine-tune within this many steps.
+HOOK_EVERY = 25
+
+#: The one hook of every fine-tune: ``hook(steps_done, steps_in_all)``, called before the first
+#: step and then every ``HOOK_EVERY`` steps. It may raise (``Cancelled``: the result is no longer
+#: wanted) or block (e.g. to leave the machine to a latency measurement); it must not touch the model.
+TrainingHook = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """Raised by a training hook to stop a fine-tune whose result is no longer wanted.
+
+    ``steps_done``/``steps_total``: where the fine-tune stopped (set by ``train_steps`` when the
+    hook raised it there; None when raised elsewhere).
+    """
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)
+        self.steps_done: int | None = None
+        self.steps_total: int | None = None
+
+    def where(self) -> str:
+        """``"after 25 of 20,000 fine-tune steps"``, or "" when not stopped in a fine-tune."""
+        if self.steps_done is None:
+            return ""
+        return f"after {self.steps_done:,} of {self.steps_total:,} fine-tune steps"
+
+
 def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, batch_size: int,
                 seed: int, momentum: float = 0.9, weight_decay: float = 4e-5,
-                cosine: bool = False, on_step: Callable[[int, float], None] | None = None) -> float:
+                cosine: bool = False, on_step: Callable[[int, float], None] | None = None,
+                hook: TrainingHook | None = None) -> float:
     """Run ``steps`` SGD steps on ``split``; returns the mean loss of the last 10% of steps.
 
     Shuffling and dropout are seeded by ``seed`` alone, so the same call gives the same weights.
+    ``hook`` (see ``TrainingHook``) is called every ``HOOK_EVERY`` steps; a ``Cancelled`` it
+    raises leaves here with ``steps_done`` set.
     """
     if steps <= 0:
         return float("nan")
@@ -35,6 +66,13 @@ def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, 
     tail_losses: list[float] = []
     batches = _endless_batches(split, batch_size, generator)
     for step in range(steps):
+        if hook is not None and step % HOOK_EVERY == 0:
+            try:
+                hook(step, steps)
+            except Cancelled as stop:
+                stop.steps_done, stop.steps_total = step, steps
+                model.eval()
+                raise
         if cosine:
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
