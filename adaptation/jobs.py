@@ -23,6 +23,7 @@ exactly once however the previous attempt ended.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import torch.nn as nn
@@ -176,6 +177,7 @@ class JobRunner:
     def _park(self, parked: Parked) -> str:
         """Save the checkpoint and mark the job ``waiting``, if this worker still holds it."""
         if self.engine is not None and self.engine.state is not None:
+            self.engine.note_parked(parked.kind)  # the wait counts in the iteration's phases
             self.files.save_checkpoint(self.engine.state)
         with transaction.atomic():
             done = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
@@ -204,12 +206,14 @@ class JobRunner:
         return config, options, self.spec, original, load_job_data(job, self.spec, config, options)
 
     def _run(self) -> None:
+        resumed_at = time.time()
         config, options, spec, original, data = self._prepare()
         resource = self._resource_model(config, options)
         state = self._load_checkpoint(config)
         engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state,
                           delegate_evaluation=True, hook=self._between_steps)
         self.engine = engine
+        engine.note_resumed(resumed_at)
         for record in engine.run():
             self._hold_lease()
             if isinstance(record, NeedsMeasurement):
