@@ -85,7 +85,8 @@ def iteration_payload(record: dict) -> dict:
             "channels": record["channels"], "resource": record["resource"],
             "resource_raw": record["resource_raw"], "measured_ms": _measured_ms(record),
             "macs": record["macs"], "params": record["params"],
-            "holdout_accuracy": record["holdout_accuracy"], "proposals": record["proposals"]}
+            "holdout_accuracy": record["holdout_accuracy"], "proposals": record["proposals"],
+            "phases_s": record.get("phases_s") or {}, "wall_s": record.get("wall_s")}
 
 
 def waiting_message(device, reason: str, signatures: int, networks: int) -> str:
