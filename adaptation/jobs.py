@@ -12,6 +12,8 @@ What a run writes, step by step:
   (the original network) and ``job.start``;
 - each iteration: its network file and the checkpoint, then in one transaction the ``Iteration``
   row, its ``Proposal`` rows and ``job.iteration``;
+- a park (waiting for measurements or proposals): the engine's clock notes when, in the
+  checkpoint, and the next run books the wait in the iteration's phases (``loop.PHASES``);
 - the finish: the final exports, then in one transaction ``Job.result``, the validation accuracy
   of the last iteration's row, status ``finished``, ``job.finish`` and ``job.status``.
 
