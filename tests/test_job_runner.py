@@ -193,7 +193,7 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, 
     # fine-tuned by other tasks while it waited (not counted twice), and it waited for its device.
     for row in rows[1:]:
         phases = row.record["phases_s"]
-        assert tuple(phases) == PHASES and all(s >= 0 for s in phases.values()), phases
+        assert set(phases) == set(PHASES) and all(s >= 0 for s in phases.values()), phases  # jsonb: any order
         assert sum(phases.values()) == pytest.approx(row.record["wall_s"], rel=1e-9, abs=1e-9)
         assert phases["wait_proposals_s"] > 0 and phases["finetune_s"] == phases["evaluate_s"] == 0
     assert any(row.record["phases_s"]["wait_measure_s"] > 0 for row in rows[1:])
