@@ -44,16 +44,29 @@ class ProposalSerializer(serializers.ModelSerializer):
 class IterationSerializer(serializers.ModelSerializer):
     chosen_group = serializers.SerializerMethodField(help_text="The group shrunk in this iteration.")
     channels = serializers.SerializerMethodField(help_text="Channels of every group after it.")
+    wall_s = serializers.SerializerMethodField(
+        help_text="Seconds from the iteration's start to its record, waits included (null for -1).")
+    phases_s = serializers.SerializerMethodField(
+        help_text="Where wall_s went, in seconds by phase; the phases add up to wall_s.")
     proposals = ProposalSerializer(many=True, read_only=True)
 
     class Meta:
         model = Iteration
         fields = ["number", "chosen_group", "channels", "resource", "resource_raw", "measured_ms", "macs",
-                  "params", "holdout_accuracy", "validation_accuracy", "created", "proposals"]
+                  "params", "holdout_accuracy", "validation_accuracy", "created", "wall_s", "phases_s",
+                  "proposals"]
         read_only_fields = fields
 
     def get_chosen_group(self, iteration: Iteration) -> str:
         return (iteration.record or {}).get("chosen_group", "")
+
+    @extend_schema_field({"type": "number", "nullable": True})
+    def get_wall_s(self, iteration: Iteration) -> float | None:
+        return (iteration.record or {}).get("wall_s")
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "number"}})
+    def get_phases_s(self, iteration: Iteration) -> dict:
+        return (iteration.record or {}).get("phases_s") or {}
 
     @extend_schema_field({"type": "object", "additionalProperties": {"type": "integer"}})
     def get_channels(self, iteration: Iteration) -> dict:

@@ -55,3 +55,31 @@ def budget_text(job_settings: dict) -> str:
     if job_settings.get("budget_relative", True):
         return f"{budget * 100:g}% of the original {metric}"
     return f"{budget:g} {metric_unit(metric)}"
+
+
+#: What people call each phase of an iteration's time (``netadapt.loop.PHASES``, same order).
+PHASE_LABELS = {"measure_table_s": "measuring layers", "plan_s": "planning",
+                "finetune_s": "fine-tuning", "evaluate_s": "evaluating",
+                "measure_network_s": "measuring the network",
+                "wait_measure_s": "waiting for the device", "wait_proposals_s": "waiting for proposals",
+                "overhead_s": "overhead"}
+
+
+def seconds_text(value: float) -> str:
+    """``0.42 s``, ``12.3 s``, ``4 min 05 s``: a duration for people."""
+    if value < 60:
+        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def phase_breakdown(record: dict) -> list[dict]:
+    """The nonzero phases of an iteration record (``IterationRecord.to_dict()``), in order:
+    ``key``, ``label``, ``seconds`` (text), ``share`` (percent of the wall time, rounded to
+    a tenth) and ``percent`` (its text); [] for a record without a wall time (the original network, older jobs)."""
+    phases, wall = record.get("phases_s") or {}, record.get("wall_s")
+    if not wall:
+        return []
+    return [{"key": key, "label": label, "seconds": seconds_text(phases[key]),
+             "share": round(100 * phases[key] / wall, 1), "percent": f"{100 * phases[key] / wall:.0f}%"}
+            for key, label in PHASE_LABELS.items() if phases.get(key)]

@@ -12,6 +12,8 @@ What a run writes, step by step:
   (the original network) and ``job.start``;
 - each iteration: its network file and the checkpoint, then in one transaction the ``Iteration``
   row, its ``Proposal`` rows and ``job.iteration``;
+- a park (waiting for measurements or proposals): the engine's clock notes when, in the
+  checkpoint, and the next run books the wait in the iteration's phases (``loop.PHASES``);
 - the finish: the final exports, then in one transaction ``Job.result``, the validation accuracy
   of the last iteration's row, status ``finished``, ``job.finish`` and ``job.status``.
 
@@ -23,6 +25,7 @@ exactly once however the previous attempt ended.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import torch.nn as nn
@@ -84,7 +87,8 @@ def iteration_payload(record: dict) -> dict:
             "channels": record["channels"], "resource": record["resource"],
             "resource_raw": record["resource_raw"], "measured_ms": _measured_ms(record),
             "macs": record["macs"], "params": record["params"],
-            "holdout_accuracy": record["holdout_accuracy"], "proposals": record["proposals"]}
+            "holdout_accuracy": record["holdout_accuracy"], "proposals": record["proposals"],
+            "phases_s": record.get("phases_s") or {}, "wall_s": record.get("wall_s")}
 
 
 def waiting_message(device, reason: str, signatures: int, networks: int) -> str:
@@ -176,6 +180,7 @@ class JobRunner:
     def _park(self, parked: Parked) -> str:
         """Save the checkpoint and mark the job ``waiting``, if this worker still holds it."""
         if self.engine is not None and self.engine.state is not None:
+            self.engine.note_parked(parked.kind)  # the wait counts in the iteration's phases
             self.files.save_checkpoint(self.engine.state)
         with transaction.atomic():
             done = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
@@ -204,12 +209,14 @@ class JobRunner:
         return config, options, self.spec, original, load_job_data(job, self.spec, config, options)
 
     def _run(self) -> None:
+        resumed_at = time.time()
         config, options, spec, original, data = self._prepare()
         resource = self._resource_model(config, options)
         state = self._load_checkpoint(config)
         engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state,
                           delegate_evaluation=True, hook=self._between_steps)
         self.engine = engine
+        engine.note_resumed(resumed_at)
         for record in engine.run():
             self._hold_lease()
             if isinstance(record, NeedsMeasurement):

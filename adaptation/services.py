@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from adaptation.archives import (ArchiveError, ArchiveLimits, load_archive_dataset, missing_folders,
                                  remove_empty_folders)
+from adaptation.formatting import PHASE_LABELS
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
@@ -49,7 +50,8 @@ ITERATION_FORMATS = ("pytorch", "onnx", "torchscript")
 REPORT_FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
 REPORT_COLUMNS = ("iteration", "chosen_group", "target", "resource", "resource_raw", "measured_ms",
                   "measured_min_ms", "measured_median_ms", "macs", "params", "holdout_accuracy",
-                  "validation_accuracy", "proposals")
+                  "validation_accuracy", "proposals", "wall_s",
+                  *(f"phase_{key}" for key in PHASE_LABELS))
 #: What an uploaded archive may expand to (tests replace it to try the limits cheaply).
 DATASET_ARCHIVE_LIMITS = ArchiveLimits()
 
@@ -351,6 +353,8 @@ def report_rows(job: Job) -> list[dict]:
             "holdout_accuracy": iteration.holdout_accuracy,
             "validation_accuracy": iteration.validation_accuracy,
             "proposals": len(proposals) or len(record.get("proposals") or []),
+            "wall_s": record.get("wall_s"),
+            **{f"phase_{key}": (record.get("phases_s") or {}).get(key) for key in PHASE_LABELS},
             "_channels": record.get("channels", {}),
             "_proposals": [{"group": p.group, "channels": p.channels, "resource": p.resource,
                             "holdout_accuracy": p.holdout_accuracy, "chosen": p.chosen} for p in proposals],

@@ -15,7 +15,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from adaptation.access import get_job_for_user
-from adaptation.formatting import accuracy_text, budget_text, metric_unit, resource_text
+from adaptation.formatting import (PHASE_LABELS, accuracy_text, budget_text, metric_unit, phase_breakdown,
+                                   resource_text, seconds_text)
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES
 from adaptation.job_forms import JobForm, original_resource, schedule_warning
 from adaptation.models import Iteration, Job
@@ -55,6 +56,8 @@ def _iteration_table(iterations: list[Iteration], unit: str) -> list[dict]:
             "measured": resource_text(iteration.measured_ms, "ms"),
             "holdout": accuracy_text(iteration.holdout_accuracy),
             "validation": accuracy_text(iteration.validation_accuracy),
+            "phases": phase_breakdown(record),
+            "wall": seconds_text(record["wall_s"]) if record.get("wall_s") else "",
             "proposals": [{"group": p.group, "channels": p.channels, "resource": resource_text(p.resource, unit),
                            "holdout": accuracy_text(p.holdout_accuracy), "chosen": p.chosen}
                           for p in iteration.proposals.all()],
@@ -90,7 +93,7 @@ def job_detail(request, job_id: int):
         warnings.append(f"The budget may be unreachable: {warning}.")
     page_data = {"job": job.pk, "ws_url": f"/ws/jobs/{job.pk}/", "metric": metric,
                  "unit": metric_unit(metric), "status": job.status,
-                 "active_statuses": list(Job.ACTIVE_STATUSES)}
+                 "active_statuses": list(Job.ACTIVE_STATUSES), "phase_labels": PHASE_LABELS}
     return render(request, "jobs/detail.html", {
         "job": job, "table": _iteration_table(iterations, page_data["unit"]),
         "budget_text": budget_text(job.settings),

@@ -43,7 +43,8 @@ CHART_STATE = """() => {
   return {status: status, label: badge.textContent.trim(),
           iterations: chart.data.datasets[0].data.filter((p) => p.key >= 0).length,
           final: chart.data.datasets[3].data.map((p) => p.name),
-          tables: document.querySelectorAll("#proposals tbody[data-iteration]").length};
+          tables: document.querySelectorAll("#proposals tbody[data-iteration]").length,
+          phases: Array.from(document.querySelectorAll("#proposals tr.phases .phase-text"), (e) => e.textContent)};
 }"""
 ENDED = "['finished', 'failed', 'cancelled'].includes(state.status)"
 
@@ -140,6 +141,9 @@ def test_it_shows_chart_points_while_the_job_runs(live_app, digits_cnn_state_dic
             assert final["label"] == "Finished"
             assert final["final"] == ["final"]
             assert final["iterations"] >= running["iterations"] >= first["iterations"] >= 1
+            # Each live iteration says where its time went (job.js draws it from the event).
+            assert len(final["phases"]) == final["iterations"], final["phases"]
+            assert all("waiting for proposals" in line for line in final["phases"]), final["phases"]
             assert final["tables"] == final["iterations"]  # one proposals block a point
             job = page.request.get(app.url(f"/api/v1/jobs/{job_id}")).json()
             assert job["status"] == "finished" and len(job["iterations"]) == final["iterations"] + 1

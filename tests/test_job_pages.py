@@ -10,6 +10,7 @@ import torch
 from django.contrib.staticfiles import finders
 from django.urls import reverse
 
+from adaptation.formatting import PHASE_LABELS
 from adaptation.job_forms import ADAPT_CONFIG_FIELDS, adapt_config_of
 from adaptation.models import Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.config import AdaptConfig
@@ -226,7 +227,8 @@ def test_it_shows_the_job_page(logged_in, owner, make_job):
     assert '<script id="job-data" type="application/json">' in html
     assert response.context["page_data"] == {
         "job": job.pk, "ws_url": f"/ws/jobs/{job.pk}/", "metric": "latency", "unit": "ms",
-        "status": "queued", "active_statuses": ["queued", "running", "waiting"]}
+        "status": "queued", "active_statuses": ["queued", "running", "waiting"],
+        "phase_labels": PHASE_LABELS}
     assert '<script src="/static/vendor/chart.js/chart.umd.js"></script>' in html
     assert '<script src="/static/js/job.js"></script>' in html
     assert 'id="tradeoff-chart"' in html and 'id="job-log"' in html

@@ -1,6 +1,9 @@
 """The job pipeline in one process: claims and leases, a job run to its end, cancel, failures, resume."""
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 import shutil
 import socket
@@ -13,9 +16,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
 from adaptation import job_inputs, jobs, tasks
+from adaptation.formatting import seconds_text
 from adaptation.job_files import JobFiles, media_path
 from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
@@ -23,6 +31,7 @@ from adaptation.proposals import dispatch_count
 from adaptation.services import start_child_job
 from adaptation.models import Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.export import load_pytorch
+from adaptation.netadapt.loop import PHASES
 from devices.models import LatencyEntry, MeasurementRequest
 from tests.user_objects import add_device, digit_images, image_zip, queue_job, upload_dataset, upload_model
 
@@ -179,6 +188,48 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, 
         np.testing.assert_allclose(onnx_out, final(x).numpy(), atol=1e-4)
     assert files.checkpoint.exists()
     assert not list(files.folder.glob(".*partial"))
+
+    # Where each iteration's time went: the phases add up to its wall time. Its proposals were
+    # fine-tuned by other tasks while it waited (not counted twice), and it waited for its device.
+    for row in rows[1:]:
+        phases = row.record["phases_s"]
+        assert set(phases) == set(PHASES) and all(s >= 0 for s in phases.values()), phases  # jsonb: any order
+        assert sum(phases.values()) == pytest.approx(row.record["wall_s"], rel=1e-9, abs=1e-9)
+        assert phases["wait_proposals_s"] > 0 and phases["finetune_s"] == phases["evaluate_s"] == 0
+    assert any(row.record["phases_s"]["wait_measure_s"] > 0 for row in rows[1:])
+    assert [p["phases_s"] for p in iteration_events] == [row.record["phases_s"] for row in rows[1:]]
+
+
+@transactional
+def test_the_page_reports_and_api_show_where_each_iterations_time_went(new_job, owner, client, workers):
+    job = run_to_end(workers, new_job(MACS))
+    rows = list(Iteration.objects.filter(job=job, number__gte=0).order_by("number"))
+    assert rows
+    walls = [row.record["wall_s"] for row in rows]
+
+    client.force_login(owner)
+    page = client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert page.count('class="phase-bar"') == len(rows)
+    assert page.count("waiting for proposals ") == len(rows)  # every iteration waited for its chord
+    assert f"{seconds_text(walls[0])}: " in page
+
+    report = list(csv.DictReader(io.StringIO(client.get(reverse("job_report", args=[job.pk, "csv"])).content.decode())))
+    assert report[0]["wall_s"] == report[0]["phase_overhead_s"] == ""  # the original network
+    for line, wall in zip(report[1:], walls):
+        phases = [float(line[f"phase_{key}"]) for key in PHASES]
+        assert all(s >= 0 for s in phases) and sum(phases) == pytest.approx(float(line["wall_s"]))
+        assert float(line["wall_s"]) == pytest.approx(wall) and float(line["phase_wait_proposals_s"]) > 0
+
+    stored = json.loads(client.get(reverse("job_report", args=[job.pk, "json"])).content)["iterations"]
+    assert [it["wall_s"] for it in stored[1:]] == walls
+    assert all(sum(it[f"phase_{key}"] for key in PHASES) == pytest.approx(it["wall_s"]) for it in stored[1:])
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=owner)[0].key}")
+    listed = api.get(f"/api/v1/jobs/{job.pk}").json()["iterations"]
+    assert listed[0]["wall_s"] is None and listed[0]["phases_s"] == {}
+    assert [it["phases_s"] for it in listed[1:]] == [row.record["phases_s"] for row in rows]
+    assert [it["wall_s"] for it in listed[1:]] == walls
 
 
 @transactional

@@ -6,7 +6,7 @@ import torch
 
 from adaptation.netadapt.config import AdaptConfig, SettingsError
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
-from adaptation.netadapt.loop import (AdaptState, BudgetError, FinishRecord, IterationRecord,
+from adaptation.netadapt.loop import (PHASES, AdaptState, BudgetError, FinishRecord, IterationRecord,
                                       NeedsEvaluation, NeedsMeasurement, NetAdapt, StartRecord,
                                       run_with)
 from adaptation.netadapt.lut import MemoryLatencyTable
@@ -477,3 +477,60 @@ def test_a_run_parked_for_its_ab_check_keeps_its_long_term_fine_tune(wide, digit
     finish = next(generator)
     assert isinstance(finish, FinishRecord)
     assert finish.long_term_s == state.pending["long_term_s"] > 0
+
+
+# ---------------------------------------------------------------- where an iteration's time goes
+
+
+def assert_phases_add_up(record: dict) -> None:
+    """Every phase is there, none is negative, and together they are the iteration's wall time."""
+    phases = record["phases_s"]
+    assert tuple(phases) == PHASES
+    assert all(seconds >= 0 for seconds in phases.values()), phases
+    assert sum(phases.values()) == pytest.approx(record["wall_s"], rel=1e-9, abs=1e-9)
+
+
+def test_every_iteration_accounts_for_its_wall_time_by_phase(macs_run):
+    engine, records, _ = macs_run
+    iterations = [r for r in records if isinstance(r, IterationRecord)]
+    for record in iterations:
+        stored = record.to_dict()
+        assert_phases_add_up(stored)
+        # The engine fine-tuned and scored its proposals itself, and never waited.
+        assert stored["phases_s"]["finetune_s"] == pytest.approx(
+            sum(p["finetune_s"] for p in stored["proposals"]))
+        assert stored["phases_s"]["finetune_s"] > 0 and stored["phases_s"]["evaluate_s"] > 0
+        assert stored["phases_s"]["wait_measure_s"] == stored["phases_s"]["wait_proposals_s"] == 0
+    assert engine.state.clock is None  # no iteration in progress
+
+
+def test_a_wait_between_park_and_resume_counts_for_the_iteration_in_progress(
+        wide, digits8, light_protocol, tmp_path):
+    measurer, table = LocalMeasurer("onnxruntime", light_protocol), MemoryLatencyTable()
+    engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table))
+    for item in engine.run():
+        if isinstance(item, NeedsMeasurement) and item.reason == "iteration 0 network":
+            break
+        if isinstance(item, NeedsMeasurement):
+            if item.signatures:
+                table.add(measurer.measure_signatures(item.signatures))
+            if item.networks:
+                stats = measurer.measure_models([n.model for n in item.networks], item.example_input)
+                for network, result in zip(item.networks, stats):
+                    network.result = result
+    finetuned = engine.state.clock["phases_s"]["finetune_s"]
+    engine.note_parked("measurement", at=1000.0)  # what a runner does before saving and stopping
+    engine.state.save(tmp_path / "parked.pt")
+
+    resumed = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table),
+                       state=AdaptState.load(tmp_path / "parked.pt"))
+    resumed.note_resumed(at=1012.5)
+    resumed.note_resumed(at=2000.0)  # nothing parked any more: books nothing
+    generator = resumed.run()
+    request = next(generator)
+    (request.networks[0].result,) = measurer.measure_models([request.networks[0].model], request.example_input)
+    record = next(generator).to_dict()
+    assert_phases_add_up(record)
+    assert record["phases_s"]["wait_measure_s"] == pytest.approx(12.5)
+    assert record["phases_s"]["finetune_s"] == finetuned > 0  # booked before the park, kept
+    assert record["wall_s"] >= 12.5 + finetuned

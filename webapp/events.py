@@ -55,6 +55,8 @@ class IterationPayload(TypedDict):
     params: int
     holdout_accuracy: float
     proposals: list[dict[str, Any]]
+    phases_s: dict[str, float]  # where the iteration's time went (netadapt.loop.PHASES)
+    wall_s: float | None        # its wall time; the phases add up to it
 
 
 class ChildPayload(TypedDict):

@@ -40,6 +40,18 @@ from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal
 from .training import TrainingHook, accuracy, steps_for_epochs, train_steps
 
 
+#: Where an iteration's wall time goes (``IterationRecord.phases_s``), in display order; the
+#: values add up to ``IterationRecord.wall_s``. ``finetune_s`` and ``evaluate_s`` count only
+#: fine-tunes run by the engine itself: proposals delegated to other workers run while the job
+#: waits for them (``wait_proposals_s``; their own times stay in ``proposals``).
+#: ``wait_measure_s``: parked behind measurement requests on the device's queue; ``overhead_s``:
+#: the rest (loading inputs on resume, checkpoints, selection, work redone after a park).
+PHASES = ("measure_table_s", "plan_s", "finetune_s", "evaluate_s", "measure_network_s",
+          "wait_measure_s", "wait_proposals_s", "overhead_s")
+#: The phase of the time a caller spent parked, by ``NetAdapt.note_parked``'s ``kind``.
+WAIT_PHASES = {"measurement": "wait_measure_s", "evaluation": "wait_proposals_s"}
+
+
 class BudgetError(ValueError):
     """The budget cannot be used: already met by the original, or not positive."""
 
@@ -109,6 +121,7 @@ class IterationRecord:
     phases_s: dict[str, float]
     calibration: tuple[float, float]
     model: nn.Module = field(repr=False)
+    wall_s: float = 0.0  # from the iteration's start to this record, parks and resumes included
 
     def to_dict(self) -> dict:
         return {"iteration": self.iteration, "target": self.target, "chosen_group": self.chosen_group,
@@ -117,7 +130,7 @@ class IterationRecord:
                 "measured": self.measured.to_dict() if self.measured else None,
                 "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
                 "proposals": self.proposals, "skipped": self.skipped, "phases_s": self.phases_s,
-                "calibration": list(self.calibration)}
+                "wall_s": self.wall_s, "calibration": list(self.calibration)}
 
 
 @dataclass
@@ -170,6 +183,10 @@ class AdaptState:
     #: {"phase": "iteration", "iteration", "target", "results", "skipped", "chosen",
     #:  "model_state", "phases_s"} or {"phase": "finish", "model_state", "long_term_s"}.
     pending: dict | None = None
+    #: The clock of the iteration in progress, kept across parks and resumes (wall times, so
+    #: another process can go on): {"iteration", "started_at" (epoch s), "phases_s" (so far),
+    #: "parked": None or {"kind", "at"}}; see ``NetAdapt.note_parked``.
+    clock: dict | None = None
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "iteration": self.iteration,
@@ -177,14 +194,15 @@ class AdaptState:
                 "budget": self.budget, "initial_resource": self.initial_resource,
                 "holdout_accuracy": self.holdout_accuracy,
                 "calibration": self.calibration.to_dict(), "records": self.records,
-                "start": self.start, "pending": self.pending}
+                "start": self.start, "pending": self.pending, "clock": self.clock}
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdaptState":
         return cls(AdaptConfig.from_dict(data["config"]), data["iteration"], dict(data["channels"]),
                    data["model_state"], data["budget"], data["initial_resource"],
                    data["holdout_accuracy"], AffineCalibration.from_dict(data["calibration"]),
-                   list(data["records"]), dict(data["start"]), data.get("pending"))
+                   list(data["records"]), dict(data["start"]), data.get("pending"),
+                   data.get("clock"))
 
     def save(self, path) -> None:
         torch.save(self.to_dict(), path)
@@ -250,6 +268,52 @@ class NetAdapt:
         model = rebuild_pruned(copy.deepcopy(self.original), self.example_input, channels)
         model.load_state_dict(model_state)
         return model.eval()
+
+    # ------------------------------------------------------------------ the iteration's clock
+
+    def _clock(self, iteration: int) -> dict:
+        """The clock of ``iteration``, started now unless it runs already (a resumed iteration)."""
+        clock = self.state.clock
+        if clock is None or clock["iteration"] != iteration:
+            clock = self.state.clock = {"iteration": iteration, "started_at": time.time(),
+                                        "phases_s": {}, "parked": None}
+        return clock
+
+    def _add_phase(self, name: str, seconds: float) -> None:
+        if self.state.clock is None:  # a step pending in a checkpoint written before clocks
+            return
+        phases = self.state.clock["phases_s"]
+        phases[name] = phases.get(name, 0.0) + max(0.0, seconds)
+
+    def note_parked(self, kind: str, at: float | None = None) -> None:
+        """The caller stops here to wait for ``kind`` of work ("measurement" or "evaluation")
+        and saves ``state``; the time until ``note_resumed`` counts as that wait."""
+        if self.state is not None and self.state.clock is not None:
+            self.state.clock["parked"] = {"kind": kind, "at": time.time() if at is None else at}
+
+    def note_resumed(self, at: float) -> None:
+        """A new run, begun at ``at`` (epoch s), goes on from a parked state: book the wait."""
+        clock = self.state.clock if self.state is not None else None
+        if clock is None or not clock.get("parked"):
+            return
+        parked = clock["parked"]
+        self._add_phase(WAIT_PHASES.get(parked["kind"], "wait_measure_s"), at - parked["at"])
+        clock["parked"] = None
+
+    def _close_clock(self, iteration: int, legacy: dict) -> tuple[dict[str, float], float]:
+        """(every phase of ``PHASES``, wall seconds) of the iteration that ends now; ``legacy``:
+        the phases of a checkpoint written before clocks existed."""
+        clock = self.state.clock
+        if clock is None or clock["iteration"] != iteration:
+            clock = {"started_at": time.time() - sum(legacy.values()), "phases_s": dict(legacy)}
+        phases = {name: float(clock["phases_s"].get(name, 0.0)) for name in PHASES}
+        named = sum(phases.values())
+        wall = max(time.time() - clock["started_at"], named)
+        phases["overhead_s"] = wall - named
+        self.state.clock = None
+        return phases, wall
+
+    # ------------------------------------------------------------------ requests
 
     def _fill_table(self, signatures: list[LayerSignature], reason: str) -> Iterator[NeedsMeasurement]:
         missing = self.resource.missing(signatures)
@@ -335,13 +399,13 @@ class NetAdapt:
     def _iteration(self, model: nn.Module, current: Estimate) -> Iterator:
         state, config = self.state, self.config
         i = state.iteration
-        phases: dict[str, float] = {}
+        self._clock(i)
         tick = time.perf_counter()
         wanted = plan_signatures(self.analysis, state.channels, config.channel_step)
         yield from self._fill_table(wanted, f"iteration {i} candidates")
         if self.resource.measures_networks:
             yield from self._measure_candidates(i)
-        phases["measure_table_s"] = time.perf_counter() - tick
+        self._add_phase("measure_table_s", time.perf_counter() - tick)
         tick = time.perf_counter()
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
                                   config.decay, state.budget)
@@ -351,7 +415,7 @@ class NetAdapt:
             raise NoProposalError(
                 f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
                 f"(current {current.value:.4g}); " + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
-        phases["plan_s"] = time.perf_counter() - tick
+        self._add_phase("plan_s", time.perf_counter() - tick)
         if self.delegate_evaluation:
             request = NeedsEvaluation(i, model, plan.proposals, [None] * len(plan.proposals))
             yield request
@@ -363,8 +427,9 @@ class NetAdapt:
                                            hook=self.hook)
                          for proposal in plan.proposals]
         results = [result for result, _ in evaluated]
-        phases["finetune_s"] = sum(r.finetune_s for r in results)
-        phases["evaluate_s"] = sum(r.evaluate_s for r in results)
+        if not self.delegate_evaluation:  # delegated ones ran elsewhere, while the caller waited
+            self._add_phase("finetune_s", sum(r.finetune_s for r in results))
+            self._add_phase("evaluate_s", sum(r.evaluate_s for r in results))
         best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
         chosen_model = evaluated[best][1]
         if chosen_model is None:
@@ -372,7 +437,7 @@ class NetAdapt:
         state.pending = {"phase": "iteration", "iteration": i, "target": target,
                          "results": [r.to_state() for r in results], "skipped": dict(plan.skipped),
                          "chosen": best, "model_state": copy.deepcopy(chosen_model.state_dict()),
-                         "phases_s": phases}
+                         "phases_s": dict(state.clock["phases_s"])}
         return (yield from self._conclude_iteration(chosen_model))
 
     def _pending_model(self) -> nn.Module:
@@ -383,29 +448,33 @@ class NetAdapt:
     def _conclude_iteration(self, model: nn.Module) -> Iterator:
         """Measure the chosen network (when asked to) and record the iteration of ``state.pending``."""
         state, config, pending = self.state, self.config, self.state.pending
-        i, phases = pending["iteration"], dict(pending["phases_s"])
+        i = pending["iteration"]
         results = [ProposalResult.from_state(r) for r in pending["results"]]
         chosen = results[pending["chosen"]]
         measured = None
         signatures = self.analysis.signatures(chosen.proposal.config)
         if self.resource.measures_networks:
             if not self.resource.has(signatures):  # measured before a resume, not since
+                tick = time.perf_counter()
                 (stats,) = yield from self._measure(f"iteration {i} network",
                                                     (f"iteration {i}", model, chosen.proposal.config))
                 self.resource.record(signatures, stats)
+                self._add_phase("measure_network_s", time.perf_counter() - tick)
             measured = self.resource.measured[tuple(signatures)]
         elif self._calibrated and config.measure_iterations:
             tick = time.perf_counter()
             (measured,) = yield from self._measure(f"iteration {i} network",
                                                    (f"iteration {i}", model, chosen.proposal.config))
             self.resource.calibration.add(chosen.proposal.estimate.raw, measured.min_ms)
-            phases["measure_network_s"] = time.perf_counter() - tick
+            self._add_phase("measure_network_s", time.perf_counter() - tick)
+        phases, wall = self._close_clock(i, dict(pending.get("phases_s") or {}))
         resource = self.resource.estimate(signatures)
         record = IterationRecord(
             i, pending["target"], chosen.proposal.group, dict(chosen.proposal.config), resource,
             measured, chosen.proposal.macs, chosen.proposal.params, chosen.holdout_accuracy,
             [r.to_dict() for r in results], dict(pending["skipped"]), phases,
-            self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0), model)
+            self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0), model,
+            wall)
         state.iteration = i + 1
         state.channels = dict(chosen.proposal.config)
         state.model_state = copy.deepcopy(model.state_dict())

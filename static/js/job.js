@@ -134,6 +134,48 @@
     return td;
   }
 
+  function secondsText(s) {
+    if (s < 60) return s < 10 ? `${s.toFixed(2)} s` : `${s.toFixed(1)} s`;
+    const total = Math.round(s);
+    return `${Math.floor(total / 60)} min ${String(total % 60).padStart(2, "0")} s`;
+  }
+
+  // Where the iteration's time went: a stacked bar and its legend (as the server renders them).
+  function addPhasesRow(body, p) {
+    const wall = p.wall_s;
+    if (!isNumber(wall) || wall <= 0) return;
+    const parts = Object.keys(page.phase_labels || {})
+      .filter((key) => isNumber((p.phases_s || {})[key]) && p.phases_s[key] > 0)
+      .map((key) => ({key: key, label: page.phase_labels[key], seconds: p.phases_s[key],
+                      share: 100 * p.phases_s[key] / wall}));
+    if (!parts.length) return;
+    const row = document.createElement("tr");
+    row.className = "phases";
+    const td = cell(row, "");
+    td.colSpan = 5;
+    const bar = document.createElement("div");
+    bar.className = "phase-bar";
+    bar.setAttribute("role", "img");
+    bar.setAttribute("aria-label", `Where the iteration's ${secondsText(wall)} went`);
+    const text = document.createElement("span");
+    text.className = "phase-text";
+    text.appendChild(document.createTextNode(`${secondsText(wall)}: `));
+    parts.forEach((part, i) => {
+      const piece = document.createElement("span");
+      piece.className = `phase-${part.key}`;
+      piece.style.width = `${part.share.toFixed(1)}%`;
+      bar.appendChild(piece);
+      const legend = document.createElement("span");
+      legend.className = `phase-${part.key}`;
+      legend.textContent = `${part.label} ${secondsText(part.seconds)} (${part.share.toFixed(0)}%)`;
+      if (i) text.appendChild(document.createTextNode(" · "));
+      text.appendChild(legend);
+    });
+    td.appendChild(bar);
+    td.appendChild(text);
+    body.appendChild(row);
+  }
+
   function addIterationRows(p) {
     if (proposals.querySelector(`tbody[data-iteration="${p.number}"]`)) return;  // rendered by the server
     const body = document.createElement("tbody");
@@ -144,6 +186,7 @@
                `${isNumber(measured) ? measured.toFixed(3) + " ms" : "—"} · holdout ` +
                `${pct(p.holdout_accuracy).toFixed(2)}%`, "th").colSpan = 5;
     body.appendChild(head);
+    addPhasesRow(body, p);
     (p.proposals || []).forEach((proposal) => {
       const chosen = proposal.group === p.chosen_group;
       const row = document.createElement("tr");
