@@ -43,6 +43,12 @@ def devices_of(model: torch.nn.Module) -> set[str]:
     return {t.device.type for t in [*model.parameters(), *model.buffers()]}
 
 
+def trainable(model: torch.nn.Module) -> bool:
+    """No parameter became an inference tensor (moved under inference mode), which no later
+    fine-tune could train."""
+    return not any(p.is_inference() for p in model.parameters())
+
+
 @pytest.fixture(scope="module")
 def original(digits8) -> torch.nn.Module:
     model, _ = trained_on(digits8, "cpu", 40)
@@ -131,7 +137,7 @@ def test_a_trained_model_comes_back_on_the_cpu(digits8, device):
     assert devices_of(model) == {"cpu"}
     assert loss == loss  # finite, not NaN
     accuracy(model, digits8.holdout, device=device)
-    assert devices_of(model) == {"cpu"}
+    assert devices_of(model) == {"cpu"} and trainable(model)
 
 
 def test_a_cancelled_fine_tune_also_leaves_the_model_on_the_cpu(digits8):
@@ -191,7 +197,8 @@ def test_cuda_train_steps_learns_and_hands_the_model_back_on_the_cpu(digits8):
     assert devices_of(model) == {"cpu"}
     assert loss == loss and loss < 2.3  # below chance (ln 10) after training
     assert accuracy(model, digits8.validation, device="cuda") > before
-    assert devices_of(model) == {"cpu"}
+    assert devices_of(model) == {"cpu"} and trainable(model)
+    train_steps(model, digits8.train, 5, lr=0.05, batch_size=64, seed=2)  # on, on the CPU
     # Same seeds on the GPU land close to the CPU's weights (not bitwise: other kernels).
     cpu_model, cpu_loss = trained_on(digits8, "cpu", 60)
     assert loss == pytest.approx(cpu_loss, abs=0.05)

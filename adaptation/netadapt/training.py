@@ -145,20 +145,24 @@ def steps_for_epochs(split: TensorSplit, epochs: float, batch_size: int) -> int:
     return int(round(epochs * math.ceil(len(split) / batch_size)))
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, split: TensorSplit, batch_size: int = 1000,
              device: DeviceLike = "cpu") -> float:
     """Top-1 accuracy (fraction) of ``model`` on ``split``, computed on ``device``; ``model`` is
-    back on the CPU afterwards."""
+    back on the CPU afterwards.
+
+    The model moves outside inference mode: moved there, its parameters would become inference
+    tensors that a later fine-tune cannot train.
+    """
     target = resolve_device(device)
     was_training = model.training
     model.eval()
     correct = 0
     model.to(target)
     try:
-        for images, labels in iterate_batches(split, batch_size, shuffle=False):
-            predicted = model(images.to(target)).argmax(dim=1)
-            correct += (predicted == labels.to(target)).sum().item()
+        with torch.inference_mode():
+            for images, labels in iterate_batches(split, batch_size, shuffle=False):
+                predicted = model(images.to(target)).argmax(dim=1)
+                correct += (predicted == labels.to(target)).sum().item()
     finally:
         model.to("cpu")
         model.train(was_training)
