@@ -121,8 +121,9 @@ def spec_of(regime: Regime):
     return ArchitectureSpec(regime.arch, 10, 1, regime.width, regime.resolution)
 
 
-def pretrained(regime: Regime, data, cache: Path) -> torch.nn.Module:
-    """The regime's starting network, trained once (seed 0) and cached."""
+def pretrained(regime: Regime, data, cache: Path, device: torch.device | str = "cpu"
+               ) -> torch.nn.Module:
+    """The regime's starting network, trained once (seed 0, on ``device``) and cached."""
     from adaptation.netadapt.export import export_pytorch, load_pytorch
     from adaptation.netadapt.training import accuracy, steps_for_epochs, train_steps
 
@@ -133,10 +134,11 @@ def pretrained(regime: Regime, data, cache: Path) -> torch.nn.Module:
     model = spec_of(regime).build()
     steps = steps_for_epochs(data.train, regime.pretrain_epochs, 128)
     print(f"[{regime.name}] pretraining {regime.pretrain_epochs:g} epochs ({steps} steps)...", flush=True)
-    train_steps(model, data.train, steps, lr=0.1, batch_size=128, seed=0, cosine=True)
+    train_steps(model, data.train, steps, lr=0.1, batch_size=128, seed=0, cosine=True, device=device)
     cache.mkdir(parents=True, exist_ok=True)
     export_pytorch(model, spec_of(regime), {}, path)
-    print(f"[{regime.name}] pretrained: holdout accuracy {accuracy(model, data.holdout):.4f}", flush=True)
+    print(f"[{regime.name}] pretrained: holdout accuracy "
+          f"{accuracy(model, data.holdout, device=device):.4f}", flush=True)
     return model
 
 
@@ -197,8 +199,9 @@ class Progress:
 
 
 def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysis, progress: Progress,
-                 measurer) -> None:
-    """One NetAdapt run, resumed from its last finished iteration when interrupted."""
+                 measurer, device: torch.device | str = "cpu") -> None:
+    """One NetAdapt run (fine-tunes on ``device``), resumed from its last finished iteration when
+    interrupted (on any device)."""
     from adaptation.netadapt.loop import AdaptState, FinishRecord, IterationRecord, NetAdapt, run_with
     from adaptation.netadapt.resources import LatencyTableModel, MacsModel
 
@@ -211,7 +214,7 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
     spent = state.start.get("bench_minutes", 0.0) if state else 0.0
     resource = LatencyTableModel(progress.table) if metric == "latency" else MacsModel()
     engine = NetAdapt(original, spec_of(regime).example_input(), data, config, resource,
-                      state=state, analysis=analysis)
+                      state=state, analysis=analysis, train_device=device)
     tick = time.perf_counter()
     finish = None
     for record in run_with(engine, measurer, progress.table):
@@ -233,7 +236,8 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
         "measured_ratio": finish.measured_ratio,
         "iterations": finish.iterations, "macs": iterations[-1]["macs"] if iterations else None,
         "minutes": spent + (time.perf_counter() - tick) / 60,
-        "predicted_ms": [_prediction(r) for r in iterations]})
+        "predicted_ms": [_prediction(r) for r in iterations],
+        "train_device": engine.train_device.type})
 
 
 def _prediction(record: dict) -> dict | None:
@@ -245,8 +249,9 @@ def _prediction(record: dict) -> dict | None:
 
 
 def run_uniform(regime: Regime, ratio: float, seed: int, original, data, analysis,
-                progress: Progress) -> None:
+                progress: Progress, device: torch.device | str = "cpu") -> None:
     from adaptation.netadapt.baselines import uniform_baseline
+    from adaptation.netadapt.training import resolve_device
 
     name = f"uniform x{ratio:g} s{seed}"
     if name in progress.rows:
@@ -254,12 +259,12 @@ def run_uniform(regime: Regime, ratio: float, seed: int, original, data, analysi
     config = adapt_config(regime, "latency", seed)
     tick = time.perf_counter()
     result = uniform_baseline(original, spec_of(regime).example_input(), analysis, data, config,
-                              ratio, regime.uniform_steps)
+                              ratio, regime.uniform_steps, device=device)
     progress.done(name, result.model, result.channels, {
         "regime": regime.name, "kind": "uniform", "seed": seed, "ratio": ratio,
         "config": config.to_dict(), "accuracy": result.validation_accuracy,
         "holdout_accuracy": result.holdout_accuracy, "macs": result.macs,
-        "minutes": (time.perf_counter() - tick) / 60})
+        "minutes": (time.perf_counter() - tick) / 60, "train_device": resolve_device(device).type})
     print(f"  [{regime.name} uniform s{seed}] x{ratio:g}: accuracy {result.validation_accuracy:.4f}",
           flush=True)
 
@@ -387,6 +392,9 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="a minutes-long run of the whole pipeline on tiny settings (checks "
                              "the code, not the method; writes no results file)")
+    parser.add_argument("--train-device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where fine-tunes run (auto: CUDA when torch sees a GPU); latency is "
+                             "always measured on this machine's CPU (default: %(default)s)")
     parser.add_argument("--report", nargs="?", const=str(FULL_RESULTS), default=None, metavar="FILE",
                         help="recompute and print the summary of FILE; train nothing")
     args = parser.parse_args()
@@ -394,7 +402,13 @@ def main() -> int:
         return report(Path(args.report))
 
     from adaptation.netadapt.graph import NetworkAnalysis
+    from adaptation.netadapt.training import resolve_device
     from devices.measure import LocalMeasurer, MeasureProtocol
+
+    try:
+        device = resolve_device(args.train_device)
+    except ValueError as error:
+        parser.error(str(error))
 
     torch.set_num_threads(1)  # fine-tunes on one core leave the other to measurements' neighbours
     regimes = [REGIMES[name] for name in args.regime]
@@ -412,20 +426,22 @@ def main() -> int:
     rows: list[dict] = []
     for regime in regimes:
         data = regime_data(regime, args.split)
-        original = pretrained(regime, data, Path(args.cache))
+        original = pretrained(regime, data, Path(args.cache), device)
         analysis = NetworkAnalysis(original, spec_of(regime).example_input())
         progress = Progress(Path(args.out) / args.split / regime.name, regime, measurer)
         for seed in args.seeds:
             if args.stage == "all":
                 for metric in ("latency", "macs"):
-                    run_netadapt(regime, metric, seed, original, data, analysis, progress, measurer)
+                    run_netadapt(regime, metric, seed, original, data, analysis, progress, measurer,
+                                 device)
             for ratio in regime.ratios:
-                run_uniform(regime, ratio, seed, original, data, analysis, progress)
+                run_uniform(regime, ratio, seed, original, data, analysis, progress, device)
         measure_all(regime, progress, original)
         from adaptation.netadapt.training import accuracy
 
         rows.append({"regime": regime.name, "kind": "original", "seed": None, "split": args.split,
-                     "accuracy": accuracy(original, data.validation),
+                     "accuracy": accuracy(original, data.validation, device=device),
+                     "train_device": device.type,
                      "latency": progress.original_latency, "channels": {}})
         rows += [{**row, "split": args.split, "name": name}
                  for name, row in progress.rows.items() if row["seed"] in args.seeds]

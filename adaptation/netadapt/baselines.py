@@ -19,7 +19,7 @@ from .config import AdaptConfig
 from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, pruned_copy
 from .loop import long_term_finetune
-from .training import TrainingHook, accuracy, train_steps
+from .training import DeviceLike, TrainingHook, accuracy, train_steps
 
 
 def uniform_channels(channels: Mapping[str, int], ratio: float, step: int) -> ChannelConfig:
@@ -52,20 +52,23 @@ class BaselineResult:
 
 def uniform_baseline(model: nn.Module, example_input: torch.Tensor, analysis: NetworkAnalysis,
                      data: DatasetSplits, config: AdaptConfig, ratio: float,
-                     short_term_steps_total: int, hook: TrainingHook | None = None) -> BaselineResult:
+                     short_term_steps_total: int, hook: TrainingHook | None = None,
+                     device: DeviceLike = "cpu") -> BaselineResult:
     """Shrink every group by ``ratio`` and fine-tune it as long as NetAdapt's chosen lineage was:
     ``short_term_steps_total`` steps at the short-term rate, then the long-term fine-tune
-    (``hook``: see ``training.TrainingHook``)."""
+    (``hook``: see ``training.TrainingHook``), on ``device``; the result's model is on the CPU."""
     start = time.perf_counter()
     channels = uniform_channels(analysis.original_config(), ratio, config.channel_step)
     pruned = pruned_copy(model, example_input, channels)
     train_steps(pruned, data.train, short_term_steps_total, lr=config.short_term_lr,
                 batch_size=config.batch_size, momentum=config.momentum,
-                weight_decay=config.weight_decay, seed=config.seed + 104729, hook=hook)
+                weight_decay=config.weight_decay, seed=config.seed + 104729, hook=hook,
+                device=device)
     if config.long_term_epochs:
-        long_term_finetune(pruned, data, config, hook)
+        long_term_finetune(pruned, data, config, hook, device)
     signatures = analysis.signatures(channels)
     return BaselineResult(f"uniform x{ratio:g}", ratio, channels,
                           sum(s.macs() for s in signatures), sum(s.params() for s in signatures),
-                          accuracy(pruned, data.holdout), accuracy(pruned, data.validation),
+                          accuracy(pruned, data.holdout, device=device),
+                          accuracy(pruned, data.validation, device=device),
                           time.perf_counter() - start, pruned)

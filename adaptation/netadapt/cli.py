@@ -25,7 +25,7 @@ from .models import ARCHITECTURES
 from .report import plot_tradeoff, write_csv, write_json
 from .resources import METRICS, LatencyTableModel, WholeNetworkLatencyModel, exact_model
 from .spec import ArchitectureSpec
-from .training import accuracy, steps_for_epochs, train_steps
+from .training import TRAIN_DEVICES, accuracy, resolve_device, steps_for_epochs, train_steps
 
 RUNTIME_CHOICES = ("onnxruntime", "torch", "torchscript")
 
@@ -102,6 +102,22 @@ def _common_data_args(parser: argparse.ArgumentParser) -> None:
                         help="seed of the data split, shuffling and fine-tunes (default: %(default)s)")
 
 
+def _train_device(text: str) -> torch.device:
+    """``--train-device``: resolved at parse time, so asking for a missing GPU fails at once."""
+    try:
+        return resolve_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _train_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-device", type=_train_device, default="auto",
+                        metavar="|".join(TRAIN_DEVICES),
+                        help="where fine-tunes and accuracy evaluations run: auto (CUDA when "
+                             "torch sees a GPU, else the CPU), cpu or cuda; latency is always "
+                             "measured on the target device (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m adaptation.netadapt",
@@ -120,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training epochs (default: %(default)s)")
     pre.add_argument("--lr", type=_setting("pretrain_lr"), default=0.1, help="peak SGD rate, cosine (default: 0.1)")
     pre.add_argument("--out", required=True, help="model file to write")
+    _train_device_arg(pre)
 
     ada = sub.add_parser("adapt", help="run NetAdapt and write results, plot and models",
                          description="Run NetAdapt on a trained model and write results.json, "
@@ -127,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the final model as ONNX, TorchScript and PyTorch.")
     ada.add_argument("--model", required=True, help="model file written by pretrain or adapt")
     _common_data_args(ada)
+    _train_device_arg(ada)
     ada.add_argument("--metric", default="latency", choices=METRICS,
                      help="resource that drives the adaptation: measured latency, or MACs / "
                           "parameters for comparison (default: latency)")
@@ -191,11 +209,12 @@ def pretrain(args: argparse.Namespace) -> None:
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
         train_steps(model, data.train, steps, lr=args.lr, batch_size=args.batch_size,
-                    seed=args.seed, cosine=True, on_step=on_step)
+                    seed=args.seed, cosine=True, on_step=on_step, device=args.train_device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     export_pytorch(model, spec, {}, out)
-    print(f"validation accuracy {accuracy(model, data.validation):.4f}; wrote {out}")
+    print(f"validation accuracy {accuracy(model, data.validation, device=args.train_device):.4f} "
+          f"(trained on {args.train_device.type}); wrote {out}")
 
 
 def _check_fits(model: torch.nn.Module, spec: ArchitectureSpec, data: DatasetSplits) -> None:
@@ -279,12 +298,14 @@ def adapt(args: argparse.Namespace) -> None:
                              "use the same options as the interrupted run")
     example = spec.example_input()
     analysis = NetworkAnalysis(original, example)
-    engine = NetAdapt(original, example, data, config, resource, state=state, analysis=analysis)
+    engine = NetAdapt(original, example, data, config, resource, state=state, analysis=analysis,
+                      train_device=args.train_device)
     service = _Measurements(measurer, table, table_path)
     results = {"config": config.to_dict(), "architecture": spec.to_dict(),
                "dataset": data.summary(), "device": device_facts(),
                "runtime": {"name": measurer.runtime_name, "version": measurer.runtime_version,
-                           "threads": measurer.threads}, "groups": analysis.group_names}
+                           "threads": measurer.threads}, "groups": analysis.group_names,
+               "train_device": args.train_device.type}
     finish = None
     bar = None
     for record in engine.run():
@@ -340,7 +361,8 @@ def _baselines(args, original, example, analysis, data, config, state, measurer,
     steps_total = state.iteration * config.short_term_steps
     models = []
     for ratio in tqdm(ratios, desc="uniform baselines", leave=False):
-        baseline = uniform_baseline(original, example, analysis, data, config, ratio, steps_total)
+        baseline = uniform_baseline(original, example, analysis, data, config, ratio, steps_total,
+                                    device=args.train_device)
         results.append(baseline.to_dict())
         models.append(baseline.model)
     if models:

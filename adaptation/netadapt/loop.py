@@ -37,7 +37,7 @@ from .resources import Estimate, LatencyTableModel, ResourceModel
 from .schedule import iteration_target, unreachable_warning
 from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
                     plan_iteration, plan_signatures, select_proposal)
-from .training import TrainingHook, accuracy, steps_for_epochs, train_steps
+from .training import DeviceLike, TrainingHook, accuracy, resolve_device, steps_for_epochs, train_steps
 
 
 #: Where an iteration's wall time goes (``IterationRecord.phases_s``), in display order; the
@@ -213,14 +213,14 @@ class AdaptState:
 
 
 def long_term_finetune(model: nn.Module, data: DatasetSplits, config: AdaptConfig,
-                       hook: TrainingHook | None = None) -> float:
+                       hook: TrainingHook | None = None, device: DeviceLike = "cpu") -> float:
     """Fine-tune for ``config.long_term_epochs`` epochs (cosine learning rate; ``hook``: see
-    ``training.TrainingHook``); returns seconds."""
+    ``training.TrainingHook``) on ``device``; returns seconds."""
     start = time.perf_counter()
     steps = steps_for_epochs(data.train, config.long_term_epochs, config.batch_size)
     train_steps(model, data.train, steps, lr=config.long_term_lr, batch_size=config.batch_size,
                 momentum=config.momentum, weight_decay=config.weight_decay,
-                seed=config.seed + 7919, cosine=True, hook=hook)
+                seed=config.seed + 7919, cosine=True, hook=hook, device=device)
     return time.perf_counter() - start
 
 
@@ -229,12 +229,16 @@ class NetAdapt:
 
     ``hook`` is passed to every fine-tune the engine runs itself (the proposals' short-term ones
     unless delegated, and the long-term one): see ``training.TrainingHook``.
+    ``train_device`` ("auto", "cpu", "cuda": ``training.resolve_device``) is where those fine-tunes
+    and the accuracy evaluations run; it is a runtime choice, not part of ``config``, so a run
+    started on one machine resumes on another. Latency is always measured on the target device.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, data: DatasetSplits,
                  config: AdaptConfig, resource: ResourceModel, state: AdaptState | None = None,
                  analysis: NetworkAnalysis | None = None, delegate_evaluation: bool = False,
-                 hook: TrainingHook | None = None) -> None:
+                 hook: TrainingHook | None = None, train_device: DeviceLike = "cpu") -> None:
+        self.train_device = resolve_device(train_device)
         if resource.metric != config.metric:
             raise ValueError(f"config asks for metric '{config.metric}' but the resource model "
                              f"measures '{resource.metric}'")
@@ -357,9 +361,9 @@ class NetAdapt:
                                       config.decay, config.max_iterations)
         if warning:
             warnings.append(warning)
-        holdout = accuracy(self.original, self.data.holdout)
+        holdout = accuracy(self.original, self.data.holdout, device=self.train_device)
         start = StartRecord(resource, measured, budget, holdout,
-                            accuracy(self.original, self.data.validation),
+                            accuracy(self.original, self.data.validation, device=self.train_device),
                             sum(s.macs() for s in signatures), sum(s.params() for s in signatures),
                             warnings)
         self.state = AdaptState(config, 0, channels, copy.deepcopy(self.original.state_dict()),
@@ -424,7 +428,7 @@ class NetAdapt:
             evaluated = request.results
         else:
             evaluated = [evaluate_proposal(model, self.example_input, proposal, self.data, config, i,
-                                           hook=self.hook)
+                                           hook=self.hook, device=self.train_device)
                          for proposal in plan.proposals]
         results = [result for result, _ in evaluated]
         if not self.delegate_evaluation:  # delegated ones ran elsewhere, while the caller waited
@@ -503,7 +507,7 @@ class NetAdapt:
             long_term_s = state.pending["long_term_s"]
         else:
             model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
-            long_term_s = (long_term_finetune(model, self.data, config, self.hook)
+            long_term_s = (long_term_finetune(model, self.data, config, self.hook, self.train_device)
                            if config.long_term_epochs else 0.0)
             state.pending = {"phase": "finish", "model_state": copy.deepcopy(model.state_dict()),
                              "long_term_s": long_term_s}
@@ -516,7 +520,8 @@ class NetAdapt:
                 ("final", model, state.channels))
         yield FinishRecord(dict(state.channels), resource, state.budget,
                            resource.value <= state.budget, state.iteration,
-                           accuracy(model, self.data.holdout), accuracy(model, self.data.validation),
+                           accuracy(model, self.data.holdout, device=self.train_device),
+                           accuracy(model, self.data.validation, device=self.train_device),
                            ab_original, ab_final, long_term_s, model)
 
 

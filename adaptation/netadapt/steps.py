@@ -18,7 +18,7 @@ from .config import AdaptConfig
 from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, pruned_copy
 from .resources import Estimate, ResourceModel
-from .training import TrainingHook, accuracy, train_steps
+from .training import DeviceLike, TrainingHook, accuracy, train_steps
 
 
 class NoProposalError(RuntimeError):
@@ -145,17 +145,20 @@ def proposal_seed(seed: int, iteration: int, group_index: int) -> int:
 
 def evaluate_proposal(model: nn.Module, example_input: torch.Tensor, proposal: Proposal,
                       data: DatasetSplits, config: AdaptConfig, iteration: int,
-                      hook: TrainingHook | None = None) -> tuple[ProposalResult, nn.Module]:
+                      hook: TrainingHook | None = None, device: DeviceLike = "cpu"
+                      ) -> tuple[ProposalResult, nn.Module]:
     """Prune a copy of ``model`` (L2 selection), short-term fine-tune it (``hook``: see
-    ``training.TrainingHook``), score it on the holdout."""
+    ``training.TrainingHook``), score it on the holdout; training and scoring run on ``device``,
+    the returned candidate is on the CPU."""
     start = time.perf_counter()
     candidate = pruned_copy(model, example_input, {proposal.group: proposal.channels})
     loss = train_steps(candidate, data.train, config.short_term_steps, lr=config.short_term_lr,
                        batch_size=config.batch_size, momentum=config.momentum,
                        weight_decay=config.weight_decay,
-                       seed=proposal_seed(config.seed, iteration, proposal.group_index), hook=hook)
+                       seed=proposal_seed(config.seed, iteration, proposal.group_index), hook=hook,
+                       device=device)
     finetuned = time.perf_counter()
-    holdout = accuracy(candidate, data.holdout)
+    holdout = accuracy(candidate, data.holdout, device=device)
     result = ProposalResult(proposal, holdout, loss, finetuned - start, time.perf_counter() - finetuned)
     return result, candidate
 

@@ -1,4 +1,10 @@
-"""Fine-tuning and evaluation on in-memory datasets (plain SGD with momentum, CPU friendly)."""
+"""Fine-tuning and evaluation on in-memory datasets (plain SGD with momentum, CPU friendly).
+
+Both run on an explicit training device (``resolve_device``): the datasets stay in CPU memory and
+move one batch at a time; the model moves there for the call and comes back to the CPU afterwards,
+so pruning, export, measurement and checkpoints only ever see CPU tensors. Latency is never
+measured on the training device.
+"""
 from __future__ import annotations
 
 import math
@@ -15,6 +21,31 @@ def _endless_batches(split: TensorSplit, batch_size: int, generator: torch.Gener
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from iterate_batches(split, batch_size, shuffle=True, generator=generator)
+
+
+#: The training devices a user may ask for: "auto" is CUDA when torch sees a GPU, else the CPU.
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+
+#: What a device argument may be: one of ``TRAIN_DEVICES`` or an already resolved device.
+DeviceLike = str | torch.device
+
+
+def resolve_device(name: DeviceLike = "auto") -> torch.device:
+    """The ``torch.device`` of a training device ``name`` (see ``TRAIN_DEVICES``).
+
+    Raises ``ValueError`` with a clear message for an unknown name or for "cuda" on a machine
+    where torch sees no GPU, instead of failing later inside a fine-tune.
+    """
+    if isinstance(name, torch.device):
+        name = name.type
+    if name not in TRAIN_DEVICES:
+        raise ValueError(f"unknown training device '{name}': choose one of {', '.join(TRAIN_DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training device 'cuda' was asked for but torch sees no CUDA GPU on this "
+                         "machine; use 'auto' or 'cpu'")
+    return torch.device(name)
 
 
 #: Steps between two calls of a training hook: a cancel stops a fine-tune within this many steps.
@@ -48,17 +79,34 @@ class Cancelled(Exception):
 def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, batch_size: int,
                 seed: int, momentum: float = 0.9, weight_decay: float = 4e-5,
                 cosine: bool = False, on_step: Callable[[int, float], None] | None = None,
-                hook: TrainingHook | None = None) -> float:
+                hook: TrainingHook | None = None, device: DeviceLike = "cpu") -> float:
     """Run ``steps`` SGD steps on ``split``; returns the mean loss of the last 10% of steps.
 
-    Shuffling and dropout are seeded by ``seed`` alone, so the same call gives the same weights.
-    ``hook`` (see ``TrainingHook``) is called every ``HOOK_EVERY`` steps; a ``Cancelled`` it
-    raises leaves here with ``steps_done`` set.
+    Shuffling and dropout are seeded by ``seed`` alone, so the same call gives the same weights
+    (on the CPU; CUDA kernels are not bitwise deterministic). ``hook`` (see ``TrainingHook``) is
+    called every ``HOOK_EVERY`` steps; a ``Cancelled`` it raises leaves here with ``steps_done``
+    set. The steps run on ``device`` (see ``resolve_device``); ``model`` is back on the CPU when
+    this returns or raises.
     """
     if steps <= 0:
         return float("nan")
+    target = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    model.to(target)
+    try:
+        return _train(model, split, steps, target, generator, lr=lr, batch_size=batch_size,
+                      momentum=momentum, weight_decay=weight_decay, cosine=cosine,
+                      on_step=on_step, hook=hook)
+    finally:
+        model.to("cpu")
+
+
+def _train(model: nn.Module, split: TensorSplit, steps: int, device: torch.device,
+           generator: torch.Generator, *, lr: float, batch_size: int, momentum: float,
+           weight_decay: float, cosine: bool, on_step: Callable[[int, float], None] | None,
+           hook: TrainingHook | None) -> float:
+    """The loop of ``train_steps`` with ``model`` already on ``device``."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, nesterov=momentum > 0)
     model.train()
@@ -77,6 +125,7 @@ def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, 
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
         images, labels = next(batches)
+        images, labels = images.to(device), labels.to(device)
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,13 +145,25 @@ def steps_for_epochs(split: TensorSplit, epochs: float, batch_size: int) -> int:
     return int(round(epochs * math.ceil(len(split) / batch_size)))
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, split: TensorSplit, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction) of ``model`` on ``split``."""
+def accuracy(model: nn.Module, split: TensorSplit, batch_size: int = 1000,
+             device: DeviceLike = "cpu") -> float:
+    """Top-1 accuracy (fraction) of ``model`` on ``split``, computed on ``device``; ``model`` is
+    back on the CPU afterwards.
+
+    The model moves outside inference mode: moved there, its parameters would become inference
+    tensors that a later fine-tune cannot train.
+    """
+    target = resolve_device(device)
     was_training = model.training
     model.eval()
     correct = 0
-    for images, labels in iterate_batches(split, batch_size, shuffle=False):
-        correct += (model(images).argmax(dim=1) == labels).sum().item()
-    model.train(was_training)
+    model.to(target)
+    try:
+        with torch.inference_mode():
+            for images, labels in iterate_batches(split, batch_size, shuffle=False):
+                predicted = model(images.to(target)).argmax(dim=1)
+                correct += (predicted == labels.to(target)).sum().item()
+    finally:
+        model.to("cpu")
+        model.train(was_training)
     return correct / max(1, len(split))
