@@ -104,6 +104,23 @@ def stranger(django_user_model):
 
 
 @pytest.fixture
+def api(owner):
+    """The owner's REST client, authenticated with their API token as a script would be."""
+    from tests.user_objects import client_of
+
+    return client_of(owner)
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """Ids of the jobs the views and the API hand to the runner (``adaptation.tasks.enqueue_job``);
+    nothing is sent."""
+    calls = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_job", lambda job: calls.append(job.pk))
+    return calls
+
+
+@pytest.fixture
 def system_device(db):
     """"This server's CPU", as ``manage.py bootstrap`` creates it."""
     from tests.user_objects import system_device as bootstrapped_system_device

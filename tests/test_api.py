@@ -23,7 +23,7 @@ from adaptation.netadapt.spec import ArchitectureSpec
 from devices.models import Device
 from tests.conftest import PASSWORD
 from tests.stored_files import files_under, torch_bytes
-from tests.user_objects import add_device, upload_dataset, upload_model
+from tests.user_objects import add_device, client_of, upload_dataset, upload_model
 
 pytestmark = pytest.mark.django_db
 
@@ -40,28 +40,9 @@ def good_weights() -> bytes:
     return torch_bytes(SPEC.build().state_dict())
 
 
-def client_of(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
-
-
-@pytest.fixture
-def api(owner) -> APIClient:
-    return client_of(owner)
-
-
 @pytest.fixture
 def stranger_api(stranger) -> APIClient:
     return client_of(stranger)
-
-
-@pytest.fixture
-def enqueued(monkeypatch):
-    """Ids of the jobs handed to ``adaptation.tasks.enqueue_job``; nothing is sent."""
-    calls = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_job", lambda job: calls.append(job.pk))
-    return calls
 
 
 @pytest.fixture(autouse=True)

@@ -22,14 +22,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.services]
 
 
 @pytest.fixture
-def enqueued(monkeypatch):
-    """Ids of the jobs the views hand to the runner (``adaptation.tasks.enqueue_job``); nothing is sent."""
-    calls = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_job", lambda job: calls.append(job.pk))
-    return calls
-
-
-@pytest.fixture
 def media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     return tmp_path

@@ -57,13 +57,6 @@ def owner_client(client, owner):
     return client
 
 
-@pytest.fixture
-def api(owner):
-    client = APIClient()
-    client.force_authenticate(owner)
-    return client
-
-
 def page(response) -> str:
     return " ".join(response.content.decode().split())
 

@@ -11,8 +11,6 @@ import torch
 import torch.nn as nn
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from adaptation.models import ModelUpload
 from adaptation.netadapt import onnx_import
@@ -43,13 +41,6 @@ def good_onnx(plain_cnn) -> bytes:
 @pytest.fixture
 def owner_client(client, owner):
     client.force_login(owner)
-    return client
-
-
-@pytest.fixture
-def api(owner) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=owner)[0].key}")
     return client
 
 

@@ -29,7 +29,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from adaptation.models import ModelUpload
 from adaptation.netadapt import onnx_import
@@ -113,13 +112,6 @@ def good_onnx() -> bytes:
     torch.manual_seed(0)
     return onnx_bytes(trained_like(PLAIN.build()).eval(), PLAIN.example_input(),
                       dynamic_axes={"input": {0: "batch"}})
-
-
-@pytest.fixture
-def api(owner) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=owner)[0].key}")
-    return client
 
 
 @pytest.fixture

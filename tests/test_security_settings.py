@@ -7,8 +7,6 @@ import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from adaptation.models import Job
 from adaptation.netadapt.config import AdaptConfig
@@ -20,21 +18,6 @@ pytestmark = pytest.mark.django_db
 
 API = "/api/v1"
 SPEC = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=0.25, resolution=8)
-
-
-@pytest.fixture
-def enqueued(monkeypatch):
-    """Ids of the jobs handed to ``adaptation.tasks.enqueue_job``; nothing is sent."""
-    calls = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_job", lambda job: calls.append(job.pk))
-    return calls
-
-
-@pytest.fixture
-def api(owner) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=owner)[0].key}")
-    return client
 
 
 @pytest.fixture

@@ -155,3 +155,13 @@ def builtin_dataset(builtin_name: str = "digits") -> Dataset:
     label = dict(Dataset.BUILTIN_CHOICES)[builtin_name]
     Command(stdout=io.StringIO()).ensure_builtin_dataset(builtin_name, label)
     return Dataset.objects.get(owner=None, builtin_name=builtin_name)
+
+
+def client_of(user):
+    """A REST client that sends ``user``'s API token, as a script would."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    return client
