@@ -3,7 +3,8 @@
 Every process appends what it does to one shared log file (``O_APPEND``: each line lands whole) at
 moments where the lock orders it: a trainer writes ``start`` once it holds the host and ``end``
 before its checkpoint lets go of it; a measurer writes ``asked`` before it asks, ``got`` once it
-holds the host exclusively and ``done`` before it releases it. The assertions read the order of
+holds the host exclusively and ``done`` before it releases it; ``asked`` is written once it has
+taken the intent (from then on no chunk may start). The assertions read the order of
 those lines, never durations.
 """
 from __future__ import annotations
@@ -46,8 +47,7 @@ def _trainer(folder: str, log: str, name: str, stop, started) -> None:
 def _measurer(folder: str, log: str, times: int, name: str = "m") -> None:
     lock = HostLock(folder)
     for n in range(times):
-        _log(log, f"{name} asked {n}")
-        with lock.measuring(wait_s=None) as hold:
+        with lock.measuring(wait_s=None, on_intent=lambda: _log(log, f"{name} asked {n}")) as hold:
             _log(log, f"{name} got {n} {int(hold.acquired)} {hold.trainers}")
             sum(i * i for i in range(5_000))  # the timing
             _log(log, f"{name} done {n}")
@@ -77,33 +77,30 @@ def _start(target, *args):
 
 
 def _check_measurements(lines: list[list[str]], trainers: list[str]) -> int:
-    """Assert that no chunk ran during a measurement and that each measurement waited for at most
-    one chunk of each trainer, plus one for each measurement that went before it (measurers take
-    turns; a trainer may run a chunk between two turns); returns how many measurements had to
-    wait for a running chunk."""
+    """Assert that no chunk ran during a measurement, that no chunk started while one was pending,
+    and that each measurement waited for at most one chunk of each trainer; returns how many
+    measurements had to wait for a running chunk."""
     running: set[str] = set()
     measuring: str | None = None
     ended_since_asked: dict[str, dict[str, int]] = {}  # per waiting measurer: chunks ended since it asked
-    turns_before: dict[str, int] = {}  # per waiting measurer: other measurements done since it asked
     waited = 0
     for who, what, *rest in lines:
         if who.startswith("m"):
             if what == "asked":
+                assert not ended_since_asked, f"{who} and {set(ended_since_asked)} both hold the intent"
                 ended_since_asked[who] = {name: 0 for name in trainers}
-                turns_before[who] = 0
             elif what == "got":
                 assert not running, f"a measurement started while {running} computed"
                 assert measuring is None, f"{who} measured during {measuring}'s measurement"
-                ended, before = ended_since_asked.pop(who), turns_before.pop(who)
-                assert all(count <= 1 + before for count in ended.values()), (who, ended, before)
+                ended = ended_since_asked.pop(who)
+                assert all(count <= 1 for count in ended.values()), (who, ended)
                 waited += any(ended.values())
                 measuring = who
             elif what == "done":
                 measuring = None
-                for other in turns_before:
-                    turns_before[other] += 1
         elif what == "start":
             assert measuring is None, f"{who} started a chunk during {measuring}'s measurement"
+            assert not ended_since_asked, f"{who} started a chunk while {set(ended_since_asked)} was pending"
             running.add(who)
         elif what == "end":
             running.discard(who)

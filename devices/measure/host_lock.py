@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 #: Longest gap between two tries of a lock wanted within a bounded wait (seconds).
 POLL_MAX_S = 0.05
@@ -85,11 +86,13 @@ class HostLock:
 
     # ------------------------------------------------------------------ the measurer's side
 
-    def measuring(self, wait_s: float | None = None) -> "Measuring":
+    def measuring(self, wait_s: float | None = None,
+                  on_intent: Callable[[], None] | None = None) -> "Measuring":
         """A context manager that holds the host exclusively (``with lock.measuring(60) as hold``);
         ``hold.acquired`` is False when running chunks did not end within ``wait_s`` seconds
-        (the measurement then runs with new chunks held back, but not alone)."""
-        return Measuring(self, wait_s)
+        (the measurement then runs with new chunks held back, but not alone). ``on_intent`` is
+        called once the intent is taken (no new chunk starts from then on), before the wait."""
+        return Measuring(self, wait_s, on_intent)
 
     def running_trainers(self) -> int:
         """How many trainers are registered and alive; removes the files of dead ones."""
@@ -118,9 +121,11 @@ class HostLock:
 class Measuring:
     """The exclusive hold of a measurement; see ``HostLock.measuring``."""
 
-    def __init__(self, lock: HostLock, wait_s: float | None) -> None:
+    def __init__(self, lock: HostLock, wait_s: float | None,
+                 on_intent: Callable[[], None] | None = None) -> None:
         self.lock = lock
         self.wait_s = wait_s
+        self.on_intent = on_intent
         self.hold: Hold | None = None
         self._fds: list[int] = []
 
@@ -130,6 +135,8 @@ class Measuring:
         self._fds.append(intent)
         fcntl.flock(intent, fcntl.LOCK_EX)  # measurers take turns; each holds it for one measurement
         trainers = self.lock.running_trainers()
+        if self.on_intent is not None:
+            self.on_intent()
         host = _open(self.lock.host_path)
         self._fds.append(host)
         left = None if self.wait_s is None else max(0.0, self.wait_s - (time.monotonic() - started))
