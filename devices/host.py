@@ -78,7 +78,9 @@ class HostNote:
             times = "once" if self.retaken == 1 else f"{self.retaken} times"
             parts.append(f"retaken {times} ({'; '.join(self.why[:self.retaken])})")
         if self.kept_disturbed:
-            parts.append(f"kept the best of {self.retaken + 1} disturbed attempts ({self.why[-1]})")
+            kept = (f"kept the best of {self.retaken + 1} disturbed attempts" if self.retaken
+                    else "kept a disturbed attempt")
+            parts.append(f"{kept} ({self.why[-1]})")
         elif not self.held:
             parts.append("measured without the host to itself")
         return f"The measurement of {what} " + "; ".join(parts or ["took the host at once"]) + "."

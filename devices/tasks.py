@@ -64,11 +64,9 @@ def run_request(request: MeasurementRequest) -> None:
         rank = (not hold.acquired, max(attempt_spreads, default=0.0))
         if rank < best:
             best, results, note.held = rank, attempt, hold.acquired
-    if why and note.retaken:
+    if why:  # the retakes ran out (or there were none to take): the best attempt is kept, and said
         note.why.append(why)
         note.kept_disturbed = True
-    elif why:
-        note.why.append(why)
     complete_request(request, results, version, host_lock=note.to_dict(),
                      host_message=note.describe(request.reason) if note.worth_telling() else "")
 

@@ -21,7 +21,7 @@ from devices.models import MeasurementRequest
 from devices.requests import open_request
 from devices.tasks import measure_request
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 # A MACs job (its proposals need no measurement) whose short-term fine-tune is far longer than
 # the test: the cancel at the end stops it.
@@ -74,3 +74,43 @@ def test_a_measurement_of_this_host_pauses_a_running_proposal_fine_tune(
                                            stopped[0]), stopped
     assert Job.objects.get(pk=job_id).status == "cancelled"
     assert host_lock().running_trainers() == 0  # the stopped fine-tune holds nothing
+
+
+def test_a_measurement_that_cannot_have_the_host_is_retaken_then_kept_and_the_job_log_says_so(
+        settings, owner, make_job, system_device, workers, sent_run_job):
+    settings.HOST_LOCK_WAIT_SECONDS, settings.MEASURE_RETAKES = 0.05, 1
+    job = make_job(owner, settings=SETTINGS)
+    spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
+    request = open_request(owner=owner, device=system_device, job=job, reason="iteration 3 network",
+                           runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
+                           networks=[describe_network(spec, {}, "iteration 3")])
+    with host_lock().trainer() as stuck:  # holds the host and never reaches its next checkpoint
+        stuck.checkpoint()
+        assert measure_request(request.pk) == "done"
+    request.refresh_from_db()
+    assert request.status == "done" and request.results[0]["min_ms"] > 0  # kept, not failed
+    note = request.host_lock
+    assert (note["held"], note["retaken"], note["kept_disturbed"], note["trainers"]) == (False, 1, True, 1)
+    assert note["why"] == ["the host was not free within 0.05 s"] * 2
+    lines = [e.payload["message"] for e in JobEvent.objects.filter(job=job, type="job.log")]
+    assert ("The measurement of iteration 3 network waited" in lines[-1] and "for 1 fine-tune on this host" in lines[-1]
+            and "retaken once (the host was not free within 0.05 s)" in lines[-1]
+            and "kept the best of 2 disturbed attempts" in lines[-1]), lines
+
+
+def test_a_measurement_on_a_quiet_host_is_taken_once_and_not_told(owner, make_job, system_device, workers,
+                                                                  sent_run_job, settings):
+    settings.MEASURE_RETAKES = 0  # whatever the spread on a busy test machine: one attempt
+    job = make_job(owner, settings=SETTINGS)
+    spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
+    request = open_request(owner=owner, device=system_device, job=job, reason="original network",
+                           runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
+                           networks=[describe_network(spec, {}, "original")])
+    assert measure_request(request.pk) == "done"
+    request.refresh_from_db()
+    assert (request.host_lock["held"], request.host_lock["trainers"], request.host_lock["retaken"]) == (True, 0, 0)
+    lines = [e.payload["message"] for e in JobEvent.objects.filter(job=job, type="job.log")]
+    told = [line for line in lines if line.startswith("The measurement of original network")]
+    # Told only when its spread was too wide for the protocol (then kept, and said so).
+    assert told == ([f"The measurement of original network kept a disturbed attempt ({request.host_lock['why'][0]})."]
+                    if request.host_lock["why"] else []), told
