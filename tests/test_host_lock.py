@@ -184,3 +184,26 @@ def test_a_trainer_that_left_holds_nothing(tmp_path):
 def test_an_idle_host_is_had_at_once(tmp_path, wait_s):
     with HostLock(tmp_path / "new" / "folder").measuring(wait_s) as hold:
         assert hold.acquired and hold.trainers == 0
+
+
+def test_a_fine_tune_holds_the_host_between_its_hooks_and_lets_go_at_its_end(tmp_path):
+    import torch
+    from torch import nn
+
+    from adaptation.netadapt.data import TensorSplit
+    from adaptation.netadapt.training import train_steps
+    from devices.host import HostTurns
+
+    lock = HostLock(tmp_path)
+    turns = HostTurns(lock)
+    seen: list[tuple[int, bool, int]] = []
+
+    def hook(done: int, total: int) -> None:
+        turns(done, total)
+        with lock.measuring(wait_s=0) as hold:  # a measurement asking now finds the host taken
+            seen.append((done, hold.acquired, hold.trainers))
+
+    split = TensorSplit(torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    train_steps(model, split, 30, lr=0.01, batch_size=16, seed=0, hook=hook)
+    assert seen == [(0, False, 1), (25, False, 1), (30, True, 0)]  # held while it trains, free at the end
