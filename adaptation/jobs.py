@@ -49,6 +49,7 @@ from adaptation.netadapt.steps import ProposalResult
 from adaptation.netadapt.training import Cancelled
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   fruitless_sends, load_evaluations)
+from devices.host import HostTurns
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import MeasurementRequest
@@ -129,13 +130,16 @@ class JobRunner:
         self.engine: NetAdapt | None = None
         self.spec: ArchitectureSpec | None = None
         self.evaluated_by: list[str | None] = []  # the worker of each proposal of the iteration
+        self.paused: list[dict | None] = []  # how each proposal's fine-tune paused for measurements
+        self.turns = HostTurns()  # this worker's part in the host lock, through the training hook
+        self._pauses_at_start, self._paused_s_at_start = 0, 0.0
 
     # ------------------------------------------------------------------ the run and its endings
 
     def run(self) -> str:
         """Run the job; returns its final status, or "lost" when another worker holds it now."""
         try:
-            with LeaseKeeper(self.job.pk, self.worker) as keeper:
+            with LeaseKeeper(self.job.pk, self.worker) as keeper, self.turns:
                 self.keeper = keeper
                 return self._run_guarded()
         except Exception:  # only the bookkeeping of a failure can land here (database down...)
@@ -230,8 +234,10 @@ class JobRunner:
                 name = self.files.save_iteration(record.iteration, record.model, spec, record.channels)
                 self.files.save_checkpoint(engine.state)
                 stored = record.to_dict()
-                for proposal, worker in zip(stored["proposals"], self.evaluated_by):
+                for proposal, worker, paused in zip(stored["proposals"], self.evaluated_by, self.paused):
                     proposal["worker"] = worker
+                    if paused and paused.get("count"):
+                        proposal["paused"] = paused
                 self._record_iteration(stored, name)
                 discard_evaluations(self.job.pk, record.iteration)
             elif isinstance(record, FinishRecord):
@@ -283,12 +289,28 @@ class JobRunner:
 
     def _between_steps(self, done: int, total: int) -> None:
         """The training hook of the fine-tunes this worker runs (``training.TrainingHook``): a
-        lost lease or a cancel stops them within ``HOOK_EVERY`` steps; the log tells each start."""
+        lost lease or a cancel stops them within ``HOOK_EVERY`` steps; a measurement of this host
+        pauses them (``devices.host``); the log tells each start and each fine-tune that paused."""
+        if done >= total:  # the fine-tune is done: let go of the host
+            self.turns(done, total)
+            if self.turns.pauses > self._pauses_at_start:
+                n, seconds = self.turns.pauses - self._pauses_at_start, self.turns.paused_s - self._paused_s_at_start
+                publish(self.job.pk, "job.log", {"level": "info", "message":
+                        f"The fine-tune paused {'once' if n == 1 else f'{n} times'} ({seconds:.1f} s) "
+                        "for measurements on this host."})
+            return
         if self.keeper is not None and self.keeper.lost.is_set():
+            self.turns.close()
             raise LeaseLost()
-        self._check_cancel()
+        try:
+            self._check_cancel()
+        except JobCancelled:
+            self.turns.close()
+            raise
         if done == 0:
+            self._pauses_at_start, self._paused_s_at_start = self.turns.pauses, self.turns.paused_s
             publish(self.job.pk, "job.log", {"level": "info", "message": f"Fine-tuning: {total:,} steps."})
+        self.turns(done, total)  # may wait for a measurement of this host
 
     def _check_cancel(self) -> None:
         if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
@@ -334,6 +356,7 @@ class JobRunner:
         missing = [k for k, entry in enumerate(stored) if entry is None]
         if not missing:
             self.evaluated_by = [entry.get("worker") for entry in stored]
+            self.paused = [entry.get("paused") for entry in stored]
             results = [ProposalResult.from_state(entry["result"]) for entry in stored]
             request.results[:] = [(result, None) for result in results]
             request.load = lambda k: self.engine.rebuild(results[k].proposal.config, stored[k]["model_state"])

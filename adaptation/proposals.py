@@ -10,7 +10,8 @@ result and the fine-tuned weights, or an error) atomically; the resumed runner r
 ``load_evaluations``. Tasks beat on the waiting job, so the sweep re-runs a job whose tasks were
 lost (``leases.jobs_to_resume``): it resends only the proposals without a file. A task's
 fine-tune looks at the job every ``training.HOOK_EVERY`` steps and stops, writing nothing, once
-the job is cancelled or has ended (the job's log says after how many steps).
+the job is cancelled or has ended (the job's log says after how many steps); the same hook pauses
+it while a measurement of this host runs (``devices.host``; the log says when it paused).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from adaptation.models import Job
 from adaptation.netadapt.graph import rebuild_pruned
 from adaptation.netadapt.steps import Proposal, evaluate_proposal
 from adaptation.netadapt.training import Cancelled
+from devices.host import HostTurns
 from webapp.events import publish
 
 logger = logging.getLogger(__name__)
@@ -124,14 +126,17 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
     if job is None or not job.is_active or job.cancel_requested or path.exists():
         return "stale"
     files = JobFiles(job_id)
-    with LeaseKeeper(job_id, worker, renew=lambda: beat_waiting(job_id)) as keeper:
+    with LeaseKeeper(job_id, worker, renew=lambda: beat_waiting(job_id)) as keeper, HostTurns() as turns:
         beat_waiting(job_id)
 
         def still_wanted(done: int, total: int) -> None:
-            """The fine-tune's training hook: stop once the job is cancelled or has ended."""
-            if keeper.lost.is_set() or not Job.objects.filter(
-                    pk=job_id, status__in=Job.ACTIVE_STATUSES, cancel_requested=False).exists():
+            """The fine-tune's training hook: stop once the job is cancelled or has ended; let a
+            measurement of this host run first (``devices.host``); let go of the host at the end."""
+            if done < total and (keeper.lost.is_set() or not Job.objects.filter(
+                    pk=job_id, status__in=Job.ACTIVE_STATUSES, cancel_requested=False).exists()):
+                turns.close()
                 raise Cancelled(f"job {job_id} was cancelled or has ended")
+            turns(done, total)
         try:
             state = files.load_checkpoint()
             plan = json.loads(_plan_path(job_id, iteration).read_text())
@@ -145,12 +150,17 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
             result, candidate = evaluate_proposal(model.eval(), spec.example_input(),
                                                   Proposal.from_state(plan[index]), data, config, iteration,
                                                   hook=still_wanted)
-            entry = {"result": result.to_state(), "model_state": candidate.state_dict(), "worker": worker}
+            entry = {"result": result.to_state(), "model_state": candidate.state_dict(), "worker": worker,
+                     "paused": {"count": turns.pauses, "seconds": round(turns.paused_s, 3)}}
             outcome = "done"
+            if turns.pauses:
+                publish(job_id, "job.log", {"level": "info", "message":
+                        f"Proposal {index} of iteration {iteration}: its fine-tune {turns.describe()}."})
         except Cancelled as stop:
             if stop.where():
+                paused = f" It {turns.describe()}." if turns.pauses else ""
                 publish(job_id, "job.log", {"level": "info", "message":
-                        f"Proposal {index} of iteration {iteration} stopped {stop.where()}: the job has ended."})
+                        f"Proposal {index} of iteration {iteration} stopped {stop.where()}: the job has ended.{paused}"})
             return "stale"
         except FileNotFoundError:
             return "stale"  # the job's folder went away (deleted job)

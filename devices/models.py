@@ -132,6 +132,8 @@ class MeasurementRequest(models.Model):
     claimed_by = models.CharField(max_length=255, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     runtime_version = models.CharField(max_length=32, blank=True)  # of the runtime that measured
+    # A local measurement's cost of taking the host (devices.host.HostNote): empty for agents.
+    host_lock = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -142,8 +142,11 @@ def store_layer_results(request: MeasurementRequest, results: Mapping[int, Mappi
 
 
 def complete_request(request: MeasurementRequest, network_results: Iterable[Mapping | TimingStats],
-                     runtime_version: str) -> None:
-    """End a request with its networks' statistics (in the order of ``request.networks``)."""
+                     runtime_version: str, *, host_lock: dict | None = None, host_message: str = "") -> None:
+    """End a request with its networks' statistics (in the order of ``request.networks``).
+
+    ``host_lock``: what taking this host cost a local measurement (``devices.host.HostNote``);
+    ``host_message``: the line its job's log says about it, if any."""
     results = [r.to_dict() if isinstance(r, TimingStats) else dict(r) for r in network_results]
     if len(results) != len(request.networks):
         raise ValueError(f"request {request.pk} asked for {len(request.networks)} network(s), "
@@ -154,8 +157,10 @@ def complete_request(request: MeasurementRequest, network_results: Iterable[Mapp
     with transaction.atomic():
         ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
             status="done", results=results, runtime_version=runtime_version, error="",
-            signatures_done=len(request.signatures), finished_at=timezone.now())
+            signatures_done=len(request.signatures), finished_at=timezone.now(), host_lock=host_lock or {})
         if ended:
+            if request.job_id is not None and host_message:
+                publish(request.job_id, "job.log", {"level": "info", "message": host_message})
             if request.job_id is not None:
                 publish(request.job_id, "job.measure", {
                     "reason": request.reason, "signatures": len(request.signatures),

@@ -14,6 +14,7 @@ from django.conf import settings
 from adaptation.leases import worker_name
 from adaptation.netadapt.spec import build_network
 from devices.agent.protocol import kept_samples  # pure: the agent keeps samples alike
+from devices.host import HostNote, disturbance, host_lock, lock_wait_seconds, measure_retakes
 from devices.measure import LocalMeasurer, MeasureProtocol
 from devices.models import MeasurementRequest
 from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
@@ -32,25 +33,55 @@ def measurer_for(request: MeasurementRequest) -> LocalMeasurer:
 
 
 def run_request(request: MeasurementRequest) -> None:
-    """Measure a claimed request on this host's CPU and store everything it asks for."""
+    """Measure a claimed request on this host's CPU and store everything it asks for.
+
+    The measurement takes the host lock (``devices.host``): fine-tunes on this host pause at their
+    next hook. Whole networks timed while disturbed are retaken by the rule stated there; what it
+    cost is stored on the request (``host_lock``) and told in its job's log.
+    """
     measurer = measurer_for(request)
     version = measurer.runtime_version
     pending = pending_signatures(request, version)
-    for start in range(0, len(pending), MEASURE_BATCH):
-        batch = pending[start:start + MEASURE_BATCH]
-        stats = measurer.measure_signatures([signature for _, signature in batch])
-        store_layer_results(request, {index: stats[signature] for index, signature in batch}, version)
-    results = []
-    if request.networks:
-        import torch
-        example = torch.zeros(request.example_shape)
-        models = [build_network(description) for description in request.networks]
-        if request.job_id is None:  # a user's own measurement: its page draws a histogram
-            results = [{**timed.stats.to_dict(), "samples_ms": kept_samples(timed.samples_ms)}
-                       for timed in measurer.measure_models_with_samples(models, example)]
-        else:
-            results = measurer.measure_models(models, example)
-    complete_request(request, results, version)
+    lock, wait_s, max_spread = host_lock(), lock_wait_seconds(), measurer.protocol.max_spread
+    note = HostNote()
+    with lock.measuring(wait_s) as hold:
+        note.add(hold)
+        for start in range(0, len(pending), MEASURE_BATCH):
+            batch = pending[start:start + MEASURE_BATCH]
+            stats = measurer.measure_signatures([signature for _, signature in batch])
+            store_layer_results(request, {index: stats[signature] for index, signature in batch}, version)
+        results, spreads = _measure_networks(request, measurer) if request.networks else ([], [])
+    why = disturbance(hold, spreads, max_spread, wait_s)
+    note.held = hold.acquired
+    best = (not hold.acquired, max(spreads, default=0.0))
+    while why and request.networks and note.retaken < measure_retakes():
+        note.retaken += 1
+        note.why.append(why)
+        with lock.measuring(wait_s) as hold:
+            note.add(hold)
+            attempt, attempt_spreads = _measure_networks(request, measurer)
+        why = disturbance(hold, attempt_spreads, max_spread, wait_s)
+        rank = (not hold.acquired, max(attempt_spreads, default=0.0))
+        if rank < best:
+            best, results, note.held = rank, attempt, hold.acquired
+    if why:  # the retakes ran out (or there were none to take): the best attempt is kept, and said
+        note.why.append(why)
+        note.kept_disturbed = True
+    complete_request(request, results, version, host_lock=note.to_dict(),
+                     host_message=note.describe(request.reason) if note.worth_telling() else "")
+
+
+def _measure_networks(request: MeasurementRequest, measurer: LocalMeasurer) -> tuple[list, list[float]]:
+    """The request's networks timed interleaved: their results and their spreads."""
+    import torch
+    example = torch.zeros(request.example_shape)
+    models = [build_network(description) for description in request.networks]
+    if request.job_id is None:  # a user's own measurement: its page draws a histogram
+        timed = measurer.measure_models_with_samples(models, example)
+        return ([{**t.stats.to_dict(), "samples_ms": kept_samples(t.samples_ms)} for t in timed],
+                [t.stats.spread for t in timed])
+    stats = measurer.measure_models(models, example)
+    return stats, [s.spread for s in stats]
 
 
 @shared_task(acks_late=True)

@@ -79,6 +79,21 @@ def _forget_earlier_rate_limits():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _own_host_lock(tmp_path_factory):
+    """Each test its own host-lock folder (devices.host): measurements of tests running side by
+    side must not pause each other's fine-tunes."""
+    from django.conf import settings
+
+    if not settings.configured:
+        yield
+        return
+    from django.test import override_settings
+
+    with override_settings(HOST_LOCK_DIR=tmp_path_factory.mktemp("host-lock")):
+        yield
+
+
 @pytest.fixture
 def no_rate_limits_counted(db):
     """Counters cleared before and after a test that spends the failed-attempt limits, so no

@@ -337,6 +337,13 @@ JOB_REQUEUE_SECONDS = env_int("NETADAPT_JOB_REQUEUE_SECONDS", 600, minimum=60)
 JOB_MAX_ATTEMPTS = env_int("NETADAPT_JOB_MAX_ATTEMPTS", 5, minimum=1)
 # A job waits this long for an agent device (offline phone...) to measure, then fails.
 DEVICE_WAIT_SECONDS = env_int("NETADAPT_DEVICE_WAIT_SECONDS", 24 * 3600, minimum=60)
+# The host lock (devices/measure/host_lock.py): a measurement of this host's CPU pauses the
+# fine-tunes of every process on the host that shares this folder (same machine only). It waits at
+# most HOST_LOCK_WAIT_SECONDS for running step chunks, and a disturbed measurement is retaken at
+# most MEASURE_RETAKES times (devices/host.py).
+HOST_LOCK_DIR = Path(env_str("NETADAPT_HOST_LOCK_DIR", str(DATA_DIR / "host-lock"))).resolve()
+HOST_LOCK_WAIT_SECONDS = env_int("NETADAPT_HOST_LOCK_WAIT_SECONDS", 120, minimum=1)
+MEASURE_RETAKES = env_int("NETADAPT_MEASURE_RETAKES", 2, minimum=0)
 # An agent's websocket polls the database for its device's requests (and re-checks the token)
 # every AGENT_POLL_SECONDS; 0: EVENT_POLL_SECONDS (below), else 1 s (devices/consumers.py).
 AGENT_POLL_SECONDS = env_int("NETADAPT_AGENT_POLL_SECONDS", 0, minimum=0)

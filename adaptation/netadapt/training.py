@@ -52,7 +52,8 @@ def resolve_device(name: DeviceLike = "auto") -> torch.device:
 HOOK_EVERY = 25
 
 #: The one hook of every fine-tune: ``hook(steps_done, steps_in_all)``, called before the first
-#: step and then every ``HOOK_EVERY`` steps. It may raise (``Cancelled``: the result is no longer
+#: step, then every ``HOOK_EVERY`` steps, and once after the last (``steps_done == steps_in_all``:
+#: the fine-tune is done, e.g. to let go of the host lock). It may raise (``Cancelled``: the result is no longer
 #: wanted) or block (e.g. to leave the machine to a latency measurement); it must not touch the model.
 TrainingHook = Callable[[int, int], None]
 
@@ -138,6 +139,8 @@ def _train(model: nn.Module, split: TensorSplit, steps: int, device: torch.devic
         if on_step is not None:
             on_step(step, value)
     model.eval()
+    if hook is not None:
+        hook(steps, steps)
     return sum(tail_losses) / len(tail_losses)
 
 
