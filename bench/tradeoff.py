@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -169,7 +170,7 @@ class Progress:
         self.table = MemoryLatencyTable({"runtime": measurer.runtime_name, "threads": 1})
         if self.path.exists():
             saved = json.loads(self.path.read_text())
-            if saved["regime"] != regime.to_dict():
+            if saved["regime"] != json.loads(json.dumps(regime.to_dict())):  # tuples come back as lists
                 raise SystemExit(f"{folder} holds runs of a different definition of "
                                  f"{regime.name}; use another --out")
             self.rows = saved["rows"]
@@ -302,7 +303,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": model, "vector": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "neon"}),
-            "cores": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+            "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__, "threads": 1}
 
 
