@@ -66,7 +66,7 @@ test-production: setup
 		$(PY) -m pytest -m services
 
 bench-quick: setup
-	$(PY) bench/tradeoff.py --quick
+	$(PY) bench/tradeoff.py --smoke --regime mbv1-0.5-fmnist28 --seeds 0
 
 clean:
 	rm -rf runs bench/out .pytest_cache
