@@ -309,13 +309,8 @@ def test_a_latency_run_asks_for_every_measurement_it_needs(wide, digits8, light_
             records.append(item)
             continue
         requests.append(item)
-        if item.signatures:
-            assert not set(item.signatures) & set(table.entries)  # only what is missing
-            table.add(measurer.measure_signatures(item.signatures))
-        if item.networks:
-            stats = measurer.measure_models([n.model for n in item.networks], item.example_input)
-            for network, result in zip(item.networks, stats):
-                network.result = result
+        assert not set(item.signatures) & set(table.entries)  # only what is missing
+        serve(item, measurer, table)
 
     network_requests = [[n.label for n in r.networks] for r in requests if r.networks]
     assert network_requests == [["original"], ["iteration 0"], ["original", "final"]]
@@ -409,6 +404,17 @@ def test_unanswered_evaluation_is_an_error(trained, digits8):
         next(generator)
 
 
+def serve(request: NeedsMeasurement, measurer, table) -> None:
+    """Answer a measurement request as a synchronous caller does: layers into ``table``, networks
+    into their ``result``."""
+    if request.signatures:
+        table.add(measurer.measure_signatures(request.signatures))
+    if request.networks:
+        stats = measurer.measure_models([n.model for n in request.networks], request.example_input)
+        for network, result in zip(request.networks, stats):
+            network.result = result
+
+
 def _park_at(engine: NetAdapt, measurer, table, reason_prefix: str, tmp_path) -> tuple[list, AdaptState]:
     """Drive ``engine`` until it asks for a network measurement whose reason starts with
     ``reason_prefix``; return the records so far and the checkpoint a runner would save there."""
@@ -418,12 +424,7 @@ def _park_at(engine: NetAdapt, measurer, table, reason_prefix: str, tmp_path) ->
             if item.networks and item.reason.startswith(reason_prefix):
                 engine.state.save(tmp_path / "parked.pt")
                 return records, AdaptState.load(tmp_path / "parked.pt")
-            if item.signatures:
-                table.add(measurer.measure_signatures(item.signatures))
-            if item.networks:
-                stats = measurer.measure_models([n.model for n in item.networks], item.example_input)
-                for network, result in zip(item.networks, stats):
-                    network.result = result
+            serve(item, measurer, table)
             continue
         records.append(item)
     raise AssertionError(f"the run never asked to measure '{reason_prefix}'")
@@ -471,9 +472,7 @@ def test_a_run_parked_for_its_ab_check_keeps_its_long_term_fine_tune(wide, digit
     assert isinstance(request, NeedsMeasurement) and request.reason.startswith("A/B")
     final = request.networks[1].model
     assert all(torch.equal(state.pending["model_state"][k], v) for k, v in final.state_dict().items())
-    stats = measurer.measure_models([n.model for n in request.networks], request.example_input)
-    for network, result in zip(request.networks, stats):
-        network.result = result
+    serve(request, measurer, table)
     finish = next(generator)
     assert isinstance(finish, FinishRecord)
     assert finish.long_term_s == state.pending["long_term_s"] > 0
@@ -512,12 +511,7 @@ def test_a_wait_between_park_and_resume_counts_for_the_iteration_in_progress(
         if isinstance(item, NeedsMeasurement) and item.reason == "iteration 0 network":
             break
         if isinstance(item, NeedsMeasurement):
-            if item.signatures:
-                table.add(measurer.measure_signatures(item.signatures))
-            if item.networks:
-                stats = measurer.measure_models([n.model for n in item.networks], item.example_input)
-                for network, result in zip(item.networks, stats):
-                    network.result = result
+            serve(item, measurer, table)
     finetuned = engine.state.clock["phases_s"]["finetune_s"]
     engine.note_parked("measurement", at=1000.0)  # what a runner does before saving and stopping
     engine.state.save(tmp_path / "parked.pt")
