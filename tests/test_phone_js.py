@@ -8,11 +8,14 @@ onnxruntime-web files it is served, and a real run in headless Chromium.
 - Only the files the WebAssembly backend loads are served (links into node_modules), collected by
   ``collectstatic`` as in production and sent by WhiteNoise with the MIME types browsers need
   (``application/wasm`` lets Chromium compile while it downloads).
-- Chromium runs the timing worker on a conv layer exported by torch, on a plain and on a
-  cross-origin-isolated page (threads > 1 load the same files), per layer and from a zip.
+- The overhead probe the worker writes as protobuf is a valid ONNX model that copies its input.
+- Chromium runs the timing worker on a conv layer exported by torch (with its overhead probe) and
+  on a network from a request's zip, on a plain and on a cross-origin-isolated page (threads > 1
+  load the same files).
 """
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import json
@@ -74,6 +77,28 @@ def test_it_keeps_the_statistics_fixtures_current(tmp_path):
         "tests/js/fixtures/stats.json is stale: run .venv/bin/python tests/js/make_stats_fixtures.py")
     cases = json.loads(committed.read_text())["stats"]
     assert {"one sample", "all tied", "outliers in a long right tail"} <= {case["name"] for case in cases}
+
+
+@pytest.mark.parametrize("shape", [[1, 16, 32, 32], [1, 3, 224, 224], [4, 1000]])
+def test_the_overhead_probe_is_an_onnx_model_that_copies_its_input(shape, tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = ("import { identityModel } from './static/js/phone/onnx-probe.mjs';"
+              f"process.stdout.write(Buffer.from(identityModel({json.dumps(shape)})).toString('base64'));")
+    result = subprocess.run([node, "--input-type=module", "-e", script], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, check=True)
+    data = base64.b64decode(result.stdout)
+    model = onnx.load_from_string(data)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Identity"]
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    assert np.array_equal(session.run(None, {"x": x})[0], x)
 
 
 # --------------------------------------------------------------------------- served files
@@ -184,7 +209,7 @@ def _onnx(module, shape) -> bytes:
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, bytes]:
-    """A conv layer, a do-nothing model of the same input (the per-call overhead) and a small net."""
+    """A conv layer and a small network."""
     import torch
     from torch import nn
 
@@ -192,7 +217,6 @@ def models() -> dict[str, bytes]:
     shape = (1, 16, 32, 32)
     return {
         "conv.onnx": _onnx(nn.Conv2d(16, 32, 3, padding=1), shape),
-        "identity.onnx": _onnx(nn.Identity(), shape),
         "net.onnx": _onnx(nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2)),
                           shape),
     }
@@ -214,9 +238,8 @@ const bytes = async (name) => new Uint8Array(await (await fetch(name)).arrayBuff
 window.measure = async (protocol) => {
   const ready = await ask({type: "init", threads: 2}, "ready");
   const shape = [1, 16, 32, 32];
-  const layers = await ask({type: "time", id: 1, protocol, samples: true,
-    models: [{index: 0, label: "conv", bytes: await bytes("conv.onnx"), input_shape: shape}],
-    overhead: {bytes: await bytes("identity.onnx"), input_shape: shape}}, "timed");
+  const layers = await ask({type: "time", id: 1, protocol, samples: true, probe: true,
+    models: [{index: 0, label: "conv", bytes: await bytes("conv.onnx"), input_shape: shape}]}, "timed");
   const zip = await (await fetch("request.zip")).arrayBuffer();
   const opened = await ask({type: "open", id: 2, request: 42, zip}, "opened");
   const networks = await ask({type: "time-zip", id: 3, request: 42, part: "networks", protocol}, "timed");
@@ -288,7 +311,9 @@ def test_it_times_onnx_models_in_a_chromium_worker(static_server, models, isolat
     assert layers["resolution_ms"] == ready["resolution_ms"] and layers["factor"] == 100
     [conv] = layers["results"]
     _assert_sane(conv, ready["resolution_ms"])
-    assert 0 < layers["overhead"]["min_ms"] and 0 < conv["overhead_share"]
+    probe = layers["probes"]["[1,16,32,32]"]  # the overhead probe of the conv's input shape
+    assert 0 < probe["min_ms"] == conv["overhead_ms"]
+    assert conv["overhead_share"] == pytest.approx(probe["min_ms"] / conv["stats"]["min_ms"])
     assert conv["drowns"] is (conv["overhead_share"] > 0.5)
     assert 1 <= len(conv["samples_ms"]) <= conv["stats"]["n"]
     assert out["opened"]["layers"] == [5] and out["opened"]["networks"] == ["net"]
@@ -303,4 +328,4 @@ def test_it_times_onnx_models_in_a_chromium_worker(static_server, models, isolat
     assert ort["ort-wasm-simd-threaded.wasm"][1] == "application/wasm"
     print(f"\nChromium ({'isolated' if isolated else 'plain'}): timer {ready['resolution_ms']} ms, "
           f"conv min {conv['stats']['min_ms']:.4f} ms ({conv['calls_per_batch']} calls a batch), "
-          f"overhead min {layers['overhead']['min_ms']:.4f} ms, net min {net['stats']['min_ms']:.4f} ms")
+          f"probe min {probe['min_ms']:.4f} ms, net min {net['stats']['min_ms']:.4f} ms")

@@ -27,7 +27,8 @@ class FakeWorker extends EventTarget {
     if (this.fail) return reply({ type: "failed", id: message.id, message: this.fail });
     const indices = message.part === "networks" ? [0, 1] : message.indices;
     reply({ type: "timed", id: message.id, resolution_ms: 0.1, factor: 100,
-            results: indices.map((index) => ({ index, stats: STATS, calls_per_batch: 40, samples_ms: [0.1, 0.12] })) });
+            results: indices.map((index) => ({ index, stats: STATS, calls_per_batch: 40, samples_ms: [0.1, 0.12],
+                                               drowns: message.probe === true && index % 2 === 0 })) });
   }
 }
 
@@ -102,8 +103,9 @@ test("a request is served batch by batch: 16 layers, stored, 4 layers, stored, n
   assert.deepEqual(networks.results[0].samples_ms, [0.1, 0.12]);
   socket.deliver({ type: "done", request: 7 });
   await until(() => events.at(-1).state === "idle");
-  const progress = events.filter((e) => e.state === "measuring").map((e) => [e.done, e.asked]);
-  assert.deepEqual(progress, [[0, 20], [16, 20], [20, 20]]);
+  const progress = events.filter((e) => e.state === "measuring").map((e) => [e.done, e.asked, e.drowned]);
+  assert.deepEqual(progress, [[0, 20, 0], [16, 20, 8], [20, 20, 10]]);  // even indices drown here
+  assert.deepEqual(worker.posted.map((m) => m.probe), [undefined, true, true, undefined]);
   assert.deepEqual(worker.posted.map((m) => m.type), ["open", "time-zip", "time-zip", "time-zip"]);
 });
 

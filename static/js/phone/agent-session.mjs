@@ -193,15 +193,18 @@ export class PhoneSession {
       const opened = await this.ask({ type: "open", request, zip }, "opened");
       const common = { type: "time-zip", request, protocol, samples: message.samples === true };
       const asked = opened.layers.length;
+      const drowned = [];
       let done = 0;
       for (const batch of layerBatches(opened.layers)) {
-        this.events({ state: "measuring", request, done, asked });
-        const timed = await this.ask({ ...common, part: "layers", indices: batch }, "timed");
+        this.events({ state: "measuring", request, done, asked, drowned: drowned.length });
+        const timed = await this.ask({ ...common, part: "layers", indices: batch, probe: true }, "timed");
         this.send(layersMessage(request, timed.results));
+        // The protocol has no field for these yet: the page shows them.
+        drowned.push(...timed.results.filter((r) => r.drowns).map((r) => r.index));
         await this.expect(["stored"], request);
         done += batch.length;
       }
-      this.events({ state: "measuring", request, done, asked });
+      this.events({ state: "measuring", request, done, asked, drowned: drowned.length });
       const networks = await this.ask({ ...common, part: "networks" }, "timed");
       this.send(networksMessage(request, networks.results, common.samples));
       await this.expect(["done"], request);

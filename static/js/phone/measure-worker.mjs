@@ -7,13 +7,14 @@
 //   visibility {hidden, at}             (the page's watchDocument; see visibility.mjs)
 //   open {id, request, zip}             -> opened {id, layers: [index], networks: [label]}
 //                                          (the request's zip, read once with fflate and kept)
-//   time {id, models: [{index, bytes, input_shape, label}], protocol, overhead?, samples?}
-//   time-zip {id, request, part: "layers" | "networks", indices?, protocol, overhead?, samples?}
-//                                       -> timed {id, resolution_ms, factor, results, overhead}
+//   time {id, models: [{index, bytes, input_shape, label}], protocol, probe?, samples?}
+//   time-zip {id, request, part: "layers" | "networks", indices?, protocol, probe?, samples?}
+//                                       -> timed {id, resolution_ms, factor, results, probes}
 //   any of the three may answer failed {id, message}
-// ``overhead`` is a model that does next to nothing ({bytes, input_shape}): timed interleaved with
-// the entries, its time is the runtime's per-call overhead, and each entry says what share of
-// its time that is and whether it drowns in it (batcher.mjs drownsInOverhead).
+// ``probe``: an overhead probe (onnx-probe.mjs, a copy of the input) per input shape is timed
+// interleaved with the entries; its time is the runtime's per-call overhead for such an input,
+// and each entry says what share of its time that is and whether it drowns in it
+// (batcher.mjs drownsInOverhead): such entries are better left to whole-network measurement.
 // Threads: what the context allows, 1 without cross-origin isolation (no SharedArrayBuffer);
 // onnxruntime-web fixes them when its WebAssembly starts, so the first init decides.
 
@@ -21,6 +22,7 @@ import * as ort from "../../vendor/onnxruntime-web/ort.wasm.min.mjs";
 import { unzipSync } from "../../vendor/fflate/browser.js";
 
 import { BATCH_DEFAULTS, drownsInOverhead, overheadShare, timeWithRetries, timerResolution } from "./batcher.mjs";
+import { identityModel } from "./onnx-probe.mjs";
 import { readRequestFiles } from "./request-files.mjs";
 import { keptSamples } from "./stats.mjs";
 import { VisibilityLog, applyVisibility, guardOf } from "./visibility.mjs";
@@ -75,14 +77,15 @@ async function session(bytes, shape) {
   return { created, runner };
 }
 
-async function time({ id, models, protocol, overhead = null, samples = false }) {
+async function time({ id, models, protocol, probe = false, samples = false }) {
+  const shapes = probe ? [...new Set(models.map((m) => JSON.stringify(m.input_shape)))] : [];
   const loaded = [];
   try {
     for (const model of models) loaded.push(await session(model.bytes, model.input_shape));
-    if (overhead) loaded.push(await session(overhead.bytes, overhead.input_shape));
+    for (const shape of shapes) loaded.push(await session(identityModel(JSON.parse(shape)), JSON.parse(shape)));
     const timed = await timeWithRetries(loaded.map((l) => l.runner), protocol,
                                         { now: () => performance.timeOrigin + performance.now(), resolutionMs, guard });
-    const overheadTimed = overhead ? timed.pop() : null;
+    const probes = Object.fromEntries(shapes.map((shape, i) => [shape, timed[models.length + i].stats]));
     visibility.forget(performance.timeOrigin + performance.now());
     const results = models.map((model, i) => {
       const t = timed[i];
@@ -91,14 +94,15 @@ async function time({ id, models, protocol, overhead = null, samples = false }) 
         batches_per_round: t.batches_per_round, shortest_batch_ms: t.shortest_batch_ms, discarded: t.discarded,
       };
       if (samples) result.samples_ms = keptSamples(t.samples_ms);
-      if (overheadTimed) {
-        result.overhead_share = overheadShare(t.stats, overheadTimed.stats);
-        result.drowns = drownsInOverhead(t.stats, overheadTimed.stats);
+      const overhead = probes[JSON.stringify(model.input_shape)];
+      if (overhead) {
+        result.overhead_ms = overhead.min_ms;
+        result.overhead_share = overheadShare(t.stats, overhead);
+        result.drowns = drownsInOverhead(t.stats, overhead);
       }
       return result;
     });
-    return { type: "timed", id, resolution_ms: resolutionMs, factor: BATCH_DEFAULTS.factor, results,
-             overhead: overheadTimed ? overheadTimed.stats : null };
+    return { type: "timed", id, resolution_ms: resolutionMs, factor: BATCH_DEFAULTS.factor, results, probes };
   } finally {
     for (const { created } of loaded) await created.release();
   }
