@@ -33,6 +33,11 @@ test("calibration doubles until a batch lasts the minimum, with a margin", async
   assert.ok(calls * 0.01 <= 10 * 2.6, `${calls} calls of 0.01 ms: far more than needed`);
 });
 
+test("a clock too coarse for the largest batch allowed is an error, not an endless loop", async () => {
+  const clock = fakeClock(1);
+  await assert.rejects(calibrate(fakeRunner(clock, "a", 0.001), clock.now, 100, 64), /too coarse/);
+});
+
 test("batches of a 10 us layer under a 100 us clock give per-call samples within 1%", async () => {
   const clock = fakeClock(0.1);
   const [timed] = await timeInterleaved([fakeRunner(clock, "a", 0.01)], PROTOCOL, { now: clock.now, resolutionMs: 0.1 });

@@ -3,8 +3,8 @@
 // A browser coarsens performance.now() (100 us in Chromium without cross-origin isolation, 1 ms
 // in Safari and Firefox) while a layer takes 10-100 us, so one call cannot be timed on its own as
 // the server does (devices/measure/stats.py interleaved_samples). Here each sample is a batch of
-// calls long enough for the clock (at least ``factor`` times its resolution: a batch is then off
-// by at most 1/factor of its length), divided by its number of calls. The rounds are interleaved
+// calls long enough for the clock (at least ``factor`` times its resolution: its two readings then
+// put it off by at most 2/factor of its length), divided by its number of calls. The rounds are interleaved
 // over the entries as the server's are (A B C A B C ...), so drift hits every entry alike; the
 // protocol's ``runs_per_round`` calls of an entry are spread over its batches, so an entry costs
 // about as many calls as on the server, never fewer than ``minBatchesPerRound`` batches a round.
@@ -20,7 +20,6 @@ export const BATCH_DEFAULTS = Object.freeze({
   factor: 100,              // a batch lasts at least factor x the timer's resolution
   minBatchesPerRound: 2,    // samples per entry per round, at least
   maxCallsPerBatch: 1 << 20,
-  maxDiscards: 50,          // re-timed batches an entry may need before it fails
 });
 
 /** A guard that never pauses nor discards (a context without a page to watch). */
@@ -132,8 +131,9 @@ export async function timeInterleaved(runners, protocol, options) {
 }
 
 /**
- * One kept batch of ``entry`` ({sample, start, end}): re-timed while it overlapped a hidden period or came out shorter
- * than the rule (the device got faster: the entry's calls per batch are doubled first).
+ * One kept batch of ``entry`` ({sample, start, end}): re-timed while it overlapped a hidden period
+ * (after waiting for the page to be visible again) or came out shorter than the rule (the device
+ * got faster: the entry's calls per batch are doubled first, up to maxCallsPerBatch).
  */
 async function timeBatch(entry, now, minMs, guard, settings) {
   for (;;) {
@@ -142,12 +142,15 @@ async function timeBatch(entry, now, minMs, guard, settings) {
     await runCalls(entry.runner, entry.calls);
     const end = now();
     await guard.settle();  // lets news of a hidden period that began during the batch arrive
-    if (!guard.overlapsHidden(start, end) && end - start >= minMs) return { sample: (end - start) / entry.calls, start, end };
-    if (end - start < minMs) entry.calls = Math.min(settings.maxCallsPerBatch, entry.calls * 2);
-    entry.discarded += 1;
-    if (entry.discarded > settings.maxDiscards) {
-      throw new Error(`${entry.discarded} batches of one entry had to be re-timed: giving up on it`);
+    const short = end - start < minMs;
+    if (!short && !guard.overlapsHidden(start, end)) return { sample: (end - start) / entry.calls, start, end };
+    if (short) {
+      if (entry.calls >= settings.maxCallsPerBatch) {
+        throw new Error(`${entry.calls} calls last under ${minMs} ms: the clock is too coarse`);
+      }
+      entry.calls = Math.min(settings.maxCallsPerBatch, entry.calls * 2);
     }
+    entry.discarded += 1;
   }
 }
 
