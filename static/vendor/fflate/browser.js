@@ -1,0 +1,1 @@
+../../../node_modules/fflate/esm/browser.js
