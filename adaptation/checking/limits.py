@@ -16,10 +16,11 @@ or torch's "can't allocate memory"), so the ceiling holds exactly, where a watch
 would only notice after the fact. No cgroup is needed (none can be made without privileges).
 
 Arguments and results cross as JSON, never pickle: the child handles untrusted bytes, and the
-parent must not execute whatever a subverted child sends back. Linux only.
+parent must not execute whatever a subverted child sends back. Linux only (>= 5.3: pidfd).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -98,15 +99,20 @@ def run_limited(func: Callable[..., Any], args: tuple | list = (), *, memory_byt
     child = subprocess.Popen([sys.executable, "-m", "adaptation.checking.child"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment,
                              close_fds=True, start_new_session=True)
+    deadline = time.monotonic() + seconds
     try:
-        child.stdin.write(payload)  # stays open: the child exits when it closes (we died)
-        child.stdin.flush()
-        output, timed_out = _collect(child, time.monotonic() + seconds)
+        try:
+            child.stdin.write(payload)  # stays open: the child exits when it closes (we died)
+            child.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once; its exit status says how
+        output, timed_out = _collect(child, deadline)
     finally:
         peak = peak_rss_bytes(child.pid)  # still alive (or a zombie: None) until reaped
-        _kill_group(child.pid)
+        _kill_group(child.pid)  # before reaping, while its group id cannot belong to anyone else
         status = _reap(child)
-        child.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # an unsent payload cannot be flushed
+            child.stdin.close()
         child.stdout.close()
     if timed_out:
         raise LimitExceeded("time", f"still running after {seconds:g} s", peak)
@@ -136,7 +142,7 @@ def _collect(child: subprocess.Popen, deadline: float) -> tuple[bytes, bool]:
                 open_fds.discard(pidfd)  # exited; its output may still be in the pipe
                 if stdout in open_fds:
                     # a grandchild may hold the pipe open: read what is there, then stop
-                    while (chunk := _read_now(stdout)):
+                    while time.monotonic() < deadline and (chunk := _read_now(stdout)):
                         size += len(chunk)
                         if size <= MAX_RESULT_BYTES:
                             chunks.append(chunk)
@@ -162,7 +168,6 @@ def _reap(child: subprocess.Popen) -> int:
     """Wait for the child (its raw wait status); tell Popen it is gone."""
     _, status = os.waitpid(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
-    _kill_group(child.pid)  # anything it left behind in its group
     return status
 
 
