@@ -59,8 +59,16 @@ DIGITS_RESOLUTION = 8
 DIGITS_MAX_VALUE = 16.0
 
 BUILTIN_DATASETS: tuple[str, ...] = ("fashion_mnist", "digits")
-#: Images converted to float at a time when statistics or resizing walk a whole uint8 split.
-CHUNK_IMAGES = 1024
+#: Values converted to float at a time when statistics or resizing walk a whole split (32 MB
+#: as float64): a whole 224 px split converted at once would be gigabytes.
+CHUNK_VALUES = 1 << 22
+
+
+def _chunks(images: torch.Tensor) -> Iterator[slice]:
+    """Slices of ``images`` (N, ...) holding about ``CHUNK_VALUES`` values each."""
+    step = max(1, CHUNK_VALUES // max(1, images[0].numel() if len(images) else 1))
+    for start in range(0, len(images), step):
+        yield slice(start, start + step)
 
 _IDX_IMAGES_MAGIC = 2051  # idx3: unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # idx1: unsigned bytes, 1 dimension
@@ -172,9 +180,9 @@ def _resize_uint8(pixels: torch.Tensor, resolution: int) -> torch.Tensor:
     if pixels.shape[-2:] == (resolution, resolution):
         return pixels
     out = torch.empty((*pixels.shape[:2], resolution, resolution), dtype=torch.uint8)
-    for start in range(0, len(pixels), CHUNK_IMAGES):
-        chunk = _resize(pixels[start:start + CHUNK_IMAGES].to(torch.float32), resolution)
-        out[start:start + CHUNK_IMAGES] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    for chunk in _chunks(out if out[0].numel() >= pixels[0].numel() else pixels):  # the larger
+        resized = _resize(pixels[chunk].to(torch.float32), resolution)
+        out[chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -184,8 +192,8 @@ def _channel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, len(images), CHUNK_IMAGES):
-        chunk = images[start:start + CHUNK_IMAGES].double()
+    for part in _chunks(images):
+        chunk = images[part].double()
         if images.dtype == torch.uint8:
             chunk /= 255.0
         total += chunk.sum(dim=(0, 2, 3))
