@@ -136,3 +136,11 @@ def test_a_header_that_changes_before_decoding_is_refused(tmp_path):
     stale = ImageHeader(path, 2, 2, "L")
     with pytest.raises(InvalidDataset, match="changed while it was being read"):
         decode_image(stale, grayscale=True, resolution=4)
+
+
+@pytest.mark.parametrize("content_format", ["TIFF", "EPS", "PPM"])
+def test_only_the_listed_formats_are_decoded_whatever_the_name(tmp_path, content_format):
+    """By content Pillow would open these too (EPS by running Ghostscript); named .png, refused."""
+    path = _save(tmp_path / "disguised.png", Image.new("L", (8, 8)), format=content_format)
+    with pytest.raises(InvalidDataset, match=r"disguised.png: not a decodable image \(not PNG, JPEG, BMP, GIF or WebP\)"):
+        read_header(path, LIMITS)

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .splits import three_way_split
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
+#: The only decoders Pillow may pick, whatever a file's content looks like: by content Pillow would
+#: also open EPS (which it renders by running Ghostscript), PSD, TIFF and dozens of others.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 #: Pillow modes with a single luminance band (plus optional alpha).
 GRAYSCALE_MODES: frozenset[str] = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 #: Pillow modes whose values exceed 8 bits; converting them with Pillow would clip.
@@ -122,7 +125,9 @@ def _open(path: Path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
         try:
-            return Image.open(path)
+            return Image.open(path, formats=IMAGE_FORMATS)
+        except UnidentifiedImageError:
+            raise InvalidDataset(f"{path}: not a decodable image (not PNG, JPEG, BMP, GIF or WebP)") from None
         except Image.DecompressionBombError as error:
             raise InvalidDataset(f"{path}: the image is too large to decode ({error})") from None
         except MemoryError:
