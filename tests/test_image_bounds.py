@@ -144,3 +144,11 @@ def test_only_the_listed_formats_are_decoded_whatever_the_name(tmp_path, content
     path = _save(tmp_path / "disguised.png", Image.new("L", (8, 8)), format=content_format)
     with pytest.raises(InvalidDataset, match=r"disguised.png: not a decodable image \(not PNG, JPEG, BMP, GIF or WebP\)"):
         read_header(path, LIMITS)
+
+
+def test_a_multi_picture_jpeg_is_read_as_its_first_picture(tmp_path):
+    path = tmp_path / "camera.jpg"
+    Image.new("L", (8, 8), 0).save(path, format="MPO", save_all=True, append_images=[Image.new("L", (4, 4), 255)])
+    header = read_header(path, LIMITS)
+    assert (header.width, header.height) == (8, 8)
+    assert decode_image(header, grayscale=True, resolution=4).max() < 10

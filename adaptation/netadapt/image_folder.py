@@ -141,7 +141,9 @@ def read_header(path: Path, limits: PixelLimits) -> ImageHeader:
     not an image, is animated, or declares more pixels than ``limits.max_image_pixels``."""
     with _open(path) as image:
         width, height = image.size
-        frames = getattr(image, "n_frames", 1)  # counts frame headers; decodes no pixels
+        # Counts frame headers, decodes no pixels. A camera's multi-picture JPEG (MPO: the photo
+        # plus previews or a depth map) is not animated: its first picture is the photo.
+        frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
         header = ImageHeader(path, int(width), int(height), image.mode)
     if header.width < 1 or header.height < 1:
         raise InvalidDataset(f"{path}: the image is {width}x{height} pixels")
