@@ -21,8 +21,8 @@ from adaptation.checking.limits import ChildFailed, LimitExceeded, run_limited
 from adaptation.formatting import human_size
 
 #: Private writable memory of one dataset check. Measured (docs/untrusted-files.md): the child
-#: imports Pillow and numpy in ~30 MB, a 25-megapixel image (the default per-image limit) decodes
-#: and converts in a little over 200 MB at peak, and what it keeps per image is a few numbers.
+#: imports Pillow and numpy in ~30 MB, a 25-megapixel image (the default per-image limit) peaks at
+#: 288 MB (16-bit grey; RGB 241 MB), and what it keeps per image is a few numbers.
 DEFAULT_MEMORY_BYTES = 512 << 20
 DEFAULT_SECONDS = 300.0
 

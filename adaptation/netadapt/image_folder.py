@@ -31,6 +31,8 @@ IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 GRAYSCALE_MODES: frozenset[str] = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 #: Pillow modes whose values exceed 8 bits; converting them with Pillow would clip.
 HIGH_DEPTH_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+#: The EXIF tag saying how a photo must be turned to be upright (1: as stored).
+ORIENTATION = 0x0112
 #: A class needs one image in each of train, holdout and validation.
 MIN_IMAGES_PER_CLASS = 3
 #: Default pixel limits (see ``PixelLimits``).
@@ -181,9 +183,9 @@ def _to_uint8(image: Image.Image, grayscale: bool, resolution: int) -> np.ndarra
     size = (resolution, resolution)
     resample = Image.Resampling.BILINEAR  # antialiased when shrinking, like torch's antialias=True
     if image.mode in HIGH_DEPTH_MODES:  # 16/32-bit or float luminance: scale by the format's range
-        luminance = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if luminance.max(initial=0.0) > 255.0 else 255.0
-        resized = Image.fromarray(luminance * (255.0 / scale), mode="F").resize(size, resample)
+        luminance = np.array(image, dtype=np.float32)  # a copy of its own, scaled in place
+        luminance *= 255.0 / (65535.0 if luminance.max(initial=0.0) > 255.0 else 255.0)
+        resized = Image.fromarray(luminance, mode="F").resize(size, resample)
         channel = np.clip(np.rint(np.asarray(resized)), 0, 255).astype(np.uint8)
         return channel[None] if grayscale else np.repeat(channel[None], 3, axis=0)
     if grayscale:
@@ -202,7 +204,9 @@ def decode_image(header: ImageHeader, grayscale: bool, resolution: int) -> np.nd
             if image.format == "JPEG":
                 image.draft("RGB" if not grayscale else "L", (resolution, resolution))  # DCT scaling
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            # exif_transpose copies even an upright image: only call it for a rotated one
+            rotated = image.getexif().get(ORIENTATION, 1) not in (1, None)
+            upright = ImageOps.exif_transpose(image) if rotated else image
             return np.array(_to_uint8(upright, grayscale, resolution), dtype=np.uint8, order="C")  # writable
         except (InvalidDataset, MemoryError):
             raise
