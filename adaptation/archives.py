@@ -7,8 +7,12 @@ destination, with a running byte count that stops a member growing past its decl
 folder is renamed to the destination at the end: on any error nothing is left behind, not even the
 parent folders the extraction created.
 
+The images are then bounded by what they decode to (``netadapt.image_folder``: headers first,
+a per-image and a per-archive pixel limit, one image decoded at a time).
+
 Every user-facing failure is an ``ArchiveError`` naming the problem and the offending member. This
-module imports neither Django nor Celery.
+module imports neither Django nor Celery, nor torch until ``load_archive_dataset`` needs it:
+``summarise_archive`` runs in a small checking process without it.
 """
 from __future__ import annotations
 
@@ -22,10 +26,17 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Union
+from typing import IO, TYPE_CHECKING, Callable, TypeVar, Union
 
 from adaptation.formatting import human_size
-from adaptation.netadapt.data import IMAGE_EXTENSIONS, DatasetSplits, InvalidDataset, load_image_folder
+from adaptation.netadapt.image_folder import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOTAL_PIXELS,
+                                              IMAGE_EXTENSIONS, InvalidDataset, PixelLimits,
+                                              summarise_image_folder)
+
+if TYPE_CHECKING:
+    from adaptation.netadapt.data import DatasetSplits
+
+T = TypeVar("T")
 
 ZipSource = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -57,6 +68,13 @@ class ArchiveLimits:
     #: Members smaller than this skip the ratio check: a small flat-colour BMP compresses >200:1
     #: legitimately, and the size limits already bound what small members can expand to.
     ratio_min_bytes: int = 1 << 16
+    #: Decoded pixels (width x height from the header) of one image, and of all images together.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS
+
+    @property
+    def pixels(self) -> PixelLimits:
+        return PixelLimits(self.max_image_pixels, self.max_total_pixels)
 
 
 @dataclass(frozen=True)
@@ -317,22 +335,15 @@ def _user_message(error: InvalidDataset, destination: Path, prefix: tuple[str, .
     return message
 
 
-def load_archive_dataset(zip_path: ZipSource, destination: Path, *, resolution: int,
-                         seed: int = 0, holdout_size: int | float = 0.1,
-                         validation_size: float = 0.2, grayscale: bool | None = None,
-                         limits: ArchiveLimits = ArchiveLimits()) -> DatasetSplits:
-    """Extract the archive into ``destination`` and load it with ``load_image_folder``.
-
-    An image that does not decode, a class with too few images... (InvalidDataset) removes the
-    extracted folder and is raised as ArchiveError with the same message, paths given as in the
-    archive.
-    """
+def _extract_and_read(zip_path: ZipSource, destination: Path, limits: ArchiveLimits,
+                      read: Callable[[Path], T]) -> T:
+    """Extract into ``destination`` and ``read`` the folder. An InvalidDataset from ``read`` (an
+    image that does not decode, a class with too few images...) removes the extracted folder and
+    is raised as ArchiveError with the same message, paths given as in the archive."""
     destination = Path(destination)
     prefix, created = _extract(zip_path, destination, limits)
     try:
-        return load_image_folder(destination, holdout_size=holdout_size,
-                                 validation_size=validation_size, resolution=resolution,
-                                 grayscale=grayscale, seed=seed)
+        return read(destination)
     except InvalidDataset as error:
         message = _user_message(error, destination, prefix)
         shutil.rmtree(destination, ignore_errors=True)
@@ -342,3 +353,29 @@ def load_archive_dataset(zip_path: ZipSource, destination: Path, *, resolution: 
         shutil.rmtree(destination, ignore_errors=True)
         remove_empty_folders(created)
         raise
+
+
+def load_archive_dataset(zip_path: ZipSource, destination: Path, *, resolution: int,
+                         seed: int = 0, holdout_size: int | float = 0.1,
+                         validation_size: float = 0.2, grayscale: bool | None = None,
+                         limits: ArchiveLimits = ArchiveLimits()) -> "DatasetSplits":
+    """Extract the archive into ``destination`` and load it with ``load_image_folder``
+    (ArchiveError, nothing left behind, if it cannot be used)."""
+    # Local: the splits are torch tensors, and the checking process never loads them.
+    from adaptation.netadapt.data import load_image_folder
+
+    return _extract_and_read(zip_path, destination, limits, lambda folder: load_image_folder(
+        folder, holdout_size=holdout_size, validation_size=validation_size, resolution=resolution,
+        grayscale=grayscale, seed=seed, limits=limits.pixels))
+
+
+def summarise_archive(zip_path: ZipSource, destination: Path, *, resolution: int,
+                      seed: int = 0, holdout_size: int | float = 0.1,
+                      validation_size: float = 0.2, grayscale: bool | None = None,
+                      limits: ArchiveLimits = ArchiveLimits()) -> dict:
+    """``load_archive_dataset(...).summary()`` without holding the dataset: extract, then decode
+    the images one at a time (``summarise_image_folder``); needs neither torch nor more memory than
+    one image. ArchiveError, nothing left behind, if the archive cannot be used."""
+    return _extract_and_read(zip_path, destination, limits, lambda folder: summarise_image_folder(
+        folder, resolution=resolution, grayscale=grayscale, limits=limits.pixels,
+        holdout_size=holdout_size, validation_size=validation_size, seed=seed))

@@ -16,6 +16,7 @@ from adaptation.netadapt.config import AdaptConfig, holdout_problem, range_probl
 from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
                                       load_dataset, load_image_folder)
 from adaptation.netadapt.export import ExportMismatch
+from adaptation.netadapt.image_folder import PixelLimits
 from adaptation.netadapt.loop import BudgetError
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError
@@ -127,12 +128,14 @@ def _load_uploaded_data(dataset, spec: ArchitectureSpec, config: AdaptConfig,
 
     ``services.store_dataset_upload`` extracts the zip once and keeps only that folder, named by
     ``dataset.archive``; its channels are those the upload settled on (``summary["in_channels"]``),
-    so the job sees the images the job form checked against the network.
+    so the job sees the images the job form checked against the network. The images are held as
+    uint8 (the engine normalises a batch at a time) and read within the upload's pixel limits.
     """
     folder = media_path(dataset.archive.name) if dataset.archive.name else None
     if folder is None or not folder.is_dir():
         raise JobError(f"the images of dataset '{dataset.name}' are missing")
     channels = (dataset.summary or {}).get("in_channels")
     grayscale = None if channels not in (1, 3) else channels == 1
+    limits = PixelLimits(settings.DATASET_IMAGE_MAX_PIXELS, settings.DATASET_MAX_PIXELS)
     return load_image_folder(folder, holdout_size=holdout, resolution=spec.resolution,
-                             grayscale=grayscale, seed=config.seed)
+                             grayscale=grayscale, seed=config.seed, limits=limits)

@@ -101,7 +101,7 @@ def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
     (``split="test"``) or ``TUNING_VALIDATION`` images carved from the training data
     (``"tuning"``). The carved images are left out of training in both cases, so the pretrained
     network and the fine-tunes never see them."""
-    from adaptation.netadapt.data import TensorSplit, load_dataset
+    from adaptation.netadapt.data import load_dataset
 
     data = load_dataset("fashion_mnist", holdout_size=regime.holdout, seed=DATA_SEED,
                         resolution=regime.resolution)
@@ -110,9 +110,8 @@ def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
     limit = limit_train if limit_train is not None else regime.limit_train
     if limit is not None:
         rest = rest[:limit]
-    train = TensorSplit(data.train.images[rest], data.train.labels[rest])
-    evaluation = (TensorSplit(data.train.images[carved], data.train.labels[carved])
-                  if split == "tuning" else data.validation)
+    train = data.train.subset(rest)  # uint8 images with the train split's normalisation
+    evaluation = data.train.subset(carved) if split == "tuning" else data.validation
     return dataclasses.replace(data, train=train, validation=evaluation)
 
 

@@ -207,7 +207,9 @@ def test_fashion_mnist_loads() -> None:
     assert splits.num_classes == 10 and len(splits.class_names) == 10
     for split in (splits.train, splits.holdout, splits.validation):
         assert int(split.labels.min()) >= 0 and int(split.labels.max()) <= 9
-    assert abs(splits.train.images.mean().item()) < 1e-3
+    assert splits.train.images.dtype == torch.uint8  # a quarter of float32; normalised per batch
+    normalised = torch.cat([images for images, _ in iterate_batches(splits.train, 1000, shuffle=False)])
+    assert normalised.dtype == torch.float32 and abs(normalised.mean().item()) < 1e-3
 
 
 def test_fashion_mnist_missing_names_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,6 +239,7 @@ def test_fashion_mnist_parses_idx_from_override_dir(tmp_path: Path, monkeypatch:
     splits = load_dataset("fashion_mnist", holdout_size=10, resolution=14)
     assert (len(splits.train), len(splits.holdout), len(splits.validation)) == (30, 10, 20)
     assert splits.train.images.shape[1:] == (1, 14, 14)
+    assert splits.train.images.dtype == torch.uint8
     assert set(splits.holdout.labels.tolist()) == set(range(10))
 
 

@@ -44,8 +44,8 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use one of {_TRUE + _FALSE}")
 
 
-def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    """An integer, optionally at least ``minimum``."""
+def env_int(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer, optionally at least ``minimum`` and at most ``maximum``."""
     value = env_str(name)
     if value is None:
         return default
@@ -55,6 +55,8 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name}={number} must be at least {minimum}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name}={number} must be at most {maximum}")
     return number
 
 
@@ -110,9 +112,24 @@ if SECRET_KEY is None:
     SECRET_KEY = stored_secret_key(DATA_DIR / "secret_key")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", default=False)
-if env_bool("NETADAPT_BEHIND_TLS_PROXY", default=False):
+# Plain http unless told otherwise: the embedded mode serves http://127.0.0.1:8000/, where an
+# HTTPS redirect or HSTS would lock the browser out of the site.
+SECURE_COOKIES = env_bool("SECURE_COOKIES", default=False)
+BEHIND_TLS_PROXY = env_bool("NETADAPT_BEHIND_TLS_PROXY", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_COOKIES
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if SECURE_COOKIES and BEHIND_TLS_PROXY:
+    # The production TLS profile: the site is HTTPS only. HSTS covers this host alone; whether it
+    # also covers sibling subdomains, or goes on the browsers' preload list, is a decision about
+    # the whole domain that only its operator can make (off unless set; Django's deploy check
+    # suggests both, hence the two silenced warnings when they are off).
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = env_int("NETADAPT_HSTS_SECONDS", 365 * 24 * 3600, minimum=1)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("NETADAPT_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    SECURE_HSTS_PRELOAD = env_bool("NETADAPT_HSTS_PRELOAD", default=False)
+    SILENCED_SYSTEM_CHECKS = ([] if SECURE_HSTS_INCLUDE_SUBDOMAINS else ["security.W005"]) + (
+        [] if SECURE_HSTS_PRELOAD else ["security.W021"])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -216,6 +233,15 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 UPLOAD_MAX_BYTES = env_int("NETADAPT_UPLOAD_MAX_BYTES", 200 * 1024 * 1024, minimum=1)
+# What an uploaded dataset may decode to, counted from image headers before a pixel is decoded:
+# width x height of one image (at most Pillow's own bomb threshold), and of all its images together.
+DATASET_IMAGE_MAX_PIXELS = env_int("NETADAPT_DATASET_IMAGE_MAX_PIXELS", 25_000_000, minimum=1,
+                                   maximum=89_478_485)
+DATASET_MAX_PIXELS = env_int("NETADAPT_DATASET_MAX_PIXELS", 1_000_000_000, minimum=1, maximum=10**11)
+# What checking one upload in its child process may use (adaptation.checking): private writable
+# memory (RLIMIT_DATA) in MB, and wall-clock seconds.
+CHECK_MEMORY_MB = env_int("NETADAPT_CHECK_MEMORY_MB", 512, minimum=128, maximum=1 << 20)
+CHECK_SECONDS = env_int("NETADAPT_CHECK_SECONDS", 300, minimum=5, maximum=24 * 3600)
 # Model files that pickle a whole nn.Module run arbitrary code when loaded: refused unless the
 # operator explicitly allows them (DESIGN.md section 6).
 NETADAPT_ALLOW_PICKLED_MODELS = env_bool("NETADAPT_ALLOW_PICKLED_MODELS", False)
@@ -274,6 +300,18 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "NetAdapt Studio API",
     "DESCRIPTION": "Adapt trained CNNs to a device's measured latency with NetAdapt.",
     "VERSION": "0.1.0",
+    # Fields named "kind" and "status" with different choices on several models: one enum name
+    # each, instead of drf-spectacular's hashed names (and its warning).
+    "ENUM_NAME_OVERRIDES": {
+        "ModelStatusEnum": "adaptation.models.ModelUpload.STATUS_CHOICES",
+        "DatasetKindEnum": "adaptation.models.Dataset.KIND_CHOICES",
+        "DatasetStatusEnum": "adaptation.models.Dataset.STATUS_CHOICES",
+        "JobKindEnum": "adaptation.models.Job.KIND_CHOICES",
+        "JobStatusEnum": "adaptation.models.Job.STATUS_CHOICES",
+        "DeviceKindEnum": "devices.models.Device.KIND_CHOICES",
+        "DeviceStatusEnum": "devices.models.Device.STATUS_CHOICES",
+        "MeasurementStatusEnum": "devices.models.MeasurementRequest.STATUS_CHOICES",
+    },
 }
 
 # --------------------------------------------------------------------------- background work

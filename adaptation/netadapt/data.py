@@ -4,7 +4,10 @@ NetAdapt needs three disjoint splits: ``train`` for training and short-term
 fine-tuning, ``holdout`` (carved from the training data) on which it compares pruning
 proposals, and ``validation`` for the accuracy it reports, which the algorithm never
 sees while choosing. The datasets used here are small enough to hold in memory, so
-splits are plain tensors and batches are produced by tensor indexing.
+splits are plain tensors and batches are produced by tensor indexing. Fashion-MNIST and
+image folders are held as uint8 pixels (a quarter of float32) and normalised one batch
+at a time (``TensorSplit.batch``); image folders are decoded within pixel bounds, one
+image at a time (``image_folder``).
 
 Sources: Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (gzip'd idx
 files, parsed here), scikit-learn's bundled 8x8 digits, and image folders
@@ -20,14 +23,15 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from PIL.Image import Image as PilImage
+from .image_folder import (GRAYSCALE_MODES, HIGH_DEPTH_MODES, IMAGE_EXTENSIONS,  # noqa: F401 (re-exported)
+                           MIN_IMAGES_PER_CLASS, InvalidDataset, PixelLimits, decoded_images,
+                           scan_image_folder)
+from .splits import cap_train_indices, split_count, stratified_take, three_way_split
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: Environment variable that overrides ``FASHION_MNIST_DIR``.
@@ -55,13 +59,16 @@ DIGITS_RESOLUTION = 8
 DIGITS_MAX_VALUE = 16.0
 
 BUILTIN_DATASETS: tuple[str, ...] = ("fashion_mnist", "digits")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
-#: Pillow modes with a single luminance band (plus optional alpha).
-GRAYSCALE_MODES: frozenset[str] = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-#: Pillow modes whose values exceed 8 bits; converting them with Pillow would clip.
-HIGH_DEPTH_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-#: A class needs one image in each of train, holdout and validation.
-MIN_IMAGES_PER_CLASS = 3
+#: Values converted to float at a time when statistics or resizing walk a whole split (32 MB
+#: as float64): a whole 224 px split converted at once would be gigabytes.
+CHUNK_VALUES = 1 << 22
+
+
+def _chunks(images: torch.Tensor) -> Iterator[slice]:
+    """Slices of ``images`` (N, ...) holding about ``CHUNK_VALUES`` values each."""
+    step = max(1, CHUNK_VALUES // max(1, images[0].numel() if len(images) else 1))
+    for start in range(0, len(images), step):
+        yield slice(start, start + step)
 
 _IDX_IMAGES_MAGIC = 2051  # idx3: unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # idx1: unsigned bytes, 1 dimension
@@ -71,16 +78,18 @@ class DatasetUnavailable(RuntimeError):
     """A dataset that is normally installed on the machine is missing."""
 
 
-class InvalidDataset(ValueError):
-    """Dataset files or folders are malformed; the message names the file and the problem."""
-
-
 @dataclass
 class TensorSplit:
-    """One split held in memory: normalised float32 images (N, C, H, W), int64 labels (N,)."""
+    """One split held in memory: images (N, C, H, W) and int64 labels (N,).
+
+    Images are either normalised float32, or uint8 pixels with the per-channel ``mean`` and
+    ``std`` (of pixels / 255) that normalise them; ``batch`` returns normalised float32 either way.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4:
@@ -89,9 +98,29 @@ class TensorSplit:
             raise ValueError(
                 f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
             )
+        if self.images.dtype == torch.uint8:
+            channels = self.images.shape[1]
+            if self.mean is None or self.std is None or len(self.mean) != channels or len(self.std) != channels:
+                raise ValueError(f"uint8 images need a mean and a std for each of their {channels} channel(s)")
+            self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            self._std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        elif not self.images.is_floating_point():
+            raise ValueError(f"images must be float or uint8, got {self.images.dtype}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The images at ``index`` as normalised float32 (N, C, H, W)."""
+        images = self.images[index]
+        if images.dtype != torch.uint8:
+            return images
+        return (images.to(torch.float32).div_(255.0).sub_(self._mean)).div_(self._std)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "TensorSplit":
+        """The samples at ``index`` as a split of their own (same storage and normalisation)."""
+        index = torch.as_tensor(index)
+        return TensorSplit(self.images[index], self.labels[index], self.mean, self.std)
 
 
 @dataclass
@@ -139,82 +168,6 @@ def _check_resolution(resolution: int | None) -> None:
         raise ValueError(f"resolution must be an integer >= 1, got {resolution!r}")
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
-
-
-def _split_count(name: str, size: int | float, population: int) -> int:
-    """Turn a split size (an int count, or a float fraction of ``population``) into a count."""
-    if isinstance(size, bool):
-        raise ValueError(f"{name} must be an int count or a float fraction, got {size!r}")
-    if isinstance(size, int):
-        if not 1 <= size < population:
-            raise ValueError(f"{name}={size} must be between 1 and {population - 1} (of {population} samples)")
-        return size
-    if isinstance(size, float):
-        _check_fraction(name, size)
-        return min(population - 1, max(1, round(size * population)))
-    raise ValueError(f"{name} must be an int count or a float fraction, got {size!r}")
-
-
-def _allocate_per_class(
-    class_sizes: np.ndarray, total: int, minimum: np.ndarray, maximum: np.ndarray
-) -> np.ndarray:
-    """Split ``total`` among classes proportionally to ``class_sizes`` within [minimum, maximum].
-
-    Largest-remainder rounding keeps each class's share as close to proportional as
-    integers allow while the counts add up to ``total`` exactly (clamped to the bounds).
-    """
-    total = int(np.clip(total, minimum.sum(), maximum.sum()))
-    exact = total * class_sizes / class_sizes.sum()
-    counts = np.clip(np.floor(exact).astype(np.int64), minimum, maximum)
-    # Priority of each class for the next +1 (or -1): its unrounded remainder, lowered
-    # (raised) by one after each adjustment so the adjustments rotate between classes.
-    priority = exact - np.floor(exact)
-    while counts.sum() < total:
-        candidates = np.flatnonzero(counts < maximum)
-        chosen = candidates[np.argmax(priority[candidates])]
-        counts[chosen] += 1
-        priority[chosen] -= 1.0
-    while counts.sum() > total:
-        candidates = np.flatnonzero(counts > minimum)
-        chosen = candidates[np.argmin(priority[candidates])]
-        counts[chosen] -= 1
-        priority[chosen] += 1.0
-    return counts
-
-
-def _stratified_take(
-    indices: np.ndarray,
-    labels: np.ndarray,
-    count: int,
-    rng: np.random.Generator,
-    *,
-    keep_per_class: int = 0,
-    at_least_one_each: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``count`` of ``indices`` at random, stratified by ``labels[indices]``.
-
-    Returns (taken, rest), both sorted. With ``at_least_one_each`` every class present
-    gets at least one taken sample, and ``keep_per_class`` samples of each class always
-    stay in ``rest`` (so later splits can be stratified too).
-    """
-    subset_labels = labels[indices]
-    classes, class_sizes = np.unique(subset_labels, return_counts=True)
-    minimum = np.full(len(classes), 1 if at_least_one_each else 0)
-    maximum = np.maximum(class_sizes - keep_per_class, 0)
-    minimum = np.minimum(minimum, maximum)
-    per_class = _allocate_per_class(class_sizes, count, minimum, maximum)
-    taken: list[np.ndarray] = []
-    for label, class_count in zip(classes, per_class):
-        members = indices[subset_labels == label]
-        taken.append(rng.permutation(members)[:class_count])
-    taken_indices = np.sort(np.concatenate(taken)) if taken else np.empty(0, dtype=np.int64)
-    rest = np.setdiff1d(indices, taken_indices, assume_unique=True)
-    return taken_indices, rest
-
-
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """Bilinear, antialiased resize of (N, C, H, W) images to resolution x resolution."""
     if images.shape[-2:] == (resolution, resolution):
@@ -222,11 +175,32 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _resize_uint8(pixels: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``_resize`` of uint8 (N, C, H, W) pixels, a chunk at a time, rounded back to uint8."""
+    if pixels.shape[-2:] == (resolution, resolution):
+        return pixels
+    out = torch.empty((*pixels.shape[:2], resolution, resolution), dtype=torch.uint8)
+    for chunk in _chunks(out if out[0].numel() >= pixels[0].numel() else pixels):  # the larger
+        resized = _resize(pixels[chunk].to(torch.float32), resolution)
+        out[chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
 def _channel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std; a constant channel gets std 1 to avoid dividing by zero."""
-    as_double = images.double()
-    mean = as_double.mean(dim=(0, 2, 3))
-    std = as_double.std(dim=(0, 2, 3))
+    """Per-channel mean and std (of pixels / 255 for uint8 images), a chunk of images at a time;
+    a constant channel gets std 1 to avoid dividing by zero."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for part in _chunks(images):
+        chunk = images[part].double()
+        if images.dtype == torch.uint8:
+            chunk /= 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = images.numel() // channels
+    mean = total / count
+    std = ((squares - count * mean.square()) / max(count - 1, 1)).clamp_(min=0.0).sqrt_()
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
     return mean.tolist(), std.tolist()
 
@@ -244,14 +218,19 @@ def _assemble(
 ) -> DatasetSplits:
     """Normalise every split with the train split's statistics and wrap the result.
 
-    ``splits`` maps "train"/"holdout"/"validation" to (float images in [0, 1], labels).
+    ``splits`` maps "train"/"holdout"/"validation" to (images, labels): float images in [0, 1]
+    are normalised here; uint8 pixels stay uint8 and are normalised batch by batch.
     """
     train_images = splits["train"][0]
     mean, std = _channel_statistics(train_images)
-    tensor_splits = {
-        split_name: TensorSplit(_normalise(images, mean, std), labels.to(torch.int64).contiguous())
-        for split_name, (images, labels) in splits.items()
-    }
+
+    def split(images: torch.Tensor, labels: torch.Tensor) -> TensorSplit:
+        labels = labels.to(torch.int64).contiguous()
+        if images.dtype == torch.uint8:
+            return TensorSplit(images.contiguous(), labels, tuple(mean), tuple(std))
+        return TensorSplit(_normalise(images, mean, std), labels)
+
+    tensor_splits = {split_name: split(images, labels) for split_name, (images, labels) in splits.items()}
     return DatasetSplits(
         name=name,
         train=tensor_splits["train"],
@@ -264,33 +243,6 @@ def _assemble(
         mean=mean,
         std=std,
     )
-
-
-def _three_way_split(
-    labels: np.ndarray, holdout_size: int | float, validation_size: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified (train, holdout, validation) indices.
-
-    ``validation_size`` is a fraction of all samples; ``holdout_size`` a count or a
-    fraction of what remains. Every class is represented in every split.
-    """
-    _check_fraction("validation_size", validation_size)
-    rng = np.random.default_rng(seed)
-    all_indices = np.arange(len(labels))
-    validation_count = _split_count("validation_size", validation_size, len(labels))
-    validation, rest = _stratified_take(all_indices, labels, validation_count, rng, keep_per_class=2)
-    holdout_count = _split_count("holdout_size", holdout_size, len(rest))
-    holdout, train = _stratified_take(rest, labels, holdout_count, rng, keep_per_class=1)
-    return train, holdout, validation
-
-
-def _cap_train_indices(train: np.ndarray, labels: np.ndarray, limit_train: int | None, seed: int) -> np.ndarray:
-    """Keep a stratified, seed-chosen subset of at most ``limit_train`` train indices."""
-    if limit_train is None or limit_train >= len(train):
-        return train
-    rng = np.random.default_rng([seed, limit_train])  # independent of the split draws
-    kept, _ = _stratified_take(train, labels, limit_train, rng, at_least_one_each=False)
-    return kept
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -350,8 +302,8 @@ def _read_fashion_mnist_pair(directory: Path, images_key: str, labels_key: str) 
 
 
 def _bytes_to_images(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]."""
-    return torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(1)
+    """uint8 (N, H, W) -> uint8 (N, 1, H, W), a copy of its own."""
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(1)  # idx arrays are read-only
 
 
 def _load_fashion_mnist(holdout_size: int | float, resolution: int, seed: int, limit_train: int | None) -> DatasetSplits:
@@ -368,12 +320,12 @@ def _load_fashion_mnist(holdout_size: int | float, resolution: int, seed: int, l
     test_pixels, test_labels = _read_fashion_mnist_pair(directory, "test_images", "test_labels")
 
     rng = np.random.default_rng(seed)
-    holdout_count = _split_count("holdout_size", holdout_size, len(train_labels))
-    holdout, train = _stratified_take(np.arange(len(train_labels)), train_labels, holdout_count, rng, keep_per_class=1)
-    train = _cap_train_indices(train, train_labels, limit_train, seed)
+    holdout_count = split_count("holdout_size", holdout_size, len(train_labels))
+    holdout, train = stratified_take(np.arange(len(train_labels)), train_labels, holdout_count, rng, keep_per_class=1)
+    train = cap_train_indices(train, train_labels, limit_train, seed)
 
     def split(pixels: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return _resize(_bytes_to_images(pixels), resolution), torch.from_numpy(labels.astype(np.int64))
+        return _resize_uint8(_bytes_to_images(pixels), resolution), torch.from_numpy(labels.astype(np.int64))
 
     return _assemble(
         "fashion_mnist",
@@ -399,8 +351,8 @@ def _load_digits(
     images = torch.from_numpy(bunch.images.astype(np.float32) / DIGITS_MAX_VALUE).unsqueeze(1)
     labels = np.asarray(bunch.target, dtype=np.int64)
     images = _resize(images, resolution)
-    train, holdout, validation = _three_way_split(labels, holdout_size, validation_size, seed)
-    train = _cap_train_indices(train, labels, limit_train, seed)
+    train, holdout, validation = three_way_split(labels, holdout_size, validation_size, seed)
+    train = cap_train_indices(train, labels, limit_train, seed)
     label_tensor = torch.from_numpy(labels)
     return _assemble(
         "digits",
@@ -452,66 +404,6 @@ def load_dataset(
 # --------------------------------------------------------------------------- image folders
 
 
-def _class_folders(root: Path) -> list[Path]:
-    """Class sub-folders of ``root`` sorted by name (hidden folders ignored), validated."""
-    if not root.is_dir():
-        raise InvalidDataset(f"{root}: dataset folder does not exist or is not a directory")
-    folders = sorted(
-        (entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")),
-        key=lambda entry: entry.name,
-    )
-    if len(folders) < 2:
-        raise InvalidDataset(
-            f"{root}: found {len(folders)} class folder(s), need at least 2 (layout: {root}/<class>/<image>)"
-        )
-    return folders
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Image files of one class folder, sorted; raises if there are too few."""
-    files = sorted(
-        entry
-        for entry in folder.iterdir()
-        if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
-        raise InvalidDataset(
-            f"{folder}: class folder has no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    if len(files) < MIN_IMAGES_PER_CLASS:
-        raise InvalidDataset(
-            f"{folder}: class has {len(files)} image(s), need at least {MIN_IMAGES_PER_CLASS} "
-            "(one each for train, holdout and validation)"
-        )
-    return files
-
-
-def _open_image(path: Path) -> PilImage:
-    """Fully decode an image with Pillow; InvalidDataset naming the file if it cannot be."""
-    from PIL import Image  # local: only image folders need Pillow
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise InvalidDataset(f"{path}: not a decodable image ({error})") from error
-
-
-def _image_to_tensor(image: PilImage, grayscale: bool, resolution: int) -> torch.Tensor:
-    """Pillow image -> float32 (C, resolution, resolution) in [0, 1]; 1 channel if grayscale else RGB."""
-    if image.mode in HIGH_DEPTH_MODES:  # 16/32-bit or float luminance: scale by the format's range
-        luminance = np.asarray(image, dtype=np.float32)
-        luminance = luminance / (65535.0 if luminance.max(initial=0.0) > 255.0 else 255.0)
-        array = luminance[None] if grayscale else np.repeat(luminance[None], 3, axis=0)
-    elif grayscale:
-        array = (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[None]
-    else:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0)
-    return _resize(tensor, resolution).squeeze(0).clamp_(0.0, 1.0)
-
-
 def load_image_folder(
     path: str | Path,
     *,
@@ -520,32 +412,31 @@ def load_image_folder(
     resolution: int = 32,
     grayscale: bool | None = None,
     seed: int = 0,
+    limits: PixelLimits = PixelLimits(),
 ) -> DatasetSplits:
-    """Load ``path/<class>/*.{png,jpg,jpeg,bmp,gif,webp}`` as stratified, normalised splits.
+    """Load ``path/<class>/*.{png,jpg,jpeg,bmp,gif,webp}`` as stratified splits of uint8 images.
 
-    Classes are the sub-folder names, sorted. Images are resized to resolution x
-    resolution. ``grayscale=None`` picks 1 channel when every image has a luminance-only
-    Pillow mode (1, L, LA, I, I;16, F), else 3 (RGB); True/False force it. Validation
-    is ``validation_size`` of all images, holdout ``holdout_size`` (count or fraction)
-    of the rest, and every class is in every split, so a class needs at least 3
-    images. Raises InvalidDataset (naming the folder or file) for a missing folder,
-    fewer than 2 classes, a class without enough images, or an undecodable image.
+    Classes are the sub-folder names, sorted. Every image's header is checked against
+    ``limits`` before any is decoded; then each is decoded, turned upright (EXIF) and
+    resized to resolution x resolution on its own (``image_folder``). ``grayscale=None``
+    picks 1 channel when every image has a luminance-only Pillow mode (1, L, LA, I,
+    I;16, F), else 3 (RGB); True/False force it. Validation is ``validation_size`` of all
+    images, holdout ``holdout_size`` (count or fraction) of the rest, and every class is
+    in every split, so a class needs at least 3 images. Raises InvalidDataset (naming the
+    folder or file) for a missing folder, fewer than 2 classes, a class without enough
+    images, an image over the pixel limits, an animated or undecodable image.
     """
     _check_resolution(resolution)
     root = Path(path)
-    folders = _class_folders(root)
-    files_per_class = [_image_files(folder) for folder in folders]
-
-    decoded: list[tuple[PilImage, int]] = []
-    for label, files in enumerate(files_per_class):
-        decoded.extend((_open_image(file), label) for file in files)
+    scan = scan_image_folder(root, limits)
     if grayscale is None:
-        grayscale = all(image.mode in GRAYSCALE_MODES for image, _ in decoded)
-
-    images = torch.stack([_image_to_tensor(image, grayscale, resolution) for image, _ in decoded])
-    labels = np.array([label for _, label in decoded], dtype=np.int64)
-    train, holdout, validation = _three_way_split(labels, holdout_size, validation_size, seed)
-    label_tensor = torch.from_numpy(labels)
+        grayscale = scan.all_grayscale()
+    channels = 1 if grayscale else 3
+    images = torch.empty((len(scan.headers), channels, resolution, resolution), dtype=torch.uint8)
+    for index, pixels in enumerate(decoded_images(scan, grayscale, resolution)):
+        images[index] = torch.from_numpy(pixels)
+    train, holdout, validation = three_way_split(scan.labels, holdout_size, validation_size, seed)
+    label_tensor = torch.from_numpy(scan.labels)
     return _assemble(
         root.name or str(root),
         {
@@ -553,7 +444,7 @@ def load_image_folder(
             "holdout": (images[holdout], label_tensor[holdout]),
             "validation": (images[validation], label_tensor[validation]),
         },
-        [folder.name for folder in folders],
+        list(scan.class_names),
     )
 
 
@@ -579,7 +470,7 @@ def iterate_batches(
         order = torch.randperm(count, generator=generator)
         for start in range(0, count, batch_size):
             batch_indices = order[start : start + batch_size]
-            yield split.images[batch_indices], split.labels[batch_indices]
+            yield split.batch(batch_indices), split.labels[batch_indices]
     else:
         for start in range(0, count, batch_size):
-            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+            yield split.batch(slice(start, start + batch_size)), split.labels[start : start + batch_size]
