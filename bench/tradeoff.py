@@ -65,6 +65,9 @@ class Regime:
     decay: float
     ratios: tuple[float, ...]  # multiplier curve; widened until every method lies inside it
     note: str
+    #: Pixels of detail: images are downsampled to ``detail`` px and upsampled again to
+    #: ``resolution`` (None: loaded at ``resolution`` directly).
+    detail: int | None = None
 
     @property
     def uniform_steps(self) -> int:
@@ -73,7 +76,10 @@ class Regime:
         return self.max_iterations * self.short_term_steps
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "uniform_steps": self.uniform_steps}
+        fields = dataclasses.asdict(self)
+        if fields["detail"] is None:  # regimes defined before the field keep their saved form
+            del fields["detail"]
+        return {**fields, "uniform_steps": self.uniform_steps}
 
 
 RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -90,6 +96,14 @@ REGIMES = {r.name: r for r in [
     Regime("mbv1-0.25-fmnist14-12k", "mobilenet_v1", 0.25, 14, 12_000, 10, 2000, 15, 0.5, 10, 0.5,
            0.1, 0.9, RATIOS, "width 0.25 on Fashion-MNIST downsampled to 14 px: less detail, so "
            "fewer channels may have less to spare"),
+    Regime("mbv1-0.5-fmnist14up84-12k", "mobilenet_v1", 0.5, 84, 12_000, 10, 2000, 15, 0.5, 10, 0.5,
+           0.1, 0.9, RATIOS, "14-px detail (which made width matter most) upsampled to 84 px, so "
+           "build_model gives the ImageNet stem at stride 2 (inputs above 64 px): 42x42 maps after "
+           "the stem, 2.25x the 28-px regimes' arithmetic, so arithmetic, not per-call overhead, "
+           "should dominate latency", detail=14),
+    Regime("mbv2-0.5-fmnist32-12k", "mobilenet_v2", 0.5, 32, 12_000, 10, 2000, 15, 0.5, 10, 0.5,
+           0.1, 0.9, RATIOS, "torchvision's MobileNetV2 (width_mult 0.5, stem at stride 1 for small "
+           "inputs) at 32 px: inverted residuals, the paper's second network"),
 ]}
 
 
@@ -104,7 +118,7 @@ def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
     from adaptation.netadapt.data import load_dataset
 
     data = load_dataset("fashion_mnist", holdout_size=regime.holdout, seed=DATA_SEED,
-                        resolution=regime.resolution)
+                        resolution=regime.detail or regime.resolution)
     order = torch.from_numpy(np.random.default_rng([DATA_SEED, 7]).permutation(len(data.train)))
     carved, rest = order[:TUNING_VALIDATION], order[TUNING_VALIDATION:]
     limit = limit_train if limit_train is not None else regime.limit_train
@@ -112,7 +126,29 @@ def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
         rest = rest[:limit]
     train = data.train.subset(rest)  # uint8 images with the train split's normalisation
     evaluation = data.train.subset(carved) if split == "tuning" else data.validation
-    return dataclasses.replace(data, train=train, validation=evaluation)
+    data = dataclasses.replace(data, train=train, validation=evaluation)
+    if regime.detail is not None and regime.detail != regime.resolution:
+        data = upsampled(data, regime.resolution)
+    return data
+
+
+def upsampled(data, resolution: int):
+    """``data`` with every split's normalised images resized bilinearly to ``resolution``: the
+    detail stays what it was, only the network's input (and so its arithmetic) grows. Only the
+    splits a run uses are resized (after carving), since 60k images at 84 px would not fit
+    comfortably in memory; the result is normalised float32."""
+    from adaptation.netadapt.data import TensorSplit
+
+    def grow(split: TensorSplit) -> TensorSplit:
+        if not len(split):
+            return split
+        images = torch.cat([torch.nn.functional.interpolate(
+            split.batch(chunk), size=(resolution, resolution), mode="bilinear", align_corners=False)
+            for chunk in torch.arange(len(split)).split(2048)])
+        return TensorSplit(images.contiguous(), split.labels)
+
+    return dataclasses.replace(data, train=grow(data.train), holdout=grow(data.holdout),
+                               validation=grow(data.validation), resolution=resolution)
 
 
 def spec_of(regime: Regime):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.tradeoff_summary import (accuracy_at_latency, goal_holds, latency_at_accuracy,
                                     monotone_curve, summarise)
@@ -91,3 +92,78 @@ def test_committed_results_agree_with_their_rows(path):
     document = json.loads(path.read_text())
     assert json.dumps(summarise(document["rows"]), sort_keys=True) == \
         json.dumps(document["summary"], sort_keys=True)
+
+
+# --------------------------------------------------------------------------- regime definitions
+
+from bench.tradeoff import REGIMES, UNIFORM_RESULTS, spec_of, upsampled  # noqa: E402
+
+
+def test_every_regime_is_buildable_and_can_show_the_drop():
+    from adaptation.netadapt.models import ARCHITECTURES
+
+    assert len({r.name for r in REGIMES.values()}) == len(REGIMES)
+    for regime in REGIMES.values():
+        assert regime.arch in ARCHITECTURES
+        assert {0.5, 1.0} <= set(regime.ratios)        # the x1 -> x0.5 drop needs both
+        assert regime.detail is None or regime.detail < regime.resolution
+        assert regime.uniform_steps == regime.max_iterations * regime.short_term_steps
+
+
+def test_committed_regimes_keep_their_definition():
+    """A regime's saved definition is compared on resume and stored with its committed curve:
+    the field added for upsampled regimes must not change the older ones."""
+    committed = json.loads(UNIFORM_RESULTS.read_text())["regimes"] if UNIFORM_RESULTS.exists() else {}
+    for name, saved in committed.items():
+        assert json.loads(json.dumps(REGIMES[name].to_dict())) == saved
+    assert "detail" not in REGIMES["mbv1-0.5-fmnist28"].to_dict()
+    assert REGIMES["mbv1-0.5-fmnist14up84-12k"].to_dict()["detail"] == 14
+
+
+def test_the_upsampled_regime_has_a_stride_2_stem_and_low_detail_inputs():
+    regime = REGIMES["mbv1-0.5-fmnist14up84-12k"]
+    model = spec_of(regime).build().eval()
+    assert model.features[0][0].stride == (2, 2)          # inputs above 64 px: the ImageNet stem
+    maps = model.features[0](spec_of(regime).example_input())
+    assert maps.shape[-2:] == (42, 42)
+
+
+def test_upsampling_keeps_labels_and_detail_and_grows_every_split():
+    from adaptation.netadapt.data import load_dataset
+
+    data = load_dataset("digits", resolution=8, seed=0)
+    grown = upsampled(data, 24)
+    for name in ("train", "holdout", "validation"):
+        small, large = getattr(data, name), getattr(grown, name)
+        assert large.images.shape == (len(small), 1, 24, 24)
+        assert torch.equal(large.labels, small.labels)
+        # bilinear at 3x: the centre pixel of every 3x3 block is the 8-px pixel itself, so the
+        # detail is exactly the original's and nothing new is made up in between
+        assert torch.allclose(large.images[..., 1::3, 1::3], small.images, atol=1e-5)
+        assert abs(large.images.mean().item() - small.images.mean().item()) < 0.05
+    assert grown.resolution == 24
+
+
+def test_the_mobilenet_v2_regime_network_has_prunable_groups_that_each_prune():
+    """Every group of the regime's MobileNetV2 (1 channel, 32 px) pruned by one step alone: the
+    network still runs and its traced layers are what the analysis predicts."""
+    from adaptation.netadapt.graph import NetworkAnalysis, pruned_copy
+    from devices.measure.signature import trace_layers
+
+    regime = REGIMES["mbv2-0.5-fmnist32-12k"]
+    torch.manual_seed(0)
+    model = spec_of(regime).build().eval()
+    sample = spec_of(regime).example_input()
+    assert model.features[0][0].stride == (1, 1)           # small inputs: no stem downsampling
+    analysis = NetworkAnalysis(model, sample)
+    original = analysis.original_config()
+    assert len(original) >= 17                              # one per inverted-residual stage at least
+    for group, channels in original.items():
+        if channels <= 8:
+            continue
+        config = {**original, group: channels - 8}
+        pruned = pruned_copy(model, sample, {group: channels - 8}).eval()
+        assert pruned(sample).shape == (1, 10)
+        traced = [t.signature for t in trace_layers(pruned, sample)]
+        assert traced == analysis.signatures(config), group
+        assert analysis.macs(config) < analysis.macs(original)
