@@ -34,8 +34,10 @@ SELECTION_LABELS = {"accuracy": "Best holdout accuracy (paper)",
 BUDGET_MODES = [("percent", "% of the original"), ("absolute", "Absolute (ms, MACs or parameters)")]
 PRESET_CHOICES = [("recommended", "Recommended: the levers below (beyond the paper)"),
                   ("paper", "The paper's plain NetAdapt: the levers below are ignored (all off)")]
-#: The engine's defaults, which the lever fields start from.
+#: The engine's defaults, which the lever fields start from (and take when left empty).
 DEFAULTS = AdaptConfig()
+LEVER_FIELDS = ("bn_recalibration_batches", "distillation_alpha", "distillation_temperature",
+                "floor_minimum", "floor_fraction")
 
 # What built-in datasets feed a model before resizing (their summaries may not be filled in).
 BUILTIN_INPUTS = {"digits": {"in_channels": 1, "resolution": 8, "num_classes": 10},
@@ -158,29 +160,31 @@ class JobForm(forms.Form):
     max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
     holdout_size = _holdout_field()
     preset = forms.ChoiceField(
-        choices=PRESET_CHOICES, initial="recommended",
+        choices=PRESET_CHOICES, initial="recommended", required=False,
         help_text="The levers below go beyond the NetAdapt paper; the uniform-width baselines "
                   "of a job get the same ones.")
     bn_recalibration_batches = ranged(
-        forms.IntegerField(initial=DEFAULTS.bn_recalibration_batches,
+        forms.IntegerField(initial=DEFAULTS.bn_recalibration_batches, required=False,
                            label="Batch-norm re-estimation batches"),
         "bn_recalibration_batches",
         "Training batches that re-estimate batch-norm statistics after every fine-tune, before "
         "scoring (beyond the paper; 0 is off).")
     distillation_alpha = ranged(
-        forms.FloatField(initial=DEFAULTS.distillation_alpha, label="Distillation weight"),
+        forms.FloatField(initial=DEFAULTS.distillation_alpha, required=False,
+                         label="Distillation weight"),
         "distillation_alpha",
         "Weight of distillation from the original network in every fine-tune (beyond the "
         "paper; 0 is off: labels only).")
     distillation_temperature = ranged(
-        forms.FloatField(initial=DEFAULTS.distillation_temperature,
+        forms.FloatField(initial=DEFAULTS.distillation_temperature, required=False,
                          label="Distillation temperature"),
         "distillation_temperature", "Softmax temperature of the distillation.")
     floor_minimum = ranged(
-        forms.IntegerField(initial=DEFAULTS.floor_minimum, label="Channel floor"),
+        forms.IntegerField(initial=DEFAULTS.floor_minimum, required=False, label="Channel floor"),
         "floor_minimum", "No group shrinks below this many channels (0: only the channel step).")
     floor_fraction = ranged(
-        forms.FloatField(initial=DEFAULTS.floor_fraction, label="Channel floor fraction"),
+        forms.FloatField(initial=DEFAULTS.floor_fraction, required=False,
+                         label="Channel floor fraction"),
         "floor_fraction", "No group shrinks below this fraction of its original channels.")
 
     def __init__(self, *args, user, **kwargs):
@@ -278,12 +282,12 @@ class JobForm(forms.Form):
 
     @staticmethod
     def _levers(data: dict) -> dict:
-        """The levers as the form gives them, or all off under the "paper" preset."""
-        if data["preset"] == "paper":
+        """The levers as the form gives them (one left empty: the engine's default), or all off
+        under the "paper" preset."""
+        if data.get("preset") == "paper":
             return preset_settings("paper")
-        return {name: data[name] for name in ("bn_recalibration_batches", "distillation_alpha",
-                                              "distillation_temperature", "floor_minimum",
-                                              "floor_fraction")}
+        given = {name: data.get(name) for name in LEVER_FIELDS}
+        return {name: value for name, value in given.items() if value is not None}
 
     def job_settings(self) -> dict:
         """What the job row stores: the engine configuration plus the runner's options."""
