@@ -17,7 +17,8 @@ from adaptation.netadapt.graph import NetworkAnalysis, pruned_copy
 from adaptation.netadapt.loop import FinishRecord, IterationRecord, NetAdapt, long_term_finetune
 from adaptation.netadapt.models import build_model, example_input
 from adaptation.netadapt.resources import Estimate, MacsModel
-from adaptation.netadapt.steps import Proposal, evaluate_proposal, plan_iteration
+from adaptation.netadapt.steps import (Proposal, evaluate_proposal, plan_configs, plan_iteration,
+                                       plan_signatures)
 from adaptation.netadapt.training import accuracy, train_steps
 
 PAPER = PRESETS["paper"]
@@ -156,6 +157,11 @@ def test_no_group_is_proposed_below_its_floor(net):
     assert floored.skipped["features.0.0"] == "already at its floor of 16 channels"
     half = plan_iteration(analysis, channels, MacsModel(), 0, target, 8, FloorRule(fraction=0.5))
     assert all(p.channels >= channels[p.group] // 2 for p in half.proposals)
+    # Nothing below a floor is even looked up (a latency table would measure it for nothing).
+    rule = FloorRule(fraction=0.5)
+    assert all(config[g] >= channels[g] // 2 for config in plan_configs(analysis, channels, 8, rule)
+               for g in config)
+    assert len(plan_signatures(analysis, channels, 8, rule)) < len(plan_signatures(analysis, channels, 8))
 
 
 def test_the_engine_keeps_every_group_above_the_configured_floor(net, digits16):

@@ -416,7 +416,7 @@ class NetAdapt:
         i = state.iteration
         self._clock(i)
         tick = time.perf_counter()
-        wanted = plan_signatures(self.analysis, state.channels, config.channel_step)
+        wanted = plan_signatures(self.analysis, state.channels, config.channel_step, config.floor_rule())
         yield from self._fill_table(wanted, f"iteration {i} candidates")
         if self.resource.measures_networks:
             yield from self._measure_candidates(i)
@@ -502,7 +502,8 @@ class NetAdapt:
 
     def _measure_candidates(self, iteration: int) -> Iterator:
         """Measure whole every candidate network of the plan that has not been measured yet."""
-        configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step)
+        configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step,
+                                           self.config.floor_rule())
                    if not self.resource.has(self.analysis.signatures(c))]
         if not configs:
             return

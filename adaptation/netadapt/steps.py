@@ -94,18 +94,19 @@ def candidate_counts(current: int, step: int) -> list[int]:
     return list(range((current - 1) // step * step, step - 1, -step))
 
 
-def plan_configs(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
-                 ) -> list[ChannelConfig]:
-    """Every channel configuration the plan of an iteration may estimate."""
+def plan_configs(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int,
+                 floor: FloorRule | None = None) -> list[ChannelConfig]:
+    """Every channel configuration the plan of an iteration may estimate (none below ``floor``)."""
+    floors = floor.floors(analysis.original_config(), step) if floor else {}
     return [{**channels, group: count} for group in analysis.group_names
-            for count in candidate_counts(channels[group], step)]
+            for count in above_floor(candidate_counts(channels[group], step), floors.get(group, 0))]
 
 
-def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
-                    ) -> list[LayerSignature]:
+def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int,
+                    floor: FloorRule | None = None) -> list[LayerSignature]:
     """Every layer signature the plan of an iteration will look up (ask for them in one batch)."""
     wanted: dict[LayerSignature, None] = dict.fromkeys(analysis.signatures(channels))
-    for config in plan_configs(analysis, channels, step):
+    for config in plan_configs(analysis, channels, step, floor):
         wanted.update(dict.fromkeys(analysis.signatures(config)))
     return list(wanted)
 
