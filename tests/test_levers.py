@@ -173,3 +173,15 @@ def test_the_engine_keeps_every_group_above_the_configured_floor(net, digits16):
     assert isinstance(finish, FinishRecord) and finish.iterations >= 2
     assert all(finish.channels[g] >= 0.75 * original[g] for g in original)
     assert any("floor" in why for r in records if isinstance(r, IterationRecord) for why in r.skipped.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU here")
+def test_the_levers_run_on_a_cuda_training_device_and_leave_the_networks_on_the_cpu(net, digits16):
+    levers = config(distillation_alpha=0.5, bn_recalibration_batches=4, short_term_steps=5)
+    loss_fn = fine_tune_loss(levers, net)
+    proposal = Proposal("features.2.0", 2, 8, {}, Estimate(0, 0), 0, 0)
+    result, candidate = evaluate_proposal(net, X, proposal, digits16, levers, 0, device="cuda",
+                                          loss_fn=loss_fn)
+    assert {p.device.type for p in candidate.parameters()} == {"cpu"}
+    assert {b.device.type for b in candidate.buffers()} == {"cpu"}
+    assert result.holdout_accuracy == accuracy(candidate, digits16.holdout)
