@@ -95,7 +95,7 @@ def test_it_resumes_a_finished_run_to_the_same_result(adapted, trained):
 
 
 def test_it_refuses_resume_with_other_settings(adapted, trained, capsys):
-    with pytest.raises(SystemExit, match="settings differ"):
+    with pytest.raises(SystemExit, match=r"settings differ from the checkpoint's \(decay 0.9 \(checkpoint\) vs 0.8\)"):
         main(["adapt", "--model", trained, *DATA, *ADAPT[:-2], "--baselines", "",
               "--decay", "0.8", "--out", str(adapted), "--resume"])
 

@@ -331,8 +331,12 @@ def adapt(args: argparse.Namespace) -> None:
             raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
         state = AdaptState.load(checkpoint)
         if state.config != config:
-            raise SystemExit("--resume: the settings differ from the checkpoint's; "
-                             "use the same options as the interrupted run")
+            stored, given = state.config.to_dict(), config.to_dict()
+            differ = ", ".join(f"{k} {stored[k]!r} (checkpoint) vs {given[k]!r}"
+                               for k in stored if stored[k] != given[k])
+            raise SystemExit(f"--resume: the settings differ from the checkpoint's ({differ}); "
+                             "use the same options as the interrupted run (a run started before "
+                             "the levers existed resumes with --preset paper)")
     example = spec.example_input()
     analysis = NetworkAnalysis(original, example)
     engine = NetAdapt(original, example, data, config, resource, state=state, analysis=analysis,
