@@ -28,10 +28,10 @@ from adaptation.jobs import JobRunner
 from adaptation.job_files import JobFiles, media_path, write_atomically
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline
+from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.export import export_pytorch, load_pytorch
 from adaptation.netadapt.graph import NetworkAnalysis
 from adaptation.netadapt.loop import NeedsMeasurement, NetworkRequest, long_term_finetune
-from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.resources import LatencyTableModel
 from adaptation.netadapt.training import accuracy
 from devices.requests import device_table

@@ -26,9 +26,9 @@ from adaptation.job_files import JobFiles, write_atomically
 from adaptation.job_inputs import describe_error, load_job_data, load_job_model, parse_settings
 from adaptation.leases import LeaseKeeper, beat_waiting
 from adaptation.models import Job
+from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.graph import rebuild_pruned
 from adaptation.netadapt.steps import Proposal, evaluate_proposal
-from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.training import Cancelled
 from devices.host import HostTurns
 from webapp.events import publish
