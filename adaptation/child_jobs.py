@@ -28,6 +28,7 @@ from adaptation.jobs import JobRunner
 from adaptation.job_files import JobFiles, media_path, write_atomically
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline
+from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.export import export_pytorch, load_pytorch
 from adaptation.netadapt.graph import NetworkAnalysis
 from adaptation.netadapt.loop import NeedsMeasurement, NetworkRequest, long_term_finetune
@@ -62,7 +63,7 @@ class ChildRunner(JobRunner):
 
 class FinetuneRunner(ChildRunner):
     def _run(self) -> None:
-        config, options, spec, _, data = self._begin()
+        config, options, spec, original, data = self._begin()
         number = options.finetune_iteration
         if number is None:
             raise JobError("a fine-tune job needs the iteration to fine-tune (finetune_iteration)")
@@ -75,7 +76,8 @@ class FinetuneRunner(ChildRunner):
         model = load_pytorch(path)
         if not config.long_term_epochs:
             config = dataclasses.replace(config, long_term_epochs=1.0)
-        long_term_s = long_term_finetune(model, data, config, self._between_steps)
+        long_term_s = long_term_finetune(model, data, config, self._between_steps,
+                                         loss_fn=fine_tune_loss(config, original))
         self._hold_lease()
         self._check_cancel()
         model.eval()

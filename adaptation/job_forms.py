@@ -18,8 +18,8 @@ from adaptation.access import datasets_visible_to
 from adaptation.formatting import metric_unit, resource_text
 from adaptation.models import Dataset, ModelUpload
 from adaptation.netadapt.config import (ABSOLUTE_BUDGETS, SELECTION_RULES, SETTING_RANGES, AdaptConfig,
-                                        SettingsError, holdout_problem, range_problem,
-                                        show_number)
+                                        SettingsError, holdout_problem, preset_settings,
+                                        range_problem, show_number)
 from adaptation.netadapt.schedule import unreachable_warning
 from devices.access import devices_visible_to
 from devices.models import Device
@@ -32,6 +32,12 @@ METRIC_CHOICES = [("latency", "Latency on the device (ms)"), ("macs", "MACs (ind
 SELECTION_LABELS = {"accuracy": "Best holdout accuracy (paper)",
                     "loss_per_resource": "Least accuracy loss per resource saved (official code)"}
 BUDGET_MODES = [("percent", "% of the original"), ("absolute", "Absolute (ms, MACs or parameters)")]
+PRESET_CHOICES = [("recommended", "Recommended: the levers below (beyond the paper)"),
+                  ("paper", "The paper's plain NetAdapt: the levers below are ignored (all off)")]
+#: The engine's defaults, which the lever fields start from (and take when left empty).
+DEFAULTS = AdaptConfig()
+LEVER_FIELDS = ("bn_recalibration_batches", "distillation_alpha", "distillation_temperature",
+                "floor_minimum", "floor_fraction")
 
 # What built-in datasets feed a model before resizing (their summaries may not be filled in).
 BUILTIN_INPUTS = {"digits": {"in_channels": 1, "resolution": 8, "num_classes": 10},
@@ -129,7 +135,8 @@ def dataset_input(dataset: Dataset) -> dict | None:
 
 
 class JobForm(forms.Form):
-    """Model, data, device, budget and schedule of a NetAdapt run (defaults: the paper's)."""
+    """Model, data, device, budget, schedule and levers of a NetAdapt run (defaults: the paper's
+    schedule with the recommended levers; the "paper" preset turns the levers off)."""
 
     model = forms.ModelChoiceField(queryset=ModelUpload.objects.none(),
                                    help_text="Only models whose pre-flight check passed.")
@@ -152,6 +159,33 @@ class JobForm(forms.Form):
                                   initial="accuracy")
     max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
     holdout_size = _holdout_field()
+    preset = forms.ChoiceField(
+        choices=PRESET_CHOICES, initial="recommended", required=False,
+        help_text="The levers below go beyond the NetAdapt paper; the uniform-width baselines "
+                  "of a job get the same ones.")
+    bn_recalibration_batches = ranged(
+        forms.IntegerField(initial=DEFAULTS.bn_recalibration_batches, required=False,
+                           label="Batch-norm re-estimation batches"),
+        "bn_recalibration_batches",
+        "Training batches that re-estimate batch-norm statistics after every fine-tune, before "
+        "scoring (beyond the paper; 0 is off).")
+    distillation_alpha = ranged(
+        forms.FloatField(initial=DEFAULTS.distillation_alpha, required=False,
+                         label="Distillation weight"),
+        "distillation_alpha",
+        "Weight of distillation from the original network in every fine-tune (beyond the "
+        "paper; 0 is off: labels only).")
+    distillation_temperature = ranged(
+        forms.FloatField(initial=DEFAULTS.distillation_temperature, required=False,
+                         label="Distillation temperature"),
+        "distillation_temperature", "Softmax temperature of the distillation.")
+    floor_minimum = ranged(
+        forms.IntegerField(initial=DEFAULTS.floor_minimum, required=False, label="Channel floor"),
+        "floor_minimum", "No group shrinks below this many channels (0: only the channel step).")
+    floor_fraction = ranged(
+        forms.FloatField(initial=DEFAULTS.floor_fraction, required=False,
+                         label="Channel floor fraction"),
+        "floor_fraction", "No group shrinks below this fraction of its original channels.")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -238,13 +272,22 @@ class JobForm(forms.Form):
                 decay=data["decay"], channel_step=data["channel_step"],
                 short_term_steps=data["short_term_steps"], long_term_epochs=data["long_term_epochs"],
                 selection=data["selection"], max_iterations=data["max_iterations"],
-                measure_iterations=data["metric"] == "latency")
+                measure_iterations=data["metric"] == "latency", **self._levers(data))
         except SettingsError as error:
             for name, problem in error.problems.items():
                 # A field the form does not show (the engine's defaults) is the form's problem.
                 field = self.fields.get(name)
                 label = (field.label if field else None) or pretty_name(name)
                 self.add_error(name if field else None, as_sentence(problem, name, label))
+
+    @staticmethod
+    def _levers(data: dict) -> dict:
+        """The levers as the form gives them (one left empty: the engine's default), or all off
+        under the "paper" preset."""
+        if data.get("preset") == "paper":
+            return preset_settings("paper")
+        given = {name: data.get(name) for name in LEVER_FIELDS}
+        return {name: value for name, value in given.items() if value is not None}
 
     def job_settings(self) -> dict:
         """What the job row stores: the engine configuration plus the runner's options."""

@@ -26,6 +26,7 @@ from adaptation.job_files import JobFiles, write_atomically
 from adaptation.job_inputs import describe_error, load_job_data, load_job_model, parse_settings
 from adaptation.leases import LeaseKeeper, beat_waiting
 from adaptation.models import Job
+from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.graph import rebuild_pruned
 from adaptation.netadapt.steps import Proposal, evaluate_proposal
 from adaptation.netadapt.training import Cancelled
@@ -145,11 +146,12 @@ def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> st
             config, options = parse_settings(job.settings)
             spec, original = load_job_model(job)
             data = load_job_data(job, spec, config, options)
+            loss_fn = fine_tune_loss(config, original)  # before the original is shrunk in place
             model = rebuild_pruned(original, spec.example_input(), state.channels)
             model.load_state_dict(state.model_state)
             result, candidate = evaluate_proposal(model.eval(), spec.example_input(),
                                                   Proposal.from_state(plan[index]), data, config, iteration,
-                                                  hook=still_wanted)
+                                                  hook=still_wanted, loss_fn=loss_fn)
             entry = {"result": result.to_state(), "model_state": candidate.state_dict(), "worker": worker,
                      "paused": {"count": turns.pauses, "seconds": round(turns.paused_s, 3)}}
             outcome = "done"

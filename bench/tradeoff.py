@@ -11,7 +11,12 @@ Usage:
   python bench/tradeoff.py --stage uniform --regime NAME [--seeds 0 1 2]   # the curve alone
   python bench/tradeoff.py --regime NAME --seeds 0 1 2                     # NetAdapt + curve
   python bench/tradeoff.py --split tuning --seeds 100 101 ...              # ablations (no test set)
+  python bench/tradeoff.py ... --levers recommended[,setting=value...]      # with the levers
   python bench/tradeoff.py --report [FILE]    # recompute the summary from FILE's raw rows
+
+``--levers`` turns on training levers beyond the paper (batch-norm re-estimation, distillation
+from the original, channel floors) for NetAdapt and the multiplier curve alike; a regime run with
+them is a regime of its own (``NAME+setting=value,...``) with its own curve to commit first.
 
 Everything resumes: finished networks are saved as they finish and NetAdapt runs checkpoint
 after every iteration, so rerunning the same command continues where it stopped.
@@ -68,6 +73,16 @@ class Regime:
     #: Pixels of detail: images are downsampled to ``detail`` px and upsampled again to
     #: ``resolution`` (None: loaded at ``resolution`` directly).
     detail: int | None = None
+    #: The training levers beyond the paper, as (setting, value) pairs over the "paper" preset
+    #: (None: the paper's plain recipe, as every regime defined before the levers ran). NetAdapt
+    #: (both metrics) and the multiplier curve get the same ones.
+    levers: tuple[tuple[str, float], ...] | None = None
+
+    def lever_settings(self) -> dict:
+        """Every lever's value in this regime's fine-tunes."""
+        from adaptation.netadapt.config import preset_settings
+
+        return {**preset_settings("paper"), **dict(self.levers or ())}
 
     @property
     def uniform_steps(self) -> int:
@@ -77,8 +92,11 @@ class Regime:
 
     def to_dict(self) -> dict:
         fields = dataclasses.asdict(self)
-        if fields["detail"] is None:  # regimes defined before the field keep their saved form
-            del fields["detail"]
+        for optional in ("detail", "levers"):  # regimes defined before keep their saved form
+            if fields[optional] is None:
+                del fields[optional]
+        if "levers" in fields:
+            fields["levers"] = dict(self.levers)
         return {**fields, "uniform_steps": self.uniform_steps}
 
 
@@ -163,7 +181,8 @@ def pretrained(regime: Regime, data, cache: Path, device: torch.device | str = "
     from adaptation.netadapt.export import export_pytorch, load_pytorch
     from adaptation.netadapt.training import accuracy, steps_for_epochs, train_steps
 
-    path = cache / f"{regime.name}-e{regime.pretrain_epochs:g}-n{len(data.train)}.pt"
+    base = regime.name.split("+")[0]  # the levers change fine-tunes, not the starting network
+    path = cache / f"{base}-e{regime.pretrain_epochs:g}-n{len(data.train)}.pt"
     if path.exists():
         return load_pytorch(path)
     torch.manual_seed(0)
@@ -179,11 +198,52 @@ def pretrained(regime: Regime, data, cache: Path, device: torch.device | str = "
 
 
 def adapt_config(regime: Regime, metric: str, seed: int):
+    """The engine configuration of one run: the same levers for NetAdapt and the multipliers."""
     from adaptation.netadapt.config import AdaptConfig
 
     return AdaptConfig(metric=metric, budget=regime.budget, short_term_steps=regime.short_term_steps,
                        long_term_epochs=regime.long_term_epochs, max_iterations=regime.max_iterations,
-                       initial_reduction=regime.initial_reduction, decay=regime.decay, seed=seed)
+                       initial_reduction=regime.initial_reduction, decay=regime.decay, seed=seed,
+                       **regime.lever_settings())
+
+
+def parse_levers(text: str) -> tuple[tuple[str, float], ...] | None:
+    """``--levers``: a preset ("paper", "recommended") and/or ``setting=value`` pairs over it,
+    comma separated ("recommended,floor_minimum=16", "distillation_alpha=0.5"); None for the
+    paper's plain recipe. Values are held to ``SETTING_RANGES``."""
+    from adaptation.netadapt.config import (LEVER_SETTINGS, PRESETS, SETTING_RANGES, preset_settings,
+                                            range_problem)
+
+    names = (*LEVER_SETTINGS, "distillation_temperature")
+    chosen = preset_settings("paper")
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part in PRESETS:
+            chosen.update(preset_settings(part))
+            continue
+        name, equals, value = part.partition("=")
+        if not equals or name not in names:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is neither a preset ({', '.join(PRESETS)}) nor setting=value with a "
+                f"setting among {', '.join(names)}")
+        try:
+            number = int(value) if SETTING_RANGES[name].integer else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{value}' is not a value of {name}") from None
+        if problem := range_problem(name, number):
+            raise argparse.ArgumentTypeError(problem)
+        chosen[name] = number
+    paper = preset_settings("paper")
+    changed = tuple((k, v) for k, v in chosen.items() if paper.get(k) != v)
+    return changed or None
+
+
+def with_levers(regime: Regime, levers: tuple[tuple[str, float], ...] | None) -> Regime:
+    """``regime`` run with ``levers``: a regime of its own (named after them), so its runs,
+    progress and multiplier curve never mix with the plain recipe's."""
+    if levers is None:
+        return regime
+    label = ",".join(f"{k}={v:g}" for k, v in levers)
+    return dataclasses.replace(regime, name=f"{regime.name}+{label}", levers=levers)
 
 
 # --------------------------------------------------------------------------- progress
@@ -431,6 +491,12 @@ def main() -> int:
     parser.add_argument("--train-device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where fine-tunes run (auto: CUDA when torch sees a GPU); latency is "
                              "always measured on this machine's CPU (default: %(default)s)")
+    parser.add_argument("--levers", type=parse_levers, default=None,
+                        help="training levers beyond the paper for every run of the regimes "
+                             "(NetAdapt and multipliers alike): 'recommended', 'paper', and/or "
+                             "setting=value pairs, comma separated; a regime run with levers is "
+                             "named after them and needs its own committed multiplier curve "
+                             "(default: the paper's plain recipe)")
     parser.add_argument("--report", nargs="?", const=str(FULL_RESULTS), default=None, metavar="FILE",
                         help="recompute and print the summary of FILE; train nothing")
     args = parser.parse_args()
@@ -447,7 +513,7 @@ def main() -> int:
         parser.error(str(error))
 
     torch.set_num_threads(1)  # fine-tunes on one core leave the other to measurements' neighbours
-    regimes = [REGIMES[name] for name in args.regime]
+    regimes = [with_levers(REGIMES[name], args.levers) for name in args.regime]
     if args.smoke:
         regimes = [dataclasses.replace(r, name=r.name + "-smoke", limit_train=2000, pretrain_epochs=1,
                                        holdout=500, short_term_steps=3, long_term_epochs=0.05,

@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 
 from adaptation.job_forms import JobForm
 from adaptation.models import Dataset, Iteration, Job, ModelUpload, Proposal
+from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.export import export_pytorch
 from adaptation.netadapt.spec import ArchitectureSpec
 from devices.models import Device
@@ -411,6 +412,31 @@ def test_it_fills_left_out_settings_with_the_forms_defaults(api, owner, system_d
     assert (settings["budget"], settings["max_iterations"], settings["holdout"]) == (0.5, 50, 0.1)
 
 
+def test_it_creates_a_job_with_the_levers_it_is_given_or_the_papers(api, owner, system_device,
+                                                                   digits_dataset, enqueued):
+    model = stored_model(owner)
+    levers = {"bn_recalibration_batches": 4, "distillation_alpha": 0.3, "distillation_temperature": 2,
+              "floor_minimum": 16, "floor_fraction": 0.25}
+    response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, **levers),
+                        format="json")
+    assert response.status_code == 201, response.content
+    assert {k: response.json()["settings"][k] for k in levers} == levers
+    paper = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, preset="paper",
+                                                **levers), format="json")
+    assert paper.status_code == 201, paper.content
+    settings = Job.objects.get(pk=paper.json()["id"]).settings
+    assert (settings["bn_recalibration_batches"], settings["distillation_alpha"], settings["floor_minimum"],
+            settings["floor_fraction"]) == (0, 0, 0, 0)
+    left_out = Job.objects.get(pk=api.post(f"{API}/jobs", {"model": model.pk, "dataset": digits_dataset.pk,
+                                                           "device": system_device.pk}, format="json").json()["id"])
+    assert left_out.settings["distillation_alpha"] == AdaptConfig().distillation_alpha > 0
+    refused = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, distillation_alpha=1.5),
+                       format="json")
+    assert refused.status_code == 400 and refused.json() == {
+        "distillation_alpha": ["Distillation weight must be a number from 0 to 1, not 1.5."]}
+    assert len(enqueued) == 3
+
+
 @pytest.mark.parametrize("changes, field, message", [
     ({"budget": -5}, "budget", "The budget must be positive."),
     ({"budget": 120}, "budget", "already met"),
@@ -635,8 +661,8 @@ def test_the_schema_documents_every_endpoint():
     ranges = {name: (job_request_fields["properties"][name].get("minimum"),
                      job_request_fields["properties"][name].get("maximum"))
               for name in ("short_term_steps", "long_term_epochs", "max_iterations", "channel_step", "decay",
-                           "initial_reduction", "holdout_size")}
-    assert ranges == {"short_term_steps": (0, 20000), "long_term_epochs": (0, 200), "max_iterations": (1, 200),
+                           "initial_reduction", "holdout_size", "distillation_alpha", "bn_recalibration_batches")}
+    assert ranges == {"distillation_alpha": (0, 1), "bn_recalibration_batches": (0, 1000),"short_term_steps": (0, 20000), "long_term_epochs": (0, 200), "max_iterations": (1, 200),
                       "channel_step": (1, 256), "decay": (0, 1), "initial_reduction": (0, 1),
                       "holdout_size": (0, 1_000_000)}
     assert "A whole number from 0 to 20,000." in job_request_fields["properties"]["short_term_steps"]["description"]

@@ -167,3 +167,27 @@ def test_the_mobilenet_v2_regime_network_has_prunable_groups_that_each_prune():
         traced = [t.signature for t in trace_layers(pruned, sample)]
         assert traced == analysis.signatures(config), group
         assert analysis.macs(config) < analysis.macs(original)
+
+
+def test_levers_make_a_regime_of_their_own_with_the_same_recipe_for_every_method():
+    import argparse
+
+    from bench.tradeoff import adapt_config, parse_levers, with_levers
+
+    assert parse_levers("paper") is None and with_levers(REGIMES["mbv1-0.5-fmnist28"], None) is REGIMES["mbv1-0.5-fmnist28"]
+    levers = parse_levers("recommended,floor_minimum=16")
+    assert dict(levers) == {"bn_recalibration_batches": 10, "distillation_alpha": 0.5, "floor_minimum": 16}
+    regime = with_levers(REGIMES["mbv1-0.5-fmnist28"], levers)
+    assert regime.name == ("mbv1-0.5-fmnist28+bn_recalibration_batches=10,distillation_alpha=0.5,"
+                           "floor_minimum=16")
+    assert regime.to_dict()["levers"] == dict(levers)
+    # NetAdapt on either metric and the multiplier curve (run_uniform's "latency" config) alike.
+    for metric in ("latency", "macs"):
+        config = adapt_config(regime, metric, seed=3)
+        assert (config.bn_recalibration_batches, config.distillation_alpha, config.floor_minimum) == (10, 0.5, 16)
+    plain = adapt_config(REGIMES["mbv1-0.5-fmnist28"], "latency", seed=3)
+    assert (plain.bn_recalibration_batches, plain.distillation_alpha) == (0, 0)  # as the committed curves ran
+    for bad, message in [("fast", "neither a preset"), ("distillation_alpha=2", "distillation_alpha must be"),
+                         ("floor_minimum=x", "'x' is not a value of floor_minimum")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse_levers(bad)

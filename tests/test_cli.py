@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from adaptation.netadapt.cli import build_parser, main, parse_budget
+from adaptation.netadapt.cli import build_parser, lever_settings, main, parse_budget
+from adaptation.netadapt.config import AdaptConfig, preset_settings
 from adaptation.netadapt.export import load_pytorch
 
 DATA = ["--dataset", "digits", "--resolution", "16", "--holdout", "0.15", "--batch-size", "64"]
@@ -94,7 +95,7 @@ def test_it_resumes_a_finished_run_to_the_same_result(adapted, trained):
 
 
 def test_it_refuses_resume_with_other_settings(adapted, trained, capsys):
-    with pytest.raises(SystemExit, match="settings differ"):
+    with pytest.raises(SystemExit, match=r"settings differ from the checkpoint's \(decay 0.9 \(checkpoint\) vs 0.8\)"):
         main(["adapt", "--model", trained, *DATA, *ADAPT[:-2], "--baselines", "",
               "--decay", "0.8", "--out", str(adapted), "--resume"])
 
@@ -135,6 +136,9 @@ def test_it_reports_a_bad_budget_as_an_error(trained, tmp_path, capsys):
     ("--channel-step", "8.5", "'8.5' is not a whole number"),
     ("--holdout", "0", "holdout must be a fraction"),
     ("--limit-train", "0", "limit_train must be a whole number from 1 to 10,000,000, not 0"),
+    ("--distillation-alpha", "2", "distillation_alpha must be a number from 0 to 1, not 2"),
+    ("--bn-recalibration-batches", "-3", "bn_recalibration_batches must be a whole number from 0 to 1,000"),
+    ("--preset", "fast", "invalid choice: 'fast'"),
 ])
 def test_it_refuses_settings_out_of_range_before_any_work(option, value, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -154,3 +158,20 @@ def test_help_documents_every_option():
             if action.option_strings and action.dest != "help":
                 words = (action.help or "").split("(default")[0].split()
                 assert len(words) >= 2, f"{name} {action.option_strings[0]} is not explained"
+
+
+def test_levers_come_from_the_preset_unless_given(trained, tmp_path):
+    parse = lambda *extra: lever_settings(build_parser().parse_args(
+        ["adapt", "--model", "m.pt", "--out", "o", *extra]))
+    assert parse() == preset_settings("recommended")
+    assert parse("--distillation-temperature", "2")["distillation_temperature"] == 2.0
+    assert parse("--preset", "paper", "--floor-minimum", "16") == {
+        **preset_settings("paper"), "floor_minimum": 16}
+    # A run under the paper's preset records the levers off in its results.
+    out = tmp_path / "paper"
+    assert main(["adapt", "--model", trained, *DATA, "--metric", "macs", "--budget", "95%",
+                 "--short-term-steps", "2", "--long-term-epochs", "0", "--max-iterations", "1",
+                 "--baselines", "", "--preset", "paper", "--out", str(out)]) == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert AdaptConfig.from_dict(config).floor_rule() is None
+    assert config["distillation_alpha"] == 0 and config["bn_recalibration_batches"] == 0

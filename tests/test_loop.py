@@ -383,7 +383,8 @@ def test_delegated_evaluation_asks_for_every_proposal_and_matches_the_local_run(
             # The caller (a Celery chord in the web app) evaluates each proposal on its own.
             for k, proposal in enumerate(item.proposals):
                 item.results[k] = evaluate_proposal(item.model, SPEC.example_input(), proposal,
-                                                    digits8, MACS_CONFIG, item.iteration)
+                                                    digits8, MACS_CONFIG, item.iteration,
+                                                    loss_fn=engine.loss_fn)
             continue
         records.append(item)
     iterations = [r for r in records if isinstance(r, IterationRecord)]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from adaptation.netadapt.config import AdaptConfig
+from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
 from adaptation.netadapt.models import build_model, example_input
 from adaptation.netadapt.resources import Estimate, MacsModel
@@ -129,8 +130,9 @@ def test_evaluate_proposal_prunes_finetunes_and_scores_a_copy(plain, digits16):
     proposal = plan.proposals[0]
     config = AdaptConfig(metric="macs", short_term_steps=3, batch_size=32)
     before = copy.deepcopy(model.state_dict())
-    result, candidate = evaluate_proposal(model, x, proposal, digits16, config, iteration=0)
-    again, candidate2 = evaluate_proposal(model, x, proposal, digits16, config, iteration=0)
+    loss_fn = fine_tune_loss(config, model)
+    result, candidate = evaluate_proposal(model, x, proposal, digits16, config, iteration=0, loss_fn=loss_fn)
+    again, candidate2 = evaluate_proposal(model, x, proposal, digits16, config, iteration=0, loss_fn=loss_fn)
     # The original is untouched; the candidate has the proposed channels.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert GroupPruner(candidate, x).channels() == proposal.config
@@ -184,7 +186,8 @@ def test_evaluate_proposal_passes_the_hook_to_its_fine_tune(plain, digits16):
         raise Cancelled("the job was cancelled")
 
     with pytest.raises(Cancelled) as info:
-        evaluate_proposal(model, x, proposal, digits16, config, iteration=0, hook=cancelled)
+        evaluate_proposal(model, x, proposal, digits16, config, iteration=0, hook=cancelled,
+                          loss_fn=fine_tune_loss(config, model))
     assert (info.value.steps_done, info.value.steps_total) == (0, 20_000)
 
 

@@ -3,6 +3,8 @@
 - Uniform width multiplier: every group keeps the same fraction of its channels (rounded to the
   channel step), chosen by L2 norm like NetAdapt's proposals. This is what shrinking a
   MobileNet's width multiplier does, without retraining from scratch.
+- The same recipe as NetAdapt's: distillation from the original and batch-norm re-estimation
+  when the configuration asks for them, so only how the channels are chosen differs.
 - NetAdapt driven by MACs instead of latency: the same loop with ``MacsModel`` (see the CLI and
   ``bench/tradeoff.py``).
 """
@@ -15,8 +17,10 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from .bn_recalibration import recalibrate_for_scoring
 from .config import AdaptConfig
 from .data import DatasetSplits
+from .distillation import fine_tune_loss
 from .graph import ChannelConfig, NetworkAnalysis, pruned_copy
 from .loop import long_term_finetune
 from .training import DeviceLike, TrainingHook, accuracy, train_steps
@@ -56,16 +60,21 @@ def uniform_baseline(model: nn.Module, example_input: torch.Tensor, analysis: Ne
                      device: DeviceLike = "cpu") -> BaselineResult:
     """Shrink every group by ``ratio`` and fine-tune it as long as NetAdapt's chosen lineage was:
     ``short_term_steps_total`` steps at the short-term rate, then the long-term fine-tune
-    (``hook``: see ``training.TrainingHook``), on ``device``; the result's model is on the CPU."""
+    (``hook``: see ``training.TrainingHook``), on ``device``; the result's model is on the CPU.
+    The fine-tunes distil from ``model`` and batch-norm statistics are re-estimated after them
+    when ``config`` asks, as NetAdapt's are."""
     start = time.perf_counter()
+    loss_fn = fine_tune_loss(config, model)
     channels = uniform_channels(analysis.original_config(), ratio, config.channel_step)
     pruned = pruned_copy(model, example_input, channels)
     train_steps(pruned, data.train, short_term_steps_total, lr=config.short_term_lr,
                 batch_size=config.batch_size, momentum=config.momentum,
                 weight_decay=config.weight_decay, seed=config.seed + 104729, hook=hook,
-                device=device)
+                device=device, loss_fn=loss_fn)
+    recalibrate_for_scoring(pruned, data.train, batches=config.bn_recalibration_batches,
+                            batch_size=config.batch_size, seed=config.seed, device=device)
     if config.long_term_epochs:
-        long_term_finetune(pruned, data, config, hook, device)
+        long_term_finetune(pruned, data, config, hook, device, loss_fn)
     signatures = analysis.signatures(channels)
     return BaselineResult(f"uniform x{ratio:g}", ratio, channels,
                           sum(s.macs() for s in signatures), sum(s.params() for s in signatures),

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .data import TensorSplit, iterate_batches
+from .training import DeviceLike, resolve_device
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -86,3 +87,18 @@ def training_inputs(split: TensorSplit, batch_size: int, *, seed: int) -> Iterat
     generator = torch.Generator().manual_seed(seed)
     for images, _ in iterate_batches(split, batch_size, shuffle=True, generator=generator):
         yield images
+
+
+def recalibrate_for_scoring(model: nn.Module, split: TensorSplit, *, batches: int, batch_size: int,
+                            seed: int, device: DeviceLike = "cpu") -> int:
+    """``recalibrate_batch_norm`` on ``batches`` batches of ``split`` drawn with ``seed``, run on
+    ``device`` (``model`` is back on the CPU afterwards); 0 batches does nothing. What a run does
+    after each fine-tune, before scoring or keeping the network."""
+    if batches <= 0:
+        return 0
+    model.to(resolve_device(device))
+    try:
+        return recalibrate_batch_norm(model, training_inputs(split, batch_size, seed=seed),
+                                      max_batches=batches)
+    finally:
+        model.to("cpu")

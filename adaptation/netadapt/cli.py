@@ -14,7 +14,8 @@ from tqdm import tqdm
 from devices.measure import LocalMeasurer, MeasureProtocol, device_facts
 
 from .baselines import uniform_baseline
-from .config import SELECTION_RULES, SETTING_RANGES, AdaptConfig, holdout_problem, range_problem
+from .config import (PRESETS, SELECTION_RULES, SETTING_RANGES, AdaptConfig, holdout_problem,
+                     preset_settings, range_problem)
 from .data import BUILTIN_DATASETS, DatasetSplits, load_dataset, load_image_folder
 from .export import export_all, export_pytorch, load_pytorch
 from .graph import NetworkAnalysis
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--max-iterations", type=_setting("max_iterations"), default=50,
                      help="stop after this many iterations even if the budget is not met "
                           "(default: 50)")
+    _lever_args(ada)
     ada.add_argument("--baselines", default="0.5,0.75",
                      help="uniform width ratios to compare against, comma separated, '' for "
                           "none (default: %(default)s)")
@@ -193,6 +195,40 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--resume", action="store_true",
                      help="continue from OUT/checkpoint.pt after the last finished iteration")
     return parser
+
+
+def _lever_args(parser: argparse.ArgumentParser) -> None:
+    """The levers beyond the paper; each left out takes the ``--preset``'s value."""
+    paper, recommended = preset_settings("paper"), preset_settings("recommended")
+    levers = parser.add_argument_group(
+        "beyond the paper", "training levers the NetAdapt paper does not use; the uniform "
+        "baselines get the same ones. Each option left out takes the preset's value.")
+    levers.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
+                        help="'recommended' (this project's defaults) or 'paper' (the paper's "
+                             "plain algorithm: every lever off) (default: %(default)s)")
+    helps = {
+        "bn_recalibration_batches": "re-estimate batch-norm statistics on this many training "
+                                    "batches after every fine-tune, before scoring; 0 is off",
+        "distillation_alpha": "weight of distillation from the original network in every "
+                              "fine-tune; 0 is off (plain cross-entropy)",
+        "distillation_temperature": "softmax temperature of the distillation",
+        "floor_minimum": "no group shrinks below this many channels",
+        "floor_fraction": "no group shrinks below this fraction of its original channels",
+    }
+    for name, text in helps.items():
+        default = (f"{recommended[name]:g} recommended, {paper[name]:g} paper"
+                   if name in recommended else f"{AdaptConfig().distillation_temperature:g}")
+        levers.add_argument("--" + name.replace("_", "-"), type=_setting(name), default=None,
+                            help=f"{text} (default: {default}; "
+                                 f"{SETTING_RANGES[name].describe()})")
+
+
+def lever_settings(args: argparse.Namespace) -> dict:
+    """The levers of ``args``: each given option, else the value of its ``--preset``."""
+    chosen = preset_settings(args.preset)
+    given = {name: getattr(args, name) for name in (*chosen, "distillation_temperature")
+             if getattr(args, name) is not None}
+    return {**chosen, **given}
 
 
 def pretrain(args: argparse.Namespace) -> None:
@@ -276,7 +312,8 @@ def adapt(args: argparse.Namespace) -> None:
         channel_step=args.channel_step, short_term_steps=args.short_term_steps,
         long_term_epochs=args.long_term_epochs, batch_size=args.batch_size,
         short_term_lr=args.short_term_lr, long_term_lr=args.long_term_lr,
-        selection=args.selection, max_iterations=args.max_iterations, seed=args.seed)
+        selection=args.selection, max_iterations=args.max_iterations, seed=args.seed,
+        **lever_settings(args))
     measurer = LocalMeasurer(args.runtime, MeasureProtocol(
         threads=args.threads, rounds=args.rounds, runs_per_round=args.runs_per_round))
     table_path = Path(args.table) if args.table else out / "lut.json"
@@ -294,8 +331,12 @@ def adapt(args: argparse.Namespace) -> None:
             raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
         state = AdaptState.load(checkpoint)
         if state.config != config:
-            raise SystemExit("--resume: the settings differ from the checkpoint's; "
-                             "use the same options as the interrupted run")
+            stored, given = state.config.to_dict(), config.to_dict()
+            differ = ", ".join(f"{k} {stored[k]!r} (checkpoint) vs {given[k]!r}"
+                               for k in stored if stored[k] != given[k])
+            raise SystemExit(f"--resume: the settings differ from the checkpoint's ({differ}); "
+                             "use the same options as the interrupted run (a run started before "
+                             "the levers existed resumes with --preset paper)")
     example = spec.example_input()
     analysis = NetworkAnalysis(original, example)
     engine = NetAdapt(original, example, data, config, resource, state=state, analysis=analysis,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from .floors import FloorRule
 from .resources import METRICS
 
 SELECTION_RULES = ("accuracy", "loss_per_resource")
@@ -69,6 +70,12 @@ SETTING_RANGES: dict[str, Range] = {
     "weight_decay": Range(0, 1),
     "max_iterations": Range(1, 200, integer=True),
     "seed": Range(0, 2**31 - 1, integer=True),
+    # The levers beyond the paper (issue 8); 0 turns each off.
+    "bn_recalibration_batches": Range(0, 1000, integer=True),
+    "distillation_alpha": Range(0, 1),
+    "distillation_temperature": Range(0, 100, low_open=True),
+    "floor_minimum": Range(0, 4096, integer=True),
+    "floor_fraction": Range(0, 1),
     # The data: a holdout is a count of images or a fraction of the training images.
     "holdout_count": Range(1, 1_000_000, integer=True),
     "holdout_fraction": Range(0, 1, low_open=True, high_open=True),
@@ -143,6 +150,13 @@ class AdaptConfig:
     max_iterations: int = 50
     seed: int = 0
     measure_iterations: bool = True  # measure each chosen network whole (latency metric only)
+    # Beyond the paper (the "paper" preset turns them off): see PRESETS.
+    bn_recalibration_batches: int = 10  # re-estimate batch-norm statistics on this many training
+    #                                     batches after every fine-tune, before scoring (0: off)
+    distillation_alpha: float = 0.5   # weight of distillation from the original in fine-tunes (0: off)
+    distillation_temperature: float = 4.0
+    floor_minimum: int = 0            # no group shrinks below this many channels ...
+    floor_fraction: float = 0.0       # ... nor below this fraction of its original channels
 
     def __post_init__(self) -> None:
         """Check every field against its range: SettingsError naming each field out of it."""
@@ -170,9 +184,36 @@ class AdaptConfig:
         if problems:
             raise SettingsError(problems)
 
+    def floor_rule(self) -> FloorRule | None:
+        """The per-group channel floor these settings ask for (None: no floor beyond the step)."""
+        if not self.floor_minimum and not self.floor_fraction:
+            return None
+        return FloorRule(self.floor_minimum, float(self.floor_fraction))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdaptConfig":
-        return cls(**data)
+        """The configuration ``to_dict`` gave; a lever missing from it (a checkpoint or job
+        stored before the lever existed) is off, as that run was."""
+        return cls(**{**PRESETS["paper"], **data})
+
+
+#: Named sets of settings. "paper": the plain algorithm of the NetAdapt paper, every lever beyond
+#: it off; "recommended": this project's defaults (``AdaptConfig()``).
+PRESETS: dict[str, dict] = {
+    "recommended": {},
+    "paper": {"bn_recalibration_batches": 0, "distillation_alpha": 0.0, "floor_minimum": 0,
+              "floor_fraction": 0.0},
+}
+#: The settings a preset decides (the levers).
+LEVER_SETTINGS = tuple(PRESETS["paper"])
+
+
+def preset_settings(name: str) -> dict:
+    """Every lever's value under preset ``name`` (ValueError naming the presets if unknown)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
+    defaults = AdaptConfig()
+    return {lever: PRESETS[name].get(lever, getattr(defaults, lever)) for lever in LEVER_SETTINGS}

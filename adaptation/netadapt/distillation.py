@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-#: What a fine-tune may call instead of plain cross-entropy:
-#: ``loss(student_logits, inputs, targets) -> scalar tensor``.
-TrainingLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from .training import TrainingLoss
 
 
 class DistillationLoss:
@@ -74,3 +71,12 @@ def cross_entropy_loss(student_logits: torch.Tensor, inputs: torch.Tensor,
                        targets: torch.Tensor) -> torch.Tensor:
     """Plain cross-entropy in the ``TrainingLoss`` signature: what fine-tunes use today."""
     return F.cross_entropy(student_logits, targets)
+
+
+def fine_tune_loss(config, teacher: nn.Module) -> TrainingLoss | None:
+    """What the fine-tunes of a run under ``config`` (an ``AdaptConfig``) minimise: None (plain
+    cross-entropy) when its ``distillation_alpha`` is 0, else one ``DistillationLoss`` from
+    ``teacher`` (the original network) to share between all of the run's fine-tunes."""
+    if not config.distillation_alpha:
+        return None
+    return DistillationLoss(teacher, config.distillation_temperature, config.distillation_alpha)

@@ -38,6 +38,10 @@ from .schedule import iteration_target, unreachable_warning
 from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
                     plan_iteration, plan_signatures, select_proposal)
 from .training import DeviceLike, TrainingHook, accuracy, resolve_device, steps_for_epochs, train_steps
+from .bn_recalibration import recalibrate_for_scoring
+from .distillation import fine_tune_loss
+from .steps import require_loss
+from .training import TrainingLoss
 
 
 #: Where an iteration's wall time goes (``IterationRecord.phases_s``), in display order; the
@@ -213,14 +217,20 @@ class AdaptState:
 
 
 def long_term_finetune(model: nn.Module, data: DatasetSplits, config: AdaptConfig,
-                       hook: TrainingHook | None = None, device: DeviceLike = "cpu") -> float:
+                       hook: TrainingHook | None = None, device: DeviceLike = "cpu",
+                       loss_fn: TrainingLoss | None = None) -> float:
     """Fine-tune for ``config.long_term_epochs`` epochs (cosine learning rate; ``hook``: see
-    ``training.TrainingHook``) on ``device``; returns seconds."""
+    ``training.TrainingHook``; ``loss_fn``: the run's ``distillation.fine_tune_loss``, needed
+    when ``config`` distils) on ``device``, then re-estimate the batch-norm statistics (when
+    ``config`` asks); returns seconds."""
     start = time.perf_counter()
+    require_loss(config, loss_fn)
     steps = steps_for_epochs(data.train, config.long_term_epochs, config.batch_size)
     train_steps(model, data.train, steps, lr=config.long_term_lr, batch_size=config.batch_size,
                 momentum=config.momentum, weight_decay=config.weight_decay,
-                seed=config.seed + 7919, cosine=True, hook=hook, device=device)
+                seed=config.seed + 7919, cosine=True, hook=hook, device=device, loss_fn=loss_fn)
+    recalibrate_for_scoring(model, data.train, batches=config.bn_recalibration_batches,
+                            batch_size=config.batch_size, seed=config.seed, device=device)
     return time.perf_counter() - start
 
 
@@ -251,6 +261,7 @@ class NetAdapt:
         self.state = state
         self.delegate_evaluation = delegate_evaluation
         self.hook = hook
+        self.loss_fn = fine_tune_loss(config, model)  # one teacher for every fine-tune of the run
         if state is not None and isinstance(resource, LatencyTableModel):
             resource.calibration = state.calibration
 
@@ -405,7 +416,7 @@ class NetAdapt:
         i = state.iteration
         self._clock(i)
         tick = time.perf_counter()
-        wanted = plan_signatures(self.analysis, state.channels, config.channel_step)
+        wanted = plan_signatures(self.analysis, state.channels, config.channel_step, config.floor_rule())
         yield from self._fill_table(wanted, f"iteration {i} candidates")
         if self.resource.measures_networks:
             yield from self._measure_candidates(i)
@@ -414,7 +425,7 @@ class NetAdapt:
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
                                   config.decay, state.budget)
         plan = plan_iteration(self.analysis, state.channels, self.resource, i, target,
-                              config.channel_step)
+                              config.channel_step, config.floor_rule())
         if not plan.proposals:
             raise NoProposalError(
                 f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
@@ -428,7 +439,8 @@ class NetAdapt:
             evaluated = request.results
         else:
             evaluated = [evaluate_proposal(model, self.example_input, proposal, self.data, config, i,
-                                           hook=self.hook, device=self.train_device)
+                                           hook=self.hook, device=self.train_device,
+                                           loss_fn=self.loss_fn)
                          for proposal in plan.proposals]
         results = [result for result, _ in evaluated]
         if not self.delegate_evaluation:  # delegated ones ran elsewhere, while the caller waited
@@ -490,7 +502,8 @@ class NetAdapt:
 
     def _measure_candidates(self, iteration: int) -> Iterator:
         """Measure whole every candidate network of the plan that has not been measured yet."""
-        configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step)
+        configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step,
+                                           self.config.floor_rule())
                    if not self.resource.has(self.analysis.signatures(c))]
         if not configs:
             return
@@ -507,7 +520,8 @@ class NetAdapt:
             long_term_s = state.pending["long_term_s"]
         else:
             model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
-            long_term_s = (long_term_finetune(model, self.data, config, self.hook, self.train_device)
+            long_term_s = (long_term_finetune(model, self.data, config, self.hook, self.train_device,
+                                              self.loss_fn)
                            if config.long_term_epochs else 0.0)
             state.pending = {"phase": "finish", "model_state": copy.deepcopy(model.state_dict()),
                              "long_term_s": long_term_s}

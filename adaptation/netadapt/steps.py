@@ -14,11 +14,13 @@ import torch.nn as nn
 
 from devices.measure.signature import LayerSignature
 
+from .bn_recalibration import recalibrate_for_scoring
 from .config import AdaptConfig
 from .data import DatasetSplits
+from .floors import FloorRule, above_floor
 from .graph import ChannelConfig, NetworkAnalysis, pruned_copy
 from .resources import Estimate, ResourceModel
-from .training import DeviceLike, TrainingHook, accuracy, train_steps
+from .training import DeviceLike, TrainingHook, TrainingLoss, accuracy, train_steps
 
 
 class NoProposalError(RuntimeError):
@@ -92,35 +94,41 @@ def candidate_counts(current: int, step: int) -> list[int]:
     return list(range((current - 1) // step * step, step - 1, -step))
 
 
-def plan_configs(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
-                 ) -> list[ChannelConfig]:
-    """Every channel configuration the plan of an iteration may estimate."""
+def plan_configs(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int,
+                 floor: FloorRule | None = None) -> list[ChannelConfig]:
+    """Every channel configuration the plan of an iteration may estimate (none below ``floor``)."""
+    floors = floor.floors(analysis.original_config(), step) if floor else {}
     return [{**channels, group: count} for group in analysis.group_names
-            for count in candidate_counts(channels[group], step)]
+            for count in above_floor(candidate_counts(channels[group], step), floors.get(group, 0))]
 
 
-def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int
-                    ) -> list[LayerSignature]:
+def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step: int,
+                    floor: FloorRule | None = None) -> list[LayerSignature]:
     """Every layer signature the plan of an iteration will look up (ask for them in one batch)."""
     wanted: dict[LayerSignature, None] = dict.fromkeys(analysis.signatures(channels))
-    for config in plan_configs(analysis, channels, step):
+    for config in plan_configs(analysis, channels, step, floor):
         wanted.update(dict.fromkeys(analysis.signatures(config)))
     return list(wanted)
 
 
 def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resource: ResourceModel,
-                   iteration: int, target: float, step: int) -> IterationPlan:
+                   iteration: int, target: float, step: int, floor: FloorRule | None = None
+                   ) -> IterationPlan:
     """For every group, the largest channel count whose estimated resource meets ``target``.
 
     Every multiple of ``step`` is scanned: latency is not monotone in the channel count, so the
-    first count below the target is not necessarily the largest one that meets it.
+    first count below the target is not necessarily the largest one that meets it. ``floor``:
+    no group goes below its floor (of the original network's channels, ``floors.FloorRule``).
     """
     current = resource.estimate(analysis.signatures(channels))
+    floors = floor.floors(analysis.original_config(), step) if floor else {}
     proposals, skipped = [], {}
     for index, group in enumerate(analysis.group_names):
-        counts = candidate_counts(channels[group], step)
+        counts = above_floor(candidate_counts(channels[group], step), floors.get(group, 0))
         if not counts:
-            skipped[group] = f"already at the minimum of {step} channels"
+            skipped[group] = (f"already at its floor of {floors[group]} channels"
+                              if floors.get(group, 0) > step else
+                              f"already at the minimum of {step} channels")
             continue
         chosen = None
         for count in counts:  # largest first: the first that meets the target wins
@@ -145,22 +153,36 @@ def proposal_seed(seed: int, iteration: int, group_index: int) -> int:
 
 def evaluate_proposal(model: nn.Module, example_input: torch.Tensor, proposal: Proposal,
                       data: DatasetSplits, config: AdaptConfig, iteration: int,
-                      hook: TrainingHook | None = None, device: DeviceLike = "cpu"
-                      ) -> tuple[ProposalResult, nn.Module]:
+                      hook: TrainingHook | None = None, device: DeviceLike = "cpu",
+                      loss_fn: TrainingLoss | None = None) -> tuple[ProposalResult, nn.Module]:
     """Prune a copy of ``model`` (L2 selection), short-term fine-tune it (``hook``: see
-    ``training.TrainingHook``), score it on the holdout; training and scoring run on ``device``,
-    the returned candidate is on the CPU."""
+    ``training.TrainingHook``; ``loss_fn``: ``distillation.fine_tune_loss`` of the run, needed
+    when ``config`` distils), re-estimate its batch-norm statistics (when ``config`` asks),
+    score it on the holdout; training and scoring run on ``device``, the returned candidate is
+    on the CPU."""
     start = time.perf_counter()
+    require_loss(config, loss_fn)
     candidate = pruned_copy(model, example_input, {proposal.group: proposal.channels})
     loss = train_steps(candidate, data.train, config.short_term_steps, lr=config.short_term_lr,
                        batch_size=config.batch_size, momentum=config.momentum,
                        weight_decay=config.weight_decay,
                        seed=proposal_seed(config.seed, iteration, proposal.group_index), hook=hook,
-                       device=device)
+                       device=device, loss_fn=loss_fn)
+    recalibrate_for_scoring(candidate, data.train, batches=config.bn_recalibration_batches,
+                            batch_size=config.batch_size, seed=config.seed, device=device)
     finetuned = time.perf_counter()
     holdout = accuracy(candidate, data.holdout, device=device)
     result = ProposalResult(proposal, holdout, loss, finetuned - start, time.perf_counter() - finetuned)
     return result, candidate
+
+
+def require_loss(config: AdaptConfig, loss_fn: TrainingLoss | None) -> None:
+    """A run that distils must be given its distillation loss: without the original network a
+    fine-tune would silently train on labels alone."""
+    if config.distillation_alpha and loss_fn is None:
+        raise ValueError("the configuration distils from the original network "
+                         f"(distillation_alpha={config.distillation_alpha:g}) but the fine-tune "
+                         "was given no loss: pass distillation.fine_tune_loss(config, original)")
 
 
 def select_proposal(results: Sequence[ProposalResult], rule: str, previous_accuracy: float,

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 
 from .data import TensorSplit, iterate_batches
 
+#: What a fine-tune minimises: ``loss(logits, inputs, targets) -> scalar tensor`` (plain
+#: cross-entropy by default; ``distillation.DistillationLoss`` adds the original's soft targets).
+TrainingLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def _endless_batches(split: TensorSplit, batch_size: int, generator: torch.Generator
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -80,8 +84,11 @@ class Cancelled(Exception):
 def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, batch_size: int,
                 seed: int, momentum: float = 0.9, weight_decay: float = 4e-5,
                 cosine: bool = False, on_step: Callable[[int, float], None] | None = None,
-                hook: TrainingHook | None = None, device: DeviceLike = "cpu") -> float:
+                hook: TrainingHook | None = None, device: DeviceLike = "cpu",
+                loss_fn: TrainingLoss | None = None) -> float:
     """Run ``steps`` SGD steps on ``split``; returns the mean loss of the last 10% of steps.
+
+    ``loss_fn`` (see ``TrainingLoss``) is what the steps minimise; None is plain cross-entropy.
 
     Shuffling and dropout are seeded by ``seed`` alone, so the same call gives the same weights
     (on the CPU; CUDA kernels are not bitwise deterministic). ``hook`` (see ``TrainingHook``) is
@@ -98,7 +105,7 @@ def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, 
     try:
         return _train(model, split, steps, target, generator, lr=lr, batch_size=batch_size,
                       momentum=momentum, weight_decay=weight_decay, cosine=cosine,
-                      on_step=on_step, hook=hook)
+                      on_step=on_step, hook=hook, loss_fn=loss_fn)
     finally:
         model.to("cpu")
 
@@ -106,7 +113,7 @@ def train_steps(model: nn.Module, split: TensorSplit, steps: int, *, lr: float, 
 def _train(model: nn.Module, split: TensorSplit, steps: int, device: torch.device,
            generator: torch.Generator, *, lr: float, batch_size: int, momentum: float,
            weight_decay: float, cosine: bool, on_step: Callable[[int, float], None] | None,
-           hook: TrainingHook | None) -> float:
+           hook: TrainingHook | None, loss_fn: TrainingLoss | None = None) -> float:
     """The loop of ``train_steps`` with ``model`` already on ``device``."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, nesterov=momentum > 0)
@@ -127,7 +134,9 @@ def _train(model: nn.Module, split: TensorSplit, steps: int, device: torch.devic
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
         images, labels = next(batches)
         images, labels = images.to(device), labels.to(device)
-        loss = F.cross_entropy(model(images), labels)
+        logits = model(images)
+        loss = (F.cross_entropy(logits, labels) if loss_fn is None
+                else loss_fn(logits, images, labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
