@@ -38,7 +38,8 @@ from adaptation.netadapt.graph import NetworkAnalysis, UnsupportedNetwork, prune
 from adaptation.netadapt.onnx_import import (OnnxArchitecture, OnnxImportError, architecture_from_dict,
                                              convert_onnx, describe)
 from adaptation.netadapt.spec import ArchitectureSpec
-from devices.measure import model_to_onnx, trace_layers
+from devices.measure.builders import model_to_onnx
+from devices.measure.tracing import trace_layers
 
 WeightsSource = Union[str, "os.PathLike[str]", IO[bytes]]
 #: What a network is built from: a built-in architecture, or a converted ONNX file.

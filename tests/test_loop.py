@@ -15,7 +15,9 @@ from adaptation.netadapt.schedule import iteration_target
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
 from adaptation.netadapt.training import Cancelled, steps_for_epochs, train_steps
-from devices.measure import LocalMeasurer, TimingStats, trace_layers
+from devices.measure import TimingStats
+from devices.measure.local import LocalMeasurer
+from devices.measure.tracing import trace_layers
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from devices.measure import LocalMeasurer, MeasureProtocol, device_facts
+from devices.measure import MeasureProtocol
+from devices.measure.local import LocalMeasurer, device_facts
 
 from .baselines import uniform_baseline
 from .config import SELECTION_RULES, SETTING_RANGES, AdaptConfig, holdout_problem, range_problem
