@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from adaptation.netadapt.config import AdaptConfig
-from adaptation.netadapt.loop import AdaptState, FinishRecord, IterationRecord, NeedsMeasurement, NetAdapt
+from adaptation.netadapt.loop import (AdaptState, FinishRecord, IterationRecord, Measured, NeedsMeasurement,
+                                      NetAdapt, PendingFinish, PendingIteration, measure_with, serve)
 from adaptation.netadapt.lut import MemoryLatencyTable
 from adaptation.netadapt.resources import LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec
@@ -37,21 +38,12 @@ def legacy(name: str, digits8) -> tuple[dict, NetAdapt, MemoryLatencyTable]:
     return saved["state"], engine, table
 
 
-def serve(request: NeedsMeasurement, measurer: LocalMeasurer, table: MemoryLatencyTable):
-    """What a synchronous caller answers to ``request``."""
-    if request.signatures:
-        table.add(measurer.measure_signatures(request.signatures))
-    if request.networks:
-        stats = measurer.measure_models([n.model for n in request.networks], request.example_input)
-        for network, result in zip(request.networks, stats):
-            network.result = result
-
-
 def test_a_legacy_checkpoint_parked_for_its_iteration_measurement_resumes(digits8, light_protocol):
     raw, engine, table = legacy("iteration", digits8)
     pending = raw["pending"]
     chosen = pending["results"][pending["chosen"]]
     assert isinstance(engine.state.config, AdaptConfig)
+    assert isinstance(engine.state.pending, PendingIteration)
     engine.note_resumed(at=1010.0)
     generator = engine.run()
     request = next(generator)
@@ -61,32 +53,31 @@ def test_a_legacy_checkpoint_parked_for_its_iteration_measurement_resumes(digits
     weights = request.networks[0].model.state_dict()
     assert all(torch.equal(pending["model_state"][k], v) for k, v in weights.items())
     measurer = LocalMeasurer("onnxruntime", light_protocol)
-    serve(request, measurer, table)
-    record = next(generator)
+    record = generator.send(measure_with(measurer, table, request))
     assert isinstance(record, IterationRecord)
     assert record.channels == chosen["config"]
     assert record.holdout_accuracy == chosen["holdout_accuracy"]
     assert record.phases_s["wait_measure_s"] == pytest.approx(10.0)
     assert record.phases_s["finetune_s"] == pytest.approx(pending["phases_s"]["finetune_s"])
     assert engine.state.pending is None and engine.state.iteration == 1
-    for item in generator:  # the run goes on to its finish in today's format
-        if isinstance(item, NeedsMeasurement):
-            serve(item, measurer, table)
-        last = item
-    assert isinstance(last, FinishRecord) and last.iterations == 1
+    # The run goes on to its finish, and its checkpoints keep the format they were read in.
+    assert AdaptState.from_dict(engine.state.to_dict()).to_dict().keys() == raw.keys()
+    records = list(serve(generator, lambda item: measure_with(measurer, table, item)))
+    assert isinstance(records[-1], FinishRecord) and records[-1].iterations == 1
 
 
 def test_a_legacy_checkpoint_parked_for_its_ab_check_keeps_its_long_term_fine_tune(
         digits8, light_protocol):
     raw, engine, table = legacy("finish", digits8)
     pending = raw["pending"]
+    assert isinstance(engine.state.pending, PendingFinish)
+    assert engine.state.to_dict()["pending"] == pending  # written back as it was read
     generator = engine.run()
     request = next(generator)
     assert isinstance(request, NeedsMeasurement) and request.reason.startswith("A/B")
     final = request.networks[1].model
     assert all(torch.equal(pending["model_state"][k], v) for k, v in final.state_dict().items())
-    serve(request, LocalMeasurer("onnxruntime", light_protocol), table)
-    finish = next(generator)
+    finish = generator.send(measure_with(LocalMeasurer("onnxruntime", light_protocol), table, request))
     assert isinstance(finish, FinishRecord)
     assert finish.long_term_s == pending["long_term_s"] > 0
     assert finish.channels == raw["channels"]
