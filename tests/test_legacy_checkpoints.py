@@ -44,6 +44,9 @@ def test_a_legacy_checkpoint_parked_for_its_iteration_measurement_resumes(digits
     chosen = pending["results"][pending["chosen"]]
     assert isinstance(engine.state.config, AdaptConfig)
     assert isinstance(engine.state.pending, PendingIteration)
+    written = engine.state.to_dict()["pending"]  # what a park now writes: the same format
+    assert {k: v for k, v in written.items() if k != "model_state"} == {
+        k: v for k, v in pending.items() if k != "model_state"}
     engine.note_resumed(at=1010.0)
     generator = engine.run()
     request = next(generator)
