@@ -319,7 +319,8 @@ class JobRunner:
         """The engine's answer, or ``Parked`` when it is not there yet (see the class docstring)."""
         self._hold_lease()
         if isinstance(request, NeedsMeasurement):
-            return self._measure(request)
+            return self._measure(request)  # which looks at cancel_requested first
+        self._check_cancel()
         return self._evaluate(request)
 
     def _measure(self, request: NeedsMeasurement) -> Measured:
