@@ -151,11 +151,11 @@ class BaselineRunner(ChildRunner):
             self._measure(NeedsMeasurement("look-up table of the uniform baseline", example, signatures=missing))
         request = NeedsMeasurement("uniform baseline, whole", example, networks=[
             NetworkRequest(point["label"], model, point["channels"]) for point, model in zip(points, models)])
-        self._measure(request)
-        for point, group, network in zip(points, signatures, request.networks):
+        measured = self._measure(request)
+        for point, group, result in zip(points, signatures, measured.networks):
             estimate = resource.estimate(group)
             point.update(resource=estimate.value, resource_raw=estimate.raw,
-                         measured=network.result.to_dict(), measured_ms=network.result.min_ms)
+                         measured=result.to_dict(), measured_ms=result.min_ms)
 
 
 RUNNERS = {"adapt": JobRunner, "finetune": FinetuneRunner, "baseline": BaselineRunner}

@@ -12,6 +12,7 @@ from django.conf import settings
 from adaptation.archives import ArchiveError
 from adaptation.job_files import media_path
 from adaptation.models import Job
+from adaptation.netadapt.checks import error_summary
 from adaptation.netadapt.config import AdaptConfig, holdout_problem, range_problem
 from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
                                       load_dataset, load_image_folder)
@@ -84,16 +85,11 @@ def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
     return config, JobOptions(**options)
 
 
-def one_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message ("" if none)."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-
-
 def describe_error(error: BaseException) -> str:
     """What the user is told about a failure: the message of a known error, else its type."""
     if isinstance(error, USER_ERRORS):
-        return one_line(error) or type(error).__name__
-    return f"internal error: {type(error).__name__}: {one_line(error)}".rstrip(": ")
+        return error_summary(error) or type(error).__name__
+    return f"internal error: {type(error).__name__}: {error_summary(error)}".rstrip(": ")
 
 
 def load_job_model(job: Job) -> tuple[ArchitectureSpec, nn.Module]:

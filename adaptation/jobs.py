@@ -40,8 +40,9 @@ from adaptation.leases import LeaseKeeper, max_attempts, renew_lease
 from adaptation.models import Iteration, Job, Proposal
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.data import DatasetSplits
-from adaptation.netadapt.loop import (AdaptState, FinishRecord, IterationRecord, NeedsEvaluation,
-                                      NeedsMeasurement, NetAdapt, StartRecord)
+from adaptation.netadapt.loop import (AdaptState, Answer, Evaluated, FinishRecord, IterationRecord,
+                                      Measured, NeedsEvaluation, NeedsMeasurement, NetAdapt, Request,
+                                      StartRecord, serve)
 from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
                                            WholeNetworkLatencyModel, exact_model)
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
@@ -221,13 +222,9 @@ class JobRunner:
                           delegate_evaluation=True, hook=self._between_steps)
         self.engine = engine
         engine.note_resumed(resumed_at)
-        for record in engine.run():
+        for record in serve(engine.run(), self._answer):
             self._hold_lease()
-            if isinstance(record, NeedsMeasurement):
-                self._measure(record)
-            elif isinstance(record, NeedsEvaluation):
-                self._evaluate(record)
-            elif isinstance(record, StartRecord):
+            if isinstance(record, StartRecord):
                 self.files.save_checkpoint(engine.state)
                 self._record_start(engine.state.start)
             elif isinstance(record, IterationRecord):
@@ -316,9 +313,17 @@ class JobRunner:
         if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
             raise JobCancelled()
 
-    # ------------------------------------------------------------------ records
+    # ------------------------------------------------------------------ the engine's requests
 
-    def _measure(self, request: NeedsMeasurement) -> None:
+    def _answer(self, request: Request) -> Answer:
+        """The engine's answer, or ``Parked`` when it is not there yet (see the class docstring)."""
+        self._hold_lease()
+        if isinstance(request, NeedsMeasurement):
+            return self._measure(request)  # which looks at cancel_requested first
+        self._check_cancel()
+        return self._evaluate(request)
+
+    def _measure(self, request: NeedsMeasurement) -> Measured:
         """Answer the engine from the job's finished request for exactly this, or park the job
         behind a new (or still open) request on the device's queue; see the class docstring."""
         self._check_cancel()
@@ -329,9 +334,7 @@ class JobRunner:
         asked = MeasurementRequest.objects.filter(job_id=self.job.pk, key=request_key(signatures, networks, shape))
         done = asked.filter(status="done").order_by("-pk").first()
         if done is not None and networks and not signatures:
-            for network, result in zip(request.networks, done.results):
-                network.result = TimingStats(**result)
-            return
+            return Measured([TimingStats(**result) for result in done.results])
         failed = asked.filter(status="failed").order_by("-pk").first()
         if failed is not None:
             raise JobError(failed.error or f"measuring on {device.name} failed")
@@ -345,7 +348,7 @@ class JobRunner:
         publish(self.job.pk, "job.measure", {**counts, "done": False, "table_size": len(self.table)})
         raise Parked("measurement", waiting_message(device, request.reason, len(signatures), len(networks)))
 
-    def _evaluate(self, request: NeedsEvaluation) -> None:
+    def _evaluate(self, request: NeedsEvaluation) -> Evaluated:
         """Take the proposals' results from the files their tasks wrote, or park the job behind
         a chord of tasks that fine-tune the missing ones (``adaptation.proposals``)."""
         plan = [p.to_state() for p in request.proposals]
@@ -358,9 +361,8 @@ class JobRunner:
             self.evaluated_by = [entry.get("worker") for entry in stored]
             self.paused = [entry.get("paused") for entry in stored]
             results = [ProposalResult.from_state(entry["result"]) for entry in stored]
-            request.results[:] = [(result, None) for result in results]
-            request.load = lambda k: self.engine.rebuild(results[k].proposal.config, stored[k]["model_state"])
-            return
+            return Evaluated(results, lambda k: self.engine.rebuild(results[k].proposal.config,
+                                                                    stored[k]["model_state"]))
         sent = fruitless_sends(self.job.pk, request.iteration, done=len(plan) - len(missing))
         if sent >= max_attempts():
             raise JobError(f"the proposals of iteration {request.iteration} were lost {sent} times "
@@ -372,6 +374,8 @@ class JobRunner:
         raise Parked("evaluation", f"{len(missing)} proposal(s) of iteration {request.iteration} "
                                    "are being fine-tuned",
                      then=lambda: dispatch_evaluations(self.job.pk, request.iteration, plan, missing))
+
+    # ------------------------------------------------------------------ records
 
     def _insert_iteration(self, number: int, record: dict, **fields) -> Iteration | None:
         """The new row, or None when it exists already (a redelivered or resumed step)."""

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Union
 
-import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn as nn
@@ -37,8 +36,10 @@ from adaptation.netadapt.export import PYTORCH_FORMAT, load_pytorch
 from adaptation.netadapt.graph import NetworkAnalysis, UnsupportedNetwork, pruned_copy
 from adaptation.netadapt.onnx_import import (OnnxArchitecture, OnnxImportError, architecture_from_dict,
                                              convert_onnx, describe)
+from adaptation.netadapt.checks import ONNX_TOLERANCE, error_summary, onnx_difference
 from adaptation.netadapt.spec import ArchitectureSpec
-from devices.measure import model_to_onnx, trace_layers
+from devices.measure.builders import model_to_onnx
+from devices.measure.tracing import trace_layers
 
 WeightsSource = Union[str, "os.PathLike[str]", IO[bytes]]
 #: What a network is built from: a built-in architecture, or a converted ONNX file.
@@ -48,8 +49,6 @@ Architecture = Union[ArchitectureSpec, OnnxArchitecture]
 CHECKPOINT_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model")
 #: Channels removed from each group by the dry-run prune (NetAdapt's usual step).
 DRY_RUN_STEP = 8
-#: Absolute tolerance of the ONNX Runtime check (scaled by the output magnitude when it exceeds 1).
-ONNX_TOLERANCE = 1e-4
 #: How many offending keys a message lists before saying "and N more".
 MAX_LISTED = 5
 #: Input resolutions (px, square) a model may have: the upload form's range.
@@ -183,13 +182,13 @@ def _load_payload(data: bytes, allow_pickled_modules: bool) -> object:
             _refuse_onnx(data)
             raise PreflightError(
                 "not a PyTorch weights file: it could not be read as a torch.save() file "
-                f"({_first_line(error)})") from None
+                f"({error_summary(error)})") from None
         refused = match.group(1)
     except Exception as error:  # the weights-only loader fails in many ways on garbage
         _refuse_onnx(data)
         raise PreflightError(
             "not a PyTorch weights file: it could not be read as a torch.save() file "
-            f"({type(error).__name__}: {_first_line(error)})") from None
+            f"({type(error).__name__}: {error_summary(error)})") from None
 
     whole_model = _looks_like_pickled_module(data, refused)
     if not allow_pickled_modules:
@@ -206,10 +205,10 @@ def _load_payload(data: bytes, allow_pickled_modules: bool) -> object:
     except (AttributeError, ModuleNotFoundError, ImportError) as error:
         raise PreflightError(
             f"the file pickles a model whose class is not available here ({refused}: "
-            f"{_first_line(error)}). Save model.state_dict() instead") from None
+            f"{error_summary(error)}). Save model.state_dict() instead") from None
     except Exception as error:
         raise PreflightError(
-            f"the pickled file could not be loaded ({type(error).__name__}: {_first_line(error)})"
+            f"the pickled file could not be loaded ({type(error).__name__}: {error_summary(error)})"
         ) from None
 
 
@@ -227,18 +226,6 @@ def _refuse_onnx(data: bytes) -> None:
         raise PreflightError(
             "not a PyTorch weights file: it is an ONNX model. Upload it as an ONNX file (source "
             "\"ONNX file\"), not as the weights of a built-in architecture")
-
-
-def _first_line(error: BaseException) -> str:
-    """The informative part of an exception's message, short enough to show."""
-    text = str(error).strip()
-    if "WeightsUnpickler error:" in text:  # skip torch's long advice about weights_only
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    if not text:
-        return "no details"
-    line = text.splitlines()[0].strip()
-    sentence = line.split(". ", 1)[0].rstrip(".")
-    return sentence[:200]
 
 
 # --------------------------------------------------------------------------- state dicts
@@ -330,7 +317,7 @@ def _load_netadapt_file(data: bytes, payload: Mapping, spec: ArchitectureSpec) -
         return load_pytorch(io.BytesIO(data))
     except Exception as error:  # a tampered or corrupt export: name what went wrong
         raise PreflightError(
-            f"the {PYTORCH_FORMAT} file could not be rebuilt: {_first_line(error)}") from None
+            f"the {PYTORCH_FORMAT} file could not be rebuilt: {error_summary(error)}") from None
 
 
 def load_weights(path: WeightsSource, spec: ArchitectureSpec, *,
@@ -368,7 +355,7 @@ def load_weights(path: WeightsSource, spec: ArchitectureSpec, *,
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:  # e.g. a dtype that cannot be copied into a float parameter
-        raise PreflightError(f"the weights could not be loaded: {_first_line(error)}") from None
+        raise PreflightError(f"the weights could not be loaded: {error_summary(error)}") from None
     return model.eval()
 
 
@@ -423,9 +410,9 @@ def _dry_run(model: nn.Module, example: torch.Tensor, analysis: NetworkAnalysis,
             except Exception as error:
                 raise PreflightError(
                     f"pruning channel group '{name}' from {analysis.original_config()[name]} to "
-                    f"{keep} channels breaks the network: {_first_line(error)}") from None
+                    f"{keep} channels breaks the network: {error_summary(error)}") from None
         raise PreflightError(
-            f"pruning every channel group by one step breaks the network: {_first_line(together)}"
+            f"pruning every channel group by one step breaks the network: {error_summary(together)}"
         ) from None
     _check_layer_model(pruned, example, analysis, targets)
 
@@ -457,7 +444,7 @@ def _check_onnx(model: nn.Module, example: torch.Tensor, reference: torch.Tensor
     try:
         data = model_to_onnx(model, example)
     except Exception as error:
-        raise PreflightError(f"ONNX export failed: {type(error).__name__}: {_first_line(error)}") from None
+        raise PreflightError(f"ONNX export failed: {type(error).__name__}: {error_summary(error)}") from None
     try:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -467,14 +454,13 @@ def _check_onnx(model: nn.Module, example: torch.Tensor, reference: torch.Tensor
     except Exception as error:
         raise PreflightError(
             f"ONNX Runtime cannot run the exported model: {type(error).__name__}: "
-            f"{_first_line(error)}") from None
+            f"{error_summary(error)}") from None
     expected = reference.numpy()
     if output.shape != expected.shape:
         raise PreflightError(
             f"the ONNX export outputs shape {tuple(output.shape)}, PyTorch {tuple(expected.shape)}")
-    error = float(np.max(np.abs(expected - output))) if output.size else 0.0
-    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
-    if not error <= ONNX_TOLERANCE * scale:
+    error, allowed = onnx_difference(expected, output)
+    if not error <= allowed:
         raise PreflightError(
             f"the ONNX export differs from PyTorch by {error:.3g} in ONNX Runtime "
             f"(tolerance {ONNX_TOLERANCE:g}); the deployed model would not match")
@@ -497,7 +483,7 @@ def preflight(model: nn.Module, spec: Architecture) -> PreflightReport:
     except Exception as error:
         raise PreflightError(
             f"the network fails on a {spec.in_channels}-channel {spec.resolution} px input: "
-            f"{type(error).__name__}: {_first_line(error)}") from None
+            f"{type(error).__name__}: {error_summary(error)}") from None
     _check_output(reference, spec, "the network")
 
     try:
@@ -507,7 +493,7 @@ def preflight(model: nn.Module, spec: Architecture) -> PreflightReport:
     except Exception as error:
         raise PreflightError(
             f"the network could not be analysed for pruning: {type(error).__name__}: "
-            f"{_first_line(error)}") from None
+            f"{error_summary(error)}") from None
     if not analysis.groups:
         raise PreflightError(
             "no prunable channel group: every conv/linear layer's output channels are either the "

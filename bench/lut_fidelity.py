@@ -46,8 +46,9 @@ from adaptation.netadapt.graph import NetworkAnalysis, rebuild_pruned  # noqa: E
 from adaptation.netadapt.lut import AffineCalibration, MemoryLatencyTable, entry_ms  # noqa: E402
 from adaptation.netadapt.models import build_model, example_input  # noqa: E402
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel  # noqa: E402
-from devices.measure import (LocalMeasurer, MeasureProtocol, TimingStats, device_facts,  # noqa: E402
-                             time_with_retries, trace_layers)
+from devices.measure import MeasureProtocol, TimingStats, time_with_retries  # noqa: E402
+from devices.measure.local import LocalMeasurer, device_facts  # noqa: E402
+from devices.measure.tracing import trace_layers  # noqa: E402
 
 # (architecture, width): our MobileNetV1 at the trade-off benchmark's width, torchvision's V2.
 MODELS = (("mobilenet_v1", 0.5), ("mobilenet_v2", 1.0))

@@ -367,7 +367,8 @@ def run_uniform(regime: Regime, ratio: float, seed: int, original, data, analysi
 
 def measure_all(regime: Regime, progress: Progress, original) -> None:
     """Every network of the regime (and the original) timed in one interleaved session."""
-    from devices.measure import LocalMeasurer, MeasureProtocol
+    from devices.measure import MeasureProtocol
+    from devices.measure.local import LocalMeasurer
 
     names = ["original", *progress.rows]
     models = [original, *(progress.models[n] for n in progress.rows)]
@@ -505,7 +506,8 @@ def main() -> int:
 
     from adaptation.netadapt.graph import NetworkAnalysis
     from adaptation.netadapt.training import resolve_device
-    from devices.measure import LocalMeasurer, MeasureProtocol
+    from devices.measure import MeasureProtocol
+    from devices.measure.local import LocalMeasurer
 
     try:
         device = resolve_device(args.train_device)

@@ -8,8 +8,9 @@
   the server's own CPU times (devices.measure.builders.signature_onnx), so both tables hold the
   same thing.
 - ``agent_zipapp``: ``netadapt-agent.pyz``, a Python zip application of ``devices/agent`` plus
-  the one shared file it needs, ``devices/measure/stats.py`` (see devices/agent/stats.py), with
-  a stub ``devices/__init__.py``: nothing of Django, torch or the rest of the server.
+  the torch-free measurement core it imports (``devices/measure/__init__.py`` and the modules
+  that file names: signatures, statistics, the timing protocol), with a stub
+  ``devices/__init__.py``: nothing of Django, torch or the rest of the server.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from devices.requests import pending_signatures, request_signatures
 
 DEVICES_DIR = Path(__file__).resolve().parent
 AGENT_DIR = DEVICES_DIR / "agent"
-SHARED_FILES = ("measure/stats.py",)  # relative to devices/, needed by the agent
+#: The measurement core the agent imports, relative to devices/ (tests/test_layers.py checks
+#: that these files import nothing else of ours and no torch).
+SHARED_FILES = ("measure/__init__.py", "measure/protocol.py", "measure/signature.py", "measure/stats.py")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so the same sources give the same download
 ZIPAPP_NAME = "netadapt-agent.pyz"
 

@@ -222,7 +222,7 @@ def _trace(description: str, shape: tuple[int, ...]) -> tuple[tuple[str, LayerSi
     import torch
 
     from adaptation.netadapt.spec import build_network
-    from devices.measure.signature import trace_layers
+    from devices.measure.tracing import trace_layers
 
     with torch.no_grad():
         traced = trace_layers(build_network(json.loads(description)), torch.zeros(shape))

@@ -15,7 +15,8 @@ from adaptation.leases import worker_name
 from adaptation.netadapt.spec import build_network
 from devices.agent.protocol import kept_samples  # pure: the agent keeps samples alike
 from devices.host import HostNote, disturbance, host_lock, lock_wait_seconds, measure_retakes
-from devices.measure import LocalMeasurer, MeasureProtocol
+from devices.measure import MeasureProtocol
+from devices.measure.local import LocalMeasurer
 from devices.models import MeasurementRequest
 from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
                               store_layer_results)

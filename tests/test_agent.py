@@ -80,7 +80,7 @@ def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_
     from django.utils import timezone
 
     from adaptation.netadapt.spec import ArchitectureSpec, describe_network
-    from devices.measure import trace_layers
+    from devices.measure.tracing import trace_layers
     from devices.models import Device, LatencyEntry, MeasurementRequest
     from devices.pairing import new_pairing, revoke
     from devices.requests import open_request

@@ -32,7 +32,8 @@ from django.test import Client
 
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from devices.agent import protocol as p
-from devices.measure import MeasureProtocol, trace_layers
+from devices.measure import MeasureProtocol
+from devices.measure.tracing import trace_layers
 from devices.models import Device, LatencyEntry, MeasurementRequest
 from devices.pairing import new_pairing, redeem, revoke
 from devices.requests import open_request, store_layer_results
@@ -634,8 +635,10 @@ def test_the_agent_download_is_a_runnable_zipapp(owner, tmp_path):
     assert 'filename="netadapt-agent.pyz"' in answer["Content-Disposition"]
     assert answer.content.startswith(b"#!/usr/bin/env python3\n")
     names = set(zipfile.ZipFile(io.BytesIO(answer.content)).namelist())
-    assert {"__main__.py", "devices/__init__.py", "devices/agent/cli.py", "devices/measure/stats.py"} <= names
-    assert "devices/measure/__init__.py" not in names and not any("consumers" in n for n in names)
+    core = {f"devices/measure/{name}.py" for name in ("__init__", "protocol", "signature", "stats")}
+    assert {"__main__.py", "devices/__init__.py", "devices/agent/cli.py", *core} <= names
+    assert {n for n in names if n.startswith("devices/measure/")} == core  # no torch-using module
+    assert not any("consumers" in n for n in names)
     assert client.get("/devices/agent.pyz").content == answer.content  # reproducible
     pyz = tmp_path / "netadapt-agent.pyz"
     pyz.write_bytes(answer.content)
@@ -643,24 +646,42 @@ def test_the_agent_download_is_a_runnable_zipapp(owner, tmp_path):
     version = subprocess.run([sys.executable, str(pyz), "--version"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("netadapt-agent "), version.stderr
-    probe = subprocess.run([sys.executable, "-c", PURITY_PROBE], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=120, env={**env, "PYTHONPATH": str(pyz)})
+    from devices.measure.builders import signature_input_shape, signature_onnx
+
+    signature = trace_layers(SPEC.build().eval(), SPEC.example_input())[0].signature
+    (tmp_path / "layer.onnx").write_bytes(signature_onnx(signature))
+    shape = json.dumps(list(signature_input_shape(signature)))
+    probe = subprocess.run([sys.executable, "-c", PURITY_PROBE, "layer.onnx", shape], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": str(pyz)})
     assert probe.returncode == 0, probe.stderr
     report = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert report["forbidden"] == [] and report["stats_origin"].startswith(str(pyz))
+    assert report["forbidden"] == [] and report["foreign"] == []
+    assert report["stats_origin"].startswith(str(pyz))  # the core it carries, not the checkout's
 
 
 # --------------------------------------------------------------------------- the agent package
 
 PURITY_PROBE = """
 import importlib, json, sys
+before = set(sys.modules)
 for name in ("devices.agent.cli", "devices.agent.client", "devices.agent.facts", "devices.agent.protocol",
-             "devices.agent.stats", "devices.agent.timing"):
+             "devices.agent.timing"):
     importlib.import_module(name)
-from devices.agent.stats import TimingStats
+from devices.agent.timing import TimingStats
 TimingStats.from_samples([1.0, 2.0])
+if len(sys.argv) > 1:  # time an ONNX file as a request would, with the agent's own code
+    from devices.agent.timing import TimingProtocol, load_runner, time_with_retries
+    runner = load_runner(open(sys.argv[1], "rb").read(), json.loads(sys.argv[2]), threads=1)
+    (timed,) = time_with_retries([runner], TimingProtocol(warmup=1, rounds=2, runs_per_round=3))
+    assert timed.n == 6 and timed.min_ms > 0
 forbidden = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "django", "channels", "celery", "onnx"})
-print(json.dumps({"forbidden": forbidden, "stats_origin": sys.modules["devices.agent.shared_stats"].__spec__.origin}))
+# Everything imported beyond the interpreter's start: the standard library and these only (the
+# runtime modules that Cython-compiled extensions of numpy register are not imports).
+foreign = sorted({m.split(".")[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)
+                 - {"devices", "numpy", "onnxruntime", "websockets", "cython_runtime"})
+foreign = [m for m in foreign if not m.startswith("_cython_")]
+print(json.dumps({"forbidden": forbidden, "foreign": foreign,
+                  "stats_origin": sys.modules["devices.measure.stats"].__spec__.origin}))
 """
 
 
@@ -671,14 +692,15 @@ def test_the_agent_package_imports_nothing_of_the_server(tmp_path):
                            text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr
     report = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert report["forbidden"] == []
+    assert report["forbidden"] == [] and report["foreign"] == []
     assert report["stats_origin"] == str(REPO / "devices" / "measure" / "stats.py")
 
 
 def test_the_agent_computes_the_servers_statistics():
-    from devices.agent.stats import TimingStats as AgentStats
+    from devices.agent.timing import TimingStats as AgentStats
     from devices.measure.stats import TimingStats as ServerStats
 
+    assert AgentStats is ServerStats  # one class: the agent imports the core, it runs no copy
     samples = list(np.random.default_rng(0).gamma(2.0, 0.1, size=257))
     assert AgentStats.from_samples(samples).to_dict() == ServerStats.from_samples(samples).to_dict()
     assert AgentStats.from_samples(samples).spread == ServerStats.from_samples(samples).spread
@@ -726,7 +748,8 @@ def test_the_agent_times_onnx_models_interleaved_with_retries():
 
 def test_the_agent_keeps_the_samples_of_the_attempt_it_keeps(monkeypatch):
     from devices.agent import timing
-    from devices.agent.stats import TimingStats
+    from devices.measure import stats
+    from devices.measure.stats import TimingStats
 
     # Scripted attempts of runners a, b: a is noisy at first, narrower on its first retry and wider
     # again on its second; b is steady from the start (and so never timed again).
@@ -739,8 +762,7 @@ def test_the_agent_keeps_the_samples_of_the_attempt_it_keeps(monkeypatch):
         groups.append(list(runners))
         return next(attempts)
 
-    from devices.agent.stats import load_shared_stats  # the loop and its retries: the server's file
-    monkeypatch.setattr(load_shared_stats(), "interleaved_samples", scripted)
+    monkeypatch.setattr(stats, "interleaved_samples", scripted)  # the loop and its retries: the core's
     a, b = (lambda: None), (lambda: None)
     protocol = timing.TimingProtocol(max_spread=0.05, max_retries=2)
     timed = timing.time_with_retries_and_samples([a, b], protocol)
@@ -827,7 +849,7 @@ def test_the_agent_times_a_request_in_batches_then_its_networks(monkeypatch, sig
     # The per-run times of the attempt the statistics summarise, as the server checks them.
     checked = p.check_network_result(network, samples=True)
     assert checked["n"] == 6 and len(checked["samples_ms"]) == 6
-    from devices.agent.stats import TimingStats
+    from devices.measure.stats import TimingStats
 
     summary = TimingStats.from_samples(checked["samples_ms"])
     for name in p.STATS_FIELDS[1:]:

@@ -148,7 +148,7 @@ def test_the_mobilenet_v2_regime_network_has_prunable_groups_that_each_prune():
     """Every group of the regime's MobileNetV2 (1 channel, 32 px) pruned by one step alone: the
     network still runs and its traced layers are what the analysis predicts."""
     from adaptation.netadapt.graph import NetworkAnalysis, pruned_copy
-    from devices.measure.signature import trace_layers
+    from devices.measure.tracing import trace_layers
 
     regime = REGIMES["mbv2-0.5-fmnist32-12k"]
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ def test_it_lets_users_reuse_the_system_device_name(owner, system_device):
 
 
 def test_it_offers_the_engine_runtimes():
-    from devices.measure import RUNTIMES
+    from devices.measure.runtimes import RUNTIMES
 
     assert {name for name, _ in Device.RUNTIME_CHOICES} == set(RUNTIMES)
 

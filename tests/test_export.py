@@ -141,3 +141,26 @@ def test_load_pytorch_reads_from_a_buffer(pruned):
     buffer.seek(0)
     rebuilt = load_pytorch(buffer)
     assert torch.equal(_torch_out(rebuilt, _inputs(spec)), _torch_out(model, _inputs(spec)))
+
+
+def test_one_tolerance_and_one_error_summary_serve_every_onnx_check():
+    """Pre-flight, the ONNX import and the exports judge a conversion alike; error messages are
+    summarised alike (the informative first line, torch's unpickler advice skipped)."""
+    import numpy as np
+
+    from adaptation import preflight
+    from adaptation.netadapt import export, onnx_import
+    from adaptation.netadapt.checks import ONNX_TOLERANCE, error_summary, onnx_difference, onnx_matches
+
+    assert preflight.ONNX_TOLERANCE == onnx_import.TOLERANCE == ONNX_TOLERANCE
+    assert export.export_onnx.__defaults__ == (ONNX_TOLERANCE,)
+    reference = np.array([[0.5, -3.0]], dtype=np.float32)
+    assert onnx_difference(reference, reference + 2e-4) == pytest.approx((2e-4, 3e-4), rel=1e-3)
+    assert onnx_matches(reference, reference + 2e-4) and not onnx_matches(reference, reference + 4e-4)
+    assert not onnx_matches(np.array([np.nan]), np.array([np.nan]))  # nothing matches a NaN
+    advice = RuntimeError("Weights only load failed. Long advice.\nMore advice.\n"
+                          "WeightsUnpickler error: Unsupported global: GLOBAL os.system\n\nCheck the docs.")
+    assert error_summary(advice) == "Unsupported global: GLOBAL os.system"
+    assert error_summary(ValueError("\n  first line  \nsecond")) == "first line"
+    assert error_summary(ValueError()) == ""
+    assert len(error_summary(ValueError("x" * 1000))) == 300

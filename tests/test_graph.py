@@ -10,7 +10,7 @@ import torch.nn as nn
 from adaptation.netadapt.graph import (GroupPruner, NetworkAnalysis, UnsupportedNetwork,
                                        pruned_copy, rebuild_pruned)
 from adaptation.netadapt.models import build_model, example_input
-from devices.measure.signature import trace_layers
+from devices.measure.tracing import trace_layers
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

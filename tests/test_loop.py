@@ -6,16 +6,19 @@ import torch
 
 from adaptation.netadapt.config import AdaptConfig, SettingsError
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
-from adaptation.netadapt.loop import (PHASES, AdaptState, BudgetError, FinishRecord, IterationRecord,
-                                      NeedsEvaluation, NeedsMeasurement, NetAdapt, StartRecord,
-                                      run_with)
+from adaptation.netadapt.loop import (PHASES, AdaptState, BudgetError, Evaluated, FinishRecord,
+                                      IterationRecord, Measured, NeedsEvaluation, NeedsMeasurement,
+                                      NetAdapt, PendingFinish, PendingIteration, StartRecord,
+                                      measure_with, run_with)
 from adaptation.netadapt.lut import MemoryLatencyTable
 from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, LatencyTableModel, MacsModel)
 from adaptation.netadapt.schedule import iteration_target
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
 from adaptation.netadapt.training import Cancelled, steps_for_epochs, train_steps
-from devices.measure import LocalMeasurer, TimingStats, trace_layers
+from devices.measure import TimingStats
+from devices.measure.local import LocalMeasurer
+from devices.measure.tracing import trace_layers
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -303,30 +306,36 @@ def test_a_latency_run_asks_for_every_measurement_it_needs(wide, digits8, light_
     assert set(first.signatures) == expected
     table.add(measurer.measure_signatures(first.signatures))
 
-    requests, records = [first], []
-    for item in generator:
-        if not isinstance(item, NeedsMeasurement):
+    requests, answers, records = [first], {}, []
+    item = generator.send(Measured())
+    while True:
+        if isinstance(item, NeedsMeasurement):
+            requests.append(item)
+            assert not set(item.signatures) & set(table.entries)  # only what is missing
+            answers[len(requests) - 1] = answer = serve(item, measurer, table)
+        else:
             records.append(item)
-            continue
-        requests.append(item)
-        assert not set(item.signatures) & set(table.entries)  # only what is missing
-        serve(item, measurer, table)
+            answer = None
+        try:
+            item = generator.send(answer)
+        except StopIteration:
+            break
 
     network_requests = [[n.label for n in r.networks] for r in requests if r.networks]
     assert network_requests == [["original"], ["iteration 0"], ["original", "final"]]
     start, iteration, finish = records
     assert isinstance(start, StartRecord)
-    assert start.measured is requests[1].networks[0].result
+    assert start.measured is answers[1].networks[0]
     # One calibration point: the estimate of the original is scaled onto its measurement.
     assert start.resource.value == pytest.approx(start.measured.min_ms, rel=1e-9)
     assert isinstance(iteration, IterationRecord)
     assert isinstance(iteration.measured, TimingStats)
-    assert iteration.measured is requests[-2].networks[0].result
+    assert iteration.measured is answers[len(requests) - 2].networks[0]
     assert iteration.measured.n == light_protocol.rounds * light_protocol.runs_per_round
     assert len(engine.resource.calibration.points) == 2
     assert isinstance(finish, FinishRecord)
-    assert finish.ab_original is requests[-1].networks[0].result
-    assert finish.ab_final is requests[-1].networks[1].result
+    assert finish.ab_original is answers[len(requests) - 1].networks[0]
+    assert finish.ab_final is answers[len(requests) - 1].networks[1]
     assert finish.measured_ratio == pytest.approx(finish.ab_final.min_ms / finish.ab_original.min_ms)
 
 
@@ -356,17 +365,23 @@ def test_it_fails_loudly_when_the_caller_does_not_measure(wide, digits8, light_p
     generator = engine.run()
     assert isinstance(next(generator), NeedsMeasurement)
     with pytest.raises(RuntimeError, match="still missing"):
-        next(generator)  # the table was not filled
+        generator.send(Measured())  # the table was not filled
 
     table = MemoryLatencyTable()
     engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, LATENCY_CONFIG, LatencyTableModel(table))
     generator = engine.run()
     request = next(generator)
     table.add(LocalMeasurer("onnxruntime", light_protocol).measure_signatures(request.signatures))
-    request = next(generator)
+    request = generator.send(Measured())
     assert [n.label for n in request.networks] == ["original"]
     with pytest.raises(RuntimeError, match="'original' was not measured"):
-        next(generator)
+        generator.send(Measured())  # an answer without the network's timing
+
+    engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, LATENCY_CONFIG, LatencyTableModel(table))
+    generator = engine.run()
+    assert [n.label for n in next(generator).networks] == ["original"]
+    with pytest.raises(RuntimeError, match="answered NoneType, not Measured"):
+        next(generator)  # no answer at all
 
 
 # ---------------------------------------------------------------- delegated and parked steps
@@ -377,14 +392,20 @@ def test_delegated_evaluation_asks_for_every_proposal_and_matches_the_local_run(
     engine = NetAdapt(trained, SPEC.example_input(), digits8, MACS_CONFIG, MacsModel(),
                       delegate_evaluation=True)
     records, asked = [], []
-    for item in engine.run():
+    generator, answer = engine.run(), None
+    while True:
+        try:
+            item = generator.send(answer)
+        except StopIteration:
+            break
+        answer = None
         if isinstance(item, NeedsEvaluation):
             asked.append(item)
             # The caller (a Celery chord in the web app) evaluates each proposal on its own.
-            for k, proposal in enumerate(item.proposals):
-                item.results[k] = evaluate_proposal(item.model, SPEC.example_input(), proposal,
-                                                    digits8, MACS_CONFIG, item.iteration,
-                                                    loss_fn=engine.loss_fn)
+            answer = Evaluated.of([evaluate_proposal(item.model, SPEC.example_input(), proposal,
+                                                     digits8, MACS_CONFIG, item.iteration,
+                                                     loss_fn=engine.loss_fn)
+                                   for proposal in item.proposals])
             continue
         records.append(item)
     iterations = [r for r in records if isinstance(r, IterationRecord)]
@@ -400,35 +421,42 @@ def test_unanswered_evaluation_is_an_error(trained, digits8):
                       delegate_evaluation=True)
     generator = engine.run()
     assert isinstance(next(generator), StartRecord)
-    assert isinstance(next(generator), NeedsEvaluation)
+    request = next(generator)
+    assert isinstance(request, NeedsEvaluation)
     with pytest.raises(RuntimeError, match="did not evaluate every proposal"):
-        next(generator)
+        generator.send(Evaluated([], lambda k: request.model))
 
 
-def serve(request: NeedsMeasurement, measurer, table) -> None:
-    """Answer a measurement request as a synchronous caller does: layers into ``table``, networks
-    into their ``result``."""
-    if request.signatures:
-        table.add(measurer.measure_signatures(request.signatures))
-    if request.networks:
-        stats = measurer.measure_models([n.model for n in request.networks], request.example_input)
-        for network, result in zip(request.networks, stats):
-            network.result = result
+def serve(request: NeedsMeasurement, measurer, table) -> Measured:
+    """Answer a measurement request as a synchronous caller does: layers into ``table``, the
+    networks' timings as the answer."""
+    return measure_with(measurer, table, request)
+
+
+def _drive_until(engine: NetAdapt, measurer, table, reason_prefix: str) -> tuple[list, NeedsMeasurement]:
+    """Drive ``engine``, answering its requests, until it asks for a network measurement whose
+    reason starts with ``reason_prefix``; the records so far and that request (unanswered)."""
+    records, generator, answer = [], engine.run(), None
+    while True:
+        try:
+            item = generator.send(answer)
+        except StopIteration:
+            raise AssertionError(f"the run never asked to measure '{reason_prefix}'") from None
+        answer = None
+        if isinstance(item, NeedsMeasurement):
+            if item.networks and item.reason.startswith(reason_prefix):
+                return records, item
+            answer = serve(item, measurer, table)
+            continue
+        records.append(item)
 
 
 def _park_at(engine: NetAdapt, measurer, table, reason_prefix: str, tmp_path) -> tuple[list, AdaptState]:
     """Drive ``engine`` until it asks for a network measurement whose reason starts with
     ``reason_prefix``; return the records so far and the checkpoint a runner would save there."""
-    records = []
-    for item in engine.run():
-        if isinstance(item, NeedsMeasurement):
-            if item.networks and item.reason.startswith(reason_prefix):
-                engine.state.save(tmp_path / "parked.pt")
-                return records, AdaptState.load(tmp_path / "parked.pt")
-            serve(item, measurer, table)
-            continue
-        records.append(item)
-    raise AssertionError(f"the run never asked to measure '{reason_prefix}'")
+    records, _ = _drive_until(engine, measurer, table, reason_prefix)
+    engine.state.save(tmp_path / "parked.pt")
+    return records, AdaptState.load(tmp_path / "parked.pt")
 
 
 PARKED_CONFIG = AdaptConfig(metric="latency", budget=0.9, initial_reduction=0.03, decay=0.9,
@@ -440,7 +468,7 @@ def test_a_run_parked_for_its_iteration_measurement_resumes_without_fine_tuning_
     measurer, table = LocalMeasurer("onnxruntime", light_protocol), MemoryLatencyTable()
     engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table))
     _, state = _park_at(engine, measurer, table, "iteration 0 network", tmp_path)
-    assert state.pending["phase"] == "iteration" and state.iteration == 0
+    assert isinstance(state.pending, PendingIteration) and state.iteration == 0
 
     resumed = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG,
                        LatencyTableModel(table), state=state)
@@ -448,15 +476,14 @@ def test_a_run_parked_for_its_iteration_measurement_resumes_without_fine_tuning_
     first = next(generator)
     # The fine-tuned proposals were kept: the resumed run asks for the measurement straight away.
     assert isinstance(first, NeedsMeasurement) and first.reason == "iteration 0 network"
-    chosen = state.pending["results"][state.pending["chosen"]]
-    assert first.networks[0].channels == chosen["config"]
-    parked_weights = state.pending["model_state"]
+    chosen = state.pending.results[state.pending.chosen]
+    assert first.networks[0].channels == chosen.proposal.config
+    parked_weights = state.pending.model_state
     assert all(torch.equal(parked_weights[k], v) for k, v in first.networks[0].model.state_dict().items())
-    (first.networks[0].result,) = measurer.measure_models([first.networks[0].model], first.example_input)
-    record = next(generator)
+    record = generator.send(serve(first, measurer, table))
     assert isinstance(record, IterationRecord)
-    assert record.channels == chosen["config"]
-    assert record.holdout_accuracy == chosen["holdout_accuracy"]
+    assert record.channels == chosen.proposal.config
+    assert record.holdout_accuracy == chosen.holdout_accuracy
     assert resumed.state.pending is None and resumed.state.iteration == 1
 
 
@@ -464,7 +491,7 @@ def test_a_run_parked_for_its_ab_check_keeps_its_long_term_fine_tune(wide, digit
     measurer, table = LocalMeasurer("onnxruntime", light_protocol), MemoryLatencyTable()
     engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table))
     _, state = _park_at(engine, measurer, table, "A/B confirmation", tmp_path)
-    assert state.pending["phase"] == "finish"
+    assert isinstance(state.pending, PendingFinish)
 
     resumed = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG,
                        LatencyTableModel(table), state=state)
@@ -472,11 +499,10 @@ def test_a_run_parked_for_its_ab_check_keeps_its_long_term_fine_tune(wide, digit
     request = next(generator)
     assert isinstance(request, NeedsMeasurement) and request.reason.startswith("A/B")
     final = request.networks[1].model
-    assert all(torch.equal(state.pending["model_state"][k], v) for k, v in final.state_dict().items())
-    serve(request, measurer, table)
-    finish = next(generator)
+    assert all(torch.equal(state.pending.model_state[k], v) for k, v in final.state_dict().items())
+    finish = generator.send(serve(request, measurer, table))
     assert isinstance(finish, FinishRecord)
-    assert finish.long_term_s == state.pending["long_term_s"] > 0
+    assert finish.long_term_s == state.pending.long_term_s > 0
 
 
 # ---------------------------------------------------------------- where an iteration's time goes
@@ -508,11 +534,7 @@ def test_a_wait_between_park_and_resume_counts_for_the_iteration_in_progress(
         wide, digits8, light_protocol, tmp_path):
     measurer, table = LocalMeasurer("onnxruntime", light_protocol), MemoryLatencyTable()
     engine = NetAdapt(wide, WIDE_SPEC.example_input(), digits8, PARKED_CONFIG, LatencyTableModel(table))
-    for item in engine.run():
-        if isinstance(item, NeedsMeasurement) and item.reason == "iteration 0 network":
-            break
-        if isinstance(item, NeedsMeasurement):
-            serve(item, measurer, table)
+    _drive_until(engine, measurer, table, "iteration 0 network")
     finetuned = engine.state.clock["phases_s"]["finetune_s"]
     engine.note_parked("measurement", at=1000.0)  # what a runner does before saving and stopping
     engine.state.save(tmp_path / "parked.pt")
@@ -523,8 +545,7 @@ def test_a_wait_between_park_and_resume_counts_for_the_iteration_in_progress(
     resumed.note_resumed(at=2000.0)  # nothing parked any more: books nothing
     generator = resumed.run()
     request = next(generator)
-    (request.networks[0].result,) = measurer.measure_models([request.networks[0].model], request.example_input)
-    record = next(generator).to_dict()
+    record = generator.send(serve(request, measurer, table)).to_dict()
     assert_phases_add_up(record)
     assert record["phases_s"]["wait_measure_s"] == pytest.approx(12.5)
     assert record["phases_s"]["finetune_s"] == finetuned > 0  # booked before the park, kept

@@ -16,7 +16,8 @@ from adaptation.models import Iteration, ModelUpload
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
 from devices import measure_model
-from devices.measure import MeasureProtocol, TimingStats, trace_layers
+from devices.measure import MeasureProtocol, TimingStats
+from devices.measure.tracing import trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
 from devices.models import MeasurementRequest
 from devices.requests import device_table, fail_request, open_request

@@ -10,19 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from devices.measure import (
-    RUNTIMES,
-    LayerSignature,
-    LocalMeasurer,
-    MeasureProtocol,
-    device_facts,
-    get_runtime,
-    model_to_onnx,
-    signature_input_shape,
-    signature_module,
-    signature_onnx,
-    time_interleaved,
-)
+from devices.measure import LayerSignature, MeasureProtocol, time_interleaved
+from devices.measure.builders import model_to_onnx, signature_input_shape, signature_module, signature_onnx
+from devices.measure.local import LocalMeasurer, device_facts
+from devices.measure.runtimes import RUNTIMES, get_runtime
 from tests.test_measure_signature import SmallNet
 
 LIGHT = MeasureProtocol(warmup=2, rounds=2, runs_per_round=5)

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from devices.measure import SIGNATURE_VERSION, LayerSignature, signature_module, trace_layers
+from devices.measure import SIGNATURE_VERSION, LayerSignature
+from devices.measure.builders import signature_module
+from devices.measure.tracing import trace_layers
 
 
 def conv_sig(**changes) -> LayerSignature:

@@ -58,3 +58,23 @@ def test_from_dict_rejects_missing_and_unknown_keys() -> None:
         TimingStats.from_dict({k: v for k, v in d.items() if k != "median_ms"})
     with pytest.raises(ValueError, match="unknown"):
         TimingStats.from_dict({**d, "extra": 1})
+
+
+def test_the_measurement_core_imports_without_torch():
+    """``import devices.measure`` (signatures, statistics, the timing protocol) loads no torch:
+    the agent and the engine's pure parts share it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    probe = ("import json, sys; import devices.measure as m; "
+             "m.TimingStats.from_samples([1.0, 2.0]); m.MeasureProtocol(); "
+             "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'onnx', 'django'})))")
+    env = {**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}, "PYTHONPATH": str(repo)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

@@ -14,7 +14,7 @@ from adaptation.netadapt.export import export_pytorch
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis, pruned_copy
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.preflight import PreflightError, check_dataset_fits, load_weights, preflight
-from devices.measure import model_to_onnx
+from devices.measure.builders import model_to_onnx
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from adaptation.models import Job
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from devices import requests
-from devices.measure import trace_layers
+from devices.measure.tracing import trace_layers
 from devices.models import LatencyEntry, MeasurementRequest
 from devices.requests import (claim_request, complete_request, device_table, fail_request,
                               open_request, pending_signatures, store_layer_results, sweep_requests)

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from devices.measure import LocalMeasurer, MeasureProtocol, device_facts
+from devices.measure import MeasureProtocol
+from devices.measure.local import LocalMeasurer, device_facts
 
 from .baselines import uniform_baseline
 from .config import (PRESETS, SELECTION_RULES, SETTING_RANGES, AdaptConfig, holdout_problem,
@@ -19,8 +20,8 @@ from .config import (PRESETS, SELECTION_RULES, SETTING_RANGES, AdaptConfig, hold
 from .data import BUILTIN_DATASETS, DatasetSplits, load_dataset, load_image_folder
 from .export import export_all, export_pytorch, load_pytorch
 from .graph import NetworkAnalysis
-from .loop import (AdaptState, FinishRecord, IterationRecord, NeedsMeasurement, NetAdapt,
-                   StartRecord)
+from .loop import (AdaptState, FinishRecord, IterationRecord, Measured, NeedsMeasurement, NetAdapt,
+                   StartRecord, serve)
 from .lut import MemoryLatencyTable
 from .models import ARCHITECTURES
 from .report import plot_tradeoff, write_csv, write_json
@@ -268,7 +269,9 @@ class _Measurements:
     def __init__(self, measurer: LocalMeasurer, table: MemoryLatencyTable, path: Path) -> None:
         self.measurer, self.table, self.path = measurer, table, path
 
-    def serve(self, request: NeedsMeasurement) -> None:
+    def serve(self, request: NeedsMeasurement) -> Measured:
+        """Measure what ``request`` asks for: the layers into the table (saved), the networks'
+        timings as the answer."""
         if request.signatures:
             with tqdm(total=len(request.signatures), desc=f"table: {request.reason}",
                       unit="layer", leave=False) as bar:
@@ -277,11 +280,10 @@ class _Measurements:
                     bar.refresh()
                 self.table.add(self.measurer.measure_signatures(request.signatures, on_progress))
             self.table.save(self.path)
-        if request.networks:
-            stats = self.measurer.measure_models([n.model for n in request.networks],
-                                                 request.example_input)
-            for network, result in zip(request.networks, stats):
-                network.result = result
+        if not request.networks:
+            return Measured()
+        return Measured(list(self.measurer.measure_models([n.model for n in request.networks],
+                                                          request.example_input)))
 
 
 def _open_table(path: Path, measurer: LocalMeasurer) -> MemoryLatencyTable:
@@ -349,10 +351,8 @@ def adapt(args: argparse.Namespace) -> None:
                "train_device": args.train_device.type}
     finish = None
     bar = None
-    for record in engine.run():
-        if isinstance(record, NeedsMeasurement):
-            service.serve(record)
-        elif isinstance(record, StartRecord):
+    for record in serve(engine.run(), service.serve):
+        if isinstance(record, StartRecord):
             for warning in record.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             print(f"original: {record.resource.value:.4g} {resource.unit}, budget "
@@ -377,7 +377,7 @@ def adapt(args: argparse.Namespace) -> None:
     results["iterations"] = state.records
     results["finish"] = finish.to_dict()
     results["calibration"] = (resource.calibration.quality()
-                              if isinstance(resource, LatencyTableModel) else None)
+                              if resource.calibration is not None else None)
     results["exports"] = {k: str(p) for k, p in
                           export_all(finish.model, spec, finish.channels, out, "final").items()}
     results["baselines"] = _baselines(args, original, example, analysis, data, config, state,

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from devices.measure.builders import model_to_onnx
 
+from .checks import ONNX_TOLERANCE, onnx_difference
 from .graph import rebuild_pruned
 from .spec import ArchitectureSpec
 
@@ -32,9 +33,8 @@ class ExportMismatch(RuntimeError):
 
 
 def _check_close(reference: torch.Tensor, output: np.ndarray, what: str, atol: float) -> float:
-    error = float(np.max(np.abs(reference.numpy() - output))) if output.size else 0.0
-    scale = float(reference.abs().max()) or 1.0
-    if not error <= atol * max(1.0, scale):
+    error, allowed = onnx_difference(reference.numpy(), output, atol)
+    if not error <= allowed:
         raise ExportMismatch(f"{what} export differs from PyTorch by {error:.3g} (tolerance {atol})")
     return error
 
@@ -44,7 +44,8 @@ def _reference(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
         return model.eval()(example)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, atol: float = 1e-4) -> float:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path,
+                atol: float = ONNX_TOLERANCE) -> float:
     """Write ONNX; returns the max abs error against PyTorch measured in ONNX Runtime."""
     data = model_to_onnx(model, example)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

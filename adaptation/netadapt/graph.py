@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from devices.measure.signature import LayerSignature, trace_layers
+from devices.measure.signature import LayerSignature
+from devices.measure.tracing import trace_layers
 
 ChannelConfig = dict[str, int]
 """Channels of every prunable group, keyed by group name."""

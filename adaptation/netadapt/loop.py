@@ -1,11 +1,14 @@
 """The NetAdapt loop as a generator: one record per iteration, measurement asked of the caller.
 
-``NetAdapt(...).run()`` yields:
+``NetAdapt(...).run()`` is a conversation: it yields requests and records, and the caller answers
+each request by sending the answer into the generator (``generator.send(answer)``; ``serve`` does
+it for a caller that answers at once). Records need no answer (``next``).
 - ``NeedsMeasurement`` when look-up-table entries or whole networks must be measured; the caller
-  measures them (locally, or through a device queue), fills the table / the requests' ``result``,
-  and resumes the generator. The loop never blocks on a device.
+  measures them (locally, or through a device queue), puts the layers' entries into the look-up
+  table the resource model reads, and answers ``Measured`` (one ``TimingStats`` per network
+  asked for). The loop never blocks on a device.
 - ``NeedsEvaluation`` (only with ``delegate_evaluation=True``) with an iteration's proposals; the
-  caller fine-tunes and scores them (e.g. as parallel tasks) and fills ``results``.
+  caller fine-tunes and scores them (e.g. as parallel tasks) and answers ``Evaluated``.
 
 A caller that cannot answer a request at once (a device is busy or offline, proposals run on
 other workers) saves ``engine.state`` and stops; a new engine built from that state asks again
@@ -21,7 +24,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, Union
 
 import torch
 import torch.nn as nn
@@ -33,7 +36,7 @@ from .config import AdaptConfig
 from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
 from .lut import AffineCalibration
-from .resources import Estimate, LatencyTableModel, ResourceModel
+from .resources import Estimate, ResourceModel
 from .schedule import iteration_target, unreachable_warning
 from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
                     plan_iteration, plan_signatures, select_proposal)
@@ -60,20 +63,20 @@ class BudgetError(ValueError):
     """The budget cannot be used: already met by the original, or not positive."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkRequest:
-    """A whole network to measure; the caller sets ``result``. ``channels`` is its channel
-    configuration (latency depends on the architecture only, so a measurer may rebuild it)."""
+    """A whole network to measure. ``channels`` is its channel configuration (latency depends on
+    the architecture only, so a measurer may rebuild it)."""
 
     label: str
     model: nn.Module
     channels: ChannelConfig
-    result: TimingStats | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class NeedsMeasurement:
-    """Measurements the loop waits for. Networks listed together are measured interleaved."""
+    """Measurements the loop waits for; answer with ``Measured``. Networks listed together are
+    measured interleaved."""
 
     reason: str
     example_input: torch.Tensor
@@ -81,20 +84,44 @@ class NeedsMeasurement:
     networks: list[NetworkRequest] = field(default_factory=list)
 
 
-@dataclass
-class NeedsEvaluation:
-    """An iteration's proposals, to fine-tune and score from ``model`` (the current network).
+@dataclass(frozen=True)
+class Measured:
+    """The answer to ``NeedsMeasurement``: one timing per network asked for, in the same order.
+    The layers' entries are not in it: they go into the look-up table the resource model reads
+    (the caller's own, or a device's table filled by the device)."""
 
-    The caller sets ``results[k]`` to what ``steps.evaluate_proposal`` returns for proposal k. A
-    caller that holds the fine-tuned networks elsewhere (files of other workers) may give None
-    for the network and set ``load``: only the chosen proposal's network is then built.
-    """
+    networks: list[TimingStats] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NeedsEvaluation:
+    """An iteration's proposals, to fine-tune and score from ``model`` (the current network);
+    answer with ``Evaluated``."""
 
     iteration: int
     model: nn.Module
     proposals: list[Proposal]
-    results: list[tuple[ProposalResult, nn.Module | None] | None]
-    load: Callable[[int], nn.Module] | None = None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The answer to ``NeedsEvaluation``: ``results[k]`` is proposal k after its short-term
+    fine-tune (``steps.evaluate_proposal``), and ``load(k)`` builds its fine-tuned network (only
+    the chosen proposal's is asked for, so a caller that keeps the networks elsewhere, in files
+    of other workers, builds just that one)."""
+
+    results: list[ProposalResult]
+    load: Callable[[int], nn.Module]
+
+    @classmethod
+    def of(cls, evaluated: list[tuple[ProposalResult, nn.Module]]) -> "Evaluated":
+        """The answer of a caller that holds every fine-tuned network in memory."""
+        return cls([result for result, _ in evaluated], lambda k: evaluated[k][1])
+
+
+#: What ``NetAdapt.run`` yields, what it expects back for each request.
+Request = Union[NeedsMeasurement, NeedsEvaluation]
+Answer = Union[Measured, Evaluated]
 
 
 @dataclass
@@ -170,6 +197,56 @@ class FinishRecord:
 
 
 @dataclass
+class PendingIteration:
+    """An iteration whose proposals are fine-tuned and chosen, waiting for the chosen network's
+    measurement before its record (redoing the fine-tunes would be expensive)."""
+
+    iteration: int
+    target: float
+    results: list[ProposalResult]
+    skipped: dict[str, str]
+    chosen: int
+    model_state: dict  # the chosen proposal's fine-tuned weights
+    phases_s: dict[str, float]  # the iteration's phases so far (checkpoints older than clocks)
+
+    def to_dict(self) -> dict:
+        return {"phase": "iteration", "iteration": self.iteration, "target": self.target,
+                "results": [r.to_state() for r in self.results], "skipped": dict(self.skipped),
+                "chosen": self.chosen, "model_state": self.model_state,
+                "phases_s": dict(self.phases_s)}
+
+
+@dataclass
+class PendingFinish:
+    """The long-term fine-tune done, waiting for the A/B measurement of the budget."""
+
+    model_state: dict
+    long_term_s: float
+
+    def to_dict(self) -> dict:
+        return {"phase": "finish", "model_state": self.model_state, "long_term_s": self.long_term_s}
+
+
+Pending = Union[PendingIteration, PendingFinish]
+
+
+def pending_from_dict(data: dict | None) -> Pending | None:
+    """The step in progress of a checkpoint (``to_dict``'s format, which is also the one written
+    before ``pending`` was typed: a dict switched on its ``"phase"``)."""
+    if not data:
+        return None
+    if data["phase"] == "iteration":
+        return PendingIteration(
+            iteration=data["iteration"], target=data["target"],
+            results=[ProposalResult.from_state(r) for r in data["results"]],
+            skipped=dict(data["skipped"]), chosen=data["chosen"], model_state=data["model_state"],
+            phases_s=dict(data.get("phases_s") or {}))
+    if data["phase"] == "finish":
+        return PendingFinish(model_state=data["model_state"], long_term_s=data["long_term_s"])
+    raise ValueError(f"unknown step in progress '{data['phase']}' in the checkpoint")
+
+
+@dataclass
 class AdaptState:
     """Everything needed to resume after the last finished iteration."""
 
@@ -183,10 +260,8 @@ class AdaptState:
     calibration: AffineCalibration
     records: list[dict]
     start: dict
-    #: The step in progress, when redoing it would be expensive (see the module docstring):
-    #: {"phase": "iteration", "iteration", "target", "results", "skipped", "chosen",
-    #:  "model_state", "phases_s"} or {"phase": "finish", "model_state", "long_term_s"}.
-    pending: dict | None = None
+    #: The step in progress, when redoing it would be expensive (see the module docstring).
+    pending: Pending | None = None
     #: The clock of the iteration in progress, kept across parks and resumes (wall times, so
     #: another process can go on): {"iteration", "started_at" (epoch s), "phases_s" (so far),
     #: "parked": None or {"kind", "at"}}; see ``NetAdapt.note_parked``.
@@ -198,15 +273,19 @@ class AdaptState:
                 "budget": self.budget, "initial_resource": self.initial_resource,
                 "holdout_accuracy": self.holdout_accuracy,
                 "calibration": self.calibration.to_dict(), "records": self.records,
-                "start": self.start, "pending": self.pending, "clock": self.clock}
+                "start": self.start,
+                "pending": self.pending.to_dict() if self.pending is not None else None,
+                "clock": self.clock}
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdaptState":
-        return cls(AdaptConfig.from_dict(data["config"]), data["iteration"], dict(data["channels"]),
-                   data["model_state"], data["budget"], data["initial_resource"],
-                   data["holdout_accuracy"], AffineCalibration.from_dict(data["calibration"]),
-                   list(data["records"]), dict(data["start"]), data.get("pending"),
-                   data.get("clock"))
+        return cls(config=AdaptConfig.from_dict(data["config"]), iteration=data["iteration"],
+                   channels=dict(data["channels"]), model_state=data["model_state"],
+                   budget=data["budget"], initial_resource=data["initial_resource"],
+                   holdout_accuracy=data["holdout_accuracy"],
+                   calibration=AffineCalibration.from_dict(data["calibration"]),
+                   records=list(data["records"]), start=dict(data["start"]),
+                   pending=pending_from_dict(data.get("pending")), clock=data.get("clock"))
 
     def save(self, path) -> None:
         torch.save(self.to_dict(), path)
@@ -262,7 +341,7 @@ class NetAdapt:
         self.delegate_evaluation = delegate_evaluation
         self.hook = hook
         self.loss_fn = fine_tune_loss(config, model)  # one teacher for every fine-tune of the run
-        if state is not None and isinstance(resource, LatencyTableModel):
+        if state is not None and resource.calibration is not None:
             resource.calibration = state.calibration
 
     @property
@@ -271,7 +350,7 @@ class NetAdapt:
 
     @property
     def _calibrated(self) -> bool:
-        return isinstance(self.resource, LatencyTableModel)
+        return self.resource.calibration is not None
 
     def current_model(self) -> nn.Module:
         """The network of the last finished iteration, rebuilt from the checkpoint."""
@@ -330,31 +409,32 @@ class NetAdapt:
 
     # ------------------------------------------------------------------ requests
 
-    def _fill_table(self, signatures: list[LayerSignature], reason: str) -> Iterator[NeedsMeasurement]:
+    def _fill_table(self, signatures: list[LayerSignature], reason: str) -> Conversation:
         missing = self.resource.missing(signatures)
         while missing:
-            yield NeedsMeasurement(reason, self.example_input, signatures=missing)
+            _expect((yield NeedsMeasurement(reason, self.example_input, signatures=missing)),
+                    Measured, reason)
             still = self.resource.missing(missing)
             if len(still) == len(missing):
                 raise RuntimeError(f"{len(still)} look-up-table entries are still missing after "
                                    "the caller was asked to measure them")
             missing = still
 
-    def _measure(self, reason: str, *models: tuple[str, nn.Module, ChannelConfig]) -> Iterator[NeedsMeasurement]:
+    def _measure(self, reason: str, *models: tuple[str, nn.Module, ChannelConfig]) -> Conversation:
         request = NeedsMeasurement(reason, self.example_input,
                                    networks=[NetworkRequest(label, m, dict(c)) for label, m, c in models])
-        yield request
-        for net in request.networks:
-            if net.result is None:
-                raise RuntimeError(f"network '{net.label}' was not measured")
-        return [net.result for net in request.networks]
+        answer = _expect((yield request), Measured, reason)
+        if len(answer.networks) != len(request.networks):
+            missing = request.networks[len(answer.networks):] or request.networks
+            raise RuntimeError(f"network '{missing[0].label}' was not measured")
+        return list(answer.networks)
 
-    def _start(self) -> Iterator:
+    def _start(self) -> Conversation:
         config = self.config
         channels = self.analysis.original_config()
         signatures = self.analysis.signatures(channels)
         yield from self._fill_table(signatures, "look-up table of the original network")
-        calibration = getattr(self.resource, "calibration", AffineCalibration())
+        calibration = self.resource.calibration if self._calibrated else AffineCalibration()
         measured = None
         if self._latency:
             (measured,) = yield from self._measure("original network", ("original", self.original, channels))
@@ -373,30 +453,34 @@ class NetAdapt:
         if warning:
             warnings.append(warning)
         holdout = accuracy(self.original, self.data.holdout, device=self.train_device)
-        start = StartRecord(resource, measured, budget, holdout,
-                            accuracy(self.original, self.data.validation, device=self.train_device),
-                            sum(s.macs() for s in signatures), sum(s.params() for s in signatures),
-                            warnings)
-        self.state = AdaptState(config, 0, channels, copy.deepcopy(self.original.state_dict()),
-                                budget, resource.value, holdout, calibration, [],
-                                {"resource": resource.value, "resource_raw": resource.raw,
-                                 "measured": measured.to_dict() if measured else None,
-                                 "holdout_accuracy": holdout,
-                                 "validation_accuracy": start.validation_accuracy,
-                                 "macs": start.macs, "params": start.params,
-                                 "budget": budget, "warnings": warnings})
+        start = StartRecord(
+            resource=resource, measured=measured, budget=budget, holdout_accuracy=holdout,
+            validation_accuracy=accuracy(self.original, self.data.validation, device=self.train_device),
+            macs=sum(s.macs() for s in signatures), params=sum(s.params() for s in signatures),
+            warnings=warnings)
+        self.state = AdaptState(
+            config=config, iteration=0, channels=channels,
+            model_state=copy.deepcopy(self.original.state_dict()), budget=budget,
+            initial_resource=resource.value, holdout_accuracy=holdout, calibration=calibration,
+            records=[], start={"resource": resource.value, "resource_raw": resource.raw,
+                               "measured": measured.to_dict() if measured else None,
+                               "holdout_accuracy": holdout,
+                               "validation_accuracy": start.validation_accuracy,
+                               "macs": start.macs, "params": start.params,
+                               "budget": budget, "warnings": warnings})
         yield start
 
-    def run(self) -> Iterator:
-        """Run (or resume) the adaptation; see the module docstring for what it yields."""
+    def run(self) -> Conversation:
+        """Run (or resume) the adaptation; see the module docstring for what it yields and what
+        it expects back."""
         if self.state is None:
             yield from self._start()
         state, config = self.state, self.config
         model = self.current_model()
-        if state.pending and state.pending["phase"] == "iteration":
+        if isinstance(state.pending, PendingIteration):
             record = yield from self._conclude_iteration(self._pending_model())
             model = record.model
-        if state.pending and state.pending["phase"] == "finish":
+        if isinstance(state.pending, PendingFinish):
             yield from self._finish(model)
             return
         while True:
@@ -411,7 +495,7 @@ class NetAdapt:
             model = record.model
         yield from self._finish(model)
 
-    def _iteration(self, model: nn.Module, current: Estimate) -> Iterator:
+    def _iteration(self, model: nn.Module, current: Estimate) -> Conversation:
         state, config = self.state, self.config
         i = state.iteration
         self._clock(i)
@@ -432,41 +516,37 @@ class NetAdapt:
                 f"(current {current.value:.4g}); " + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
         self._add_phase("plan_s", time.perf_counter() - tick)
         if self.delegate_evaluation:
-            request = NeedsEvaluation(i, model, plan.proposals, [None] * len(plan.proposals))
-            yield request
-            if any(result is None for result in request.results):
+            request = NeedsEvaluation(iteration=i, model=model, proposals=plan.proposals)
+            evaluated = _expect((yield request), Evaluated, f"iteration {i}'s proposals")
+            if len(evaluated.results) != len(plan.proposals):
                 raise RuntimeError(f"iteration {i}: the caller did not evaluate every proposal")
-            evaluated = request.results
         else:
-            evaluated = [evaluate_proposal(model, self.example_input, proposal, self.data, config, i,
-                                           hook=self.hook, device=self.train_device,
-                                           loss_fn=self.loss_fn)
-                         for proposal in plan.proposals]
-        results = [result for result, _ in evaluated]
+            evaluated = Evaluated.of([
+                evaluate_proposal(model, self.example_input, proposal, self.data, config, i,
+                                  hook=self.hook, device=self.train_device, loss_fn=self.loss_fn)
+                for proposal in plan.proposals])
+        results = list(evaluated.results)
         if not self.delegate_evaluation:  # delegated ones ran elsewhere, while the caller waited
             self._add_phase("finetune_s", sum(r.finetune_s for r in results))
             self._add_phase("evaluate_s", sum(r.evaluate_s for r in results))
         best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
-        chosen_model = evaluated[best][1]
-        if chosen_model is None:
-            chosen_model = request.load(best)
-        state.pending = {"phase": "iteration", "iteration": i, "target": target,
-                         "results": [r.to_state() for r in results], "skipped": dict(plan.skipped),
-                         "chosen": best, "model_state": copy.deepcopy(chosen_model.state_dict()),
-                         "phases_s": dict(state.clock["phases_s"])}
+        chosen_model = evaluated.load(best)
+        state.pending = PendingIteration(
+            iteration=i, target=target, results=results, skipped=dict(plan.skipped), chosen=best,
+            model_state=copy.deepcopy(chosen_model.state_dict()),
+            phases_s=dict(state.clock["phases_s"]))
         return (yield from self._conclude_iteration(chosen_model))
 
     def _pending_model(self) -> nn.Module:
         pending = self.state.pending
-        config = pending["results"][pending["chosen"]]["config"]
-        return self.rebuild(config, pending["model_state"])
+        return self.rebuild(pending.results[pending.chosen].proposal.config, pending.model_state)
 
-    def _conclude_iteration(self, model: nn.Module) -> Iterator:
+    def _conclude_iteration(self, model: nn.Module) -> Conversation:
         """Measure the chosen network (when asked to) and record the iteration of ``state.pending``."""
         state, config, pending = self.state, self.config, self.state.pending
-        i = pending["iteration"]
-        results = [ProposalResult.from_state(r) for r in pending["results"]]
-        chosen = results[pending["chosen"]]
+        i = pending.iteration
+        results = pending.results
+        chosen = results[pending.chosen]
         measured = None
         signatures = self.analysis.signatures(chosen.proposal.config)
         if self.resource.measures_networks:
@@ -476,21 +556,23 @@ class NetAdapt:
                                                     (f"iteration {i}", model, chosen.proposal.config))
                 self.resource.record(signatures, stats)
                 self._add_phase("measure_network_s", time.perf_counter() - tick)
-            measured = self.resource.measured[tuple(signatures)]
+            measured = self.resource.measured(signatures)
         elif self._calibrated and config.measure_iterations:
             tick = time.perf_counter()
             (measured,) = yield from self._measure(f"iteration {i} network",
                                                    (f"iteration {i}", model, chosen.proposal.config))
             self.resource.calibration.add(chosen.proposal.estimate.raw, measured.min_ms)
             self._add_phase("measure_network_s", time.perf_counter() - tick)
-        phases, wall = self._close_clock(i, dict(pending.get("phases_s") or {}))
+        phases, wall = self._close_clock(i, dict(pending.phases_s))
         resource = self.resource.estimate(signatures)
         record = IterationRecord(
-            i, pending["target"], chosen.proposal.group, dict(chosen.proposal.config), resource,
-            measured, chosen.proposal.macs, chosen.proposal.params, chosen.holdout_accuracy,
-            [r.to_dict() for r in results], dict(pending["skipped"]), phases,
-            self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0), model,
-            wall)
+            iteration=i, target=pending.target, chosen_group=chosen.proposal.group,
+            channels=dict(chosen.proposal.config), resource=resource, measured=measured,
+            macs=chosen.proposal.macs, params=chosen.proposal.params,
+            holdout_accuracy=chosen.holdout_accuracy, proposals=[r.to_dict() for r in results],
+            skipped=dict(pending.skipped), phases_s=phases,
+            calibration=self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0),
+            model=model, wall_s=wall)
         state.iteration = i + 1
         state.channels = dict(chosen.proposal.config)
         state.model_state = copy.deepcopy(model.state_dict())
@@ -500,7 +582,7 @@ class NetAdapt:
         yield record
         return record
 
-    def _measure_candidates(self, iteration: int) -> Iterator:
+    def _measure_candidates(self, iteration: int) -> Conversation:
         """Measure whole every candidate network of the plan that has not been measured yet."""
         configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step,
                                            self.config.floor_rule())
@@ -513,18 +595,18 @@ class NetAdapt:
         for config, result in zip(configs, results):
             self.resource.record(self.analysis.signatures(config), result)
 
-    def _finish(self, model: nn.Module) -> Iterator:
+    def _finish(self, model: nn.Module) -> Conversation:
         state, config = self.state, self.config
-        if state.pending and state.pending["phase"] == "finish":  # fine-tuned before a resume
-            model = self.rebuild(state.channels, state.pending["model_state"])
-            long_term_s = state.pending["long_term_s"]
+        if isinstance(state.pending, PendingFinish):  # fine-tuned before a resume
+            model = self.rebuild(state.channels, state.pending.model_state)
+            long_term_s = state.pending.long_term_s
         else:
             model = copy.deepcopy(model)  # the last iteration's record keeps the weights it reported
             long_term_s = (long_term_finetune(model, self.data, config, self.hook, self.train_device,
                                               self.loss_fn)
                            if config.long_term_epochs else 0.0)
-            state.pending = {"phase": "finish", "model_state": copy.deepcopy(model.state_dict()),
-                             "long_term_s": long_term_s}
+            state.pending = PendingFinish(model_state=copy.deepcopy(model.state_dict()),
+                                          long_term_s=long_term_s)
         resource = self.resource.estimate(self.analysis.signatures(state.channels))
         ab_original = ab_final = None
         if self._latency:
@@ -532,24 +614,55 @@ class NetAdapt:
                 "A/B confirmation of the budget",
                 ("original", self.original, self.analysis.original_config()),
                 ("final", model, state.channels))
-        yield FinishRecord(dict(state.channels), resource, state.budget,
-                           resource.value <= state.budget, state.iteration,
-                           accuracy(model, self.data.holdout, device=self.train_device),
-                           accuracy(model, self.data.validation, device=self.train_device),
-                           ab_original, ab_final, long_term_s, model)
+        yield FinishRecord(
+            channels=dict(state.channels), resource=resource, budget=state.budget,
+            budget_met=resource.value <= state.budget, iterations=state.iteration,
+            holdout_accuracy=accuracy(model, self.data.holdout, device=self.train_device),
+            validation_accuracy=accuracy(model, self.data.validation, device=self.train_device),
+            ab_original=ab_original, ab_final=ab_final, long_term_s=long_term_s, model=model)
+
+
+#: What ``NetAdapt.run`` and its steps are: they yield requests and records, receive answers.
+Conversation = Generator[Any, Union[Answer, None], Any]
+
+
+def _expect(answer: object, kind: type, what: str):
+    """``answer`` if it is a ``kind``; a caller that sent nothing (or something else) is a bug."""
+    if not isinstance(answer, kind):
+        raise RuntimeError(f"{what}: the caller answered {type(answer).__name__}, not {kind.__name__} "
+                           "(send the answer into the generator)")
+    return answer
+
+
+def serve(conversation: Conversation, answer: Callable[[Request], Answer]) -> Iterator:
+    """The records of ``conversation``, each request answered at once by ``answer(request)``
+    (which may raise to stop: a caller that must wait saves ``engine.state`` first)."""
+    reply = None
+    while True:
+        try:
+            item = conversation.send(reply)
+        except StopIteration:
+            return
+        if isinstance(item, (NeedsMeasurement, NeedsEvaluation)):
+            reply = answer(item)
+        else:
+            reply = None
+            yield item
+
+
+def measure_with(measurer, table, request: NeedsMeasurement) -> Measured:
+    """Answer ``request`` with a synchronous measurer (``measure_signatures`` /
+    ``measure_models``): the layers into ``table``, the networks' timings as the answer."""
+    if request.signatures:
+        table.add(measurer.measure_signatures(request.signatures))
+    if not request.networks:
+        return Measured()
+    return Measured(list(measurer.measure_models([n.model for n in request.networks],
+                                                 request.example_input)))
 
 
 def run_with(engine: NetAdapt, measurer, table=None) -> Iterator:
     """Drive ``engine`` with a synchronous measurer (``measure_signatures`` / ``measure_models``),
     yielding every record except the measurement requests it serves itself."""
-    for record in engine.run():
-        if not isinstance(record, NeedsMeasurement):
-            yield record
-            continue
-        if record.signatures:
-            target = table if table is not None else engine.resource.table
-            target.add(measurer.measure_signatures(record.signatures))
-        if record.networks:
-            stats = measurer.measure_models([n.model for n in record.networks], record.example_input)
-            for net, result in zip(record.networks, stats):
-                net.result = result
+    target = table if table is not None else engine.resource.table
+    return serve(engine.run(), lambda request: measure_with(measurer, target, request))

@@ -69,6 +69,7 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto
 
+from .checks import ONNX_TOLERANCE, error_summary, onnx_difference
 from .graph import NetworkAnalysis, UnsupportedNetwork
 from .models import example_input as _example_input
 
@@ -78,7 +79,7 @@ OnnxSource = Union[bytes, bytearray, str, "os.PathLike[str]", IO[bytes]]
 ONNX_ARCH = "onnx"
 #: Largest absolute difference allowed between ONNX Runtime and the converted network, scaled by
 #: the largest output magnitude when that exceeds 1 (the same rule as the export checks).
-TOLERANCE = 1e-4
+TOLERANCE = ONNX_TOLERANCE  # checks.ONNX_TOLERANCE: the one tolerance of every ONNX check
 #: Input channels an ONNX model may take: images load as grayscale (1) or RGB (3).
 SUPPORTED_CHANNELS = (1, 3)
 #: Images in the batch the converted network must run on (fine-tuning trains on batches).
@@ -222,13 +223,6 @@ def _shown(name: str) -> str:
     return f"'{text}'"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    return text.splitlines()[0].strip()[:300]
-
-
 def _read_source(source: OnnxSource) -> tuple[bytes, str | None]:
     """(bytes, path or None) of a path, bytes or a binary file object."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -305,13 +299,13 @@ def _read_model(data: bytes) -> onnx.ModelProto:
         model = onnx.load_model_from_string(data)
     except Exception as error:  # protobuf's DecodeError, or anything else the parser raises
         raise OnnxImportError(
-            f"not a valid ONNX file: it cannot be decoded as an ONNX model ({_first_line(error)})") from None
+            f"not a valid ONNX file: it cannot be decoded as an ONNX model ({error_summary(error)})") from None
     if end is None or not model.HasField("graph") or not model.graph.node:
         raise OnnxImportError("not a valid ONNX file: it holds no ONNX graph")
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # onnx.checker.ValidationError and friends
-        raise OnnxImportError(f"not a valid ONNX file: {_first_line(error)}") from None
+        raise OnnxImportError(f"not a valid ONNX file: {error_summary(error)}") from None
     external = [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
     if external:
         raise OnnxImportError(
@@ -585,7 +579,7 @@ def _convert(model: onnx.ModelProto) -> nn.Module:
     except Exception as error:
         raise OnnxImportError(
             f"the model could not be converted to PyTorch: {type(error).__name__}: "
-            f"{_first_line(error)}") from None
+            f"{error_summary(error)}") from None
 
 
 def _run_onnxruntime(data: bytes, input_name: str, example: torch.Tensor) -> np.ndarray:
@@ -598,7 +592,7 @@ def _run_onnxruntime(data: bytes, input_name: str, example: torch.Tensor) -> np.
         (output, *_) = session.run(None, {input_name: example.numpy()})
     except Exception as error:
         raise OnnxImportError(
-            f"ONNX Runtime cannot run the file: {type(error).__name__}: {_first_line(error)}") from None
+            f"ONNX Runtime cannot run the file: {type(error).__name__}: {error_summary(error)}") from None
     return np.asarray(output)
 
 
@@ -609,17 +603,10 @@ def _run_torch(module: nn.Module, example: torch.Tensor, what: str) -> torch.Ten
     except Exception as error:
         raise OnnxImportError(
             f"{what} fails on a {tuple(example.shape)} input: {type(error).__name__}: "
-            f"{_first_line(error)}") from None
+            f"{error_summary(error)}") from None
     if not isinstance(output, torch.Tensor):
         raise OnnxImportError(f"{what} returns a {type(output).__name__}, not a tensor")
     return output
-
-
-def _difference(reference: np.ndarray, output: np.ndarray) -> tuple[float, float]:
-    """(max abs difference, allowed difference) under ``TOLERANCE``."""
-    error = float(np.max(np.abs(reference - output))) if output.size else 0.0
-    scale = max(1.0, float(np.max(np.abs(reference))) if reference.size else 1.0)
-    return error, TOLERANCE * scale
 
 
 def _compare(reference: np.ndarray, module: nn.Module, example: torch.Tensor) -> torch.Tensor:
@@ -629,8 +616,8 @@ def _compare(reference: np.ndarray, module: nn.Module, example: torch.Tensor) ->
         raise OnnxImportError(
             f"the converted network outputs shape {tuple(output.shape)} where ONNX Runtime gives "
             f"{tuple(reference.shape)}")
-    error, allowed = _difference(reference, output.numpy())
-    if not np.isfinite(reference).all() or not error <= allowed:
+    error, allowed = onnx_difference(reference, output.numpy())
+    if not error <= allowed:
         raise OnnxImportError(
             f"the converted network does not reproduce the ONNX model: its outputs differ from "
             f"ONNX Runtime's by up to {error:.3g} (tolerance {TOLERANCE:g}, times the largest "
@@ -648,7 +635,7 @@ def _check_batch(module: nn.Module, arch: OnnxArchitecture, single: torch.Tensor
     except Exception as error:
         raise OnnxImportError(
             f"the converted network runs only on one image at a time ({type(error).__name__}: "
-            f"{_first_line(error)}), but fine-tuning trains on batches: export it with a dynamic "
+            f"{error_summary(error)}), but fine-tuning trains on batches: export it with a dynamic "
             "batch axis (dynamic_axes={'input': {0: 'batch'}}) and flatten with torch.flatten(x, 1) "
             "rather than a fixed-size view") from None
     if tuple(output.shape) != (BATCH_CHECK, arch.num_classes):
@@ -657,7 +644,7 @@ def _check_batch(module: nn.Module, arch: OnnxArchitecture, single: torch.Tensor
             f"{tuple(output.shape)}, not ({BATCH_CHECK}, {arch.num_classes}): fine-tuning trains on "
             "batches, so the batch axis must be free (export with dynamic_axes={'input': {0: "
             "'batch'}} and flatten with torch.flatten(x, 1))")
-    error, allowed = _difference(single.numpy(), output[:1].numpy())
+    error, allowed = onnx_difference(single.numpy(), output[:1].numpy())
     if not error <= allowed:
         raise OnnxImportError(
             f"the converted network scores an image differently inside a batch (by {error:.3g}): "
@@ -701,7 +688,7 @@ def convert_onnx(source: OnnxSource, *, analyse: bool = True) -> tuple[OnnxArchi
         except Exception as error:
             raise OnnxImportError(
                 f"the converted network could not be analysed for pruning: {type(error).__name__}: "
-                f"{_first_line(error)}") from None
+                f"{error_summary(error)}") from None
     _remember(arch.sha256, module)
     return arch, module.eval()
 

@@ -26,15 +26,33 @@ class Estimate:
 
 
 class ResourceModel(ABC):
-    """Estimates a metric from layer signatures."""
+    """Estimates a metric from layer signatures; declares everything the loop asks of it."""
 
     metric: str
     unit: str
     measures_networks = False  # True: estimates come from measuring whole candidate networks
+    #: The look-up table of per-layer measurements the estimates read (a caller puts the layers
+    #: it measures there), or None when the model has none.
+    table: LatencyTable | None = None
+    #: The calibration of table estimates onto whole-network measurements, or None when the
+    #: estimates need none (exact counts, networks measured whole).
+    calibration: AffineCalibration | None = None
 
     def missing(self, signatures: Iterable[LayerSignature]) -> list[LayerSignature]:
         """Signatures that must be measured before ``estimate`` can answer (none for exact metrics)."""
         return []
+
+    def has(self, signatures: Sequence[LayerSignature]) -> bool:
+        """Whether ``estimate`` can answer for this network without measuring it whole."""
+        return not self.missing(signatures)
+
+    def record(self, signatures: Sequence[LayerSignature], stats: TimingStats) -> None:
+        """Keep a whole-network measurement of this network (a model that measures networks
+        estimates from these; the others do not need them)."""
+
+    def measured(self, signatures: Sequence[LayerSignature]) -> TimingStats | None:
+        """The recorded whole-network measurement of this network, if the model keeps one."""
+        return None
 
     @abstractmethod
     def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
@@ -118,17 +136,20 @@ class WholeNetworkLatencyModel(ResourceModel):
 
     def __init__(self, estimator: str = "min") -> None:
         self.estimator = estimator
-        self.measured: dict[tuple[LayerSignature, ...], TimingStats] = {}
+        self._measured: dict[tuple[LayerSignature, ...], TimingStats] = {}
 
     def has(self, signatures: Sequence[LayerSignature]) -> bool:
-        return tuple(signatures) in self.measured
+        return tuple(signatures) in self._measured
 
     def record(self, signatures: Sequence[LayerSignature], stats: TimingStats) -> None:
-        self.measured[tuple(signatures)] = stats
+        self._measured[tuple(signatures)] = stats
+
+    def measured(self, signatures: Sequence[LayerSignature]) -> TimingStats | None:
+        return self._measured.get(tuple(signatures))
 
     def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
         try:
-            stats = self.measured[tuple(signatures)]
+            stats = self._measured[tuple(signatures)]
         except KeyError:
             raise KeyError("this network has not been measured whole yet") from None
         value = entry_ms(stats, self.estimator)

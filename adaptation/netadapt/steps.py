@@ -50,8 +50,10 @@ class Proposal:
 
     @classmethod
     def from_state(cls, data: Mapping) -> "Proposal":
-        return cls(data["group"], data["group_index"], data["channels"], dict(data["config"]),
-                   Estimate(data["resource"], data["resource_raw"]), data["macs"], data["params"])
+        return cls(group=data["group"], group_index=data["group_index"], channels=data["channels"],
+                   config=dict(data["config"]),
+                   estimate=Estimate(data["resource"], data["resource_raw"]), macs=data["macs"],
+                   params=data["params"])
 
 
 @dataclass
@@ -74,8 +76,9 @@ class ProposalResult:
 
     @classmethod
     def from_state(cls, data: Mapping) -> "ProposalResult":
-        return cls(Proposal.from_state(data), data["holdout_accuracy"], data["train_loss"],
-                   data["finetune_s"], data["evaluate_s"])
+        return cls(proposal=Proposal.from_state(data), holdout_accuracy=data["holdout_accuracy"],
+                   train_loss=data["train_loss"], finetune_s=data["finetune_s"],
+                   evaluate_s=data["evaluate_s"])
 
 
 @dataclass
@@ -136,8 +139,10 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
             sigs = analysis.signatures(config)
             estimate = resource.estimate(sigs)
             if estimate.value <= target:
-                chosen = Proposal(group, index, count, dict(config), estimate,
-                                  sum(s.macs() for s in sigs), sum(s.params() for s in sigs))
+                chosen = Proposal(group=group, group_index=index, channels=count,
+                                  config=dict(config), estimate=estimate,
+                                  macs=sum(s.macs() for s in sigs),
+                                  params=sum(s.params() for s in sigs))
                 break
         if chosen is None:
             skipped[group] = f"even {counts[-1]} channels do not meet the target"
@@ -172,7 +177,8 @@ def evaluate_proposal(model: nn.Module, example_input: torch.Tensor, proposal: P
                             batch_size=config.batch_size, seed=config.seed, device=device)
     finetuned = time.perf_counter()
     holdout = accuracy(candidate, data.holdout, device=device)
-    result = ProposalResult(proposal, holdout, loss, finetuned - start, time.perf_counter() - finetuned)
+    result = ProposalResult(proposal=proposal, holdout_accuracy=holdout, train_loss=loss,
+                            finetune_s=finetuned - start, evaluate_s=time.perf_counter() - finetuned)
     return result, candidate
 
 

@@ -11,7 +11,7 @@ sequential, all graph optimisations, no spinning: an idle pool that spins would 
 the session timed next) and the same seeded random input.
 
 The loop, its retries, the statistics and the session options are the server's own
-devices/measure/stats.py (loaded through devices.agent.stats, without torch);
+devices/measure/stats.py, imported from the measurement core (which imports no torch);
 tests/test_agent_protocol.py checks that the protocol defaults agree.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from devices.agent.protocol import PROTOCOL_FIELDS, ProtocolError, integer
-from devices.agent.stats import (TimedSamples, TimingStats, interleaved_samples, ort_session_options,
-                                 timed_with_retries)
+from devices.measure.stats import (TimedSamples, TimingStats, interleaved_samples, ort_session_options,
+                                   timed_with_retries)
 
 INPUT_SEED = 1  # the seed of the server's runners' input (devices/measure/runtimes.py)
 MAX_THREADS = 256

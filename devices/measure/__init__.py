@@ -1,4 +1,14 @@
-"""Latency measurement on the local CPU: layer signatures, runtimes, timing protocol.
+"""The measurement core: layer signatures, timing statistics, the timing protocol.
+
+This package's ``__init__`` and the modules it names import no torch (numpy only; onnxruntime
+where sessions are made), so the engine, the server and the agent program share them; the agent's
+download carries exactly these files. Measuring on the local CPU needs torch: import those
+modules by name where they are used --
+
+- ``devices.measure.tracing`` (``trace_layers``: a model's layer signatures),
+- ``devices.measure.builders`` (one-layer networks and ONNX exports),
+- ``devices.measure.runtimes`` (ONNX Runtime and PyTorch runners),
+- ``devices.measure.local`` (``LocalMeasurer``, ``device_facts``).
 
 Typical use::
 
@@ -7,39 +17,17 @@ Typical use::
     table = measurer.measure_signatures([layer.signature for layer in layers])
 """
 
-from devices.measure.builders import (
-    model_to_onnx,
-    signature_input_shape,
-    signature_module,
-    signature_onnx,
-)
-from devices.measure.local import LocalMeasurer, device_facts
 from devices.measure.protocol import MeasureProtocol, time_interleaved, time_with_retries
-from devices.measure.runtimes import RUNTIMES, Runtime, get_runtime
-from devices.measure.signature import (
-    SIGNATURE_VERSION,
-    LayerSignature,
-    TracedLayer,
-    trace_layers,
-)
-from devices.measure.stats import TimingStats
+from devices.measure.signature import SIGNATURE_VERSION, LayerSignature, TracedLayer
+from devices.measure.stats import TimedSamples, TimingStats
 
 __all__ = [
     "LayerSignature",
-    "LocalMeasurer",
     "MeasureProtocol",
-    "RUNTIMES",
-    "Runtime",
     "SIGNATURE_VERSION",
+    "TimedSamples",
     "TimingStats",
     "TracedLayer",
-    "device_facts",
-    "get_runtime",
-    "model_to_onnx",
-    "signature_input_shape",
-    "signature_module",
-    "signature_onnx",
     "time_interleaved",
     "time_with_retries",
-    "trace_layers",
 ]

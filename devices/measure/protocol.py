@@ -6,15 +6,16 @@ scaling, background load) hits every runner alike and relative latencies
 stay comparable. Each call is timed on its own with ``perf_counter_ns``
 and the garbage collector is off while timing, so a collection pause
 cannot land inside one runner's samples.
+
+Pure (numpy through ``stats``; no torch): the agent program and the engine import it freely.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
-
-import torch
 
 from devices.measure.stats import TimedSamples, TimingStats, interleaved_samples, timed_with_retries
 
@@ -42,7 +43,15 @@ class MeasureProtocol:
 
 @contextmanager
 def _torch_threads(threads: int) -> Iterator[None]:
-    """Torch's thread count set for the window, restored afterwards, also on error."""
+    """Torch's thread count set for the window, restored afterwards, also on error.
+
+    Only a process that has loaded torch can run a torch runner, so without torch there is
+    nothing to set (and this module stays importable without it).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -13,9 +13,6 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-import torch
-from torch import nn
-
 SIGNATURE_VERSION = 1
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
@@ -192,13 +189,3 @@ class TracedLayer:
     name: str
     signature: LayerSignature
 
-
-def trace_layers(model: nn.Module, example_input: torch.Tensor) -> list[TracedLayer]:
-    """Signatures of every Conv2d/Linear call of one forward pass, in call order.
-
-    The hook machinery lives in :mod:`devices.measure.tracing` (which needs
-    the classes above, hence the import here); see it for the fusion rules.
-    """
-    from devices.measure.tracing import trace_model_layers
-
-    return trace_model_layers(model, example_input)

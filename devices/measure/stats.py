@@ -6,7 +6,7 @@ preemption and cache misses), so the summary keeps robust order
 statistics (min, percentiles, median) next to the mean and std.
 
 This file needs numpy only (onnxruntime when sessions are made): the agent program runs it on
-devices without torch (see devices/agent/stats.py), so server and agent time and summarise
+devices without torch (it imports this module of the measurement core), so server and agent time and summarise
 exactly alike.
 """
 

@@ -157,3 +157,9 @@ def trace_model_layers(model: nn.Module, example_input: torch.Tensor) -> list[Tr
             handle.remove()
         for module, was_training in training_flags:
             module.training = was_training
+
+
+def trace_layers(model: nn.Module, example_input: torch.Tensor) -> list[TracedLayer]:
+    """Signatures of every Conv2d/Linear call of one forward pass, in call order (see the
+    module docstring for the fusion rules)."""
+    return trace_model_layers(model, example_input)

@@ -33,8 +33,6 @@
   // ------------------------------------------------------------------ reading payloads
 
   const isNumber = (v) => typeof v === "number" && isFinite(v);
-  // Engine records hold an estimate either as a number or as {value, raw}.
-  const valueOf = (v) => (v && typeof v === "object" ? v.value : v);
   // A whole-network measurement: a number of ms, or timing statistics (the minimum is the estimator).
   function measuredMs(p) {
     if (isNumber(p.measured_ms)) return p.measured_ms;
@@ -46,7 +44,7 @@
   // x of a point: the measured latency when there is one, else the estimate.
   function xOf(p) {
     const measured = latencyAxis ? measuredMs(p) : null;
-    return isNumber(measured) ? measured : valueOf(p.resource);
+    return isNumber(measured) ? measured : p.resource;
   }
   const pct = (accuracy) => (isNumber(accuracy) ? 100 * accuracy : null);
   function fmtX(x) {
@@ -182,7 +180,7 @@
     body.dataset.iteration = p.number;
     const head = document.createElement("tr");
     const measured = measuredMs(p);
-    cell(head, `Iteration ${p.number}: ${p.chosen_group} · ${fmtX(valueOf(p.resource))} · measured ` +
+    cell(head, `Iteration ${p.number}: ${p.chosen_group} · ${fmtX(p.resource)} · measured ` +
                `${isNumber(measured) ? measured.toFixed(3) + " ms" : "—"} · holdout ` +
                `${pct(p.holdout_accuracy).toFixed(2)}%`, "th").colSpan = 5;
     body.appendChild(head);
@@ -193,7 +191,7 @@
       if (chosen) row.className = "chosen";
       cell(row, proposal.group + (chosen ? " ✓" : ""));
       cell(row, String(proposal.channels));
-      cell(row, fmtX(valueOf(proposal.resource)));
+      cell(row, fmtX(proposal.resource));
       cell(row, "");
       cell(row, isNumber(proposal.holdout_accuracy) ? pct(proposal.holdout_accuracy).toFixed(2) + "%" : "—");
       body.appendChild(row);
@@ -202,22 +200,6 @@
     const next = Array.from(proposals.tBodies).find((b) => Number(b.dataset.iteration) > p.number);
     proposals.insertBefore(body, next || null);
     proposalsEmpty.hidden = true;
-  }
-
-  // A baseline may come with the finish record, as {uniform: [...]} or a list of named curves.
-  function uniformBaseline(p) {
-    let points = p.uniform_baseline;
-    const baselines = p.baselines;
-    if (!points && baselines) {
-      if (Array.isArray(baselines)) {
-        const found = baselines.find((b) => b && /uniform/i.test(b.name || b.kind || ""));
-        points = found && (found.points || found.iterations);
-      } else {
-        points = baselines.uniform || baselines.uniform_width;
-      }
-    }
-    if (points && !Array.isArray(points)) points = points.points || points.iterations;
-    return Array.isArray(points) ? points : [];
   }
 
   // ------------------------------------------------------------------ events
@@ -234,7 +216,7 @@
       const xKind = isNumber(measured) ? "measured" : "estimated";
       if (isNumber(p.holdout_accuracy)) {
         putPoint(ORIGINAL, "holdout", point("original", xOf(p), pct(p.holdout_accuracy), "holdout", xKind));
-        putPoint(ITERATIONS, -1, point("original", valueOf(p.resource), pct(p.holdout_accuracy), "holdout", "estimated", -1));
+        putPoint(ITERATIONS, -1, point("original", p.resource, pct(p.holdout_accuracy), "holdout", "estimated", -1));
       }
       if (isNumber(p.validation_accuracy)) {
         putPoint(ORIGINAL, "validation", point("original", xOf(p), pct(p.validation_accuracy), "validation", xKind));
@@ -253,11 +235,11 @@
     },
     "job.iteration": (p, e) => {
       const name = `iteration ${p.number}`;
-      putPoint(ITERATIONS, p.number, point(name, valueOf(p.resource), pct(p.holdout_accuracy), "holdout", "estimated", p.number));
+      putPoint(ITERATIONS, p.number, point(name, p.resource, pct(p.holdout_accuracy), "holdout", "estimated", p.number));
       const measured = latencyAxis ? measuredMs(p) : null;
       if (isNumber(measured)) putPoint(MEASURED, p.number, point(name, measured, pct(p.holdout_accuracy), "holdout", "measured", p.number));
       addIterationRows(p);
-      log(`Iteration ${p.number}: shrank ${p.chosen_group}, ${fmtX(valueOf(p.resource))}, ` +
+      log(`Iteration ${p.number}: shrank ${p.chosen_group}, ${fmtX(p.resource)}, ` +
           `holdout ${pct(p.holdout_accuracy).toFixed(2)}%`, "info", e.created);
       downloadsStale.hidden = false;
     },
@@ -268,15 +250,7 @@
         putPoint(FINAL, "final", point("final", xOf(final), pct(p.validation_accuracy), "validation",
                                        isNumber(measured) ? "measured" : "estimated"));
       }
-      uniformBaseline(p).forEach((b, i) => {
-        const accuracy = isNumber(b.validation_accuracy) ? "validation" : "holdout";
-        const y = pct(isNumber(b.validation_accuracy) ? b.validation_accuracy : b.holdout_accuracy);
-        const x = xOf(b);
-        if (isNumber(x) && isNumber(y)) {
-          putPoint(UNIFORM, i, point(`uniform ${b.width || b.ratio || i}`, x, y, accuracy,
-                                     isNumber(latencyAxis ? measuredMs(b) : null) ? "measured" : "estimated", x));
-        }
-      });
+      // Baselines and fine-tuned points arrive as job.child events of their child jobs.
       log(`Finished: ${fmtX(xOf(final))}, validation ${isNumber(p.validation_accuracy) ? pct(p.validation_accuracy).toFixed(2) + "%" : "—"}` +
           (p.budget_met === false ? " (budget not met)" : ""), p.budget_met === false ? "warning" : "info", e.created);
       downloadsStale.hidden = false;

@@ -18,7 +18,7 @@ class Command(BaseCommand):
             self.ensure_builtin_dataset(builtin_name, label)
 
     def ensure_system_device(self) -> None:
-        from devices.measure import device_facts  # imports torch and onnxruntime: only here
+        from devices.measure.local import device_facts  # imports torch and onnxruntime: only here
 
         facts = device_facts()
         device, created = Device.objects.update_or_create(
