@@ -2,8 +2,9 @@
 
 ``live_app(tmp_path, django_db_blocker)`` (a context manager, wrapped by the ``live_app``
 fixture of conftest.py) gives a :class:`LiveApp`: uvicorn serving ``webapp.asgi:application``
-on a free port of 127.0.0.1, and, once the test calls ``start_worker()``, a Celery worker. The
-test starts the worker itself, so it can connect its clients while the job is still queued and
+on a free port of 127.0.0.1 with the checking worker of uploads (``webapp.serve``'s, queue
+``checking``), and, once the test calls ``start_worker()``, a Celery worker for jobs. The
+test starts the jobs' worker itself, so it can connect its clients while the job is still queued and
 see every event arrive live.
 
 The database is shared the way tests/test_worker.py shares it (that file keeps its own copy):
@@ -102,6 +103,7 @@ class LiveApp:
     system_device: int  # the id of "This server's CPU", whose queue the worker serves
     web: Process | None = None
     worker: Process | None = None
+    checker: Process | None = None
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -121,6 +123,15 @@ class LiveApp:
         assert self.worker is None, "one worker per test"
         self.worker = self._start("worker", worker_command(f"e2e-{uuid.uuid4().hex[:8]}", self.system_device))
         return self.worker
+
+    def start_checker(self) -> Process:
+        """The checking worker, as ``make run`` starts it (the ``checking`` queue only)."""
+        from webapp.serve import checking_worker_command
+
+        self.checker = self._start("checker", checking_worker_command(
+            f"checking-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+            "--without-heartbeat"))
+        return self.checker
 
     def start_web(self) -> Process:
         from webapp.serve import uvicorn_command  # what `make run` starts, trusted proxies included
@@ -233,6 +244,7 @@ def live_app(tmp_path: Path, django_db_blocker):
         app = LiveApp(port=free_port(), env=env, media=media, logs=logs,
                       system_device=Device.objects.get(owner=None, kind="local").pk)
         try:
+            app.start_checker()  # starts while the web server does; uploads need it
             app.start_web()
             yield app
         finally:
