@@ -23,7 +23,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO, Callable, TypeVar
 
 from django import forms
@@ -109,12 +109,17 @@ def dataset_check_limits() -> DatasetCheckLimits:
     return limits
 
 
-def _remove_empty_folder(name: str) -> None:
-    """Remove the storage folder ``name`` (an owner's models/ or datasets/ folder) if empty."""
-    try:
-        Path(default_storage.path(name)).rmdir()
-    except OSError:
-        pass
+def _remove_empty_folders(name: str) -> None:
+    """Remove the folders above storage name ``name`` that are left empty (an owner's
+    ``datasets/<id>``, then ``datasets``), up to MEDIA_ROOT: a refused first upload leaves none."""
+    root = Path(default_storage.path("")).resolve()
+    folder = Path(default_storage.path(name)).parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): the folders above are not empty either
+            return
+        folder = folder.parent
 
 
 def _enqueue_check(task_name: str, *args) -> None:
@@ -185,7 +190,7 @@ def finish_model_check(upload_id: int, *, runner: Runner = run_limited) -> str |
     recorded = ModelUpload.objects.filter(pk=upload_id, status="checking").update(**values)
     if upload.status == "rejected" or not recorded:  # rejected, or deleted while it was checked
         default_storage.delete(name)
-        _remove_empty_folder(str(PurePosixPath(name).parent))
+        _remove_empty_folders(name)
     return upload.status if recorded else None
 
 
@@ -213,7 +218,7 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
             _enqueue_check("check_dataset_upload", dataset.pk, resolution, grayscale)
     except BaseException:
         default_storage.delete(stored)
-        _remove_empty_folder(str(PurePosixPath(stored).parent))
+        _remove_empty_folders(stored)
         raise
     return dataset
 
@@ -245,7 +250,7 @@ def finish_dataset_check(dataset_id: int, resolution: int, grayscale: bool | Non
     recorded = Dataset.objects.filter(pk=dataset_id, status="checking").update(**values)
     if values["status"] == "rejected" or not recorded:  # rejected, or deleted while it was checked
         shutil.rmtree(destination, ignore_errors=True)
-        _remove_empty_folder(str(PurePosixPath(folder).parent))
+        _remove_empty_folders(folder)
     return values["status"] if recorded else None
 
 
