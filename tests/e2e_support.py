@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRODUCTION = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 START_DEADLINE_S = 180   # uvicorn imports Django and the app on a loaded two-core machine
 JOB_DEADLINE_S = 300     # a worker start (torch import) plus a tiny job, on the same machine
+CHECK_DEADLINE_S = 240   # the checking worker's start plus a check (its child imports torch)
 POLL_S = 0.1
 
 
@@ -306,6 +307,24 @@ class HttpClient:
         parts.append(f"--{boundary}--\r\n".encode())
         return self.request("POST", path, b"".join(parts),
                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def checked(self, kind: str, object_id: int, app: LiveApp | None = None,
+                deadline_s: float = CHECK_DEADLINE_S) -> dict:
+        """``GET /api/v1/<kind>/<id>`` once the checking worker has given its verdict (status no
+        longer ``checking``): polled until then, failing at the deadline or if a server dies."""
+        def verdict():
+            answer = self.get(f"/api/v1/{kind}/{object_id}")
+            assert answer.status == 200, answer.body[:500]
+            return answer.json() if answer.json()["status"] != "checking" else None
+
+        return wait_until(verdict, f"the check of {kind} #{object_id}", app, deadline_s)
+
+    def upload_checked(self, kind: str, fields: dict, files: dict, app: LiveApp | None = None) -> dict:
+        """Upload through ``POST /api/v1/<kind>`` (answered 202, ``checking``), then the verdict."""
+        answer = self.post_multipart(f"/api/v1/{kind}", fields, files)
+        assert answer.status == 202, answer.body[:500]
+        assert answer.json()["status"] == "checking", answer.json()
+        return self.checked(kind, answer.json()["id"], app)
 
     def cookie(self, name: str) -> str | None:
         return next((c.value for c in self.cookies if c.name == name), None)
