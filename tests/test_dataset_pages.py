@@ -242,3 +242,31 @@ def test_it_checks_ownership(client, owner, stranger, media, name, method):
     assert getattr(client, method)(reverse(name, args=[dataset.pk])).status_code == 404
     assert Dataset.objects.filter(pk=dataset.pk).exists()
     assert files_under(media) == stored
+
+
+def test_the_page_shows_a_dataset_being_checked_to_its_owner_only(client, owner, stranger, media, monkeypatch):
+    sent = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append((name, args)))
+    client.force_login(owner)
+    response = upload(client, zip_bytes(image_members()), resolution="16", channels="3")
+    dataset = Dataset.objects.get()
+    assert (dataset.status, sent) == ("checking", [("check_dataset_upload", (dataset.pk, 16, False))])
+    assert files_under(media) == [f"{dataset.archive.name}"] and dataset.archive.name.endswith(".zip")
+    page = client.get(response.url).content.decode()
+    assert f'data-check-url="{reverse("dataset_status", args=[dataset.pk])}"' in page and "js/check.js" in page
+    assert client.get(reverse("dataset_status", args=[dataset.pk])).json() == {"status": "checking", "error": ""}
+    assert "status-checking" in client.get(reverse("dataset_list")).content.decode()
+    client.force_login(stranger)
+    assert client.get(reverse("dataset_status", args=[dataset.pk])).status_code == 404
+
+
+def test_deleting_a_dataset_while_it_is_checked_leaves_no_file(owner_client, media, monkeypatch,
+                                                               django_capture_on_commit_callbacks):
+    sent = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append(args))
+    upload(owner_client, zip_bytes(image_members()))
+    dataset = Dataset.objects.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(reverse("dataset_delete", args=[dataset.pk]))
+    assert services.finish_dataset_check(*sent[0]) is None  # the worker finds no row to check
+    assert files_under(media) == []

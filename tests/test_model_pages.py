@@ -237,3 +237,11 @@ def test_it_requires_login_to_delete(client, owner, media):
     response = client.post(reverse("model_delete", args=[model.pk]))
     assert response.status_code == 302 and response.url.startswith(reverse("login"))
     assert ModelUpload.objects.filter(pk=model.pk).exists()
+
+
+def test_only_the_owner_sees_a_models_status(client, owner, stranger, media):
+    model = stored_model(owner)
+    client.force_login(stranger)
+    assert client.get(reverse("model_status", args=[model.pk])).status_code == 404
+    client.force_login(owner)
+    assert client.get(reverse("model_status", args=[model.pk])).json() == {"status": "ready", "error": ""}
