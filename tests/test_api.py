@@ -443,6 +443,8 @@ def test_it_refuses_a_job_on_a_model_or_dataset_still_checking_or_rejected(
     response = api.post(f"{API}/jobs", {"model": ready.pk, "dataset": dataset_id,
                                         "device": system_device.pk}, format="json")
     assert response.status_code == 400 and "still being checked" in response.json()["dataset"][0]
+    response = api.post(f"{API}/devices/{system_device.pk}/measure", {"model": model_id}, format="json")
+    assert response.status_code == 400 and "is still being checked" in str(response.json()), response.content
     ModelUpload.objects.filter(pk=model_id).update(num_classes=5)  # the weights no longer fit
     assert finish_model_check(model_id, runner=in_this_process) == "rejected"
     response = api.post(f"{API}/jobs", {"model": model_id, "dataset": digits_dataset.pk,
