@@ -245,3 +245,33 @@ def test_only_the_owner_sees_a_models_status(client, owner, stranger, media):
     assert client.get(reverse("model_status", args=[model.pk])).status_code == 404
     client.force_login(owner)
     assert client.get(reverse("model_status", args=[model.pk])).json() == {"status": "ready", "error": ""}
+
+
+def test_the_check_runs_in_a_bounded_child_and_a_model_past_its_ceiling_is_rejected(owner, media, settings,
+                                                                                     good_weights, monkeypatch):
+    """The worker's service function with the real child: ready under the default ceiling (its
+    peak recorded); rejected, with the reason and no file, when the ceiling is below what importing
+    torch takes (about 0.7 GB of private writable memory)."""
+    from adaptation.forms import ModelUploadForm
+    from adaptation.services import create_model_upload, finish_model_check
+
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: None)
+
+    def stored(name: str) -> ModelUpload:
+        data = upload_data(good_weights, name=name)
+        form = ModelUploadForm(data, {"file": SimpleUploadedFile(f"{name}.pt", data.pop("file").read())})
+        assert form.is_valid(), form.errors
+        return create_model_upload(owner, form)
+
+    fits = stored("fits")
+    assert finish_model_check(fits.pk) == "ready"
+    fits.refresh_from_db()
+    assert 0 < fits.check_peak_bytes < settings.CHECK_MODEL_MEMORY_MB << 20 and fits.preflight["groups"]
+
+    settings.CHECK_MODEL_MEMORY_MB = 768
+    starved = stored("starved")
+    assert finish_model_check(starved.pk) == "rejected"
+    starved.refresh_from_db()
+    assert starved.error == "checking the model needed more than 768.0 MB of memory"
+    assert starved.check_peak_bytes < 768 << 20 and not starved.file.name
+    assert files_under(media) == [f"models/{owner.pk}/fits.pt"]
