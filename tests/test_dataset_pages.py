@@ -270,3 +270,11 @@ def test_deleting_a_dataset_while_it_is_checked_leaves_no_file(owner_client, med
         owner_client.post(reverse("dataset_delete", args=[dataset.pk]))
     assert services.finish_dataset_check(*sent[0]) is None  # the worker finds no row to check
     assert files_under(media) == []
+
+
+def test_the_check_takes_its_pixel_limits_from_the_settings(owner_client, media, settings):
+    settings.DATASET_IMAGE_MAX_PIXELS = 50  # the archive's images are 8 x 8
+    upload(owner_client, zip_bytes(image_members()))
+    dataset = Dataset.objects.get()
+    assert dataset.status == "rejected" and "at most 50 pixels per image" in dataset.error, dataset.error
+    assert files_under(media) == []
