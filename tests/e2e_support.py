@@ -14,8 +14,8 @@ The database is shared the way tests/test_worker.py shares it (that file keeps i
   duration this process's ORM gets a second connection object pointed at that file.
 - Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's PostgreSQL test
   database (the test module marks itself ``django_db(transaction=True)``), whose name goes to
-  the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queue
-  purged first.
+  the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queues
+  (jobs and checking) purged first.
 
 DEBUG is off in both modes, so the static files are collected for WhiteNoise first.
 
@@ -212,6 +212,10 @@ def live_database(tmp_path: Path, django_db_blocker):
         name = connections["default"].settings_dict["NAME"]
         env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{name}"))
         celery_app.control.purge()
+        from django.conf import settings
+
+        with celery_app.connection_for_write() as connection:  # checks left by an interrupted run
+            connection.default_channel.queue_purge(settings.CHECKING_QUEUE)
         yield env, data_dir / "media"
         return
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
