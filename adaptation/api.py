@@ -1,9 +1,11 @@
 """REST API of models and datasets (under /api/v1/models and /api/v1/datasets); jobs are in
 ``adaptation.api_jobs``.
 
-Uploads are multipart and validated exactly as the pages validate them: the same forms, then the
-model pre-flight or the archive checks (``adaptation.services``). Invalid input is a 400 naming
-the field, and nothing is stored. Users see their own models, and their own datasets plus the
+Uploads are multipart and validated exactly as the pages validate them: the same forms
+(``adaptation.services``). Invalid form input is a 400 naming the field, and nothing is stored. A
+valid upload answers 202 at once with the stored row, status ``checking``: the checking worker
+then runs the model pre-flight or the archive checks and moves ``status`` to ``ready`` or
+``rejected`` (``error`` says why); poll the object's URL. Users see their own models, and their own datasets plus the
 built-in ones; a stranger's object is a 404.
 """
 from __future__ import annotations
@@ -54,14 +56,14 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 def _create_upload(request, form_class: type[forms.BaseForm], create: Callable,
                    serializer_class: type[serializers.Serializer]) -> Response:
-    """Validate the request with the page's upload form, then ``create(user, form)``: 201 with the
-    new object, or 400 naming the field (the size-limit message replaces "required")."""
+    """Validate the request with the page's upload form, then ``create(user, form)``: 202 with the
+    new object (``checking``), or 400 naming the field (the size-limit message replaces "required")."""
     data = request_fields(request)  # parses the body first: the limit handler has run after this
     form = form_class(data, request.FILES, upload_error=upload_limit_error(request._request))
     created = create_from(form, request.user, create)
     if created is None:
         return invalid(form_errors(form))
-    return Response(serializer_class(created).data, status=status.HTTP_201_CREATED)
+    return Response(serializer_class(created).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ModelList(generics.ListCreateAPIView):
@@ -69,8 +71,9 @@ class ModelList(generics.ListCreateAPIView):
 
     ``source`` is ``builtin`` (``arch``, ``width``, ``num_classes``, ``in_channels`` and
     ``resolution`` required) or ``onnx`` (those are read from the file); left out, it is ``onnx``
-    for a file named ``*.onnx``. The upload is kept only when the pre-flight check accepts it
-    (status ``ready``); otherwise 400 with the reason under ``file``.
+    for a file named ``*.onnx``. The answer is 202 with the upload, status ``checking``; the
+    pre-flight check then runs in the checking worker and moves it to ``ready`` (with its report)
+    or ``rejected`` (``error`` says why; the file is deleted). Poll ``GET /api/v1/models/{id}``.
     """
 
     serializer_class = ModelUploadSerializer
@@ -81,7 +84,7 @@ class ModelList(generics.ListCreateAPIView):
         return ModelUpload.objects.filter(owner=self.request.user).order_by("-created", "-pk")
 
     @extend_schema(request={"multipart/form-data": ModelUploadRequest},
-                   responses={201: ModelUploadSerializer, 400: VALIDATION_ERROR})
+                   responses={202: ModelUploadSerializer, 400: VALIDATION_ERROR})
     def post(self, request, *args, **kwargs):
         return _create_upload(request, ModelUploadForm, create_model_upload, ModelUploadSerializer)
 
@@ -102,7 +105,9 @@ class ModelDetail(generics.RetrieveAPIView):
 
 class DatasetList(generics.ListCreateAPIView):
     """Built-in datasets and yours; ``POST`` (multipart) uploads a zip of an image folder
-    (``<class>/<image>``), checked and extracted before anything is stored."""
+    (``<class>/<image>``): 202 with the dataset, status ``checking``; the checking worker extracts
+    and checks it and moves it to ``ready`` (with its summary) or ``rejected`` (``error`` says why,
+    no files kept). Poll ``GET /api/v1/datasets/{id}``."""
 
     serializer_class = DatasetSerializer
     queryset = Dataset.objects.none()
@@ -112,7 +117,7 @@ class DatasetList(generics.ListCreateAPIView):
         return datasets_visible_to(self.request.user).order_by("name", "pk")
 
     @extend_schema(request={"multipart/form-data": DatasetUploadRequest},
-                   responses={201: DatasetSerializer, 400: VALIDATION_ERROR})
+                   responses={202: DatasetSerializer, 400: VALIDATION_ERROR})
     def post(self, request, *args, **kwargs):
         return _create_upload(request, DatasetUploadForm, create_dataset_upload, DatasetSerializer)
 

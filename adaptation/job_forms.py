@@ -134,6 +134,17 @@ def dataset_input(dataset: Dataset) -> dict | None:
     return BUILTIN_INPUTS.get(dataset.builtin_name) if dataset.is_builtin else None
 
 
+def _usable(chosen: ModelUpload | Dataset, what: str, check: str) -> ModelUpload | Dataset:
+    """``chosen`` if it is ready; else why a job cannot use it yet (checking) or at all (rejected)."""
+    if chosen.status == "checking":
+        raise forms.ValidationError(f"The {what} {chosen.name} is still being checked: start the job "
+                                    f"once its {check} has passed.")
+    if chosen.status != "ready":
+        raise forms.ValidationError(f"The {what} {chosen.name} was rejected by its {check} and cannot "
+                                    f"be adapted: {chosen.error}".rstrip(": "))
+    return chosen
+
+
 class JobForm(forms.Form):
     """Model, data, device, budget, schedule and levers of a NetAdapt run (defaults: the paper's
     schedule with the recommended levers; the "paper" preset turns the levers off)."""
@@ -189,10 +200,21 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["model"].queryset = ModelUpload.objects.filter(owner=user, status="ready")
-        self.fields["dataset"].queryset = datasets_visible_to(user).filter(status="ready")
+        # Every model and dataset of the user's is a valid choice, so that one still being checked
+        # or rejected gets its own message (clean_model, clean_dataset); the page offers ready ones.
+        self.fields["model"].queryset = ModelUpload.objects.filter(owner=user)
+        self.fields["dataset"].queryset = datasets_visible_to(user)
+        for name in ("model", "dataset"):
+            self.fields[name].widget.choices = forms.models.ModelChoiceIterator(self.fields[name])
+            self.fields[name].widget.choices.queryset = self.fields[name].queryset.filter(status="ready")
         self.fields["device"].queryset = devices_visible_to(user)
         self.config: AdaptConfig | None = None
+
+    def clean_model(self) -> ModelUpload:
+        return _usable(self.cleaned_data["model"], "model", "pre-flight check")
+
+    def clean_dataset(self) -> Dataset:
+        return _usable(self.cleaned_data["dataset"], "dataset", "check")
 
     def clean_holdout_size(self) -> int | float:
         size = self.cleaned_data["holdout_size"]

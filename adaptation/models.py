@@ -45,6 +45,8 @@ class ModelUpload(models.Model):
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="checking")
     preflight = models.JSONField(default=dict, blank=True)  # groups, macs, params, latency per device
     error = models.TextField(blank=True)  # why it was rejected
+    # The checking worker's child's peak resident memory (its VmHWM), once checked.
+    check_peak_bytes = models.BigIntegerField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -59,7 +61,8 @@ class Dataset(models.Model):
 
     KIND_CHOICES = [("builtin", "Built-in"), ("folder", "Image folder archive")]
     BUILTIN_CHOICES = [("fashion_mnist", "Fashion-MNIST"), ("digits", "scikit-learn digits")]
-    STATUS_CHOICES = [("ready", "Ready"), ("rejected", "Rejected")]
+    # An upload is stored "checking" and the checking worker moves it to ready or rejected.
+    STATUS_CHOICES = [("checking", "Checking"), ("ready", "Ready"), ("rejected", "Rejected")]
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True,
                               related_name="datasets")
@@ -70,6 +73,7 @@ class Dataset(models.Model):
     summary = models.JSONField(default=dict, blank=True)  # split sizes, class counts, channels, resolution
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="ready")
     error = models.TextField(blank=True)
+    check_peak_bytes = models.BigIntegerField(null=True, blank=True)  # as ModelUpload's
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -4,11 +4,10 @@ Views and API modules call these, never the reverse, so both answer the same inp
 Failures the user can fix raise ``Rejected`` naming a field; ``create_from(form, user, create)``
 turns one into an error on the form.
 
-- ``check_model_upload(upload)``: the pre-flight of an upload's file (weights or ONNX), recorded
-  on the row.
-- ``create_model_upload(user, form)``: pre-flight a valid ``ModelUploadForm``, store it if it passes.
-- ``store_dataset_upload(...)``, ``create_dataset_upload(user, form)``: extract an uploaded zip
-  into its own folder (``job_files.uploaded_dataset_name``) and create the dataset's row.
+- ``create_model_upload(user, form)``, ``create_dataset_upload(user, form)``
+  (``store_dataset_upload``): store an upload as "checking" and send its check to the checking
+  worker, whose tasks call ``finish_model_check`` / ``finish_dataset_check`` (``check_model_upload``:
+  the pre-flight of a model's stored file in a bounded child, recorded on the row).
 - ``create_job(user, form)``: create the job of a valid ``JobForm`` and hand it to the runner
   (through ``queue_job``, which child jobs use too).
 - ``cancel_job(job)``: stop a queued or waiting job now, ask a running one to stop.
@@ -23,7 +22,7 @@ import io
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, TypeVar
 
@@ -33,14 +32,15 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.archives import (ArchiveError, ArchiveLimits, load_archive_dataset, missing_folders,
-                                 remove_empty_folders)
+from adaptation.archives import ArchiveError, ArchiveLimits
+from adaptation.checking.datasets import DatasetCheckLimits, check_dataset_archive, limits_from_settings
+from adaptation.checking.limits import run_limited
+from adaptation.checking.models import Runner, check_model_file
 from adaptation.formatting import PHASE_LABELS
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.training import HOOK_EVERY
-from adaptation.preflight import PreflightError, load_onnx, load_weights, preflight
 from devices.requests import drop_queued_requests
 from webapp.events import publish
 
@@ -52,8 +52,9 @@ REPORT_COLUMNS = ("iteration", "chosen_group", "target", "resource", "resource_r
                   "measured_min_ms", "measured_median_ms", "macs", "params", "holdout_accuracy",
                   "validation_accuracy", "proposals", "wall_s",
                   *(f"phase_{key}" for key in PHASE_LABELS))
-#: What an uploaded archive may expand to (tests replace it to try the limits cheaply).
-DATASET_ARCHIVE_LIMITS = ArchiveLimits()
+#: What an uploaded archive may expand to; None: the settings' pixel limits and ArchiveLimits'
+#: byte and member limits (tests replace it to try the limits cheaply, in-process checks only).
+DATASET_ARCHIVE_LIMITS: ArchiveLimits | None = None
 
 T = TypeVar("T")
 
@@ -87,92 +88,170 @@ def create_from(form: forms.BaseForm, user, create: Callable[[Any, Any], T]) -> 
 
 
 # --------------------------------------------------------------------------- uploads
+# An upload is stored at once with status "checking" and its check is sent to the checking worker
+# (``tasks.check_model_upload`` / ``check_dataset_upload``, queue ``checking``) once the row is
+# committed. The worker runs the check in a child process under the ceilings of the settings
+# (``adaptation.checking``) and moves the row to "ready" or "rejected" with the reason; nothing of
+# a rejected upload stays on disk. No upload is parsed in the web process.
 
 
-def check_model_upload(upload: ModelUpload) -> bool:
-    """Run the pre-flight on ``upload``'s file; set its status, report and error; save nothing.
+def model_check_limits() -> tuple[int, float]:
+    """(memory bytes, seconds) of one model check, from the settings."""
+    return settings.CHECK_MODEL_MEMORY_MB << 20, float(settings.CHECK_SECONDS)
 
-    A built-in architecture's weights are loaded into it; an ONNX file (source ``onnx``) is
-    converted and checked against ONNX Runtime, and its classes, input channels and resolution
-    are read from the file into the upload's fields. Ready: ``preflight`` holds the report
-    (groups, MACs, params...). Rejected: ``error`` holds the message for the user. It runs in the
-    request for now (seconds for big networks); it only reads ``upload.file`` (an upload not yet
-    stored, or a stored file) and sets fields, so a Celery task can call it as is on a saved row
-    and save the result.
-    """
-    allow_pickled = settings.NETADAPT_ALLOW_PICKLED_MODELS
-    try:
-        upload.file.open("rb")  # keeps an unsaved upload's temporary file; it is stored later
-        if upload.source == "onnx":
-            spec, model = load_onnx(upload.file)
-            upload.arch, upload.width = "", 1.0
-            upload.num_classes, upload.in_channels = spec.num_classes, spec.in_channels
-            upload.resolution = spec.resolution
-        else:
-            spec = ArchitectureSpec(arch=upload.arch, num_classes=upload.num_classes,
-                                    in_channels=upload.in_channels, width=float(upload.width),
-                                    resolution=upload.resolution)
-            model = load_weights(upload.file, spec, allow_pickled_modules=allow_pickled)
-        report = preflight(model, spec)
-    except PreflightError as error:
-        upload.status, upload.error, upload.preflight = "rejected", str(error), {}
-        return False
-    upload.status, upload.error, upload.preflight = "ready", "", report.to_dict()
-    return True
+
+def dataset_check_limits() -> DatasetCheckLimits:
+    """What a dataset archive may expand to and what its check may use, from the settings
+    (``DATASET_ARCHIVE_LIMITS`` replaces the archive's part when a test sets it)."""
+    limits = limits_from_settings(settings)
+    if DATASET_ARCHIVE_LIMITS is not None:
+        limits = replace(limits, archive=DATASET_ARCHIVE_LIMITS)
+    return limits
+
+
+def _remove_empty_folders(name: str) -> None:
+    """Remove the folders above storage name ``name`` that are left empty (an owner's
+    ``datasets/<id>``, then ``datasets``), up to MEDIA_ROOT: a refused first upload leaves none."""
+    root = Path(default_storage.path("")).resolve()
+    folder = Path(default_storage.path(name)).parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): the folders above are not empty either
+            return
+        folder = folder.parent
+
+
+def _enqueue_check(task_name: str, *args) -> None:
+    from adaptation.tasks import enqueue_check  # imported late: it loads Celery
+
+    enqueue_check(task_name, *args)
 
 
 def create_model_upload(user, form) -> ModelUpload:
-    """Store a valid ``ModelUploadForm``'s upload if the pre-flight accepts it, else ``Rejected``.
-
-    A rejected upload leaves no row and no file.
-    """
+    """Store a valid ``ModelUploadForm``'s upload as "checking" and send its pre-flight to the
+    checking worker (once the row is committed)."""
     upload = form.save(commit=False)
-    upload.owner = user
-    if not check_model_upload(upload):
-        raise Rejected("file", f"Rejected: {upload.error}")
-    try:
-        upload.save()  # stores the file too
-    except BaseException:
-        if upload.file.name:
-            upload.file.storage.delete(upload.file.name)
-        raise
+    upload.owner, upload.status, upload.error, upload.preflight = user, "checking", "", {}
+    with transaction.atomic():
+        try:
+            upload.save()  # stores the file too
+        except BaseException:
+            if upload.file.name:
+                upload.file.storage.delete(upload.file.name)
+            raise
+        _enqueue_check("check_model_upload", upload.pk)
     return upload
+
+
+def check_model_upload(upload: ModelUpload, *, runner: Runner = run_limited) -> bool:
+    """Run the pre-flight of ``upload``'s stored file in a bounded child; set its status, report,
+    error and the child's peak memory; save nothing.
+
+    A built-in architecture's weights are loaded into it; an ONNX file (source ``onnx``) is
+    converted and checked against ONNX Runtime, and its classes, input channels and resolution are
+    read from the file into the upload's fields. ``runner`` is ``run_limited`` (unit tests may
+    pass one that runs the same function in their own process).
+    """
+    spec = None
+    if upload.source != "onnx":
+        spec = {"arch": upload.arch, "num_classes": upload.num_classes, "in_channels": upload.in_channels,
+                "width": float(upload.width), "resolution": upload.resolution}
+    memory_bytes, seconds = model_check_limits()
+    check = check_model_file(upload.file.path, upload.source, spec,
+                             allow_pickled_modules=settings.NETADAPT_ALLOW_PICKLED_MODELS,
+                             memory_bytes=memory_bytes, seconds=seconds, runner=runner)
+    upload.check_peak_bytes = check.peak_rss_bytes
+    if not check.accepted:
+        upload.status, upload.error, upload.preflight = "rejected", check.error, {}
+        return False
+    if upload.source == "onnx":
+        upload.arch, upload.width = "", 1.0
+        for name, value in check.fields.items():
+            setattr(upload, name, value)
+    upload.status, upload.error, upload.preflight = "ready", "", check.report
+    return True
+
+
+def finish_model_check(upload_id: int, *, runner: Runner = run_limited) -> str | None:
+    """What the checking worker does with a model upload: check it, record the verdict (a
+    rejected upload's file is deleted). None when the row is gone or no longer checking."""
+    upload = ModelUpload.objects.filter(pk=upload_id, status="checking").first()
+    if upload is None:
+        return None
+    name = upload.file.name
+    check_model_upload(upload, runner=runner)
+    if upload.status == "rejected":
+        upload.file.name = ""
+    fields = ["status", "error", "preflight", "check_peak_bytes", "file", "arch", "width",
+              "num_classes", "in_channels", "resolution"]
+    values = {field: getattr(upload, field) for field in fields}
+    values["file"] = upload.file.name
+    recorded = ModelUpload.objects.filter(pk=upload_id, status="checking").update(**values)
+    if upload.status == "rejected" or not recorded:  # rejected, or deleted while it was checked
+        default_storage.delete(name)
+        _remove_empty_folders(name)
+    return upload.status if recorded else None
+
+
+def create_dataset_upload(user, form) -> Dataset:
+    """Store a valid ``DatasetUploadForm``'s zip as a "checking" dataset and send its extraction
+    to the checking worker (once the row is committed)."""
+    return store_dataset_upload(user, form.cleaned_data["name"], form.cleaned_data["archive"],
+                                resolution=form.cleaned_data["resolution"], grayscale=form.grayscale)
 
 
 def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
                          grayscale: bool | None) -> Dataset:
-    """Extract ``uploaded`` (a zip) into a new folder and create its row; ArchiveError if unusable.
+    """Store ``uploaded`` (a zip, unread) as ``<folder>.zip`` and create its "checking" row.
 
-    The folder, ``MEDIA_ROOT/datasets/<owner id>/<random hex>/<class>/<image>``, is the row's
-    ``archive`` (jobs load it with ``load_image_folder``); the zip itself is not kept. On any
-    error nothing is left: ``load_archive_dataset`` removes what it extracted and the folders it
-    created (the owner's folder of a first upload), and so does a row that cannot be created.
+    The folder, ``MEDIA_ROOT/datasets/<owner id>/<random hex>/<class>/<image>``, is where the
+    checking worker extracts it (``finish_dataset_check``); until then the row's ``archive`` is the
+    zip. Nothing here opens the archive.
     """
     folder = uploaded_dataset_name(owner.pk)
-    destination = Path(default_storage.path(folder))
-    created = missing_folders(destination.parent)
-    source = (uploaded.temporary_file_path() if hasattr(uploaded, "temporary_file_path")
-              else uploaded.file)
-    splits = load_archive_dataset(source, destination, resolution=resolution, grayscale=grayscale,
-                                  limits=DATASET_ARCHIVE_LIMITS)
-    summary = splits.summary()
-    summary["name"] = name
+    stored = default_storage.save(f"{folder}.zip", uploaded)
     try:
-        return Dataset.objects.create(owner=owner, name=name, kind="folder", archive=folder,
-                                      summary=summary, status="ready")
+        with transaction.atomic():
+            dataset = Dataset.objects.create(owner=owner, name=name, kind="folder", archive=stored,
+                                             summary={"name": name}, status="checking")
+            _enqueue_check("check_dataset_upload", dataset.pk, resolution, grayscale)
     except BaseException:
-        shutil.rmtree(destination, ignore_errors=True)
-        remove_empty_folders(created)
+        default_storage.delete(stored)
+        _remove_empty_folders(stored)
         raise
+    return dataset
 
 
-def create_dataset_upload(user, form) -> Dataset:
-    """Extract a valid ``DatasetUploadForm``'s archive and create its row, else ``Rejected``."""
+def finish_dataset_check(dataset_id: int, resolution: int, grayscale: bool | None) -> str | None:
+    """What the checking worker does with a dataset upload: extract and check the stored zip in
+    a bounded child (``check_dataset_archive``), delete the zip, record the verdict. A refused
+    archive leaves a "rejected" row with the reason and no files. None when the row is gone or no
+    longer checking."""
+    dataset = Dataset.objects.filter(pk=dataset_id, status="checking").first()
+    if dataset is None:
+        return None
+    stored = dataset.archive.name
+    folder = stored.removesuffix(".zip")
+    destination = Path(default_storage.path(folder))
+    zip_path = default_storage.path(stored)
     try:
-        return store_dataset_upload(user, form.cleaned_data["name"], form.cleaned_data["archive"],
-                                    resolution=form.cleaned_data["resolution"], grayscale=form.grayscale)
-    except ArchiveError as error:
-        raise Rejected("archive", f"Rejected: {error}") from None
+        check = check_dataset_archive(zip_path, destination, resolution=resolution, grayscale=grayscale,
+                                      limits=dataset_check_limits())
+    except ArchiveError as error:  # DatasetRejected: nothing extracted is left
+        peak = getattr(error, "peak_rss_bytes", None)
+        values = {"status": "rejected", "error": f"Rejected: {error}", "archive": "",
+                  "check_peak_bytes": peak}
+    else:
+        values = {"status": "ready", "error": "", "archive": folder, "check_peak_bytes": check.peak_rss_bytes,
+                  "summary": {**check.summary, "name": dataset.name}}
+    finally:
+        default_storage.delete(stored)
+    recorded = Dataset.objects.filter(pk=dataset_id, status="checking").update(**values)
+    if values["status"] == "rejected" or not recorded:  # rejected, or deleted while it was checked
+        shutil.rmtree(destination, ignore_errors=True)
+        _remove_empty_folders(folder)
+    return values["status"] if recorded else None
 
 
 # --------------------------------------------------------------------------- jobs

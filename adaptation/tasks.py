@@ -4,6 +4,10 @@
 - ``run_job(job_id)``: claim the job (one conditional UPDATE; someone else has it: return), then
   run it. ``acks_late`` and the settings' ``task_reject_on_worker_lost`` make the broker keep the
   message until the task returns; a job whose worker died is resumed from its checkpoint.
+- ``check_model_upload(upload_id)``, ``check_dataset_upload(dataset_id, resolution, grayscale)``:
+  an upload's check, on the ``checking`` queue (its own worker), sent by ``enqueue_check`` once
+  the upload's row is committed; the work is in ``services.finish_model_check`` /
+  ``finish_dataset_check``.
 - ``sweep_stale_jobs()``: re-send ``run_job`` for running jobs whose lease lapsed and queued jobs
   left waiting (periodic, from Celery beat). Every worker also sweeps when it starts, and once
   more when the leases of a worker killed just before have lapsed, so jobs resume without beat.
@@ -44,6 +48,27 @@ def run_job(job_id: int) -> str | None:
         logger.info("job %s: not claimable (gone, ended, or running elsewhere)", job_id)
         return None
     return RUNNERS[job.kind](job, time_limit_error=SoftTimeLimitExceeded).run()
+
+
+def enqueue_check(task_name: str, *args) -> None:
+    """Send the checking task ``task_name`` (of this module) with ``args`` once the transaction
+    that stored the upload commits."""
+    task = {"check_model_upload": check_model_upload, "check_dataset_upload": check_dataset_upload}[task_name]
+    transaction.on_commit(lambda: task.delay(*args))
+
+
+@shared_task(name="adaptation.tasks.check_model_upload", acks_late=True)
+def check_model_upload(upload_id: int) -> str | None:
+    """Pre-flight a stored model upload in a bounded child; its row ends ready or rejected."""
+    from adaptation.services import finish_model_check
+    return finish_model_check(upload_id)
+
+
+@shared_task(name="adaptation.tasks.check_dataset_upload", acks_late=True)
+def check_dataset_upload(dataset_id: int, resolution: int, grayscale: bool | None) -> str | None:
+    """Extract and check a stored dataset zip in a bounded child; its row ends ready or rejected."""
+    from adaptation.services import finish_dataset_check
+    return finish_dataset_check(dataset_id, resolution, grayscale)
 
 
 @shared_task(acks_late=True)

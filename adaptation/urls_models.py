@@ -8,4 +8,5 @@ urlpatterns = [
     path("upload/", views_models.model_upload, name="model_upload"),
     path("<int:pk>/", views_models.model_detail, name="model_detail"),
     path("<int:pk>/delete/", views_models.model_delete, name="model_delete"),
+    path("<int:pk>/status/", views_models.model_status, name="model_status"),
 ]

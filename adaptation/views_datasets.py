@@ -1,7 +1,9 @@
 """Dataset pages: the built-in datasets everyone shares and each user's image-folder uploads.
 
-An uploaded zip is validated and extracted into its own folder by
-``services.create_dataset_upload``; a refused archive leaves no row and no file.
+An uploaded zip is stored at once as a "checking" dataset (``services.create_dataset_upload``)
+and the page redirects to the dataset's page, which shows the check's progress (polling
+``dataset_status``) and then its verdict: the checking worker extracts and checks the archive and
+moves the dataset to ready or rejected (with the reason, and no files left).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -59,7 +62,7 @@ def dataset_upload(request):
         form = DatasetUploadForm(request.POST, request.FILES, upload_error=upload_limit_error(request))
         dataset = create_from(form, request.user, create_dataset_upload)
         if dataset is not None:
-            messages.success(request, f"{dataset.name} is ready.")
+            messages.info(request, f"{dataset.name} is uploaded; its images are being checked.")
             return redirect("dataset_detail", pk=dataset.pk)
     return render(request, "datasets/upload.html", {"form": form, **upload_limit_context()})
 
@@ -74,6 +77,13 @@ def dataset_detail(request, pk):
     return render(request, "datasets/detail.html", {
         "dataset": dataset, "summary": summary, "splits": SPLITS, "classes": classes,
         "split_sizes": [(split, summary.get("sizes", {}).get(split)) for split in SPLITS]})
+
+
+@login_required
+def dataset_status(request, pk):
+    """``{"status", "error"}`` of a dataset the user can see: what its page polls while checking."""
+    dataset = get_dataset_for_user(request.user, pk)
+    return JsonResponse({"status": dataset.status, "error": dataset.error})
 
 
 @login_required

@@ -1,14 +1,17 @@
-"""Model pages: list, upload (a built-in architecture's weights or an ONNX file, with the
-pre-flight check), detail, delete.
+"""Model pages: list, upload (a built-in architecture's weights or an ONNX file), detail, delete,
+and the small JSON status the detail page polls while the upload is checked.
 
-An upload is kept only when the pre-flight accepts it (``services.create_model_upload``): a
-rejected file leaves no row and no file, and the form comes back with the pre-flight's message.
+An upload is stored at once as "checking" (``services.create_model_upload``) and the page
+redirects to the model's page, which shows the check's progress and then its verdict: the
+checking worker runs the pre-flight and moves the model to ready or rejected (with the reason;
+a rejected upload's file is deleted).
 """
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -45,7 +48,7 @@ def model_upload(request):
         form = ModelUploadForm(request.POST, request.FILES, upload_error=upload_limit_error(request))
         upload = create_from(form, request.user, create_model_upload)
         if upload is not None:
-            messages.success(request, f"{upload.name} passed the pre-flight check.")
+            messages.info(request, f"{upload.name} is uploaded; its pre-flight check runs now.")
             return redirect("model_detail", pk=upload.pk)
     return render(request, "models/upload.html", {"form": form, **upload_limit_context()})
 
@@ -79,6 +82,13 @@ def model_detail(request, pk):
 
 
 @login_required
+def model_status(request, pk):
+    """``{"status", "error"}`` of one of the user's models: what its page polls while checking."""
+    upload = get_model_for_user(request.user, pk)
+    return JsonResponse({"status": upload.status, "error": upload.error})
+
+
+@login_required
 @require_POST
 def model_delete(request, pk):
     upload = get_model_for_user(request.user, pk)
@@ -89,7 +99,7 @@ def model_delete(request, pk):
     # The model's jobs go with it (cascade), and so do their output files.
     outputs = list(Iteration.objects.filter(job__model=upload).exclude(model_file="")
                    .values_list("model_file", flat=True))
-    names = [upload.file.name, *outputs]
+    names = [upload.file.name, *outputs]  # a check still running deletes the file itself
     with transaction.atomic():
         upload.delete()
         transaction.on_commit(lambda: _delete_files(upload.file.storage, names))

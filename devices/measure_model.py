@@ -90,6 +90,9 @@ def _target(upload: ModelUpload, channels: dict, label: str) -> Target:
 def model_target(user, model_id) -> Target:
     """The original network of one of the user's models (Http404 for another user's)."""
     upload = get_model_for_user(user, _id(model_id, "model"))
+    if upload.status != "ready":  # still being checked, or rejected (its file is gone)
+        state = "is still being checked" if upload.status == "checking" else "was rejected by its pre-flight check"
+        raise MeasureError(f"Model '{upload.name}' {state}: only a checked model can be measured.", "model")
     return _target(upload, {}, f"model '{upload.name}'")
 
 

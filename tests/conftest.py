@@ -136,6 +136,16 @@ def enqueued(monkeypatch):
 
 
 @pytest.fixture
+def checks_in_process(monkeypatch):
+    """The checking worker played in this process: each upload's check runs as soon as the views
+    or the API send it (the model pre-flight without its child; tests/user_objects.py). The
+    answer still says "checking"; the next request sees the verdict. The list: what ran."""
+    from tests.user_objects import run_checks_now
+
+    return run_checks_now(monkeypatch)
+
+
+@pytest.fixture
 def system_device(db):
     """"This server's CPU", as ``manage.py bootstrap`` creates it."""
     from tests.user_objects import system_device as bootstrapped_system_device

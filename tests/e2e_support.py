@@ -2,8 +2,9 @@
 
 ``live_app(tmp_path, django_db_blocker)`` (a context manager, wrapped by the ``live_app``
 fixture of conftest.py) gives a :class:`LiveApp`: uvicorn serving ``webapp.asgi:application``
-on a free port of 127.0.0.1, and, once the test calls ``start_worker()``, a Celery worker. The
-test starts the worker itself, so it can connect its clients while the job is still queued and
+on a free port of 127.0.0.1 with the checking worker of uploads (``webapp.serve``'s, queue
+``checking``), and, once the test calls ``start_worker()``, a Celery worker for jobs. The
+test starts the jobs' worker itself, so it can connect its clients while the job is still queued and
 see every event arrive live.
 
 The database is shared the way tests/test_worker.py shares it (that file keeps its own copy):
@@ -13,8 +14,8 @@ The database is shared the way tests/test_worker.py shares it (that file keeps i
   duration this process's ORM gets a second connection object pointed at that file.
 - Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's PostgreSQL test
   database (the test module marks itself ``django_db(transaction=True)``), whose name goes to
-  the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queue
-  purged first.
+  the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queues
+  (jobs and checking) purged first.
 
 DEBUG is off in both modes, so the static files are collected for WhiteNoise first.
 
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRODUCTION = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
 START_DEADLINE_S = 180   # uvicorn imports Django and the app on a loaded two-core machine
 JOB_DEADLINE_S = 300     # a worker start (torch import) plus a tiny job, on the same machine
+CHECK_DEADLINE_S = 240   # the checking worker's start plus a check (its child imports torch)
 POLL_S = 0.1
 
 
@@ -102,6 +104,7 @@ class LiveApp:
     system_device: int  # the id of "This server's CPU", whose queue the worker serves
     web: Process | None = None
     worker: Process | None = None
+    checker: Process | None = None
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -121,6 +124,15 @@ class LiveApp:
         assert self.worker is None, "one worker per test"
         self.worker = self._start("worker", worker_command(f"e2e-{uuid.uuid4().hex[:8]}", self.system_device))
         return self.worker
+
+    def start_checker(self) -> Process:
+        """The checking worker, as ``make run`` starts it (the ``checking`` queue only)."""
+        from webapp.serve import checking_worker_command
+
+        self.checker = self._start("checker", checking_worker_command(
+            f"checking-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+            "--without-heartbeat"))
+        return self.checker
 
     def start_web(self) -> Process:
         from webapp.serve import uvicorn_command  # what `make run` starts, trusted proxies included
@@ -200,6 +212,10 @@ def live_database(tmp_path: Path, django_db_blocker):
         name = connections["default"].settings_dict["NAME"]
         env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{name}"))
         celery_app.control.purge()
+        from django.conf import settings
+
+        with celery_app.connection_for_write() as connection:  # checks left by an interrupted run
+            connection.default_channel.queue_purge(settings.CHECKING_QUEUE)
         yield env, data_dir / "media"
         return
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
@@ -233,6 +249,7 @@ def live_app(tmp_path: Path, django_db_blocker):
         app = LiveApp(port=free_port(), env=env, media=media, logs=logs,
                       system_device=Device.objects.get(owner=None, kind="local").pk)
         try:
+            app.start_checker()  # starts while the web server does; uploads need it
             app.start_web()
             yield app
         finally:
@@ -294,6 +311,24 @@ class HttpClient:
         parts.append(f"--{boundary}--\r\n".encode())
         return self.request("POST", path, b"".join(parts),
                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def checked(self, kind: str, object_id: int, app: LiveApp | None = None,
+                deadline_s: float = CHECK_DEADLINE_S) -> dict:
+        """``GET /api/v1/<kind>/<id>`` once the checking worker has given its verdict (status no
+        longer ``checking``): polled until then, failing at the deadline or if a server dies."""
+        def verdict():
+            answer = self.get(f"/api/v1/{kind}/{object_id}")
+            assert answer.status == 200, answer.body[:500]
+            return answer.json() if answer.json()["status"] != "checking" else None
+
+        return wait_until(verdict, f"the check of {kind} #{object_id}", app, deadline_s)
+
+    def upload_checked(self, kind: str, fields: dict, files: dict, app: LiveApp | None = None) -> dict:
+        """Upload through ``POST /api/v1/<kind>`` (answered 202, ``checking``), then the verdict."""
+        answer = self.post_multipart(f"/api/v1/{kind}", fields, files)
+        assert answer.status == 202, answer.body[:500]
+        assert answer.json()["status"] == "checking", answer.json()
+        return self.checked(kind, answer.json()["id"], app)
 
     def cookie(self, name: str) -> str | None:
         return next((c.value for c in self.cookies if c.name == name), None)

@@ -60,9 +60,10 @@ def test_a_job_on_a_paired_agent_and_the_next_one_reuses_its_table(live_app, dig
     spec, weights = digits_cnn_state_dict
     api = HttpClient(app.base_url)
     api.token = api.post_json("/api/v1/token", {"username": "frank", "password": PASSWORD}).json()["token"]
-    model = api.post_multipart("/api/v1/models", {
+    model = api.upload_checked("models", {
         "name": "digits cnn", "arch": spec.arch, "width": spec.width, "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels, "resolution": spec.resolution}, {"file": ("digits.pt", weights)}).json()
+        "in_channels": spec.in_channels, "resolution": spec.resolution}, {"file": ("digits.pt", weights)}, app)
+    assert model["status"] == "ready", model
     dataset = next(d for d in api.get("/api/v1/datasets").json() if d["builtin_name"] == "digits")
     app.start_worker()
 

@@ -21,10 +21,11 @@ from adaptation.models import Dataset, Iteration, Job, ModelUpload, Proposal
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.export import export_pytorch
 from adaptation.netadapt.spec import ArchitectureSpec
+from adaptation.services import finish_model_check
 from devices.models import Device
 from tests.conftest import PASSWORD
 from tests.stored_files import files_under, torch_bytes
-from tests.user_objects import add_device, client_of, upload_dataset, upload_model
+from tests.user_objects import add_device, client_of, in_this_process, upload_dataset, upload_model
 
 pytestmark = pytest.mark.django_db
 
@@ -225,24 +226,42 @@ def model_form(weights: bytes, **fields) -> dict:
 
 
 @pytest.mark.usefixtures("single_torch_thread")
-def test_it_uploads_a_model(api, owner, media, good_weights):
+def test_it_uploads_a_model(api, owner, media, good_weights, checks_in_process):
     response = api.post(f"{API}/models", model_form(good_weights), format="multipart")
-    assert response.status_code == 201, response.content
-    body = response.json()
+    assert response.status_code == 202, response.content
     model = ModelUpload.objects.get()
-    assert body["id"] == model.pk and body["status"] == "ready" and body["error"] == ""
+    assert response.json()["id"] == model.pk and response.json()["status"] == "checking"
+    assert checks_in_process == [("check_model_upload", (model.pk,))]
+    body = api.get(f"{API}/models/{model.pk}").json()  # the check has run (in this process)
+    assert body["status"] == "ready" and body["error"] == ""
     assert (body["arch"], body["width"], body["num_classes"], body["in_channels"], body["resolution"]) == (
         "plain_cnn", 0.25, 3, 1, 8)
     assert body["preflight"]["macs"] > 0 and body["preflight"]["groups"]
     assert "file" not in body  # no server paths
     assert model.owner == owner and Path(model.file.path).read_bytes() == good_weights
-    assert api.get(f"{API}/models/{model.pk}").json() == body
+
+
+REJECTED_MODELS = {
+    "not a model": (lambda good: b"these are not weights", {}, "not a PyTorch weights file"),
+    "pickled whole module": (lambda good: torch_bytes(SPEC.build()), {}, "pickles a whole model object"),
+    "weights that do not fit": (lambda good: good, {"num_classes": "5"}, "the weights do not fit"),
+}
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+@pytest.mark.parametrize("case", list(REJECTED_MODELS))
+def test_the_check_rejects_a_bad_model_and_keeps_no_file(api, media, good_weights, case, checks_in_process):
+    make, fields, message = REJECTED_MODELS[case]
+    data = model_form(b"", **fields)
+    data["file"] = SimpleUploadedFile("tiny.pt", make(good_weights))
+    response = api.post(f"{API}/models", data, format="multipart")
+    assert response.status_code == 202 and response.json()["status"] == "checking"
+    body = api.get(f"{API}/models/{response.json()['id']}").json()
+    assert body["status"] == "rejected" and message in body["error"] and body["preflight"] == {}
+    assert files_under(media) == []
 
 
 BAD_MODELS = {
-    "not a model": (lambda good: b"these are not weights", {}, "file", "not a PyTorch weights file"),
-    "pickled whole module": (lambda good: torch_bytes(SPEC.build()), {}, "file", "pickles a whole model object"),
-    "weights that do not fit": (lambda good: good, {"num_classes": "5"}, "file", "the weights do not fit"),
     "fixed width": (lambda good: good, {"arch": "resnet18", "width": "0.5"}, "width", "has a fixed width"),
     "unknown architecture": (lambda good: good, {"arch": "alexnet"}, "arch", "Select a valid choice"),
     "no file": (None, {}, "file", "This field is required."),
@@ -280,13 +299,16 @@ def test_it_takes_uploads_as_multipart_only(api, media):
 # --------------------------------------------------------------------------- dataset uploads
 
 
-def test_it_uploads_an_image_folder(api, owner, media):
+def test_it_uploads_an_image_folder(api, owner, media, checks_in_process):
     archive = SimpleUploadedFile("pets.zip", zip_of_images(), content_type="application/zip")
     response = api.post(f"{API}/datasets", {"name": "", "resolution": "8", "channels": "auto",
                                             "archive": archive}, format="multipart")
-    assert response.status_code == 201, response.content
-    body = response.json()
+    assert response.status_code == 202, response.content
     dataset = Dataset.objects.get()
+    assert (response.json()["id"], response.json()["status"], response.json()["summary"]) == (
+        dataset.pk, "checking", {"name": "pets"})
+    body = api.get(f"{API}/datasets/{dataset.pk}").json()
+    assert body["status"] == "ready"
     assert (body["id"], body["name"], body["kind"], body["builtin"]) == (dataset.pk, "pets", "folder", False)
     assert body["summary"]["num_classes"] == 2 and body["summary"]["class_names"] == ["cats", "dogs"]
     assert dataset.owner == owner and files_under(media)
@@ -296,15 +318,17 @@ def test_it_uploads_an_image_folder(api, owner, media):
     (b"just some text", "archive", "Rejected: not a zip archive"),
     ("one class", "archive", "need at least 2"),
 ])
-def test_it_rejects_a_bad_archive_and_stores_nothing(api, media, content, field, message):
+def test_the_check_rejects_a_bad_archive_and_keeps_no_file(api, media, content, field, message,
+                                                            checks_in_process):
     if content == "one class":
         content = zip_of_images(classes=("cats",))
     archive = SimpleUploadedFile("pets.zip", content, content_type="application/zip")
     response = api.post(f"{API}/datasets", {"resolution": "8", "channels": "auto", "archive": archive},
                         format="multipart")
-    assert response.status_code == 400
-    assert message in response.json()[field][0] and str(media) not in response.json()[field][0]
-    assert not Dataset.objects.exists() and files_under(media) == []
+    assert response.status_code == 202 and response.json()["status"] == "checking"
+    body = api.get(f"{API}/datasets/{response.json()['id']}").json()
+    assert body["status"] == "rejected" and message in body["error"] and str(media) not in body["error"]
+    assert files_under(media) == []
 
 
 def test_it_validates_the_dataset_fields(api, media):
@@ -400,6 +424,35 @@ def test_it_creates_a_job(api, owner, media, system_device, digits_dataset, enqu
     assert job.settings == form.job_settings() == body["settings"]
     assert job.settings["budget"] == pytest.approx(0.4) and job.settings["holdout"] == 0.2
     assert job.owner == owner and enqueued == [job.pk]
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_it_refuses_a_job_on_a_model_or_dataset_still_checking_or_rejected(
+        api, owner, media, good_weights, system_device, digits_dataset, enqueued, monkeypatch):
+    sent = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append(args))
+    model_id = api.post(f"{API}/models", model_form(good_weights), format="multipart").json()["id"]
+    archive = SimpleUploadedFile("pets.zip", zip_of_images(), content_type="application/zip")
+    dataset_id = api.post(f"{API}/datasets", {"resolution": "8", "channels": "auto", "archive": archive},
+                          format="multipart").json()["id"]
+    ready = stored_model(owner)
+    response = api.post(f"{API}/jobs", {"model": model_id, "dataset": digits_dataset.pk,
+                                        "device": system_device.pk}, format="json")
+    assert response.status_code == 400
+    assert response.json()["model"] == ["The model tiny is still being checked: start the job once its "
+                                        "pre-flight check has passed."]
+    response = api.post(f"{API}/jobs", {"model": ready.pk, "dataset": dataset_id,
+                                        "device": system_device.pk}, format="json")
+    assert response.status_code == 400 and "still being checked" in response.json()["dataset"][0]
+    response = api.post(f"{API}/devices/{system_device.pk}/measure", {"model": model_id}, format="json")
+    assert response.status_code == 400 and "is still being checked" in str(response.json()), response.content
+    ModelUpload.objects.filter(pk=model_id).update(num_classes=5)  # the weights no longer fit
+    assert finish_model_check(model_id, runner=in_this_process) == "rejected"
+    response = api.post(f"{API}/jobs", {"model": model_id, "dataset": digits_dataset.pk,
+                                        "device": system_device.pk}, format="json")
+    assert response.status_code == 400
+    assert response.json()["model"][0].startswith("The model tiny was rejected by its pre-flight check")
+    assert not Job.objects.exists() and enqueued == []
 
 
 def test_it_fills_left_out_settings_with_the_forms_defaults(api, owner, system_device, digits_dataset,

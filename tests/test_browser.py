@@ -1,4 +1,5 @@
-"""The job page in a real browser: Chromium (Playwright) signs up, uploads, starts a job, watches it.
+"""The job page in a real browser: Chromium (Playwright) signs up, uploads (the model's page shows
+the check's progress, then its verdict), starts a job, watches it.
 
 Same servers as tests/test_e2e.py (tests/e2e_support.py). Every wait is on the page's state
 (Playwright's ``wait_for_function`` and ``expect``, each with a timeout). The worker starts once
@@ -98,7 +99,11 @@ def test_it_shows_chart_points_while_the_job_runs(live_app, digits_cnn_state_dic
             page.click("button[type=submit]:has-text('Create account')")
             expect(page.locator("header .user-menu summary")).to_have_text("frank")
 
-            # Upload the model (upload.js sends it and shows the model's page in place).
+            # Upload the model (upload.js sends it and shows the model's page in place): the page
+            # says "Checking" and polls the model's status (check.js) until the checking worker's
+            # verdict, then shows it.
+            polled = []
+            page.on("request", lambda request: polled.append(request.url) if request.url.endswith("/status/") else None)
             page.goto(app.url("/models/upload/"))
             page.fill("#id_name", "digits cnn")
             page.select_option("#id_arch", spec.arch)
@@ -109,7 +114,8 @@ def test_it_shows_chart_points_while_the_job_runs(live_app, digits_cnn_state_dic
             page.set_input_files("#id_file", str(weights_file))
             page.click("button[type=submit]:has-text('Upload and check')")
             expect(page.locator("main h1")).to_contain_text("digits cnn")
-            expect(page.locator("main h1 .status")).to_have_text("Ready")
+            expect(page.locator("main h1 .status")).to_have_text("Ready", timeout=JOB_TIMEOUT_MS)
+            assert polled and all(url.startswith(app.url("/models/")) for url in polled), polled
 
             # Start a job with the form: the job page opens, its socket gets the queued job's snapshot.
             page.goto(app.url("/jobs/new/"))

@@ -1,6 +1,9 @@
-"""Dataset pages: built-ins shared and read-only, image-folder zips extracted safely, bad archives store nothing."""
+"""Dataset pages: built-ins shared and read-only, image-folder zips stored as checking, then
+extracted safely by the check (played in this process: ``checks_in_process``), bad archives
+rejected with their reason and no files."""
 from __future__ import annotations
 
+import html
 import io
 import zipfile
 from pathlib import Path
@@ -15,7 +18,7 @@ from adaptation.archives import ArchiveLimits
 from adaptation.models import Dataset
 from tests.stored_files import files_under
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("checks_in_process")]
 
 DIGITS_SUMMARY = {"sizes": {"train": 1293, "holdout": 144, "validation": 360}, "num_classes": 10,
                   "in_channels": 1, "resolution": 8, "class_names": [str(d) for d in range(10)],
@@ -130,7 +133,8 @@ def test_it_uploads_and_extracts_an_image_folder(owner_client, owner, media):
     assert files_under(media) == [f"{dataset.archive.name}/{path}" for path in files_under(folder)]
 
     page = owner_client.get(response.url).content.decode()
-    assert "pets is ready" in page and "cats" in page and "dogs" in page and "Delete dataset" in page
+    assert "images are being checked" in page and "status-ready" in page and "data-check-url" not in page
+    assert "cats" in page and "dogs" in page and "Delete dataset" in page
 
 
 def test_it_forces_colour_and_resolution(owner_client, media):
@@ -170,15 +174,15 @@ BAD_ARCHIVES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_ARCHIVES))
-def test_it_rejects_a_bad_archive_and_stores_nothing(owner_client, media, case):
+def test_it_rejects_a_bad_archive_and_keeps_no_file(owner_client, media, case):
     make, message = BAD_ARCHIVES[case]
     response = upload(owner_client, make())
-    assert response.status_code == 200
-    error = response.context["form"].errors["archive"][0]
-    assert message in error
-    assert str(media) not in error  # no server paths
-    assert "Rejected:" in response.content.decode()
-    assert not Dataset.objects.exists()
+    dataset = Dataset.objects.get()
+    assert response.status_code == 302 and response.url == reverse("dataset_detail", args=[dataset.pk])
+    assert (dataset.status, dataset.archive.name) == ("rejected", "")
+    assert message in dataset.error and dataset.error.startswith("Rejected:")
+    assert str(media) not in dataset.error  # no server paths
+    assert html.escape(message) in owner_client.get(response.url).content.decode()
     assert files_under(media) == []
 
 
@@ -188,9 +192,9 @@ def test_it_rejects_a_bad_archive_and_stores_nothing(owner_client, media, case):
 ])
 def test_it_applies_the_archive_limits(owner_client, media, monkeypatch, limits, message):
     monkeypatch.setattr(services, "DATASET_ARCHIVE_LIMITS", limits)
-    response = upload(owner_client, zip_bytes(image_members()))
-    assert message in response.context["form"].errors["archive"][0]
-    assert not Dataset.objects.exists()
+    upload(owner_client, zip_bytes(image_members()))
+    dataset = Dataset.objects.get()
+    assert dataset.status == "rejected" and message in dataset.error
     assert files_under(media) == []
 
 
@@ -238,3 +242,39 @@ def test_it_checks_ownership(client, owner, stranger, media, name, method):
     assert getattr(client, method)(reverse(name, args=[dataset.pk])).status_code == 404
     assert Dataset.objects.filter(pk=dataset.pk).exists()
     assert files_under(media) == stored
+
+
+def test_the_page_shows_a_dataset_being_checked_to_its_owner_only(client, owner, stranger, media, monkeypatch):
+    sent = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append((name, args)))
+    client.force_login(owner)
+    response = upload(client, zip_bytes(image_members()), resolution="16", channels="3")
+    dataset = Dataset.objects.get()
+    assert (dataset.status, sent) == ("checking", [("check_dataset_upload", (dataset.pk, 16, False))])
+    assert files_under(media) == [f"{dataset.archive.name}"] and dataset.archive.name.endswith(".zip")
+    page = client.get(response.url).content.decode()
+    assert f'data-check-url="{reverse("dataset_status", args=[dataset.pk])}"' in page and "js/check.js" in page
+    assert client.get(reverse("dataset_status", args=[dataset.pk])).json() == {"status": "checking", "error": ""}
+    assert "status-checking" in client.get(reverse("dataset_list")).content.decode()
+    client.force_login(stranger)
+    assert client.get(reverse("dataset_status", args=[dataset.pk])).status_code == 404
+
+
+def test_deleting_a_dataset_while_it_is_checked_leaves_no_file(owner_client, media, monkeypatch,
+                                                               django_capture_on_commit_callbacks):
+    sent = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append(args))
+    upload(owner_client, zip_bytes(image_members()))
+    dataset = Dataset.objects.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(reverse("dataset_delete", args=[dataset.pk]))
+    assert services.finish_dataset_check(*sent[0]) is None  # the worker finds no row to check
+    assert files_under(media) == []
+
+
+def test_the_check_takes_its_pixel_limits_from_the_settings(owner_client, media, settings):
+    settings.DATASET_IMAGE_MAX_PIXELS = 50  # the archive's images are 8 x 8
+    upload(owner_client, zip_bytes(image_members()))
+    dataset = Dataset.objects.get()
+    assert dataset.status == "rejected" and "at most 50 pixels per image" in dataset.error, dataset.error
+    assert files_under(media) == []

@@ -67,12 +67,11 @@ def test_it_adapts_a_model_from_upload_to_download(live_app, digits_cnn_state_di
     assert answer.status == 200, answer.body
     api.token = answer.json()["token"]
 
-    # The model: a state dict of plain_cnn, checked by the pre-flight during the request.
-    answer = api.post_multipart("/api/v1/models", {
+    # The model: a state dict of plain_cnn, stored as "checking" and pre-flighted by the checking worker.
+    model = api.upload_checked("models", {
         "name": "digits cnn", "arch": spec.arch, "width": spec.width, "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels, "resolution": spec.resolution}, {"file": ("digits.pt", weights)})
-    assert answer.status == 201, answer.body
-    model = answer.json()
+        "in_channels": spec.in_channels, "resolution": spec.resolution}, {"file": ("digits.pt", weights)},
+        live_app)
     assert model["status"] == "ready" and model["preflight"]["macs"] > 0
     device = next(d for d in api.get("/api/v1/devices").json() if d["system"])
     dataset = next(d for d in api.get("/api/v1/datasets").json() if d["builtin_name"] == "digits")
@@ -169,11 +168,11 @@ def test_a_cancel_stops_long_fine_tunes_within_a_few_dozen_steps(live_app, digit
     create_user("fay")
     api = HttpClient(app.base_url)
     api.token = api.post_json("/api/v1/token", {"username": "fay", "password": PASSWORD}).json()["token"]
-    answer = api.post_multipart("/api/v1/models", {
+    model = api.upload_checked("models", {
         "name": "digits cnn", "arch": spec.arch, "width": spec.width, "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels, "resolution": spec.resolution}, {"file": ("digits.pt", weights)})
-    assert answer.status == 201, answer.body
-    inputs = {"model": answer.json()["id"],
+        "in_channels": spec.in_channels, "resolution": spec.resolution}, {"file": ("digits.pt", weights)}, app)
+    assert model["status"] == "ready", model
+    inputs = {"model": model["id"],
               "device": next(d for d in api.get("/api/v1/devices").json() if d["system"])["id"],
               "dataset": next(d for d in api.get("/api/v1/datasets").json() if d["builtin_name"] == "digits")["id"]}
 

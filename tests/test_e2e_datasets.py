@@ -79,21 +79,19 @@ def test_a_job_on_an_uploaded_zip_runs_to_the_end(app):
     assert answer.status == 200, answer.body
     api.token = answer.json()["token"]
 
-    # The dataset: a zip of 3 classes of 12 grey 8-px PNGs, extracted and checked on upload.
-    answer = api.post_multipart("/api/v1/datasets", {"name": "shapes", "resolution": "8", "channels": "auto"},
-                                {"archive": ("shapes.zip", image_zip(classes=CLASSES, per_class=12))})
-    assert answer.status == 201, answer.body
-    dataset = answer.json()
+    # The dataset: a zip of 3 classes of 12 grey 8-px PNGs, extracted and checked by the checking worker.
+    dataset = api.upload_checked("datasets", {"name": "shapes", "resolution": "8", "channels": "auto"},
+                                 {"archive": ("shapes.zip", image_zip(classes=CLASSES, per_class=12))}, app)
+    assert dataset["status"] == "ready", dataset
     assert dataset["summary"]["class_names"] == sorted(CLASSES) and dataset["summary"]["in_channels"] == 1
 
     # The model: plain_cnn's state dict for 3 classes of 1-channel 8-px images.
     torch.manual_seed(0)
-    answer = api.post_multipart("/api/v1/models", {
+    model = api.upload_checked("models", {
         "name": "shapes cnn", "arch": SPEC.arch, "width": SPEC.width, "num_classes": SPEC.num_classes,
         "in_channels": SPEC.in_channels, "resolution": SPEC.resolution},
-        {"file": ("shapes.pt", torch_bytes(SPEC.build().state_dict()))})
-    assert answer.status == 201, answer.body
-    model = answer.json()
+        {"file": ("shapes.pt", torch_bytes(SPEC.build().state_dict()))}, app)
+    assert model["status"] == "ready", model
     device = next(d for d in api.get("/api/v1/devices").json() if d["system"])
 
     answer = api.post_json("/api/v1/jobs", {"model": model["id"], "dataset": dataset["id"],

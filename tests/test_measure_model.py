@@ -181,7 +181,8 @@ def test_a_job_point_measured_from_the_job_page(owner_client, owner, make_job, m
                                                                        args=[measurement.pk])))
 
 
-def test_an_onnx_upload_is_measured_like_a_builtin_one(owner_client, owner, media, system_device, workers):
+def test_an_onnx_upload_is_measured_like_a_builtin_one(owner_client, owner, media, system_device, workers,
+                                                     checks_in_process):
     from adaptation.netadapt import onnx_import
     from tests.test_onnx_import import PLAIN, onnx_bytes, trained_like
     from tests.test_onnx_upload import page_data

@@ -1,4 +1,5 @@
-"""Model pages: upload with the pre-flight check, list, detail, delete; a rejected upload stores nothing."""
+"""Model pages: upload (stored as checking, then the pre-flight check's verdict), list, detail,
+delete; a rejected upload keeps no file."""
 from __future__ import annotations
 
 import functools
@@ -96,7 +97,22 @@ def test_it_requires_login(client, name):
 # --------------------------------------------------------------------------- upload
 
 
-def test_it_uploads_and_checks_a_model(owner_client, owner, media, good_weights):
+def test_it_uploads_a_model_as_checking_and_sends_its_check(owner_client, owner, media, good_weights,
+                                                             monkeypatch):
+    sent = []
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append((name, args)))
+    response = owner_client.post(reverse("model_upload"), upload_data(good_weights))
+    model = ModelUpload.objects.get()
+    assert response.status_code == 302 and response.url == reverse("model_detail", args=[model.pk])
+    assert (model.status, model.preflight, sent) == ("checking", {}, [("check_model_upload", (model.pk,))])
+    assert files_under(media) == [f"models/{owner.pk}/tiny.pt"]
+    page = owner_client.get(response.url).content.decode()
+    assert "pre-flight check runs now" in page and "The pre-flight check is running" in page
+    assert f'data-check-url="{reverse("model_status", args=[model.pk])}"' in page and "js/check.js" in page
+    assert owner_client.get(reverse("model_status", args=[model.pk])).json() == {"status": "checking", "error": ""}
+
+
+def test_it_uploads_and_checks_a_model(owner_client, owner, media, good_weights, checks_in_process):
     response = owner_client.post(reverse("model_upload"), upload_data(good_weights))
     model = ModelUpload.objects.get()
     assert response.status_code == 302 and response.url == reverse("model_detail", args=[model.pk])
@@ -109,7 +125,7 @@ def test_it_uploads_and_checks_a_model(owner_client, owner, media, good_weights)
     assert Path(model.file.path).read_bytes() == good_weights
 
     page = owner_client.get(response.url).content.decode()
-    assert "passed the pre-flight check" in page
+    assert "status-ready" in page and "data-check-url" not in page
     assert model.preflight["groups"][0]["name"] in page
 
 
@@ -127,7 +143,7 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
-def test_it_rejects_a_bad_file_and_stores_nothing(owner_client, media, good_weights, case):
+def test_it_rejects_a_bad_file_and_keeps_no_file(owner_client, media, good_weights, case, checks_in_process):
     content, fields, message = BAD_FILES[case]
     if content is None:
         torch.manual_seed(0)
@@ -135,11 +151,13 @@ def test_it_rejects_a_bad_file_and_stores_nothing(owner_client, media, good_weig
     elif content == "good":
         content = good_weights
     response = owner_client.post(reverse("model_upload"), upload_data(content, **fields))
-    assert response.status_code == 200
-    assert message in response.content.decode()
-    assert message in response.context["form"].errors["file"][0]
-    assert not ModelUpload.objects.exists()
+    model = ModelUpload.objects.get()
+    assert response.status_code == 302 and response.url == reverse("model_detail", args=[model.pk])
+    assert model.status == "rejected" and message in model.error and not model.file.name
     assert files_under(media) == []
+    page = owner_client.get(response.url).content.decode()
+    assert "Rejected by the pre-flight check" in page and message in page
+    assert owner_client.get(reverse("model_status", args=[model.pk])).json()["status"] == "rejected"
 
 
 def test_it_rejects_a_width_on_a_fixed_width_architecture(owner_client, media, good_weights):
@@ -219,3 +237,41 @@ def test_it_requires_login_to_delete(client, owner, media):
     response = client.post(reverse("model_delete", args=[model.pk]))
     assert response.status_code == 302 and response.url.startswith(reverse("login"))
     assert ModelUpload.objects.filter(pk=model.pk).exists()
+
+
+def test_only_the_owner_sees_a_models_status(client, owner, stranger, media):
+    model = stored_model(owner)
+    client.force_login(stranger)
+    assert client.get(reverse("model_status", args=[model.pk])).status_code == 404
+    client.force_login(owner)
+    assert client.get(reverse("model_status", args=[model.pk])).json() == {"status": "ready", "error": ""}
+
+
+def test_the_check_runs_in_a_bounded_child_and_a_model_past_its_ceiling_is_rejected(owner, media, settings,
+                                                                                     good_weights, monkeypatch):
+    """The worker's service function with the real child: ready under the default ceiling (its
+    peak recorded); rejected, with the reason and no file, when the ceiling is below what importing
+    torch takes (about 0.7 GB of private writable memory)."""
+    from adaptation.forms import ModelUploadForm
+    from adaptation.services import create_model_upload, finish_model_check
+
+    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: None)
+
+    def stored(name: str) -> ModelUpload:
+        data = upload_data(good_weights, name=name)
+        form = ModelUploadForm(data, {"file": SimpleUploadedFile(f"{name}.pt", data.pop("file").read())})
+        assert form.is_valid(), form.errors
+        return create_model_upload(owner, form)
+
+    fits = stored("fits")
+    assert finish_model_check(fits.pk) == "ready"
+    fits.refresh_from_db()
+    assert 0 < fits.check_peak_bytes < settings.CHECK_MODEL_MEMORY_MB << 20 and fits.preflight["groups"]
+
+    settings.CHECK_MODEL_MEMORY_MB = 768
+    starved = stored("starved")
+    assert finish_model_check(starved.pk) == "rejected"
+    starved.refresh_from_db()
+    assert starved.error == "checking the model needed more than 768.0 MB of memory"
+    assert starved.check_peak_bytes < 768 << 20 and not starved.file.name
+    assert files_under(media) == [f"models/{owner.pk}/fits.pt"]

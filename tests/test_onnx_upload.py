@@ -1,6 +1,6 @@
 """ONNX model uploads through the page and the REST API: the pre-flight reads the model's input and
-classes from the file, each bad file is rejected with its own message and leaves no row and no
-file, and ``load_upload_architecture`` gives a job the network of a stored upload of either source.
+classes from the file, each bad file is rejected with its own message and leaves no file (the
+checks run in this process as they are sent: ``checks_in_process``), and ``load_upload_architecture`` gives a job the network of a stored upload of either source.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.test_onnx_import import (PLAIN, FixedBatchNet, GroupedConvNet, Triu, 
                                     small_net, trained_like)
 from tests.user_objects import queue_job, upload_model
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("single_torch_thread", "checks_in_process")]
 
 API = "/api/v1"
 
@@ -75,6 +75,16 @@ def bad(good_onnx) -> dict[str, tuple[bytes, str]]:
     return bad_files(good_onnx)
 
 
+def rejected_by_the_page(client, data: dict) -> str:
+    """Upload ``data`` through the page; the model's page shows it rejected: its error."""
+    response = client.post(reverse("model_upload"), data)
+    model = ModelUpload.objects.get()
+    assert response.status_code == 302 and model.status == "rejected" and not model.file.name
+    page = client.get(response.url).content.decode().replace("&#x27;", "'").replace("&quot;", '"')
+    assert "Rejected by the pre-flight check" in page and model.error in page
+    return model.error
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -101,7 +111,7 @@ def test_the_page_uploads_an_onnx_model(owner_client, owner, media, good_onnx):
     assert Path(model.file.path).read_bytes() == good_onnx
 
     page = owner_client.get(response.url).content.decode()
-    assert "passed the pre-flight check" in page and "ONNX file, converted to PyTorch" in page
+    assert "status-ready" in page and "ONNX file, converted to PyTorch" in page
     assert report["groups"][0]["name"] in page
     listing = owner_client.get(reverse("model_list")).content.decode()
     assert "<td>ONNX</td>" in listing
@@ -110,23 +120,18 @@ def test_the_page_uploads_an_onnx_model(owner_client, owner, media, good_onnx):
 @pytest.mark.parametrize("case", ["not ONNX", "PyTorch weights", "truncated", "unsupported operator",
                                   "unprunable graph", "4-channel input", "non-image input", "too small",
                                   "one image at a time"])
-def test_the_page_rejects_a_bad_onnx_file_and_stores_nothing(owner_client, media, bad, case):
+def test_the_page_rejects_a_bad_onnx_file_and_keeps_no_file(owner_client, media, bad, case):
     content, message = bad[case]
-    response = owner_client.post(reverse("model_upload"), page_data(content))
-    assert response.status_code == 200
-    error = response.context["form"].errors["file"][0]
-    assert error.startswith("Rejected: ") and message in error, error
-    assert message in response.content.decode().replace("&#x27;", "'").replace("&quot;", '"')
-    assert not ModelUpload.objects.exists()
+    error = rejected_by_the_page(owner_client, page_data(content))
+    assert message in error, error
     assert files_under(media) == []
 
 
 def test_the_page_rejects_a_conversion_that_differs_from_onnx_runtime(owner_client, media, good_onnx,
                                                                       mismatching_conversion):
-    response = owner_client.post(reverse("model_upload"), page_data(good_onnx))
-    error = response.context["form"].errors["file"][0]
+    error = rejected_by_the_page(owner_client, page_data(good_onnx))
     assert "does not reproduce the ONNX model" in error and "by up to 0.5 (tolerance 0.0001" in error
-    assert not ModelUpload.objects.exists() and files_under(media) == []
+    assert files_under(media) == []
 
 
 def test_an_onnx_file_sent_as_builtin_weights_is_pointed_to_the_onnx_source(owner_client, media, good_onnx):
@@ -134,10 +139,11 @@ def test_an_onnx_file_sent_as_builtin_weights_is_pointed_to_the_onnx_source(owne
               "in_channels": "1", "resolution": "16"}
     response = owner_client.post(reverse("model_upload"), page_data(good_onnx, **fields))
     assert "net.onnx is an ONNX file" in response.context["form"].errors["source"][0]
+    assert not ModelUpload.objects.exists()
     # Named otherwise, the weights loader recognises the content.
-    response = owner_client.post(reverse("model_upload"), page_data(good_onnx, "net.pt", **fields))
-    assert "it is an ONNX model. Upload it as an ONNX file" in response.context["form"].errors["file"][0]
-    assert not ModelUpload.objects.exists() and files_under(media) == []
+    error = rejected_by_the_page(owner_client, page_data(good_onnx, "net.pt", **fields))
+    assert "it is an ONNX model. Upload it as an ONNX file" in error
+    assert files_under(media) == []
 
 
 def test_builtin_uploads_still_require_their_fields(owner_client, media):
@@ -154,8 +160,9 @@ def test_builtin_uploads_still_require_their_fields(owner_client, media):
 def test_the_api_uploads_an_onnx_file_without_being_told_its_source(api, owner, media, good_onnx):
     response = api.post(f"{API}/models", {"file": SimpleUploadedFile("plain.onnx", good_onnx)},
                         format="multipart")
-    assert response.status_code == 201, response.content
-    body = response.json()
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "checking"
+    body = api.get(f"{API}/models/{response.json()['id']}").json()
     assert (body["source"], body["status"], body["name"], body["arch"]) == ("onnx", "ready", "plain", "")
     assert (body["num_classes"], body["in_channels"], body["resolution"]) == (10, 1, 16)
     assert len(body["preflight"]["groups"]) == 7
@@ -163,13 +170,14 @@ def test_the_api_uploads_an_onnx_file_without_being_told_its_source(api, owner, 
 
 
 @pytest.mark.parametrize("case", ["truncated", "unsupported operator", "unprunable graph", "4-channel input"])
-def test_the_api_rejects_a_bad_onnx_file_and_stores_nothing(api, media, bad, case):
+def test_the_api_rejects_a_bad_onnx_file_and_keeps_no_file(api, media, bad, case):
     content, message = bad[case]
     response = api.post(f"{API}/models", {"source": "onnx", "file": SimpleUploadedFile("net.bin", content)},
                         format="multipart")
-    assert response.status_code == 400
-    assert message in response.json()["file"][0]
-    assert not ModelUpload.objects.exists() and files_under(media) == []
+    assert response.status_code == 202
+    body = api.get(f"{API}/models/{response.json()['id']}").json()
+    assert body["status"] == "rejected" and message in body["error"]
+    assert files_under(media) == []
 
 
 def test_the_schema_documents_the_source(api):

@@ -27,6 +27,7 @@ from devices.models import MeasurementRequest
 from tests.conftest import PASSWORD
 from tests.e2e_support import PRODUCTION, HttpClient, Process, live_app, wait_until
 from tests.stored_files import torch_bytes
+from tests.user_objects import run_checks_now
 
 pytestmark = [pytest.mark.services]
 
@@ -106,13 +107,18 @@ def files_status(token: str) -> int:
 
 
 def upload_model(api: APIClient) -> int:
+    """A model uploaded through the API (202, checking) and checked in this process: its id, ready."""
     torch.manual_seed(0)
     data = {"name": "tiny", "arch": SPEC.arch, "width": str(SPEC.width), "num_classes": str(SPEC.num_classes),
             "in_channels": str(SPEC.in_channels), "resolution": str(SPEC.resolution),
             "file": SimpleUploadedFile("tiny.pt", torch_bytes(SPEC.build().state_dict()))}
-    response = api.post(f"{API}/models", data, format="multipart")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
+    with pytest.MonkeyPatch.context() as patch:
+        run_checks_now(patch)
+        response = api.post(f"{API}/models", data, format="multipart")
+    assert response.status_code == 202, response.content
+    model_id = response.json()["id"]
+    assert api.get(f"{API}/models/{model_id}").json()["status"] == "ready"
+    return model_id
 
 
 def user_api(user) -> APIClient:

@@ -41,7 +41,8 @@ from devices.tasks import measure_request
 from tests.stored_files import files_under
 from tests.test_onnx_import import PLAIN, image, onnx_bytes, small_net, trained_like
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("single_torch_thread")]
+pytestmark = [pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("single_torch_thread", "checks_in_process")]
 
 API = "/api/v1"
 #: The fields of an ONNX file that hold names, each probed with the payload.
@@ -132,8 +133,12 @@ def short_protocol(settings):
     settings.MEASURE_PROTOCOL = {"warmup": 1, "rounds": 2, "runs_per_round": 5}
 
 
-def upload(api, content: bytes, filename: str = "net.onnx"):
-    return api.post(f"{API}/models", {"file": SimpleUploadedFile(filename, content)}, format="multipart")
+def upload(api, content: bytes, filename: str = "net.onnx") -> dict:
+    """The model as the API shows it once checked: uploaded (202, checking), the check run in this
+    process as it is sent (``checks_in_process``), then read back."""
+    response = api.post(f"{API}/models", {"file": SimpleUploadedFile(filename, content)}, format="multipart")
+    assert response.status_code == 202, response.content
+    return api.get(f"{API}/models/{response.json()['id']}").json()
 
 
 def stored_before_the_fix(api, good: bytes, hostile: bytes) -> ModelUpload:
@@ -147,8 +152,8 @@ def stored_before_the_fix(api, good: bytes, hostile: bytes) -> ModelUpload:
     on disk. Whatever rebuilds it next must rename its names too.
     """
     response = upload(api, good)
-    assert response.status_code == 201, response.content
-    model = ModelUpload.objects.get(pk=response.json()["id"])
+    assert response["status"] == "ready", response
+    model = ModelUpload.objects.get(pk=response["id"])
     Path(model.file.path).write_bytes(hostile)
     report = model.preflight
     report["spec"]["sha256"] = hashlib.sha256(hostile).hexdigest()
@@ -167,8 +172,8 @@ def test_a_hostile_name_uploaded_through_the_api_runs_nothing(api, owner, media,
     response = upload(api, hostile_onnx(good_onnx, field, name))
     assert not target.exists()
     # Converted with generated names: accepted like the good file, nothing of the name in any layer.
-    assert response.status_code == 201, response.content
-    body = response.json()
+    assert response["status"] == "ready", response
+    body = response
     assert body["status"] == "ready" and len(body["preflight"]["groups"]) == 7
     assert_generated_report(body["preflight"])
     if field == "node name":  # the file's own name is kept for display only (its first 120 characters)
@@ -187,8 +192,8 @@ def test_a_hostile_name_uploaded_through_the_api_runs_nothing(api, owner, media,
 def test_a_hostile_node_name_is_shown_escaped_on_the_model_page(api, owner_client, media, good_onnx):
     name = '<script>alert("node")</script>'
     response = upload(api, hostile_onnx(good_onnx, "node name", name))
-    assert response.status_code == 201, response.content
-    page = owner_client.get(reverse("model_detail", args=[response.json()["id"]])).content.decode()
+    assert response["status"] == "ready", response
+    page = owner_client.get(reverse("model_detail", args=[response["id"]])).content.decode()
     assert "&lt;script&gt;alert(&quot;node&quot;)&lt;/script&gt;" in page and name not in page
     assert "<th>ONNX node</th>" in page
 
@@ -198,10 +203,10 @@ def test_a_hostile_input_name_in_a_refusal_is_quoted_and_cut(api, media):
     good = onnx_bytes(small_net(channels=4), image(4))
     name = "=cmd|' /C calc'!A0" + "x" * 500
     response = upload(api, hostile_onnx(good, "graph input", name))
-    assert response.status_code == 400
-    message = response.json()["file"][0]
+    assert response["status"] == "rejected", response
+    message = response["error"]
     assert "the model's input has 4 channels" in message
-    assert "x" * 121 not in message and not ModelUpload.objects.exists() and files_under(media) == []
+    assert "x" * 121 not in message and files_under(media) == []
 
 
 @pytest.mark.parametrize("field", ["op_type", "domain"])
@@ -219,12 +224,12 @@ def test_a_hostile_operator_or_domain_is_refused_as_unknown(api, media, tmp_path
         conv.domain = payload(target)
         model.opset_import.append(onnx.helper.make_opsetid(conv.domain, 1))
     response = upload(api, model.SerializeToString())
-    assert response.status_code == 400
-    message = response.json()["file"][0]
+    assert response["status"] == "rejected", response
+    message = response["error"]
     expected = {"op_type": "not a valid ONNX file: No Op registered for x\"",
                 "domain": "the model uses ONNX operator(s) that cannot be converted to PyTorch: x\""}
     assert expected[field] in message and len(message) < 500, message
-    assert not target.exists() and not ModelUpload.objects.exists() and files_under(media) == []
+    assert not target.exists() and files_under(media) == []
 
 
 # --------------------------------------------------------------------------- stored before the fix
@@ -317,10 +322,10 @@ def test_the_agent_files_of_a_hostile_stored_file_run_nothing(api, owner_client,
 def test_a_graph_with_subgraphs_is_refused_naming_them(api, media):
     data = onnx_bytes(small_net(nn.LocalResponseNorm(3)), image())  # exports an If node with branches
     response = upload(api, data)
-    assert response.status_code == 400
-    message = response.json()["file"][0]
+    assert response["status"] == "rejected", response
+    message = response["error"]
     assert "holds subgraphs (control flow) in 1 node(s): If node '/1/If'" in message
-    assert not ModelUpload.objects.exists() and files_under(media) == []
+    assert files_under(media) == []
 
 
 def local_function_onnx(good: bytes, name: str) -> bytes:
@@ -341,11 +346,11 @@ def test_a_graph_with_local_functions_is_refused_naming_them(api, media, tmp_pat
     data = local_function_onnx(good_onnx, payload(target))
     assert ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # a valid file
     response = upload(api, data)
-    assert response.status_code == 400
-    message = response.json()["file"][0]
+    assert response["status"] == "rejected", response
+    message = response["error"]
     assert "the model defines 1 local function(s) ('local.Activation')" in message
     assert "inline_local_functions" in message
-    assert not target.exists() and not ModelUpload.objects.exists() and files_under(media) == []
+    assert not target.exists() and files_under(media) == []
 
 
 def test_the_conversion_itself_refuses_what_it_does_not_rename(good_onnx):
@@ -363,8 +368,8 @@ def test_the_conversion_itself_refuses_what_it_does_not_rename(good_onnx):
 
 def test_a_normal_export_still_converts_and_reproduces_onnx_runtime(api, media, good_onnx):
     response = upload(api, good_onnx)
-    assert response.status_code == 201, response.content
-    report = response.json()["preflight"]
+    assert response["status"] == "ready", response
+    report = response["preflight"]
     assert_generated_report(report)
     assert "/features/features.0/features.0.0/Conv" in report["onnx_names"].values()
     onnx_import._CACHE.clear()

@@ -21,15 +21,16 @@ SPEC = ArchitectureSpec("plain_cnn", num_classes=10, in_channels=1, width=0.25, 
 
 
 @pytest.fixture
-def job_inputs(api, media, system_device, digits_dataset) -> dict:
-    """A model uploaded through the API (pre-flight and all), with the built-in digits and the
-    server's CPU: the ids a job request names."""
+def job_inputs(api, media, system_device, digits_dataset, checks_in_process) -> dict:
+    """A model uploaded through the API (pre-flight and all, run in this process as it is sent),
+    with the built-in digits and the server's CPU: the ids a job request names."""
     torch.manual_seed(0)
     response = api.post(f"{API}/models", {
         "name": "tiny", "arch": SPEC.arch, "width": SPEC.width, "num_classes": SPEC.num_classes,
         "in_channels": SPEC.in_channels, "resolution": SPEC.resolution,
         "file": SimpleUploadedFile("tiny.pt", torch_bytes(SPEC.build().state_dict()))}, format="multipart")
-    assert response.status_code == 201 and response.json()["status"] == "ready", response.content
+    assert response.status_code == 202, response.content
+    assert api.get(f"{API}/models/{response.json()['id']}").json()["status"] == "ready"
     return {"model": response.json()["id"], "dataset": digits_dataset.pk, "device": system_device.pk}
 
 

@@ -4,7 +4,8 @@
   size message (form error on the page, 400 on the API), not "This field is required.", and is
   not read to its end; one within the limit is accepted as with a Content-Length.
 - A refused dataset archive (not a zip, a path escaping the folder, too many members, an image
-  that does not decode...) leaves no row, no file and no folder, not even its owner's folder.
+  that does not decode...) leaves a rejected row with the reason and no file and no folder, not
+  even its owner's folder (the checks run in this process as they are sent: ``checks_in_process``).
 
 The chunked requests are sent to the real ASGI application (``webapp.asgi.application``, the
 one uvicorn serves) as uvicorn hands them over: body messages, no Content-Length header. A real
@@ -137,13 +138,13 @@ def test_a_chunked_oversize_upload_to_the_page_gets_the_size_message(client, own
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_chunked_upload_within_the_limit_is_stored(owner, small_limit):
+def test_a_chunked_upload_within_the_limit_is_stored(owner, small_limit, checks_in_process):
     small_limit.UPLOAD_MAX_BYTES = 1 << 20
     archive = big_archive()
     scope, chunks = chunked_post("/api/v1/datasets", dataset_fields(archive), [token_header(owner)])
     assert len(chunks) > 2
     status, body, pulled = run_asgi(scope, chunks)
-    assert status == 201, body
+    assert status == 202, body
     dataset = Dataset.objects.get(owner=owner)
     assert dataset.summary["class_names"] == ["cats", "dogs"] and pulled == len(chunks)
 
@@ -174,7 +175,8 @@ REFUSED = {
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", list(REFUSED))
 @pytest.mark.parametrize("first_upload", [True, False], ids=["first upload", "owner has a dataset"])
-def test_a_refused_dataset_leaves_no_folder(client, owner, media, monkeypatch, case, first_upload):
+def test_a_refused_dataset_leaves_no_folder(client, owner, media, monkeypatch, case, first_upload,
+                                            checks_in_process):
     make, limits, message = REFUSED[case]
     if not first_upload:
         upload_dataset(owner, name="earlier")
@@ -183,10 +185,10 @@ def test_a_refused_dataset_leaves_no_folder(client, owner, media, monkeypatch, c
     before = everything_under(media)
     client.force_login(owner)
     response = client.post(reverse("dataset_upload"), dataset_fields(make()))
-    assert response.status_code == 200
-    assert message in response.context["form"].errors["archive"][0]
+    assert response.status_code == 302
+    refused = Dataset.objects.get(owner=owner, name="pets")
+    assert refused.status == "rejected" and message in refused.error
     assert everything_under(media) == before
-    assert Dataset.objects.filter(owner=owner).count() == (0 if first_upload else 1)
 
 
 @pytest.mark.django_db

@@ -44,11 +44,12 @@ def test_make_run_serves_the_app_with_its_workers_and_ctrl_c_stops_them_all(tmp_
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         children = children_of(serve.pid)
         lines = [command_line(pid) for pid in children]
-        assert len(children) == 3, lines
+        assert len(children) == 4, lines
         assert sum("uvicorn" in line for line in lines) == 1
         workers = [line for line in lines if "celery" in line]
         assert any("--beat" in line and "-Q celery" in line for line in workers), workers
         assert any("-Q device." in line and "--concurrency 1" in line for line in workers), workers
+        assert any("-Q checking" in line and "--concurrency 1" in line for line in workers), workers
         # The data folder holds the embedded database with the system device, and the secret key
         # generated on this first start, readable by its owner only.
         assert (tmp_path / "data" / "db.sqlite3").exists()

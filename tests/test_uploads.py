@@ -97,13 +97,14 @@ def test_it_stops_at_the_file_when_the_content_length_is_too_large(client, owner
 
 
 @pytest.mark.django_db
-def test_it_passes_a_file_within_the_limit(client, owner, limited):
+def test_it_passes_a_file_within_the_limit(client, owner, limited, checks_in_process):
     client.force_login(owner)
     response = client.post(reverse("model_upload"), upload_data(b"x" * 900))
-    errors = response.context["form"].errors["file"]
-    assert len(errors) == 1 and "not a PyTorch weights file" in errors[0]  # the pre-flight read it
+    assert response.status_code == 302
+    upload = ModelUpload.objects.get()
+    assert upload.status == "rejected" and "not a PyTorch weights file" in upload.error  # the pre-flight read it
     assert sum(RecordingHandler.received) == 900
-    _assert_nothing_stored(limited)
+    assert files_under(limited.MEDIA_ROOT) == [] and files_under(limited.FILE_UPLOAD_TEMP_DIR) == []
 
 
 @pytest.mark.django_db

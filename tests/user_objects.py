@@ -6,8 +6,12 @@ themselves (``api_upload_dataset`` and friends). Nothing here writes a row or a 
 test sees exactly what an upload stores.
 
 - ``png``, ``image_zip``: a small image-folder archive (``<class>/<n>.png``).
-- ``upload_dataset(owner, archive, ...)``: ``services.store_dataset_upload``, as the upload page does.
-- ``upload_model(owner, spec, weights, ...)``: ``services.create_model_upload`` with the page's form.
+- ``upload_dataset(owner, archive, ...)``: ``services.store_dataset_upload``, as the upload page does,
+  then the checking worker's ``services.finish_dataset_check`` (its bounded child included).
+- ``upload_model(owner, spec, weights, ...)``: ``services.create_model_upload`` with the page's form,
+  then ``services.finish_model_check`` with the pre-flight run in this process (``in_this_process``).
+- ``run_checks_now(monkeypatch)``: every upload check the views and the API send runs at once,
+  in this process, through the worker's service functions (the ``checks_in_process`` fixture).
 - ``queue_job(owner, model, dataset, device, settings)``: ``services.queue_job``, as ``create_job``
   (its message to the workers left unsent: tests run their jobs themselves).
 - ``add_device(owner, **fields)``: the device form, saved as the "Add a device" page saves it.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -68,32 +73,78 @@ def digit_images(data, per_class: int = 8) -> dict[str, list[bytes]]:
     return images
 
 
+def in_this_process(func, args, *, memory_bytes: int, seconds: float):
+    """``run_limited``'s signature, without the child: the checks of unit tests that need a
+    ready model cost no torch import per upload (the child itself is tested through the worker)."""
+    from adaptation.checking.limits import LimitedRun
+
+    return LimitedRun(func(*args), 0)
+
+
+@contextmanager
+def _unsent_checks():
+    """A context in which the services' checking messages are not sent (the test runs them)."""
+    import pytest
+
+    from adaptation import tasks
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks, "enqueue_check", lambda task_name, *args: None)
+        yield
+
+
+def run_checks_now(monkeypatch, *, runner=in_this_process) -> list[tuple[str, tuple]]:
+    """Make every check the services send run at once in this process, as the checking worker's
+    tasks would (``finish_model_check`` with ``runner``, ``finish_dataset_check``); returns the
+    list of (task name, arguments) run."""
+    from adaptation import services, tasks
+
+    ran: list[tuple[str, tuple]] = []
+
+    def run_now(task_name: str, *args) -> None:
+        ran.append((task_name, args))
+        if task_name == "check_model_upload":
+            services.finish_model_check(*args, runner=runner)
+        else:
+            services.finish_dataset_check(*args)
+
+    monkeypatch.setattr(tasks, "enqueue_check", run_now)
+    return ran
+
+
 def upload_dataset(owner, archive: bytes | None = None, *, name: str = "pets", resolution: int = 8,
                    grayscale: bool | None = None) -> Dataset:
     """An image-folder dataset uploaded by ``owner`` (``image_zip()`` unless ``archive``), stored
-    by the service the upload page and the API call. Needs a MEDIA_ROOT the test owns."""
-    from adaptation.services import store_dataset_upload
+    by the service the upload page and the API call and checked by the worker's service function
+    (in a bounded child). Needs a MEDIA_ROOT the test owns. The row may be ``rejected``."""
+    from adaptation.services import finish_dataset_check, store_dataset_upload
 
     uploaded = SimpleUploadedFile(f"{name}.zip", image_zip() if archive is None else archive,
                                   content_type="application/zip")
-    return store_dataset_upload(owner, name, uploaded, resolution=resolution, grayscale=grayscale)
+    with _unsent_checks():
+        dataset = store_dataset_upload(owner, name, uploaded, resolution=resolution, grayscale=grayscale)
+    finish_dataset_check(dataset.pk, resolution, grayscale)
+    dataset.refresh_from_db()
+    return dataset
 
 
 def upload_model(owner, spec: ArchitectureSpec, weights: bytes, *, name: str = "tiny") -> ModelUpload:
     """A built-in architecture's weights uploaded by ``owner`` through the upload page's form and
     ``services.create_model_upload`` (the pre-flight runs; a rejection fails the test)."""
     from adaptation.forms import ModelUploadForm
-    from adaptation.services import Rejected, create_model_upload
+    from adaptation.services import create_model_upload, finish_model_check
 
     form = ModelUploadForm({"source": "builtin", "name": name, "arch": spec.arch, "width": spec.width,
                             "num_classes": spec.num_classes, "in_channels": spec.in_channels,
                             "resolution": spec.resolution},
                            {"file": SimpleUploadedFile(f"{name}.pt", weights)})
     assert form.is_valid(), form.errors
-    try:
-        return create_model_upload(owner, form)
-    except Rejected as rejected:
-        raise AssertionError(f"the test model was rejected: {rejected.message}") from None
+    with _unsent_checks():
+        upload = create_model_upload(owner, form)
+    finish_model_check(upload.pk, runner=in_this_process)
+    upload.refresh_from_db()
+    assert upload.status == "ready", f"the test model was rejected: {upload.error}"
+    return upload
 
 
 def queue_job(owner, model: ModelUpload, dataset: Dataset, device: Device, settings: dict, *,

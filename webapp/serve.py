@@ -2,8 +2,10 @@
 
 Migrates, creates the shared CPU device and the built-in datasets, then starts as child processes
 uvicorn, one Celery worker for jobs and proposals (with its embedded beat for the stale-job
-sweep) and the measuring worker of this server's CPU (its queue ``device.<id>``, one measurement
-at a time), prints the URL, and on Ctrl+C (or SIGTERM) stops them all and waits for them.
+sweep), the checking worker of uploads (its queue ``checking``: every upload's check runs there,
+in a child process under the memory and time ceilings of ``adaptation.checking``, one at a time)
+and the measuring worker of this server's CPU (its queue ``device.<id>``, one measurement at a
+time), prints the URL, and on Ctrl+C (or SIGTERM) stops them all and waits for them.
 
 uvicorn is told which proxies to believe (``uvicorn_command``): ``NETADAPT_TRUSTED_PROXIES``, none
 by default. Left to itself it would believe ``X-Forwarded-For`` from 127.0.0.1, so anyone who
@@ -52,6 +54,13 @@ def uvicorn_command(host: str, port: int, *extra: str) -> list[str]:
             *trust, *extra]
 
 
+def checking_worker_command(name: str = "checking@%h", *extra: str) -> list[str]:
+    """The checking worker's command line: the ``checking`` queue only, one check at a time (each
+    runs in its own bounded child process, so the worker itself stays small)."""
+    return [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--loglevel", "INFO",
+            "-Q", settings.CHECKING_QUEUE, "-n", name, "--concurrency", "1", *extra]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m webapp.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("NETADAPT_HOST", "127.0.0.1"))
@@ -74,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     measurer = subprocess.Popen(
         [*celery, "-Q", device_queue(system_device), "-n", f"{device_queue(system_device)}@%h",
          "--concurrency", "1"], cwd=ROOT, start_new_session=True)
+    checker = subprocess.Popen(checking_worker_command(), cwd=ROOT, start_new_session=True)
     web = subprocess.Popen(uvicorn_command(args.host, args.port, "--log-level", "info"), cwd=ROOT,
                            start_new_session=True)
-    children = [web, worker, measurer]
+    children = [web, worker, checker, measurer]
     print(f"\nNetAdapt Studio is running at http://{args.host}:{args.port}/ "
           "(Ctrl+C stops the web server and the workers)\n", flush=True)
     stop_requested = False

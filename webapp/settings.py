@@ -242,6 +242,9 @@ DATASET_MAX_PIXELS = env_int("NETADAPT_DATASET_MAX_PIXELS", 1_000_000_000, minim
 # memory (RLIMIT_DATA) in MB, and wall-clock seconds.
 CHECK_MEMORY_MB = env_int("NETADAPT_CHECK_MEMORY_MB", 512, minimum=128, maximum=1 << 20)
 CHECK_SECONDS = env_int("NETADAPT_CHECK_SECONDS", 300, minimum=5, maximum=24 * 3600)
+# A model's check imports torch (about 0.7 GB of private writable memory before any work), so it
+# has its own, larger ceiling; its time limit is CHECK_SECONDS too.
+CHECK_MODEL_MEMORY_MB = env_int("NETADAPT_CHECK_MODEL_MEMORY_MB", 2048, minimum=1024, maximum=1 << 20)
 # Model files that pickle a whole nn.Module run arbitrary code when loaded: refused unless the
 # operator explicitly allows them (DESIGN.md section 6).
 NETADAPT_ALLOW_PICKLED_MODELS = env_bool("NETADAPT_ALLOW_PICKLED_MODELS", False)
@@ -303,9 +306,9 @@ SPECTACULAR_SETTINGS = {
     # Fields named "kind" and "status" with different choices on several models: one enum name
     # each, instead of drf-spectacular's hashed names (and its warning).
     "ENUM_NAME_OVERRIDES": {
-        "ModelStatusEnum": "adaptation.models.ModelUpload.STATUS_CHOICES",
+        # Models and datasets share their statuses (checking, ready, rejected): one enum.
+        "UploadStatusEnum": "adaptation.models.ModelUpload.STATUS_CHOICES",
         "DatasetKindEnum": "adaptation.models.Dataset.KIND_CHOICES",
-        "DatasetStatusEnum": "adaptation.models.Dataset.STATUS_CHOICES",
         "JobKindEnum": "adaptation.models.Job.KIND_CHOICES",
         "JobStatusEnum": "adaptation.models.Job.STATUS_CHOICES",
         "DeviceKindEnum": "devices.models.Device.KIND_CHOICES",
@@ -350,6 +353,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Uploads are checked by their own worker (``-Q checking``), so they never wait behind jobs.
+CHECKING_QUEUE = "checking"
+CELERY_TASK_ROUTES = {"adaptation.tasks.check_model_upload": {"queue": CHECKING_QUEUE},
+                      "adaptation.tasks.check_dataset_upload": {"queue": CHECKING_QUEUE}}
 
 # --------------------------------------------------------------------------- live events
 
