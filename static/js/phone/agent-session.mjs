@@ -120,7 +120,9 @@ export function timingProtocol(fields = {}) {
  * connecting, paired (welcomed), measuring {request, done, asked}, idle, offline, revoked.
  */
 export class PhoneSession {
-  constructor({ socket, worker, token, facts, fetchFiles, events = () => {}, setInterval_ = setInterval }) {
+  constructor({ socket, worker, token, facts, fetchFiles, events = () => {},
+               // A wrapper: a browser's setInterval called as this.setInterval is an "Illegal invocation".
+               setInterval_ = (run, ms) => setInterval(run, ms) }) {
     this.socket = socket;
     this.worker = worker;
     this.token = token;

@@ -146,9 +146,9 @@ function main() {
 
   (async () => {
     const facts = browserFacts(self, await ready);
-    $("phone-context").textContent = `${facts.secure_context ? "Secure (https) page" : "Plain http page: no screen lock, coarse clock"}; `
+    $("phone-context").textContent = `${facts.secure_context ? "Secure page" : "Plain http page: no screen lock, coarse clock"}; `
       + `ONNX Runtime Web ${facts.onnxruntime_web}, ${facts.backend}, ${facts.threads} thread(s), `
-      + `clock resolution ${facts.timer_resolution_ms} ms.`;
+      + `clock resolution ${Number(facts.timer_resolution_ms.toPrecision(2))} ms.`;
     if (code !== null) {
       try {
         const paired = await pair(code, facts);
