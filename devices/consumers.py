@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 MAX_LAYERS_PER_MESSAGE = 10_000
 #: Requests looked at per poll (a request another measurer took meanwhile is skipped).
 CANDIDATES_PER_POLL = 10
+#: How long a connection without a token header may stay open before its hello brings one.
+TOKEN_WAIT_SECONDS = 30.0
 
 
 def poll_seconds() -> float:
@@ -100,6 +102,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if b"authorization" not in headers:
             self.awaiting_token = True
             await self.accept()
+            self.poller = asyncio.create_task(self._close_unless_token(TOKEN_WAIT_SECONDS))
             return
         if not await self._authenticate(p.token_of(headers.get(b"authorization"))):
             await self.close()
@@ -117,9 +120,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
     def _start_polling(self) -> None:
         self.poller = asyncio.create_task(self._poll(poll_seconds()))
 
+    async def _close_unless_token(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.awaiting_token:
+            self.awaiting_token = False
+            await self._send_error(f"no hello with a device token within {seconds:g} s")
+            await self.close(code=p.CLOSE_REVOKED)
+
     async def _authenticate_hello(self, text_data, bytes_data) -> None:
         """The first message of a connection without a header: a hello with a valid token."""
         self.awaiting_token = False
+        if self.poller is not None:  # the wait for this message
+            self.poller.cancel()
+            self.poller = None
         try:
             message = p.decode(text_data if bytes_data is None else bytes_data)
         except p.ProtocolError:

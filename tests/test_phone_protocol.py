@@ -129,6 +129,22 @@ def test_a_socket_without_a_valid_token_in_hello_is_closed_with_4001(phone, toke
     assert device.status == "offline" and device.last_seen is None
 
 
+def test_a_socket_that_never_says_hello_is_closed(phone, token, monkeypatch):
+    from devices import consumers
+
+    monkeypatch.setattr(consumers, "TOKEN_WAIT_SECONDS", 0.2)
+
+    async def scenario():
+        socket = browser()
+        assert (await socket.connect(timeout=TIMEOUT))[0]
+        answer = await socket.receive_json_from(timeout=TIMEOUT)
+        assert answer["type"] == "error" and "within 0.2 s" in answer["message"]
+        assert await socket.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": p.CLOSE_REVOKED}
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+
+
 def test_a_revoked_phone_is_refused_in_hello_and_disconnected_while_open(phone, token):
     async def scenario():
         socket = await paired_socket(token)
