@@ -39,10 +39,11 @@ MAX_CALLS_PER_BATCH = 1 << 20
 
 def check_hello(message: dict) -> tuple[str, int]:
     """A browser's ``hello``: its (backend, threads); ProtocolError when either is missing or odd."""
-    backend = message.get("backend", (message.get("facts") or {}).get("backend"))
-    if backend not in BACKENDS:
+    facts = message.get("facts") if isinstance(message.get("facts"), dict) else {}
+    backend = message.get("backend", facts.get("backend"))
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ProtocolError(f"a browser's hello must declare its backend, one of {list(BACKENDS)}, got {backend!r}")
-    threads = message.get("threads", (message.get("facts") or {}).get("threads"))
+    threads = message.get("threads", facts.get("threads"))
     return backend, integer(threads, "threads", 1, MAX_THREADS)
 
 

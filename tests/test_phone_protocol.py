@@ -169,7 +169,10 @@ def test_a_revoked_phone_is_refused_in_hello_and_disconnected_while_open(phone, 
     ({"backend": None, "facts": {}}, "backend"),
     ({"threads": 0}, "threads"),
     ({"threads": "many"}, "threads"),
-], ids=["agent runtime", "unknown backend", "no backend", "zero threads", "threads not a number"])
+    ({"backend": None, "facts": ["wasm"]}, "backend"),
+    ({"backend": ["wasm"]}, "backend"),
+], ids=["agent runtime", "unknown backend", "no backend", "zero threads", "threads not a number",
+        "facts not an object", "backend not a string"])
 def test_a_browser_hello_must_declare_its_runtime_backend_and_threads(phone, token, changes, words):
     async def scenario():
         socket = browser()
