@@ -3,9 +3,9 @@
 ``AgentConsumer`` accepts a connection with a valid device token (``Authorization: Token
 <token>``); an unknown or revoked one is closed before accept (HTTP 403 to the agent). A browser
 cannot set that header: a connection without it is accepted, and its first message must be a
-``hello`` carrying the token, else it is closed with code 4001 (devices.phone_protocol; phones
-also declare their backend and threads, which key their look-up table).
-After the agent's ``hello`` (its facts and ONNX Runtime version, stored on the device; status
+``hello`` carrying the token (within ``TOKEN_WAIT_SECONDS``), else it is closed with code 4001
+(devices.phone_protocol; phones also declare their backend and threads, which key their
+look-up table). After the agent's ``hello`` (its facts and ONNX Runtime version, stored on the device; status
 online) it polls the database every ``poll_seconds()`` -- requests are rows, and in the embedded
 mode nothing could push them here from another process -- and hands the agent one request at a
 time: its own unfinished ``running`` request first (an agent that reconnects after a crash gets

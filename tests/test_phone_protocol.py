@@ -264,3 +264,29 @@ def test_an_agent_request_is_not_served_by_a_phone(owner, phone, token, signatur
     async_to_sync(scenario)()
     request.refresh_from_db()
     assert request.status == "failed" and "onnxruntime-web" in request.error
+
+
+def test_a_phones_table_exports_and_imports_with_its_backend(client, owner, phone, token, signatures):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    request = make_request(owner, phone, signatures, networks=1, runtime="onnxruntime-web")
+
+    async def scenario():
+        socket = await paired_socket(token)
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["request"] == request.pk
+        await socket.send_json_to({"type": "layers", "request": request.pk,
+                                   "results": {str(i): STATS for i in range(len(signatures))}})
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["type"] == "stored"
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    exported = client.get(reverse("device_lut_export", args=[phone.pk])).content
+    assert b'"backend":"wasm"' in exported
+    client.post(reverse("phone_add"), {"name": "Second phone", "description": ""})
+    second = Device.objects.get(owner=owner, name="Second phone")
+    response = client.post(reverse("device_lut_import", args=[second.pk]),
+                           {"file": SimpleUploadedFile("t.json", exported, "application/json")})
+    assert response.status_code == 302
+    rows = set(LatencyEntry.objects.filter(device=second).values_list("runtime", "backend", "signature_key"))
+    assert rows == set(LatencyEntry.objects.filter(device=phone).values_list("runtime", "backend", "signature_key"))
+    assert {backend for _, backend, _ in rows} == {"wasm"}
