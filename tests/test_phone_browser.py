@@ -5,7 +5,9 @@ database: a file SQLite database embedded, PostgreSQL + Redis in production mode
 The owner adds a phone on the pages in a desktop-sized tab; the QR code is read from a screenshot
 of the pairing page's image (zxing-cpp), and a phone-sized tab without a session opens the URL it
 encodes. That tab pairs, comes online, times a measurement request opened as a job opens one (its
-layers and the network), and the table gets the browser's entries; then a job through the API
+layers and the network), and the table gets the browser's entries; a tab closed in the middle of
+a request loses at most the batch it was timing (reopened, it finishes the request, and nothing
+stored before is timed again); then a job through the API
 runs to the end on the phone's measurements. Revoking on the owner's page disconnects the phone,
 which then says so. The phone page is saved as docs/phone-page.png.
 
@@ -162,6 +164,33 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
             expect(phone.locator("#phone-served-count")).to_have_text("1")
             if secure:
                 phone.screenshot(path=str(SCREENSHOT))
+
+            # Closing the tab mid-request loses at most the batch being timed: a 20-layer request
+            # (batches of 16 and 4), the tab closed once the first batch is stored; reopened, the
+            # page takes its request back and times only what is missing.
+            big = ArchitectureSpec("mobilenet_v1", 10, 3, 0.25, 16)
+            torch.manual_seed(0)
+            big_layers = [layer.signature.to_dict() for layer in trace_layers(big.build().eval(), big.example_input())]
+            second = open_request(owner=device.owner, device=device, reason="a MobileNet", runtime="onnxruntime-web",
+                                  threads=1, example_shape=[1, 3, 16, 16], signatures=big_layers,
+                                  networks=[describe_network(big, {}, "mobilenet")])
+            wait_until(lambda: MeasurementRequest.objects.get(pk=second.pk).signatures_done >= 16,
+                       "the phone to store its first batch", app, DEADLINE_S)
+            phone.close()
+            wait_until(lambda: Device.objects.get(pk=device.pk).status == "offline", "the phone to go offline", app, 60)
+            second.refresh_from_db()
+            assert (second.status, second.claimed_by) == ("running", f"agent:{device.pk}")
+            kept = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
+            phone = phone_context.new_page()  # the same browser: its storage keeps the token
+            phone.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            phone.goto(phone_base + "/devices/phone/")
+            wait_until(lambda: MeasurementRequest.objects.get(pk=second.pk).status in ("done", "failed"),
+                       "the reopened phone to finish the request", app, DEADLINE_S)
+            second.refresh_from_db()
+            assert second.status == "done", f"{second.error}\n{problems}"
+            after = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
+            assert {key: after[key] for key in kept} == kept  # nothing stored before the close was timed again
+            assert second.signatures_done == len(second.signatures) and len(after) > len(kept)
 
             # A job through the API, measured on the phone to the end.
             if secure and os.environ.get("NETADAPT_PHONE_JOB", "1") == "1":
