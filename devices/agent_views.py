@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_POST
 from devices.agent import safe_json
 from devices.agent.protocol import MAX_FACTS_CHARS, token_of
 from devices.agent_files import ZIPAPP_NAME, agent_zipapp, request_archive
+from devices.lut import remote_version
 from devices.models import MeasurementRequest
 from devices.pairing import PairingError, device_for_token, redeem
 from devices.requests import fail_request
@@ -84,7 +85,7 @@ def request_files(request, id: int):
     if measurement is None:
         return _detail("no open measurement request of this device has this id", 404)
     try:
-        data, manifest = request_archive(measurement, (device.facts or {}).get("onnxruntime"))
+        data, manifest = request_archive(measurement, remote_version(device) or None)
     except Exception as error:  # a network that cannot be rebuilt or exported: it never will be
         logger.exception("building the files of measurement request %s failed", measurement.pk)
         fail_request(measurement, f"the server could not build the request's ONNX files: "

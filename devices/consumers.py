@@ -1,8 +1,11 @@
 """The agent program's websocket, ``ws/agent/``: device status, and its measurement requests.
 
-``AgentConsumer`` accepts a connection only with a valid device token (``Authorization: Token
-<token>``); a missing, unknown or revoked token is closed before accept (HTTP 403 to the agent).
-After the agent's ``hello`` (its facts and ONNX Runtime version, stored on the device; status
+``AgentConsumer`` accepts a connection with a valid device token (``Authorization: Token
+<token>``); an unknown or revoked one is closed before accept (HTTP 403 to the agent). A browser
+cannot set that header: a connection without it is accepted, and its first message must be a
+``hello`` carrying the token (within ``TOKEN_WAIT_SECONDS``), else it is closed with code 4001
+(devices.phone_protocol; phones also declare their backend and threads, which key their
+look-up table). After the agent's ``hello`` (its facts and ONNX Runtime version, stored on the device; status
 online) it polls the database every ``poll_seconds()`` -- requests are rows, and in the embedded
 mode nothing could push them here from another process -- and hands the agent one request at a
 time: its own unfinished ``running`` request first (an agent that reconnects after a crash gets
@@ -37,6 +40,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from devices import phone_protocol as web
 from devices.agent import protocol as p
 from devices.measure.protocol import MeasureProtocol
 from devices.models import Device, MeasurementRequest
@@ -50,6 +54,8 @@ logger = logging.getLogger(__name__)
 MAX_LAYERS_PER_MESSAGE = 10_000
 #: Requests looked at per poll (a request another measurer took meanwhile is skipped).
 CANDIDATES_PER_POLL = 10
+#: How long a connection without a token header may stay open before its hello brings one.
+TOKEN_WAIT_SECONDS = 30.0
 
 
 def poll_seconds() -> float:
@@ -89,14 +95,56 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.current: int | None = None  # the request this connection's agent is working on
         self.samples = False  # whether that request asked for the networks' per-run times
         self.touched = None  # the last_seen this connection wrote
+        self.kind = "agent"
+        self.backend, self.threads = "", 0  # a phone's, declared in its hello
+        self.awaiting_token = False  # accepted without a header: the token must come in hello
         headers = dict(self.scope.get("headers") or [])
-        found = await self._device_of(p.token_of(headers.get(b"authorization")))
-        if found is None:
+        if b"authorization" not in headers:
+            self.awaiting_token = True
+            await self.accept()
+            self.poller = asyncio.create_task(self._close_unless_token(TOKEN_WAIT_SECONDS))
+            return
+        if not await self._authenticate(p.token_of(headers.get(b"authorization"))):
             await self.close()
             return
-        self.device_id, self.token_hash, self.device_name = found
         await self.accept()
+        self._start_polling()
+
+    async def _authenticate(self, token: str | None) -> bool:
+        found = await self._device_of(token)
+        if found is None:
+            return False
+        self.device_id, self.token_hash, self.device_name, self.kind = found
+        return True
+
+    def _start_polling(self) -> None:
         self.poller = asyncio.create_task(self._poll(poll_seconds()))
+
+    async def _close_unless_token(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.awaiting_token:
+            self.awaiting_token = False
+            await self._send_error(f"no hello with a device token within {seconds:g} s")
+            await self.close(code=p.CLOSE_REVOKED)
+
+    async def _authenticate_hello(self, text_data, bytes_data) -> None:
+        """The first message of a connection without a header: a hello with a valid token."""
+        self.awaiting_token = False
+        if self.poller is not None:  # the wait for this message
+            self.poller.cancel()
+            self.poller = None
+        try:
+            message = p.decode(text_data if bytes_data is None else bytes_data)
+        except p.ProtocolError:
+            message = {}
+        token = web.hello_token(message) if message.get("type") == p.HELLO else None
+        if token is None or not await self._authenticate(token):
+            await self._send_error("send the device token in the first message (hello.token); a revoked "
+                                   "or replaced token must be paired again")
+            await self.close(code=p.CLOSE_REVOKED)
+            return
+        self._start_polling()
+        await self.receive(text_data=text_data, bytes_data=bytes_data)
 
     async def disconnect(self, code) -> None:
         if self.poller is not None:
@@ -113,6 +161,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 logger.warning("marking device %s offline failed", self.device_id, exc_info=True)
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self.awaiting_token:
+            await self._authenticate_hello(text_data, bytes_data)
+            return
         if self.device_id is None:
             return
         try:
@@ -150,16 +201,25 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if version != p.PROTOCOL_VERSION:
             raise p.ProtocolError(f"protocol version {version!r} is not spoken here (this server speaks "
                                   f"{p.PROTOCOL_VERSION}): download the agent again from the server")
-        if message.get("runtime") != "onnxruntime":
+        facts = message.get("facts", {})
+        if self.kind == "phone":
+            if message.get("runtime") != web.RUNTIME:
+                raise p.ProtocolError(f"phones measure in the browser: runtime must be {web.RUNTIME!r}")
+            backend, threads = web.check_hello(message)
+        elif message.get("runtime") != "onnxruntime":
             raise p.ProtocolError("agents measure with ONNX Runtime: runtime must be 'onnxruntime'")
         runtime_version = message.get("runtime_version")
         if not isinstance(runtime_version, str) or not 0 < len(runtime_version) <= p.MAX_VERSION_CHARS:
             raise p.ProtocolError(f"runtime_version must be a version string of at most "
                                   f"{p.MAX_VERSION_CHARS} characters")
-        facts = message.get("facts", {})
         if not isinstance(facts, dict) or len(json.dumps(facts)) > p.MAX_FACTS_CHARS:
             raise p.ProtocolError(f"facts must be an object of at most {p.MAX_FACTS_CHARS} characters as JSON")
-        device = await self._said_hello({**facts, "onnxruntime": runtime_version})
+        if self.kind == "phone":
+            self.backend, self.threads = backend, threads
+            facts = {**facts, "onnxruntime_web": runtime_version, "backend": backend, "threads": threads}
+        else:
+            facts = {**facts, "onnxruntime": runtime_version}
+        device = await self._said_hello(facts)
         if device is None:
             await self._close_revoked()
             return
@@ -183,7 +243,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             checked = {}
             for key, stats in results.items():
                 index = p.integer(key, "layer index", 0)
-                checked[index] = p.check_stats(stats, f"results[{key}]")
+                checked[index] = (web.check_timed_stats if self.kind == "phone" else p.check_stats)(
+                    stats, f"results[{key}]")
         except p.ProtocolError as error:
             await self._fail_current(request_id, f"the agent sent invalid layer results: {error}")
             return
@@ -295,13 +356,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
     # ----------------------------------------------------------------------- database
 
     @database_sync_to_async
-    def _device_of(self, token: str | None) -> tuple[int, str, str] | None:
+    def _device_of(self, token: str | None) -> tuple[int, str, str, str] | None:
         device = device_for_token(token)
-        return None if device is None else (device.pk, device.token_hash, device.name)
+        return None if device is None else (device.pk, device.token_hash, device.name, device.kind)
 
     def _devices(self):
         """This connection's device, as long as its token is the one it connected with."""
-        return Device.objects.filter(pk=self.device_id, kind="agent", token_hash=self.token_hash).exclude(
+        return Device.objects.filter(pk=self.device_id, kind=self.kind, token_hash=self.token_hash).exclude(
             token_hash="")
 
     @database_sync_to_async
@@ -322,7 +383,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _said_hello(self, facts: dict) -> Device | None:
         status = "busy" if self.current is not None else "online"
-        if not self._touch_now(status=status, facts=facts):
+        # A phone's browser decides its threads (cross-origin isolation): its jobs ask for those.
+        more = {"threads": self.threads} if self.kind == "phone" else {}
+        if not self._touch_now(status=status, facts=facts, **more):
             return None
         return Device.objects.get(pk=self.device_id)
 
@@ -348,7 +411,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
             request = claim_request(request_id, worker)
             if request is None:
                 continue
-            if request.runtime != "onnxruntime":
+            if self.kind == "phone" and (request.runtime, request.threads) != (web.RUNTIME, self.threads):
+                fail_request(request, f"{self.device_name} is a phone's browser, which measures with "
+                                      f"{web.RUNTIME} on {self.threads} thread(s); this request asked for "
+                                      f"{request.runtime!r} on {request.threads}")
+                continue
+            if self.kind != "phone" and request.runtime != "onnxruntime":
                 fail_request(request, f"{self.device_name} runs the agent program, which measures with "
                                       f"ONNX Runtime only; this request asked for {request.runtime!r}")
                 continue

@@ -24,6 +24,11 @@ def lut_max_bytes() -> int:
 class DeviceForm(forms.ModelForm):
     """Name, runtime, threads and description of an agent device (add and edit)."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The browser's runtime is a phone's alone (PhoneForm); an agent measures with the others.
+        self.fields["runtime"].choices = [c for c in self.fields["runtime"].choices if c[0] != "onnxruntime-web"]
+
     threads = forms.IntegerField(min_value=1, max_value=MAX_THREADS, initial=1,
                                  help_text="Threads the runtime uses when measuring (the paper used one "
                                            "big core).")
@@ -33,6 +38,16 @@ class DeviceForm(forms.ModelForm):
         fields = ["name", "runtime", "threads", "description"]
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
         help_texts = {"runtime": "The runtime the agent measures with; ONNX Runtime is what gets deployed."}
+
+
+class PhoneForm(forms.ModelForm):
+    """Name and description of a phone (add and edit): its browser decides runtime and threads."""
+
+    class Meta:
+        model = Device
+        fields = ["name", "description"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+        help_texts = {"name": "For example: Pixel 8 of the lab."}
 
 
 class LutImportForm(UploadLimitMixin, forms.Form):

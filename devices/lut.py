@@ -1,7 +1,9 @@
 """The database-backed latency look-up table (the engine's LatencyTable protocol).
 
-One table is the entries of one (device, runtime, runtime version, threads); every later job on
-that device reuses them.
+One table is the entries of one (device, runtime, runtime version, backend, threads); every later
+job on that device reuses them. ``backend`` tells apart the execution backends of one runtime (a
+phone's browser: onnxruntime-web's ``wasm``; ``webgpu`` would be another table), so tables timed
+with different backends or thread counts never mix; it is empty for the server and agents.
 """
 from __future__ import annotations
 
@@ -14,28 +16,30 @@ from devices.measure.stats import TimingStats
 from devices.models import Device, LatencyEntry
 
 STATS_FIELDS = ("n", "min_ms", "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms")
-TABLE_FIELDS = ("device", "runtime", "runtime_version", "threads")
+TABLE_FIELDS = ("device", "runtime", "runtime_version", "backend", "threads")
 UNIQUE_FIELDS = (*TABLE_FIELDS, "signature_key")
 #: Keys per ``IN (...)`` query and rows per INSERT: well under SQLite's and PostgreSQL's limits.
 CHUNK_SIZE = 500
 
 
 class DatabaseLatencyTable:
-    """Look-up table rows of one device, runtime (and its version) and thread count."""
+    """Look-up table rows of one device, runtime (its version and backend) and thread count."""
 
-    def __init__(self, device: Device, runtime: str, runtime_version: str, threads: int) -> None:
+    def __init__(self, device: Device, runtime: str, runtime_version: str, threads: int,
+                 backend: str = "") -> None:
         self.device = device
         self.runtime = runtime
         self.runtime_version = runtime_version
         self.threads = threads
+        self.backend = backend
 
     def __repr__(self) -> str:
         return (f"DatabaseLatencyTable(device={self.device.pk}, runtime={self.runtime!r}, "
-                f"runtime_version={self.runtime_version!r}, threads={self.threads})")
+                f"runtime_version={self.runtime_version!r}, backend={self.backend!r}, threads={self.threads})")
 
     def entries(self):
         """The table's rows as a queryset."""
-        return LatencyEntry.objects.filter(device=self.device, runtime=self.runtime,
+        return LatencyEntry.objects.filter(device=self.device, runtime=self.runtime, backend=self.backend,
                                            runtime_version=self.runtime_version, threads=self.threads)
 
     def __len__(self) -> int:
@@ -60,7 +64,7 @@ class DatabaseLatencyTable:
         now = timezone.now()
         rows = [
             LatencyEntry(device=self.device, runtime=self.runtime, runtime_version=self.runtime_version,
-                         threads=self.threads, signature_key=signature.key(),
+                         backend=self.backend, threads=self.threads, signature_key=signature.key(),
                          signature_version=signature.version, measured_at=now, **stats.to_dict())
             for signature, stats in entries.items()
         ]
@@ -68,3 +72,19 @@ class DatabaseLatencyTable:
             rows, batch_size=CHUNK_SIZE, update_conflicts=True, unique_fields=UNIQUE_FIELDS,
             update_fields=("signature_version", *STATS_FIELDS, "measured_at"),
         )
+
+
+#: The ``facts`` key under which a remote device's runtime version is stored, by device kind.
+VERSION_FACT = {"agent": "onnxruntime", "phone": "onnxruntime_web"}
+
+
+def remote_version(device: Device) -> str:
+    """The runtime version a paired agent or phone reported at its last hello ("" before)."""
+    facts = device.facts if isinstance(device.facts, dict) else {}
+    return str(facts.get(VERSION_FACT.get(device.kind, "onnxruntime"), ""))
+
+
+def remote_backend(device: Device) -> str:
+    """The execution backend of a phone's runtime ("wasm"), as its last hello reported; "" for others."""
+    facts = device.facts if isinstance(device.facts, dict) else {}
+    return str(facts.get("backend", "")) if device.kind == "phone" else ""

@@ -8,7 +8,8 @@ import it instead of measuring again. The file (format version 1)::
      "entries": [{"runtime", "runtime_version", "threads", "signature", "signature_version",
                   "n", "min_ms", "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms"}, ...]}
 
-``signature`` is ``LayerSignature.key()``. An import is all-or-nothing: every entry is checked
+``signature`` is ``LayerSignature.key()``. An entry timed by a phone's browser also has
+``"backend"`` (``"wasm"``): part of its table's key, left out where it is empty. An import is all-or-nothing: every entry is checked
 before a row is written (``LutImportError`` names the first problem), then all rows are written
 in one transaction. Entries already in the device's table are kept unless ``overwrite``. The
 shared system device measures its own table: nothing is imported into it.
@@ -34,6 +35,9 @@ from devices.models import Device, LatencyEntry
 FORMAT = "netadapt-lut"
 VERSION = 1
 ENTRY_FIELDS = ("runtime", "runtime_version", "threads", "signature", "signature_version", *STATS_FIELDS)
+#: Fields an entry may have besides ENTRY_FIELDS (the backend of a phone's runtime).
+OPTIONAL_FIELDS = ("backend",)
+_BACKEND_LENGTH = LatencyEntry._meta.get_field("backend").max_length
 #: Most entries one file may hold (a full MobileNetV2 grid is ~14k; a NetAdapt run needs hundreds).
 MAX_ENTRIES = 50_000
 RUNTIMES = tuple(name for name, _ in Device.RUNTIME_CHOICES)
@@ -86,11 +90,18 @@ def export_table(device: Device) -> dict[str, Any]:
     """The device's whole look-up table (every runtime, version and thread count) as a file dict."""
     rows = (device.latency_entries.order_by("runtime", "runtime_version", "threads", "signature_key")
             .values_list("runtime", "runtime_version", "threads", "signature_key", "signature_version",
-                         *STATS_FIELDS))
+                         *STATS_FIELDS, "backend"))
     return {"format": FORMAT, "version": VERSION,
             "device": {"name": device.name, "runtime": device.runtime, "threads": device.threads,
                        "facts": device.facts},
-            "entries": [dict(zip(ENTRY_FIELDS, row)) for row in rows.iterator(chunk_size=CHUNK_SIZE)]}
+            "entries": [_exported(row) for row in rows.iterator(chunk_size=CHUNK_SIZE)]}
+
+
+def _exported(row: tuple) -> dict:
+    entry = dict(zip(ENTRY_FIELDS, row))
+    if row[-1]:
+        entry["backend"] = row[-1]
+    return entry
 
 
 def export_bytes(device: Device) -> bytes:
@@ -153,7 +164,7 @@ def _check_entry(index: int, raw: Any) -> dict:
     if not isinstance(raw, dict):
         raise LutImportError(f"{where} is not an object.")
     missing = [field for field in ENTRY_FIELDS if field not in raw]
-    unknown = sorted(set(raw) - set(ENTRY_FIELDS))
+    unknown = sorted(set(raw) - set(ENTRY_FIELDS) - set(OPTIONAL_FIELDS))
     if missing or unknown:
         problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
             [f"has unknown field(s) {', '.join(unknown)}"] if unknown else [])
@@ -167,6 +178,10 @@ def _check_entry(index: int, raw: Any) -> dict:
     if not _integer(raw["threads"]) or not 1 <= raw["threads"] <= MAX_THREADS:
         raise LutImportError(f"{where}: threads must be a whole number from 1 to {MAX_THREADS}, "
                              f"got {raw['threads']!r}.")
+    backend = raw.get("backend", "")
+    if not isinstance(backend, str) or len(backend) > _BACKEND_LENGTH or not (backend == "" or backend.isalnum()):
+        raise LutImportError(f"{where}: backend must be a runtime backend name of at most {_BACKEND_LENGTH} "
+                             f"letters and digits, got {backend!r}.")
     key = raw["signature"]
     if not isinstance(key, str):
         raise LutImportError(f"{where}: signature must be a layer signature key string.")
@@ -191,6 +206,7 @@ def _check_entry(index: int, raw: Any) -> dict:
         raise LutImportError(f"{where}: the statistics contradict one another (they need "
                              "min ≤ p10 ≤ median ≤ p90 and min ≤ mean).")
     return {"runtime": raw["runtime"], "runtime_version": version.strip(), "threads": raw["threads"],
+            "backend": backend,
             "signature_key": key, "signature_version": signature.version,
             **{field: float(raw[field]) for field in STATS_FIELDS[1:]}, "n": raw["n"]}
 
@@ -207,16 +223,18 @@ def import_table(device: Device, table: LutFile, *, overwrite: bool = False) -> 
     if device.is_system:
         raise LutImportError(SYSTEM_DEVICE_REFUSAL)
     now = timezone.now()
-    tables = {(e["runtime"], e["runtime_version"], e["threads"]) for e in table.entries}
+    tables = {(e["runtime"], e["runtime_version"], e["backend"], e["threads"]) for e in table.entries}
     with transaction.atomic():
         existing: set[tuple] = set()
-        for runtime, version, threads in tables:
+        for runtime, version, backend, threads in tables:
             keys = LatencyEntry.objects.filter(device=device, runtime=runtime, runtime_version=version,
-                                               threads=threads).values_list("signature_key", flat=True)
-            existing.update((runtime, version, threads, key) for key in keys.iterator(chunk_size=CHUNK_SIZE))
+                                               backend=backend, threads=threads).values_list("signature_key",
+                                                                                             flat=True)
+            existing.update((runtime, version, backend, threads, key)
+                            for key in keys.iterator(chunk_size=CHUNK_SIZE))
         rows, already = [], 0
         for entry in table.entries:
-            present = (entry["runtime"], entry["runtime_version"], entry["threads"],
+            present = (entry["runtime"], entry["runtime_version"], entry["backend"], entry["threads"],
                        entry["signature_key"]) in existing
             already += present
             if overwrite or not present:

@@ -15,8 +15,11 @@ class Device(models.Model):
     """A CPU or phone we measure latency on. ``owner`` is None for the shared system device:
     every user may measure on it, nobody edits it."""
 
-    KIND_CHOICES = [("local", "This server"), ("agent", "Agent program")]
-    RUNTIME_CHOICES = [("onnxruntime", "ONNX Runtime"), ("torch", "PyTorch eager"), ("torchscript", "TorchScript")]
+    KIND_CHOICES = [("local", "This server"), ("agent", "Agent program"), ("phone", "Phone (browser)")]
+    #: Kinds that measure remotely, over the agent websocket (paired, with a token).
+    REMOTE_KINDS = ("agent", "phone")
+    RUNTIME_CHOICES = [("onnxruntime", "ONNX Runtime"), ("torch", "PyTorch eager"), ("torchscript", "TorchScript"),
+                       ("onnxruntime-web", "ONNX Runtime Web (browser)")]
     STATUS_CHOICES = [("online", "Online"), ("offline", "Offline"), ("busy", "Busy")]
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True,
@@ -50,6 +53,11 @@ class Device(models.Model):
     def is_system(self) -> bool:
         return self.owner_id is None
 
+    @property
+    def is_remote(self) -> bool:
+        """Measured by a paired program (agent or phone browser) rather than this server."""
+        return self.kind in self.REMOTE_KINDS
+
 
 class LatencyEntry(models.Model):
     """One row of a look-up table: a layer measured alone on a device (devices.lut reads them)."""
@@ -57,6 +65,8 @@ class LatencyEntry(models.Model):
     device = models.ForeignKey(Device, models.CASCADE, related_name="latency_entries")
     runtime = models.CharField(max_length=16)
     runtime_version = models.CharField(max_length=32)
+    # The runtime's execution backend where it has several (onnxruntime-web: "wasm"); "" otherwise.
+    backend = models.CharField(max_length=16, blank=True, default="")
     threads = models.PositiveSmallIntegerField()
     signature_key = models.CharField(max_length=255)  # LayerSignature.key()
     signature_version = models.PositiveSmallIntegerField()
@@ -73,8 +83,8 @@ class LatencyEntry(models.Model):
         verbose_name_plural = "latency entries"
         constraints = [
             # Its index (leading columns: one table) also serves every look-up and count.
-            models.UniqueConstraint(fields=["device", "runtime", "runtime_version", "threads", "signature_key"],
-                                    name="unique_latency_entry"),
+            models.UniqueConstraint(fields=["device", "runtime", "runtime_version", "backend", "threads",
+                                            "signature_key"], name="unique_latency_entry_backend"),
         ]
 
     def __str__(self) -> str:

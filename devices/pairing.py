@@ -1,6 +1,7 @@
 """Pairing an agent program with a device: one-time codes, device tokens, revocation.
 
-"Add device" creates an ``agent`` device and a code valid ``PAIRING_CODE_MINUTES``; the agent
+"Add device" creates an ``agent`` device ("Add a phone" a ``phone`` one, whose browser page pairs
+by the URL of a QR code: ``pairing_url``) and a code valid ``PAIRING_CODE_MINUTES``; the agent
 sends the code once (``redeem``) and receives a token it keeps. Only SHA-256 hashes of codes and
 tokens are stored, so a database leak gives neither away. Revoking empties the token hash: the
 agent is refused from then on and must be paired again with a new code.
@@ -44,8 +45,8 @@ def code_minutes() -> float:
 
 def new_pairing(device: Device) -> tuple[str, Pairing]:
     """A fresh one-time code for ``device`` (returned once, stored hashed) and its row."""
-    if device.kind != "agent":
-        raise PairingError("only agent devices are paired; the server's CPU needs no pairing")
+    if device.kind not in Device.REMOTE_KINDS:
+        raise PairingError("only agent and phone devices are paired; the server's CPU needs no pairing")
     code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
     now = timezone.now()
     pairing = Pairing.objects.create(device=device, code_hash=digest(code), created=now,
@@ -85,10 +86,40 @@ def device_for_token(token: str | None) -> Device | None:
     """The paired device of a token, or None (unknown, revoked, or no token)."""
     if not token:
         return None
-    return Device.objects.filter(kind="agent", token_hash=digest(token)).exclude(token_hash="").first()
+    return Device.objects.filter(kind__in=Device.REMOTE_KINDS, token_hash=digest(token)).exclude(token_hash="").first()
 
 
 def revoke(device: Device) -> None:
     """Refuse the device's agent from now on (it must be paired again)."""
     Device.objects.filter(pk=device.pk).update(token_hash="", token_created=None, status="offline")
     Pairing.objects.filter(device=device, used_at__isnull=True).update(used_at=timezone.now())
+
+
+#: The phone page's path; the pairing code follows in the URL's fragment.
+PHONE_PATH = "/devices/phone/"
+
+
+def public_base_url(fallback: str) -> str:
+    """The address phones reach this server at: ``PUBLIC_BASE_URL`` when set, else ``fallback``
+    (the address the owner's browser used), without a trailing slash."""
+    return (getattr(settings, "PUBLIC_BASE_URL", "") or fallback).rstrip("/")
+
+
+def pairing_url(base: str, code: str) -> str:
+    """The phone page's URL for a one-time code. The code is in the fragment (``#pair=...``): a
+    browser never sends a fragment to the server, so no access log or proxy ever sees it."""
+    return f"{base.rstrip('/')}{PHONE_PATH}#pair={code}"
+
+
+def is_loopback(base: str) -> bool:
+    """Whether ``base`` names this machine only (a phone cannot reach it)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

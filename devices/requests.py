@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from devices.lut import DatabaseLatencyTable
+from devices.lut import DatabaseLatencyTable, remote_backend, remote_version
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
@@ -99,17 +99,21 @@ def device_table(device: Device) -> DatabaseLatencyTable:
     if device.kind == "local":
         from devices.measure.runtimes import get_runtime  # imports torch: only where it is needed
         version = get_runtime(device.runtime).version()
+    elif device.kind == "phone":  # the browser's runtime, at the version and backend it reported
+        return DatabaseLatencyTable(device, device.runtime, remote_version(device), device.threads,
+                                    remote_backend(device))
     elif device.runtime != "onnxruntime":
         raise ValueError(f"device '{device.name}' is set to {device.get_runtime_display()}, but the "
                          "agent program measures with ONNX Runtime only: change its runtime")
     else:
-        version = str(device.facts.get("onnxruntime", ""))
+        version = remote_version(device)
     return DatabaseLatencyTable(device, device.runtime, version, device.threads)
 
 
 def request_table(request: MeasurementRequest, runtime_version: str) -> DatabaseLatencyTable:
-    """The look-up table a request's layers go into."""
-    return DatabaseLatencyTable(request.device, request.runtime, runtime_version, request.threads)
+    """The look-up table a request's layers go into (a phone's: of the backend it reported)."""
+    return DatabaseLatencyTable(request.device, request.runtime, runtime_version, request.threads,
+                                remote_backend(request.device))
 
 
 def request_signatures(request: MeasurementRequest) -> list[LayerSignature]:
@@ -225,7 +229,7 @@ def sweep_requests(now=None) -> dict[str, list[int]]:
         dispatch(request.pk, request.device_id, "local")
     expired = []
     limit = device_wait_seconds()
-    for request in (MeasurementRequest.objects.filter(device__kind="agent", status__in=MeasurementRequest.OPEN_STATUSES,
+    for request in (MeasurementRequest.objects.filter(device__kind__in=Device.REMOTE_KINDS, status__in=MeasurementRequest.OPEN_STATUSES,
                                                       created__lt=now - timedelta(seconds=limit))
                     .select_related("device")):
         fail_request(request, f"{request.device.name} did not measure within {limit / 3600:g} h "

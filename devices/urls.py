@@ -6,6 +6,8 @@ from devices import views
 urlpatterns = [
     path("", views.device_list, name="device_list"),
     path("add/", views.device_add, name="device_add"),
+    path("add-phone/", views.phone_add, name="phone_add"),
+    path("phone/", views.phone_page, name="phone_page"),
     path("<int:pk>/", views.device_detail, name="device_detail"),
     path("<int:pk>/edit/", views.device_edit, name="device_edit"),
     path("<int:pk>/delete/", views.device_delete, name="device_delete"),

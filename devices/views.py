@@ -1,5 +1,10 @@
 """Device pages: the registry, a device's facts, table and accuracy, adding (with a pairing code),
-editing, deleting, pairing and revoking agents, and exporting / importing look-up tables.
+editing, deleting, pairing and revoking agents and phones, exporting / importing look-up tables,
+and the phone page a phone's browser measures on.
+
+A phone pairs by a QR code of a one-time URL: the phone page with the code in the URL's fragment
+(``devices.pairing.pairing_url``), which the browser never sends to the server. The phone page
+itself needs no login (its code, then its device token, are the credentials).
 
 A stranger's device is a 404 on every page and action (``devices.access``). The shared system
 device ("This server's CPU") is readable by everyone; every change to it is refused with a 403
@@ -9,6 +14,7 @@ only their hashes are stored (``devices.pairing``).
 from __future__ import annotations
 
 from django.contrib import messages
+import segno
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, F, Max, ProtectedError
 from django.http import HttpRequest, HttpResponse
@@ -20,15 +26,18 @@ from adaptation.formatting import human_size
 from adaptation.models import Iteration
 from devices import lut_io
 from devices.access import devices_visible_to, get_device_for_user
-from devices.forms import DeviceForm, LutImportForm, lut_max_bytes
+from devices.forms import DeviceForm, LutImportForm, PhoneForm, lut_max_bytes
 from devices.models import Device, MeasurementRequest
-from devices.pairing import PairingError, code_minutes, new_pairing, revoke
+from devices.pairing import (PairingError, code_minutes, is_loopback, new_pairing, pairing_url,
+                             public_base_url, revoke)
 from webapp.uploads import upload_limit_error
 
 #: The facts an agent (or ``device_facts``) reports, in the order the detail page shows them.
 FACT_LABELS = {"os": "Operating system", "machine": "Machine", "board": "Board", "cpu_model": "CPU model",
                "cores": "CPU cores", "usable_cores": "Usable cores", "memory_bytes": "Memory", "python": "Python",
-               "onnxruntime": "ONNX Runtime", "torch": "PyTorch", "numpy": "NumPy", "agent": "Agent version"}
+               "onnxruntime": "ONNX Runtime", "torch": "PyTorch", "numpy": "NumPy", "agent": "Agent version",
+               "onnxruntime_web": "ONNX Runtime Web", "backend": "Backend", "user_agent": "Browser",
+               "secure_context": "Secure context", "timer_resolution_ms": "Timer resolution (ms)"}
 #: Most recent measurement requests and chart points the detail page shows.
 RECENT_REQUESTS = 20
 MAX_POINTS = 500
@@ -73,9 +82,18 @@ def _error_percent(points: list[dict], key: str) -> float | None:
 
 
 def _pairing_page(request: HttpRequest, device: Device) -> HttpResponse:
-    """A new one-time code and the agent's command line; the page is never cached."""
+    """A new one-time code and the agent's command line (a phone: the QR code of its pairing URL);
+    the page is never cached."""
     code, pairing = new_pairing(device)
     server = request.build_absolute_uri("/")
+    if device.kind == "phone":
+        base = public_base_url(server)
+        url = pairing_url(base, code)
+        response = render(request, "devices/phone_pairing.html", {
+            "device": device, "url": url, "expires_at": pairing.expires_at, "minutes": f"{code_minutes():g}",
+            "qr": segno.make(url, error="m").svg_data_uri(scale=6, border=4), "loopback": is_loopback(base)})
+        response["Cache-Control"] = "no-store"
+        return response
     response = render(request, "devices/pairing.html", {
         "device": device, "code": code, "expires_at": pairing.expires_at, "minutes": f"{code_minutes():g}",
         "command": f"python netadapt-agent.pyz --server {server} --pair {code}"})
@@ -95,9 +113,9 @@ def device_list(request):
 @require_GET
 def device_detail(request, pk: int):
     device = get_device_for_user(request.user, pk)
-    tables = list(device.latency_entries.values("runtime", "runtime_version", "threads")
+    tables = list(device.latency_entries.values("runtime", "runtime_version", "backend", "threads")
                   .annotate(entries=Count("pk"), latest=Max("measured_at"))
-                  .order_by("runtime", "runtime_version", "threads"))
+                  .order_by("runtime", "runtime_version", "backend", "threads"))
     for table in tables:
         table["current"] = (table["runtime"], table["threads"]) == (device.runtime, device.threads)
     points = _latency_points(request.user, device)
@@ -127,11 +145,35 @@ def device_add(request):
 
 @login_required
 @require_http_methods(["GET", "POST"])
+def phone_add(request):
+    """A phone: named here, paired by the QR code of the next page, measured in its browser."""
+    form = PhoneForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        device = form.save(commit=False)
+        device.owner, device.kind, device.status = request.user, "phone", "offline"
+        device.runtime, device.threads = "onnxruntime-web", 1
+        device.save()
+        messages.success(request, f"Added {device.name}. Scan the code below with the phone's camera.")
+        return _pairing_page(request, device)
+    return render(request, "devices/phone_form.html", {"form": form})
+
+
+@require_GET
+def phone_page(request):
+    """The page a phone's browser pairs on and measures on while it stays open (no login)."""
+    response = render(request, "devices/phone.html", {})
+    response["Cache-Control"] = "no-store"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
 def device_edit(request, pk: int):
     device, refused = _changeable(request, pk, "edited")
     if refused:
         return refused
-    form = DeviceForm(request.POST or None, instance=device)
+    form = (PhoneForm if device.kind == "phone" else DeviceForm)(request.POST or None, instance=device)
     if request.method == "POST" and form.is_valid():
         form.save()
         messages.success(request, f"Saved {device.name}.")
@@ -180,8 +222,8 @@ def device_revoke(request, pk: int):
     device, refused = _changeable(request, pk, "unpaired")
     if refused:
         return refused
-    if device.kind != "agent":
-        messages.error(request, "Only agent devices have a token to revoke.")
+    if not device.is_remote:
+        messages.error(request, "Only agent and phone devices have a token to revoke.")
     else:
         revoke(device)
         messages.success(request, f"Revoked {device.name}'s token: its agent is refused until it is "

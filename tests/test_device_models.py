@@ -73,10 +73,10 @@ def test_it_lets_users_reuse_the_system_device_name(owner, system_device):
     assert add_device(owner, name=SYSTEM_DEVICE_NAME).pk != system_device.pk
 
 
-def test_it_offers_the_engine_runtimes():
+def test_it_offers_the_engine_runtimes_and_the_browsers():
     from devices.measure.runtimes import RUNTIMES
 
-    assert {name for name, _ in Device.RUNTIME_CHOICES} == set(RUNTIMES)
+    assert {name for name, _ in Device.RUNTIME_CHOICES} == {*RUNTIMES, "onnxruntime-web"}
 
 
 def test_it_bootstraps_idempotently():

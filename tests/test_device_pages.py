@@ -209,7 +209,7 @@ def test_a_new_pairing_code_replaces_nothing_until_redeemed(owner_client, owner)
 def test_a_local_device_is_not_paired(owner_client, owner):
     device = Device.objects.create(owner=owner, name="workstation", kind="local")
     response = owner_client.post(reverse("device_pair", args=[device.pk]), follow=True)
-    assert "only agent devices are paired" in page(response)
+    assert "only agent and phone devices are paired" in page(response)
     assert not Pairing.objects.exists()
 
 

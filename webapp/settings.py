@@ -396,6 +396,9 @@ AGENT_POLL_SECONDS = env_int("NETADAPT_AGENT_POLL_SECONDS", 0, minimum=0)
 AGENT_HEARTBEAT_SECONDS = env_int("NETADAPT_AGENT_HEARTBEAT_SECONDS", 15, minimum=1)
 # Minutes a pairing code shown on "Add device" stays valid.
 PAIRING_CODE_MINUTES = env_int("NETADAPT_PAIRING_CODE_MINUTES", 10, minimum=1)
+# The address phones open this server at (e.g. http://192.168.1.20:8000), put in a phone's pairing
+# QR code; empty: the address the owner's browser used (devices/pairing.py public_base_url).
+PUBLIC_BASE_URL = env_str("NETADAPT_PUBLIC_URL", "") or ""
 CELERY_BEAT_SCHEDULE = {"sweep-stale-jobs": {"task": "adaptation.tasks.sweep_stale_jobs",
                                              "schedule": 60.0}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")

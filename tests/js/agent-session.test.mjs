@@ -69,7 +69,9 @@ test("hello is the first message and carries the token; welcome starts the heart
   socket.open();
   assert.equal(socket.sent.length, 1);
   const hello = socket.sent[0];
-  assert.deepEqual(Object.keys(hello).sort(), ["agent", "facts", "protocol", "runtime", "runtime_version", "token", "type"]);
+  assert.deepEqual(Object.keys(hello).sort(), ["agent", "backend", "facts", "protocol", "runtime", "runtime_version", "threads", "token", "type"]);
+  assert.equal(hello.backend, "wasm");
+  assert.equal(hello.threads, 1);
   assert.equal(hello.type, "hello");
   assert.equal(hello.token, "device-token-123");
   assert.equal(hello.runtime_version, "1.31.1");
@@ -91,7 +93,10 @@ test("a request is served batch by batch: 16 layers, stored, 4 layers, stored, n
   const first = socket.sent[1];
   assert.equal(first.type, "layers");
   assert.deepEqual(Object.keys(first.results), layers.slice(0, 16).map(String));
-  assert.deepEqual(Object.keys(first.results["100"]), STATS_FIELDS); // stats only: today's check_stats
+  // The stats, then how they were taken (devices/phone_protocol.py check_timed_stats).
+  assert.deepEqual(Object.keys(first.results["100"]), [...STATS_FIELDS, "timer_resolution_ms", "calls_per_batch"]);
+  assert.equal(first.results["100"].timer_resolution_ms, 0.1);
+  assert.equal(first.results["100"].calls_per_batch, 40);
   socket.deliver({ type: "stored", request: 7, stored: 16, signatures_done: 16 });
   await until(() => socket.sent.length === 3);
   assert.deepEqual(Object.keys(socket.sent[2].results), layers.slice(16).map(String));

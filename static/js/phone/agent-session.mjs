@@ -49,7 +49,7 @@ export function browserFacts(scope, ready) {
 
 export function helloMessage(token, facts) {
   return { type: "hello", protocol: PROTOCOL_VERSION, agent: AGENT, runtime: RUNTIME,
-           runtime_version: facts.onnxruntime_web, facts, token };
+           runtime_version: facts.onnxruntime_web, backend: facts.backend, threads: facts.threads, facts, token };
 }
 
 /** The statistics alone, as check_stats accepts them (no unknown field). */
@@ -57,9 +57,21 @@ export function statsOnly(stats) {
   return Object.fromEntries(STATS_FIELDS.map((field) => [field, stats[field]]));
 }
 
-export function layersMessage(request, results) {
-  return { type: "layers", request,
-           results: Object.fromEntries(results.map((r) => [String(r.index), statsOnly(r.stats)])) };
+/**
+ * How a layer's stats were taken, as devices/phone_protocol.py accepts them next to the stats:
+ * the clock's resolution, the calls each timed batch held, the per-call overhead where probed.
+ */
+export function timingMetadata(result, resolutionMs) {
+  const metadata = {};
+  if (Number.isFinite(resolutionMs) && resolutionMs >= 0) metadata.timer_resolution_ms = resolutionMs;
+  if (Number.isInteger(result.calls_per_batch) && result.calls_per_batch >= 1) metadata.calls_per_batch = result.calls_per_batch;
+  if (Number.isFinite(result.overhead_ms) && result.overhead_ms >= 0) metadata.overhead_ms = result.overhead_ms;
+  return metadata;
+}
+
+export function layersMessage(request, results, resolutionMs = null) {
+  return { type: "layers", request, results: Object.fromEntries(results.map((r) => [
+    String(r.index), { ...statsOnly(r.stats), ...timingMetadata(r, resolutionMs) }])) };
 }
 
 export function networksMessage(request, results, samples) {
@@ -108,7 +120,9 @@ export function timingProtocol(fields = {}) {
  * connecting, paired (welcomed), measuring {request, done, asked}, idle, offline, revoked.
  */
 export class PhoneSession {
-  constructor({ socket, worker, token, facts, fetchFiles, events = () => {}, setInterval_ = setInterval }) {
+  constructor({ socket, worker, token, facts, fetchFiles, events = () => {},
+               // A wrapper: a browser's setInterval called as this.setInterval is an "Illegal invocation".
+               setInterval_ = (run, ms) => setInterval(run, ms) }) {
     this.socket = socket;
     this.worker = worker;
     this.token = token;
@@ -198,7 +212,7 @@ export class PhoneSession {
       for (const batch of layerBatches(opened.layers)) {
         this.events({ state: "measuring", request, done, asked, drowned: drowned.length });
         const timed = await this.ask({ ...common, part: "layers", indices: batch, probe: true }, "timed");
-        this.send(layersMessage(request, timed.results));
+        this.send(layersMessage(request, timed.results, timed.resolution_ms));
         // The protocol has no field for these yet: the page shows them.
         drowned.push(...timed.results.filter((r) => r.drowns).map((r) => r.index));
         await this.expect(["stored"], request);
