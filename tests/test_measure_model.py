@@ -405,7 +405,7 @@ def test_other_refusals(owner_client, api, owner, model, make_job, media, system
 
     ModelUpload.objects.filter(pk=model.pk).update(status="checking")
     assert api.post(url, {"model": model.pk}, format="json").json() == {"model": [
-        "Model 'tiny net' is checking: only a model that passed the pre-flight check can be measured."]}
+        "Model 'tiny net' is still being checked: only a checked model can be measured."]}
     onnx = ModelUpload.objects.create(owner=owner, name="exported", source="onnx", num_classes=10, in_channels=1,
                                       resolution=8, file="models/exported.onnx", status="ready",
                                       preflight={"spec": {"arch": "onnx", "sha256": "0" * 64, "num_classes": 10,

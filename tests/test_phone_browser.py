@@ -198,10 +198,11 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
                 api = HttpClient(app.base_url)
                 api.token = api.post_json("/api/v1/token", {"username": "phone-owner",
                                                             "password": PASSWORD}).json()["token"]
-                model = api.post_multipart("/api/v1/models", {
+                model = api.upload_checked("models", {
                     "name": "digits cnn", "arch": spec_.arch, "width": spec_.width,
                     "num_classes": spec_.num_classes, "in_channels": spec_.in_channels,
-                    "resolution": spec_.resolution}, {"file": ("digits.pt", weights)}).json()
+                    "resolution": spec_.resolution}, {"file": ("digits.pt", weights)}, app)
+                assert model["status"] == "ready", model
                 dataset = next(d for d in api.get("/api/v1/datasets").json() if d["builtin_name"] == "digits")
                 app.start_worker()
                 answer = api.post_json("/api/v1/jobs", {"model": model["id"], "dataset": dataset["id"],
