@@ -25,11 +25,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from adaptation.events import publish
 from devices.lut import DatabaseLatencyTable, remote_backend, remote_version
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
-from webapp.events import publish
 
 logger = logging.getLogger(__name__)
 

@@ -60,42 +60,15 @@ DEVICES_IMPORTING_ADAPTATION = {
     ("devices.views_measure", "adaptation.access"),
     ("devices.views", "adaptation.models"),
     # A finished request wakes its job and the job's events (to become a signal adaptation hears).
+    ("devices.requests", "adaptation.events"),
     ("devices.requests", "adaptation.leases"),
     ("devices.requests", "adaptation.tasks"),
-    ("devices.tasks", "adaptation.leases"),
-    # Shared formatting and form helpers that sit in adaptation.
-    ("devices.forms", "adaptation.formatting"),
-    ("devices.forms", "adaptation.forms"),
-    ("devices.lut_io", "adaptation.formatting"),
-    ("devices.views", "adaptation.formatting"),
     # MeasurementRequest.job points at adaptation.Job (the foreign key and its migration).
     ("devices.models", "adaptation"),
     ("devices.migrations.0002_measurement_requests_pairing", "adaptation"),
 }
 
-APPS_IMPORTING_WEBAPP_WIRING = {
-    # Shared web helpers that still sit among the wiring (to move into webapp's shared-helpers
-    # subpackage, ``WEBAPP_SHARED``).
-    ("adaptation.access", "webapp.accounts"),
-    ("adaptation.api", "webapp.api"),
-    ("adaptation.api", "webapp.uploads"),
-    ("adaptation.api_jobs", "webapp.api"),
-    ("adaptation.views_datasets", "webapp.uploads"),
-    ("adaptation.views_models", "webapp.uploads"),
-    ("devices.access", "webapp.accounts"),
-    ("devices.agent_views", "webapp.ratelimit"),
-    ("devices.api", "webapp.api"),
-    ("devices.api", "webapp.uploads"),
-    ("devices.api_measure", "webapp.api"),
-    ("devices.views", "webapp.uploads"),
-    # Job events, which belong to adaptation.
-    ("adaptation.child_jobs", "webapp.events"),
-    ("adaptation.consumers", "webapp.events"),
-    ("adaptation.jobs", "webapp.events"),
-    ("adaptation.proposals", "webapp.events"),
-    ("adaptation.services", "webapp.events"),
-    ("devices.requests", "webapp.events"),
-}
+APPS_IMPORTING_WEBAPP_WIRING: set[tuple[str, str]] = set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +270,14 @@ def test_devices_does_not_import_adaptation_beyond_the_listed_violations():
     found = violations(lambda m: within(m, "devices"), lambda m, name: within(name, "adaptation"))
     assert found - DEVICES_IMPORTING_ADAPTATION == set(), "new imports of adaptation from devices"
     assert DEVICES_IMPORTING_ADAPTATION - found == set(), "violations fixed: remove their lines"
+
+
+def test_the_shared_web_helpers_import_neither_app():
+    found = violations(lambda m: within(m, WEBAPP_SHARED),
+                       lambda m, name: within(name, "adaptation") or within(name, "devices")
+                       or (within(name, "webapp") and name != "webapp" and not within(name, WEBAPP_SHARED)))
+    assert "webapp.lib.api" in our_modules()
+    assert found == set()
 
 
 def test_only_webapp_imports_its_wiring_beyond_the_listed_violations():
