@@ -51,12 +51,12 @@ from adaptation.netadapt.steps import ProposalResult
 from adaptation.netadapt.training import Cancelled
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   fruitless_sends, load_evaluations)
+from adaptation.receivers import resume_waiting_job
 from devices.host import HostTurns
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import MeasurementRequest
-from devices.requests import (describe_presence, device_table, drop_queued_requests, open_request,
-                              request_key, resume_waiting_job)
+from devices.requests import describe_presence, device_table, drop_queued_requests, open_request, request_key
 
 logger = logging.getLogger(__name__)
 
