@@ -1,13 +1,13 @@
 """What a user may see of models, datasets and jobs; views use these instead of bare queries.
 
-A stranger's object is a 404, not a 403, so ids reveal nothing (``webapp.accounts``).
+A stranger's object is a 404, not a 403, so ids reveal nothing (``webapp.lib.accounts``).
 """
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
 from adaptation.models import Dataset, Job, ModelUpload
-from webapp.accounts import get_owned_or_404, get_visible_or_404, owned_or_shared
+from webapp.lib.accounts import get_owned_or_404, get_visible_or_404, owned_or_shared
 
 
 def datasets_visible_to(user) -> QuerySet:

@@ -22,8 +22,8 @@ from adaptation.access import datasets_visible_to, get_dataset_for_user, get_mod
 from adaptation.forms import DatasetUploadForm, ModelUploadForm
 from adaptation.models import Dataset, ModelUpload
 from adaptation.services import create_dataset_upload, create_from, create_model_upload
-from webapp.api import NOT_FOUND, VALIDATION_ERROR, form_errors, form_serializer, invalid, request_fields
-from webapp.uploads import upload_limit_error
+from webapp.lib.api import NOT_FOUND, VALIDATION_ERROR, form_errors, form_serializer, invalid, request_fields
+from webapp.lib.uploads import upload_limit_error
 
 ModelUploadRequest = form_serializer(ModelUploadForm, "ModelUploadRequest")
 DatasetUploadRequest = form_serializer(DatasetUploadForm, "DatasetUploadRequest")

@@ -21,7 +21,7 @@ from adaptation.job_forms import JobForm
 from adaptation.models import Iteration, Job, Proposal
 from adaptation.services import (ITERATION_FORMATS, REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job,
                                  create_job, final_iteration_number, open_iteration_file, report_file)
-from webapp.api import (DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors,
+from webapp.lib.api import (DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors,
                         form_serializer, invalid, request_fields)
 
 JobCreateRequest = form_serializer(

@@ -6,3 +6,10 @@ class AdaptationConfig(AppConfig):
 
     name = "adaptation"
     verbose_name = "Adaptation"
+
+    def ready(self) -> None:
+        # Here, not at the top: the receivers load models, which needs the app registry ready.
+        from adaptation import receivers
+        from devices.signals import request_ended
+
+        request_ended.connect(receivers.request_ended, dispatch_uid="adaptation-request-ended")

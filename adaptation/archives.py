@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Callable, TypeVar, Union
 
-from adaptation.formatting import human_size
 from adaptation.netadapt.image_folder import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TOTAL_PIXELS,
                                               IMAGE_EXTENSIONS, InvalidDataset, PixelLimits,
                                               summarise_image_folder)
+from webapp.lib.formatting import human_size
 
 if TYPE_CHECKING:
     from adaptation.netadapt.data import DatasetSplits

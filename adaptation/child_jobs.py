@@ -23,9 +23,10 @@ import torch
 from django.db import transaction
 from django.utils import timezone
 
+from adaptation.events import publish
+from adaptation.job_files import JobFiles, media_path, write_atomically
 from adaptation.job_inputs import JobError
 from adaptation.jobs import JobRunner
-from adaptation.job_files import JobFiles, media_path, write_atomically
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline
 from adaptation.netadapt.distillation import fine_tune_loss
@@ -35,7 +36,6 @@ from adaptation.netadapt.loop import NeedsMeasurement, NetworkRequest, long_term
 from adaptation.netadapt.resources import LatencyTableModel
 from adaptation.netadapt.training import accuracy
 from devices.requests import device_table
-from webapp.events import publish
 
 #: Width ratios of the baseline when the job does not say.
 DEFAULT_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875)

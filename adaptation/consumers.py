@@ -18,8 +18,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from adaptation.events import group_name, message_of
 from adaptation.models import Job, JobEvent
-from webapp.events import group_name, message_of
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=RECEIVE_REFUSED, reason="this socket only sends job events: it reads no messages")
 
     async def job_event(self, message: dict) -> None:
-        """A ``job.event`` group message (webapp.events.EventMessage)."""
+        """A ``job.event`` group message (adaptation.events.EventMessage)."""
         async with self.send_lock:
             seq = message["seq"]
             if seq <= self.last_seq:

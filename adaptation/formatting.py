@@ -1,7 +1,7 @@
-"""Numbers for people: byte sizes, counts, a job's resources, accuracies and budgets.
+"""Numbers for people about jobs: resources, accuracies, budgets and where an iteration's time went.
 
-The pages, the upload limit and the archive checks all name sizes and counts the same way through
-these. This module imports neither Django nor torch (``adaptation.archives`` uses it).
+Byte sizes and counts, which every page names alike, are ``webapp.lib.formatting``'s. This
+module imports neither Django nor torch.
 """
 from __future__ import annotations
 
@@ -13,25 +13,6 @@ NO_VALUE = "—"
 def metric_unit(metric: str) -> str:
     """``ms``, ``MACs`` or ``parameters``; an unknown metric is its own unit."""
     return METRIC_UNITS.get(metric, metric)
-
-
-def human_size(size: int, *, trim_zero: bool = True) -> str:
-    """``200 MB``, ``1.5 KB``, ``1000 bytes`` (``200.0 MB`` with ``trim_zero`` False)."""
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size >= scale:
-            number = f"{size / scale:.1f}"
-            return f"{number.removesuffix('.0') if trim_zero else number} {unit}"
-    return f"{size} bytes"
-
-
-def format_count(number: int | None) -> str:
-    """``1.23 M``, ``45.6 k``, ``812``: MACs and parameter counts for people ("" when unknown)."""
-    if number is None:
-        return ""
-    for unit, scale in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
-        if number >= scale:
-            return f"{number / scale:.3g} {unit}"
-    return str(number)
 
 
 def resource_text(value: float | None, unit: str) -> str:

@@ -1,6 +1,6 @@
 """Upload forms of the model and dataset pages.
 
-Both take ``upload_error``: the message of ``webapp.uploads.upload_limit_error`` when the upload
+Both take ``upload_error``: the message of ``webapp.lib.uploads.upload_limit_error`` when the upload
 handler stopped the request for its size; it replaces the file field's "required" error, since
 the file never arrived.
 """
@@ -12,6 +12,7 @@ from django import forms
 
 from adaptation.models import ModelUpload
 from adaptation.netadapt.models import ARCHITECTURES, WIDTH_SCALABLE_ARCHITECTURES
+from webapp.lib.forms import UploadLimitMixin
 
 #: Input channels a dataset can have (grayscale or RGB images).
 CHANNEL_CHOICES = [(1, "1 (grayscale)"), (3, "3 (RGB)")]
@@ -23,23 +24,6 @@ _GRAYSCALE = {"auto": None, "1": True, "3": False}
 
 def _name_from_file(uploaded) -> str:
     return PurePath(uploaded.name).stem[:100] or "upload"
-
-
-class UploadLimitMixin:
-    """Shows the size-limit message on ``upload_field`` instead of "This field is required"."""
-
-    upload_field = "file"
-
-    def __init__(self, *args, upload_error: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.upload_error = upload_error
-
-    def clean(self):
-        cleaned = super().clean()
-        if self.upload_error:
-            self.errors.pop(self.upload_field, None)
-            self.add_error(self.upload_field, self.upload_error)
-        return cleaned
 
 
 #: Fields only a built-in architecture needs (an ONNX file carries its own input and classes).

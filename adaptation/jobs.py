@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from adaptation.events import publish
 from adaptation.job_files import JobFiles, media_path
 from adaptation.job_inputs import (USER_ERRORS, JobError, JobOptions, describe_error, load_job_data,
                                    load_job_model, parse_settings)
@@ -50,13 +51,12 @@ from adaptation.netadapt.steps import ProposalResult
 from adaptation.netadapt.training import Cancelled
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   fruitless_sends, load_evaluations)
+from adaptation.receivers import resume_waiting_job
 from devices.host import HostTurns
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import MeasurementRequest
-from devices.requests import (describe_presence, device_table, drop_queued_requests, open_request,
-                              request_key, resume_waiting_job)
-from webapp.events import publish
+from devices.requests import describe_presence, device_table, drop_queued_requests, open_request, request_key
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _measured_ms(record: dict) -> float | None:
 
 
 def iteration_payload(record: dict) -> dict:
-    """``webapp.events.IterationPayload`` of an ``IterationRecord.to_dict()``."""
+    """``adaptation.events.IterationPayload`` of an ``IterationRecord.to_dict()``."""
     return {"number": record["iteration"], "chosen_group": record["chosen_group"],
             "channels": record["channels"], "resource": record["resource"],
             "resource_raw": record["resource_raw"], "measured_ms": _measured_ms(record),

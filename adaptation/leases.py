@@ -16,7 +16,6 @@ no lease), so a sweep does not pile up duplicate messages behind a long job.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from datetime import datetime, timedelta
@@ -29,6 +28,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from adaptation.models import Job
+from webapp.lib.claims import claim_is_gone, requeue_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -46,43 +46,8 @@ def heartbeat_seconds() -> float:
     return float(getattr(settings, "JOB_HEARTBEAT_SECONDS", 5))
 
 
-def requeue_seconds() -> float:
-    return float(getattr(settings, "JOB_REQUEUE_SECONDS", 600))
-
-
 def max_attempts() -> int:
     return int(getattr(settings, "JOB_MAX_ATTEMPTS", 5))
-
-
-def worker_name() -> str:
-    """``<hostname>:<pid>`` of this process, what ``Job.claimed_by`` holds while it runs a job."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process whose parent died too may linger as a zombie nobody reaps
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def claim_is_gone(claimed_by: str) -> bool:
-    """Whether ``claimed_by`` names a process of this host that no longer runs.
-
-    Assumes one hostname names one process namespace (hosts, containers and pods do; give
-    containers that share a hostname distinct ones). Claims of other hosts are never "gone".
-    """
-    host, _, pid = claimed_by.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    return int(pid) != os.getpid() and not _process_exists(int(pid))
 
 
 def _lapsed(now: datetime) -> Q:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from adaptation.events import publish
 from adaptation.job_files import JobFiles, write_atomically
 from adaptation.job_inputs import describe_error, load_job_data, load_job_model, parse_settings
 from adaptation.leases import LeaseKeeper, beat_waiting
@@ -31,7 +32,6 @@ from adaptation.netadapt.graph import rebuild_pruned
 from adaptation.netadapt.steps import Proposal, evaluate_proposal
 from adaptation.netadapt.training import Cancelled
 from devices.host import HostTurns
-from webapp.events import publish
 
 logger = logging.getLogger(__name__)
 

@@ -36,13 +36,13 @@ from adaptation.archives import ArchiveError, ArchiveLimits
 from adaptation.checking.datasets import DatasetCheckLimits, check_dataset_archive, limits_from_settings
 from adaptation.checking.limits import run_limited
 from adaptation.checking.models import Runner, check_model_file
+from adaptation.events import publish
 from adaptation.formatting import PHASE_LABELS
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.training import HOOK_EVERY
 from devices.requests import drop_queued_requests
-from webapp.events import publish
 
 #: Download formats of an iteration's network (PyTorch, the one kept, first).
 ITERATION_FORMATS = ("pytorch", "onnx", "torchscript")

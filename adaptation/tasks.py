@@ -22,8 +22,9 @@ from celery.signals import worker_ready
 from django.db import connections, transaction
 from django.utils import timezone
 
-from adaptation.leases import claim_job, jobs_to_resume, lease_seconds, worker_name
+from adaptation.leases import claim_job, jobs_to_resume, lease_seconds
 from adaptation.models import Job
+from webapp.lib.claims import worker_name
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from adaptation.forms import DatasetUploadForm
 from adaptation.models import Dataset
 from adaptation.netadapt.data import fashion_mnist_available
 from adaptation.services import create_dataset_upload, create_from
-from webapp.uploads import upload_limit_context, upload_limit_error
+from webapp.lib.uploads import upload_limit_context, upload_limit_error
 
 SPLITS = ("train", "holdout", "validation")
 

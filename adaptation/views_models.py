@@ -17,10 +17,10 @@ from django.views.decorators.http import require_POST
 
 from adaptation.access import get_model_for_user
 from adaptation.forms import ModelUploadForm
-from adaptation.formatting import format_count, human_size
 from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.services import create_from, create_model_upload
-from webapp.uploads import upload_limit_context, upload_limit_error
+from webapp.lib.formatting import format_count, human_size
+from webapp.lib.uploads import upload_limit_context, upload_limit_error
 
 
 def _summary(upload: ModelUpload) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from devices.models import Device
-from webapp.accounts import get_visible_or_404, owned_or_shared
+from webapp.lib.accounts import get_visible_or_404, owned_or_shared
 
 
 def devices_visible_to(user) -> QuerySet:

@@ -29,7 +29,7 @@ from devices.lut import remote_version
 from devices.models import MeasurementRequest
 from devices.pairing import PairingError, device_for_token, redeem
 from devices.requests import fail_request
-from webapp.ratelimit import attempt, pairing_limits, succeeded
+from webapp.lib.ratelimit import attempt, pairing_limits, succeeded
 
 logger = logging.getLogger(__name__)
 

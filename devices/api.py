@@ -22,8 +22,8 @@ from devices import lut_io
 from devices.access import devices_visible_to, get_device_for_user
 from devices.forms import MAX_THREADS, LutImportForm, lut_max_bytes
 from devices.models import Device
-from webapp.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors, invalid
-from webapp.uploads import upload_limit_error
+from webapp.lib.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors, invalid
+from webapp.lib.uploads import upload_limit_error
 
 SYSTEM_DEVICE_MESSAGE = "The server's own CPU is shared and cannot be deleted."
 

@@ -19,7 +19,7 @@ from devices import measure_model
 from devices.access import get_device_for_user
 from devices.measure_model import MeasureError
 from devices.models import MeasurementRequest
-from webapp.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, detail, invalid, request_fields
+from webapp.lib.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, detail, invalid, request_fields
 
 
 class MeasureStartRequest(serializers.Serializer):

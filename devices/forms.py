@@ -7,9 +7,9 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
-from adaptation.formatting import human_size
-from adaptation.forms import UploadLimitMixin
 from devices.models import Device
+from webapp.lib.formatting import human_size
+from webapp.lib.forms import UploadLimitMixin
 
 #: Most measuring threads a device may ask for (phones and desktops have far fewer cores).
 MAX_THREADS = 256

@@ -25,12 +25,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from adaptation.formatting import human_size
 from devices.agent import safe_json
 from devices.forms import MAX_THREADS, lut_max_bytes
 from devices.lut import CHUNK_SIZE, STATS_FIELDS, UNIQUE_FIELDS
 from devices.measure.signature import LayerSignature
 from devices.models import Device, LatencyEntry
+from webapp.lib.formatting import human_size
 
 FORMAT = "netadapt-lut"
 VERSION = 1

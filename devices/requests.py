@@ -10,7 +10,8 @@ The life of a request (``MeasurementRequest``):
 - ``store_layer_results`` adds timed layers to the device's table as they come (a measurer killed
   half-way loses nothing: ``pending_signatures`` lists only what is still missing);
   ``complete_request`` stores the networks' statistics and ends it; ``fail_request`` ends it with
-  an error. Either way, when it was the job's last open request, the waiting job is re-enqueued.
+  an error. Either way it sends ``devices.signals.request_ended``: adaptation publishes the job's
+  events and, when it was the job's last open request, re-enqueues the waiting job.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from devices.lut import DatabaseLatencyTable, remote_backend, remote_version
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
-from webapp.events import publish
+from devices.signals import request_ended
+from webapp.lib.claims import claim_is_gone, requeue_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -163,15 +165,8 @@ def complete_request(request: MeasurementRequest, network_results: Iterable[Mapp
             status="done", results=results, runtime_version=runtime_version, error="",
             signatures_done=len(request.signatures), finished_at=timezone.now(), host_lock=host_lock or {})
         if ended:
-            if request.job_id is not None and host_message:
-                publish(request.job_id, "job.log", {"level": "info", "message": host_message})
-            if request.job_id is not None:
-                publish(request.job_id, "job.measure", {
-                    "reason": request.reason, "signatures": len(request.signatures),
-                    "networks": len(request.networks), "request": request.pk,
-                    "device": request.device.name, "done": True,
-                    "table_size": len(request_table(request, runtime_version))})
-            _after_request(request)
+            request_ended.send(MeasurementRequest, request=request, status="done", host_message=host_message,
+                               table_size=len(request_table(request, runtime_version)))
 
 
 def fail_request(request: MeasurementRequest, error: str) -> None:
@@ -180,20 +175,8 @@ def fail_request(request: MeasurementRequest, error: str) -> None:
         ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
             status="failed", error=error[:2000], finished_at=timezone.now())
         if ended:
-            _after_request(request)
-
-
-def _after_request(request: MeasurementRequest) -> None:
-    if request.job_id is not None:
-        resume_waiting_job(request.job_id)
-
-
-def resume_waiting_job(job_id: int) -> bool:
-    """Re-enqueue a job that waits for measurements once none of its requests is open."""
-    from adaptation.tasks import resume_job  # the devices app must not need adaptation at import time
-    if MeasurementRequest.objects.filter(job_id=job_id, status__in=MeasurementRequest.OPEN_STATUSES).exists():
-        return False
-    return resume_job(job_id, "measurement")
+            request_ended.send(MeasurementRequest, request=request, status="failed", host_message="",
+                               table_size=None)
 
 
 def drop_queued_requests(job_id: int, why: str) -> int:
@@ -214,8 +197,6 @@ def sweep_requests(now=None) -> dict[str, list[int]]:
     filesystem transport loses a message its killed worker had read) are dispatched again; an
     agent device's requests open past ``DEVICE_WAIT_SECONDS`` fail, and their jobs with them.
     """
-    from adaptation.leases import claim_is_gone, requeue_seconds
-
     now = now or timezone.now()
     local = MeasurementRequest.objects.filter(device__kind="local")
     resent = []

@@ -11,7 +11,6 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from adaptation.leases import worker_name
 from adaptation.netadapt.spec import build_network
 from devices.agent.protocol import kept_samples  # pure: the agent keeps samples alike
 from devices.host import HostNote, disturbance, host_lock, lock_wait_seconds, measure_retakes
@@ -20,6 +19,7 @@ from devices.measure.local import LocalMeasurer
 from devices.models import MeasurementRequest
 from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
                               store_layer_results)
+from webapp.lib.claims import worker_name
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from adaptation.formatting import human_size
 from adaptation.models import Iteration
 from devices import lut_io
 from devices.access import devices_visible_to, get_device_for_user
@@ -30,7 +29,8 @@ from devices.forms import DeviceForm, LutImportForm, PhoneForm, lut_max_bytes
 from devices.models import Device, MeasurementRequest
 from devices.pairing import (PairingError, code_minutes, is_loopback, new_pairing, pairing_url,
                              public_base_url, revoke)
-from webapp.uploads import upload_limit_error
+from webapp.lib.formatting import human_size
+from webapp.lib.uploads import upload_limit_error
 
 #: The facts an agent (or ``device_facts``) reports, in the order the detail page shows them.
 FACT_LABELS = {"os": "Operating system", "machine": "Machine", "board": "Board", "cpu_model": "CPU model",

@@ -65,7 +65,7 @@ def _fast_password_hashing():
 
 @pytest.fixture(scope="session", autouse=True)
 def _forget_earlier_rate_limits():
-    """In production mode the failed-attempt counters (webapp.ratelimit) live in Redis, which
+    """In production mode the failed-attempt counters (webapp.lib.ratelimit) live in Redis, which
     outlives a test run: start from none (the embedded mode's are in the fresh test database)."""
     try:
         from django.conf import settings
@@ -73,7 +73,7 @@ def _forget_earlier_rate_limits():
         yield
         return
     if settings.configured and getattr(settings, "REDIS_URL", None):
-        from webapp.ratelimit import clear
+        from webapp.lib.ratelimit import clear
 
         clear()
     yield
@@ -98,7 +98,7 @@ def _own_host_lock(tmp_path_factory):
 def no_rate_limits_counted(db):
     """Counters cleared before and after a test that spends the failed-attempt limits, so no
     other test (or its own live servers, sharing the cache) inherits them."""
-    from webapp.ratelimit import clear
+    from webapp.lib.ratelimit import clear
 
     clear()
     yield

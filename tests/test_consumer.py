@@ -16,9 +16,9 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.test import Client
 
+from adaptation.events import group_name, message_of, publish
 from adaptation.models import JobEvent
 from webapp.asgi import application
-from webapp.events import group_name, message_of, publish
 
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]

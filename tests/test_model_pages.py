@@ -11,9 +11,9 @@ from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from adaptation.formatting import format_count
 from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
+from webapp.lib.formatting import format_count
 from tests.stored_files import files_under, torch_bytes
 from tests.user_objects import upload_model
 

@@ -466,7 +466,7 @@ def test_cancelling_a_jobs_measurement_is_refused_with_the_way_to_cancel_the_job
 
 @pytest.mark.django_db
 def test_waiting_for_a_window_boundary_does_not_reset_the_count(no_rate_limits_counted):
-    from webapp.ratelimit import Limit, attempt, succeeded
+    from webapp.lib.ratelimit import Limit, attempt, succeeded
 
     limit = Limit("probe-address", 3, 600)  # explicit clock readings: no waiting
     counts = [(limit, "192.0.2.1")]

@@ -163,7 +163,7 @@ def test_it_routes_websockets_through_authentication_and_an_origin_check():
     from channels.routing import ProtocolTypeRouter
 
     from webapp.asgi import application
-    from webapp.origins import SameOriginValidator
+    from webapp.lib.origins import SameOriginValidator
 
     assert isinstance(application, ProtocolTypeRouter)
     assert set(application.application_mapping) == {"http", "websocket"}

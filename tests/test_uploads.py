@@ -13,7 +13,7 @@ from django.urls import reverse
 from adaptation.models import Dataset, ModelUpload
 from tests.test_dataset_pages import image_members, zip_bytes
 from tests.test_model_pages import files_under, upload_data
-from webapp.uploads import MULTIPART_ALLOWANCE, UploadLimitASGIMiddleware, human_size
+from webapp.lib.uploads import MULTIPART_ALLOWANCE, UploadLimitASGIMiddleware, human_size
 
 LIMIT = 1000
 LIMIT_MESSAGE = "The file is larger than the 1000 bytes limit."
@@ -41,7 +41,7 @@ def limited(settings, tmp_path):
     settings.FILE_UPLOAD_TEMP_DIR.mkdir()
     settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0
     settings.FILE_UPLOAD_HANDLERS = [
-        "webapp.uploads.UploadLimitHandler",
+        "webapp.lib.uploads.UploadLimitHandler",
         "tests.test_uploads.RecordingHandler",
         "django.core.files.uploadhandler.TemporaryFileUploadHandler",
     ]
@@ -62,7 +62,7 @@ def test_it_names_sizes_for_people():
 
 
 def test_the_limit_handler_comes_first(settings):
-    assert settings.FILE_UPLOAD_HANDLERS[0] == "webapp.uploads.UploadLimitHandler"
+    assert settings.FILE_UPLOAD_HANDLERS[0] == "webapp.lib.uploads.UploadLimitHandler"
 
 
 @pytest.mark.django_db

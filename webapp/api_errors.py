@@ -11,7 +11,7 @@
 - ``APIErrorMiddleware`` does the same for the plain Django views under ``/api/`` (the agent's
   pairing and file endpoints), which DRF's handler does not reach.
 
-Kept apart from webapp.api: DRF imports these while ``rest_framework.views`` is still loading.
+Kept apart from webapp.lib.api: DRF imports these while ``rest_framework.views`` is still loading.
 """
 from __future__ import annotations
 

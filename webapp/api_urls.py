@@ -7,7 +7,7 @@ from adaptation import api_jobs
 from devices import agent_views
 from devices import api as devices_api
 from devices import api_measure
-from webapp.api import TokenRotate, TokenView
+from webapp.lib.api import TokenRotate, TokenView
 
 urlpatterns = [
     path("token", TokenView.as_view(), name="api-token"),

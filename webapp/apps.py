@@ -1,9 +1,9 @@
 """The project's own app: account-wide behaviour that no other app owns.
 
-- A changed password ends the user's API token (``webapp.accounts.end_tokens_on_password_change``):
+- A changed password ends the user's API token (``webapp.lib.accounts.end_tokens_on_password_change``):
   whoever knew the old password may have fetched the token with it.
 - ``migrate`` also creates the database cache table, where the embedded mode keeps the rate-limit
-  counters that its processes share (``webapp.ratelimit``).
+  counters that its processes share (``webapp.lib.ratelimit``).
 """
 from django.apps import AppConfig
 from django.conf import settings
@@ -23,7 +23,8 @@ class WebappConfig(AppConfig):
     verbose_name = "NetAdapt Studio"
 
     def ready(self) -> None:
-        from webapp.accounts import end_tokens_on_password_change
+        # Here, not at the top: accounts loads models (the token), which needs the app registry ready.
+        from webapp.lib.accounts import end_tokens_on_password_change
 
         post_save.connect(end_tokens_on_password_change, sender=settings.AUTH_USER_MODEL,
                           dispatch_uid="webapp-end-tokens-on-password-change")

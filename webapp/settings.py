@@ -250,7 +250,7 @@ CHECK_MODEL_MEMORY_MB = env_int("NETADAPT_CHECK_MODEL_MEMORY_MB", 2048, minimum=
 NETADAPT_ALLOW_PICKLED_MODELS = env_bool("NETADAPT_ALLOW_PICKLED_MODELS", False)
 # The limit handler goes first: it stops an oversize upload before the others store a byte of it.
 FILE_UPLOAD_HANDLERS = [
-    "webapp.uploads.UploadLimitHandler",
+    "webapp.lib.uploads.UploadLimitHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
@@ -259,7 +259,7 @@ FILE_UPLOAD_HANDLERS = [
 
 # Failed attempts allowed per window (and the window before it) to log in with a password (the
 # page and /api/v1/token together) per account and per client address, and to pair an agent per
-# client address (webapp.ratelimit). Counted in the default cache, shared by every process.
+# client address (webapp.lib.ratelimit). Counted in the default cache, shared by every process.
 RATE_LIMIT_WINDOW_SECONDS = env_int("NETADAPT_RATE_LIMIT_WINDOW_SECONDS", 15 * 60, minimum=1)
 LOGIN_FAILURES_PER_ACCOUNT = env_int("NETADAPT_LOGIN_FAILURES_PER_ACCOUNT", 10, minimum=1)
 LOGIN_FAILURES_PER_ADDRESS = env_int("NETADAPT_LOGIN_FAILURES_PER_ADDRESS", 30, minimum=1)
@@ -274,8 +274,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# The model backend with the failed-attempt limits (webapp.ratelimit).
-AUTHENTICATION_BACKENDS = ["webapp.ratelimit.RateLimitedModelBackend"]
+# The model backend with the failed-attempt limits (webapp.lib.ratelimit).
+AUTHENTICATION_BACKENDS = ["webapp.lib.ratelimit.RateLimitedModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 
 from devices import agent_views
-from webapp import accounts, views
+from webapp import views
+from webapp.lib import accounts
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from adaptation.archives import ArchiveError, ArchiveLimits, missing_folders, remove_empty_folders, summarise_archive
 from adaptation.checking.limits import ChildFailed, LimitExceeded, run_limited
-from adaptation.formatting import human_size
+from webapp.lib.formatting import human_size
 
 #: Private writable memory of one dataset check. Measured (docs/untrusted-files.md): the child
 #: imports Pillow and numpy in ~30 MB, a 25-megapixel image (the default per-image limit) peaks at

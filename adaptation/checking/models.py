@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from adaptation.checking.limits import ChildFailed, LimitExceeded, LimitedRun, run_limited
-from adaptation.formatting import human_size
+from webapp.lib.formatting import human_size
 
 #: Private writable memory of one model check: importing torch alone takes about 0.7 GB
 #: (docs/untrusted-files.md); the pre-flight of a small network adds a few hundred MB.

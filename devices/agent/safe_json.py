@@ -8,7 +8,7 @@ overflow a float (``1e999`` would become ``inf``), number literals longer than
 ``MAX_NUMBER_CHARS`` (a 4,300-digit integer costs quadratic time to convert) and strings with
 an unpaired surrogate escape (``"\\ud800"``: no database or UTF-8 encoder can store it).
 
-Every place that parses JSON a client sent uses it: the REST API's parser (webapp.api), the
+Every place that parses JSON a client sent uses it: the REST API's parser (webapp.lib.api), the
 agent's pairing endpoint, the look-up-table import and both sides of the agent's websocket
 (devices.agent.protocol). It lives with the agent program because the agent ships only this
 folder (devices/agent_files.py) and must parse its server's messages the same way.

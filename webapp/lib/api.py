@@ -17,7 +17,8 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from webapp.ratelimit import refusal_of
+from webapp.lib.accounts import rotate_token
+from webapp.lib.ratelimit import refusal_of
 
 
 def form_errors(form: forms.BaseForm) -> dict[str, list[str]]:
@@ -105,7 +106,7 @@ class TokenView(ObtainAuthToken):
     """``POST username, password`` → ``{"token": "..."}``; send it as ``Authorization: Token <token>``.
 
     Wrong credentials: 400 with ``non_field_errors``; too many failed attempts for the account or
-    from the address (``webapp.ratelimit``): 429 with ``Retry-After``. The token is the same on
+    from the address (``webapp.lib.ratelimit``): 429 with ``Retry-After``. The token is the same on
     every call until it is rotated (``/api/v1/token/rotate``, the token page) or the password
     changes.
     """
@@ -133,8 +134,6 @@ class TokenRotate(APIView):
 
     @extend_schema(request=None, responses={200: inline_serializer("NewToken", {"token": serializers.CharField()})})
     def post(self, request):
-        from webapp.accounts import rotate_token
-
         return Response({"token": rotate_token(request.user)})
 
 

@@ -2,7 +2,7 @@
 Django's own views), the API token page, and what an account may see of the rows that have an
 ``owner``.
 
-Log-in is limited (``webapp.ratelimit``): too many failures for an account or from an address
+Log-in is limited (``webapp.lib.ratelimit``): too many failures for an account or from an address
 answer 429 with the form's error saying how long to wait. The API token is rotated on the token
 page (``/accounts/token/``) or ``POST /api/v1/token/rotate``; a password change ends it (the
 next ``/api/v1/token`` call or the page gives a new one). Either way the old one stops working
@@ -27,7 +27,7 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods
 from rest_framework.authtoken.models import Token
 
-from webapp.ratelimit import refusal_of
+from webapp.lib.ratelimit import refusal_of
 
 
 def owned_or_shared(model: type[Model], user) -> QuerySet:

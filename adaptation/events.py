@@ -24,6 +24,8 @@ from channels.layers import get_channel_layer
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from adaptation.models import JobEvent
+
 EVENT_TYPES = ("job.status", "job.start", "job.measure", "job.iteration", "job.finish", "job.log",
                "job.child")
 
@@ -92,8 +94,6 @@ def message_of(event) -> EventMessage:
 
 def publish(job_id: int, event_type: str, payload: dict[str, Any]):
     """Store the event with the job's next sequence number, then send it once committed."""
-    from adaptation.models import JobEvent
-
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type '{event_type}'")
     for _ in range(5):  # two writers racing for a sequence number: the loser retries

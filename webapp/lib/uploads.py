@@ -25,7 +25,7 @@ import tempfile
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
-from adaptation.formatting import human_size
+from webapp.lib.formatting import human_size
 
 #: Room for the form fields, boundaries and part headers that travel with the file.
 MULTIPART_ALLOWANCE = 64 * 1024

@@ -1,0 +1,6 @@
+"""Shared web helpers: API conventions, uploads, accounts, rate limits, origins, people-readable
+numbers, form helpers and worker claims.
+
+Both apps import these; they import neither app (``tests/test_layers.py`` checks it). The rest of
+``webapp`` is wiring (settings, urls, asgi, celery, serve), which only ``webapp`` itself imports.
+"""
