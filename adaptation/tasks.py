@@ -88,8 +88,8 @@ def proposals_evaluated(job_id: int, iteration: int) -> bool:
 def resume_job(job_id: int, kind: str) -> bool:
     """Re-enqueue a job that waits for ``kind`` ("measurement" or "evaluation"); False if it
     does not (it ended, was cancelled, or someone resumed it already)."""
-    resumed = Job.objects.filter(pk=job_id, status="waiting", waiting_kind=kind).update(
-        status="queued", heartbeat_at=timezone.now(), claimed_by="", attempts=0, waiting_kind="",
+    resumed = Job.objects.filter(pk=job_id, status=Job.Status.WAITING, waiting_kind=kind).update(
+        status=Job.Status.QUEUED, heartbeat_at=timezone.now(), claimed_by="", attempts=0, waiting_kind="",
         waiting_for="")
     if resumed:
         enqueue_job_id(job_id)

@@ -91,7 +91,7 @@ def device_for_token(token: str | None) -> Device | None:
 
 def revoke(device: Device) -> None:
     """Refuse the device's agent from now on (it must be paired again)."""
-    Device.objects.filter(pk=device.pk).update(token_hash="", token_created=None, status="offline")
+    Device.objects.filter(pk=device.pk).update(token_hash="", token_created=None, status=Device.Status.OFFLINE)
     Pairing.objects.filter(device=device, used_at__isnull=True).update(used_at=timezone.now())
 
 

@@ -93,8 +93,8 @@ def measure_request(request_id: int) -> str | None:
         return None
     try:
         run_request(request)
-        return "done"
+        return MeasurementRequest.Status.DONE
     except Exception as error:  # a bad request must not take the device's worker down
         logger.exception("measurement request %s failed", request_id)
         fail_request(request, f"measuring on {request.device.name} failed: {type(error).__name__}: {error}")
-        return "failed"
+        return MeasurementRequest.Status.FAILED

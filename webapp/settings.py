@@ -307,13 +307,13 @@ SPECTACULAR_SETTINGS = {
     # each, instead of drf-spectacular's hashed names (and its warning).
     "ENUM_NAME_OVERRIDES": {
         # Models and datasets share their statuses (checking, ready, rejected): one enum.
-        "UploadStatusEnum": "adaptation.models.ModelUpload.STATUS_CHOICES",
+        "UploadStatusEnum": "adaptation.models.CheckStatus",
         "DatasetKindEnum": "adaptation.models.Dataset.KIND_CHOICES",
         "JobKindEnum": "adaptation.models.Job.KIND_CHOICES",
-        "JobStatusEnum": "adaptation.models.Job.STATUS_CHOICES",
+        "JobStatusEnum": "adaptation.models.Job.Status",
         "DeviceKindEnum": "devices.models.Device.KIND_CHOICES",
-        "DeviceStatusEnum": "devices.models.Device.STATUS_CHOICES",
-        "MeasurementStatusEnum": "devices.models.MeasurementRequest.STATUS_CHOICES",
+        "DeviceStatusEnum": "devices.models.Device.Status",
+        "MeasurementStatusEnum": "devices.models.MeasurementRequest.Status",
     },
 }
 
