@@ -160,7 +160,7 @@ class JobRunner:
             return self._end(Job.Status.CANCELLED, note=f"Cancelled {stop.where()}." if stop.where() else "")
         except Exception as error:
             if self.time_limit_error and isinstance(error, self.time_limit_error):
-                limit = getattr(settings, "CELERY_TASK_TIME_LIMIT", None)
+                limit = settings.CELERY_TASK_TIME_LIMIT
                 return self._end(Job.Status.FAILED, f"the job ran past its time limit ({limit} s)")
             if not isinstance(error, USER_ERRORS):
                 logger.exception("job %s failed", self.job.pk)

@@ -39,19 +39,19 @@ RUNNABLE_KINDS = ("adapt", "finetune", "baseline")
 
 
 def lease_seconds() -> float:
-    return float(getattr(settings, "JOB_LEASE_SECONDS", 60))
+    return float(settings.JOB_LEASE_SECONDS)
 
 
 def heartbeat_seconds() -> float:
-    return float(getattr(settings, "JOB_HEARTBEAT_SECONDS", 5))
+    return float(settings.JOB_HEARTBEAT_SECONDS)
 
 
 def requeue_seconds() -> float:
-    return float(getattr(settings, "JOB_REQUEUE_SECONDS", 600))
+    return float(settings.JOB_REQUEUE_SECONDS)
 
 
 def max_attempts() -> int:
-    return int(getattr(settings, "JOB_MAX_ATTEMPTS", 5))
+    return int(settings.JOB_MAX_ATTEMPTS)
 
 
 def worker_name() -> str:

@@ -65,11 +65,11 @@ def poll_seconds() -> float:
     ``EVENT_POLL_SECONDS`` (0.1 s embedded), else 1 s: the production mode's channel layer carries
     job events, but nothing announces new requests.
     """
-    return float(getattr(settings, "AGENT_POLL_SECONDS", 0) or settings.EVENT_POLL_SECONDS or 1.0)
+    return float(settings.AGENT_POLL_SECONDS or settings.EVENT_POLL_SECONDS or 1.0)
 
 
 def heartbeat_seconds() -> float:
-    return float(getattr(settings, "AGENT_HEARTBEAT_SECONDS", p.HEARTBEAT_SECONDS))
+    return float(settings.AGENT_HEARTBEAT_SECONDS)
 
 
 def worker_name(device_id: int) -> str:
@@ -421,7 +421,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                                       f"ONNX Runtime only; this request asked for {request.runtime!r}")
                 continue
             pending = pending_signatures(request, self.runtime_version)
-            protocol = MeasureProtocol(threads=request.threads, **getattr(settings, "MEASURE_PROTOCOL", {}))
+            protocol = MeasureProtocol(threads=request.threads, **settings.MEASURE_PROTOCOL)
             self._touch_now(status=Device.Status.BUSY)
             return {"request": request.pk, "files": p.FILES_PATH.format(request=request.pk),
                     "reason": request.reason, "runtime": request.runtime, "threads": request.threads,

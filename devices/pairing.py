@@ -40,7 +40,7 @@ def normalise_code(code: str) -> str:
 
 
 def code_minutes() -> float:
-    return float(getattr(settings, "PAIRING_CODE_MINUTES", 10))
+    return float(settings.PAIRING_CODE_MINUTES)
 
 
 def new_pairing(device: Device) -> tuple[str, Pairing]:
@@ -102,7 +102,7 @@ PHONE_PATH = "/devices/phone/"
 def public_base_url(fallback: str) -> str:
     """The address phones reach this server at: ``PUBLIC_BASE_URL`` when set, else ``fallback``
     (the address the owner's browser used), without a trailing slash."""
-    return (getattr(settings, "PUBLIC_BASE_URL", "") or fallback).rstrip("/")
+    return (settings.PUBLIC_BASE_URL or fallback).rstrip("/")
 
 
 def pairing_url(base: str, code: str) -> str:

@@ -205,7 +205,7 @@ def drop_queued_requests(job_id: int, why: str) -> int:
 
 def device_wait_seconds() -> float:
     """How long a job waits for an agent device to measure before it fails."""
-    return float(getattr(settings, "DEVICE_WAIT_SECONDS", 24 * 3600))
+    return float(settings.DEVICE_WAIT_SECONDS)
 
 
 def sweep_requests(now=None) -> dict[str, list[int]]:

@@ -29,7 +29,7 @@ MEASURE_BATCH = 64
 
 
 def measurer_for(request: MeasurementRequest) -> LocalMeasurer:
-    protocol = MeasureProtocol(threads=request.threads, **getattr(settings, "MEASURE_PROTOCOL", {}))
+    protocol = MeasureProtocol(threads=request.threads, **settings.MEASURE_PROTOCOL)
     return LocalMeasurer(request.runtime, protocol)
 
 
