@@ -85,7 +85,7 @@ def _measure_networks(request: MeasurementRequest, measurer: LocalMeasurer) -> t
     return stats, [s.spread for s in stats]
 
 
-@shared_task(acks_late=True)
+@shared_task(name="devices.tasks.measure_request", acks_late=True)
 def measure_request(request_id: int) -> str | None:
     """Claim and run one measurement request; a failure fails the request, never the worker."""
     request = claim_request(request_id, worker_name())
