@@ -53,10 +53,10 @@ class ChildRunner(JobRunner):
         """Finish the job with ``result`` and show it on the parent's chart."""
         with transaction.atomic():
             self._hold_lease()
-            Job.objects.filter(pk=self.job.pk).update(status="finished", result=result, error="",
+            Job.objects.filter(pk=self.job.pk).update(status=Job.Status.FINISHED, result=result, error="",
                                                       finished_at=timezone.now())
             publish(self.job.pk, "job.finish", result)
-            publish(self.job.pk, "job.status", {"status": "finished", "error": ""})
+            publish(self.job.pk, "job.status", {"status": Job.Status.FINISHED, "error": ""})
             publish(self.job.parent_id, "job.child", {"kind": self.job.kind, "job": self.job.pk,
                                                       **child_payload})
 

@@ -99,7 +99,7 @@ class ModelUploadForm(UploadLimitMixin, forms.ModelForm):
         """The unsaved upload (status checking): the pre-flight decides."""
         upload = super().save(commit=False)
         upload.source = self.cleaned_data["source"]
-        upload.status = "checking"
+        upload.status = ModelUpload.Status.CHECKING
         if commit:
             upload.save()
         return upload

@@ -16,7 +16,7 @@ from django.forms.utils import pretty_name
 
 from adaptation.access import datasets_visible_to
 from adaptation.formatting import metric_unit, resource_text
-from adaptation.models import Dataset, ModelUpload
+from adaptation.models import CheckStatus, Dataset, ModelUpload
 from adaptation.netadapt.config import (ABSOLUTE_BUDGETS, SELECTION_RULES, SETTING_RANGES, AdaptConfig,
                                         SettingsError, holdout_problem, preset_settings,
                                         range_problem, show_number)
@@ -136,10 +136,10 @@ def dataset_input(dataset: Dataset) -> dict | None:
 
 def _usable(chosen: ModelUpload | Dataset, what: str, check: str) -> ModelUpload | Dataset:
     """``chosen`` if it is ready; else why a job cannot use it yet (checking) or at all (rejected)."""
-    if chosen.status == "checking":
+    if chosen.status == CheckStatus.CHECKING:
         raise forms.ValidationError(f"The {what} {chosen.name} is still being checked: start the job "
                                     f"once its {check} has passed.")
-    if chosen.status != "ready":
+    if chosen.status != CheckStatus.READY:
         raise forms.ValidationError(f"The {what} {chosen.name} was rejected by its {check} and cannot "
                                     f"be adapted: {chosen.error}".rstrip(": "))
     return chosen
@@ -206,7 +206,7 @@ class JobForm(forms.Form):
         self.fields["dataset"].queryset = datasets_visible_to(user)
         for name in ("model", "dataset"):
             self.fields[name].widget.choices = forms.models.ModelChoiceIterator(self.fields[name])
-            self.fields[name].widget.choices.queryset = self.fields[name].queryset.filter(status="ready")
+            self.fields[name].widget.choices.queryset = self.fields[name].queryset.filter(status=CheckStatus.READY)
         self.fields["device"].queryset = devices_visible_to(user)
         self.config: AdaptConfig | None = None
 

@@ -55,7 +55,7 @@ from adaptation.receivers import resume_waiting_job
 from devices.host import HostTurns
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
-from devices.models import MeasurementRequest
+from devices.models import Device, MeasurementRequest
 from devices.requests import describe_presence, device_table, drop_queued_requests, open_request, request_key
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def waiting_message(device, reason: str, signatures: int, networks: int) -> str:
     what = ", ".join(part for part in (f"{signatures} layer(s)" if signatures else "",
                                        f"{networks} network(s)" if networks else "") if part)
     where = device.name
-    if device.kind == "agent" and device.status == "offline":
+    if device.kind == "agent" and device.status == Device.Status.OFFLINE:
         where += f" ({describe_presence(device)})"
     return f"waiting for {where} to measure {what}: {reason}"
 
@@ -120,7 +120,7 @@ class JobRunner:
     """
 
     def __init__(self, job: Job, *, time_limit_error: type[BaseException] | None = None) -> None:
-        if job.status != "running" or not job.claimed_by:
+        if job.status != Job.Status.RUNNING or not job.claimed_by:
             raise ValueError(f"job {job.pk} must be claimed before it runs (see leases.claim_job)")
         self.job = job
         self.worker = job.claimed_by
@@ -150,27 +150,27 @@ class JobRunner:
     def _run_guarded(self) -> str:
         try:
             self._run()
-            return "finished"
+            return Job.Status.FINISHED
         except LeaseLost:
             logger.info("job %s: %s no longer holds the job; stopping", self.job.pk, self.worker)
             return "lost"
         except Parked as parked:
             return self._park(parked)
         except JobCancelled as stop:
-            return self._end("cancelled", note=f"Cancelled {stop.where()}." if stop.where() else "")
+            return self._end(Job.Status.CANCELLED, note=f"Cancelled {stop.where()}." if stop.where() else "")
         except Exception as error:
             if self.time_limit_error and isinstance(error, self.time_limit_error):
-                limit = getattr(settings, "CELERY_TASK_TIME_LIMIT", None)
-                return self._end("failed", f"the job ran past its time limit ({limit} s)")
+                limit = settings.CELERY_TASK_TIME_LIMIT
+                return self._end(Job.Status.FAILED, f"the job ran past its time limit ({limit} s)")
             if not isinstance(error, USER_ERRORS):
                 logger.exception("job %s failed", self.job.pk)
-            return self._end("failed", describe_error(error))
+            return self._end(Job.Status.FAILED, describe_error(error))
 
-    def _end(self, status: str, error: str = "", note: str = "") -> str:
+    def _end(self, status: Job.Status, error: str = "", note: str = "") -> str:
         """Record a cancel or failure, if this worker still holds the job (``note``: a line
         for the job's log)."""
         with transaction.atomic():
-            ended = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
+            ended = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status=Job.Status.RUNNING).update(
                 status=status, error=error, finished_at=timezone.now())
             if not ended:
                 return "lost"
@@ -188,23 +188,23 @@ class JobRunner:
             self.engine.note_parked(parked.kind)  # the wait counts in the iteration's phases
             self.files.save_checkpoint(self.engine.state)
         with transaction.atomic():
-            done = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status="running").update(
-                status="waiting", waiting_kind=parked.kind, waiting_for=str(parked)[:300],
+            done = Job.objects.filter(pk=self.job.pk, claimed_by=self.worker, status=Job.Status.RUNNING).update(
+                status=Job.Status.WAITING, waiting_kind=parked.kind, waiting_for=str(parked)[:300],
                 claimed_by="", heartbeat_at=timezone.now())
             if not done:
                 return "lost"
-            publish(self.job.pk, "job.status", {"status": "waiting", "error": "",
+            publish(self.job.pk, "job.status", {"status": Job.Status.WAITING, "error": "",
                                                 "waiting_for": str(parked)})
         if parked.then is not None:
             parked.then()
         if parked.kind == "measurement":
             resume_waiting_job(self.job.pk)  # its requests may have ended while it parked
-        return "waiting"
+        return Job.Status.WAITING
 
     def _prepare(self) -> tuple[AdaptConfig, JobOptions, ArchitectureSpec, nn.Module, DatasetSplits]:
         """The start of every run: say so, give up after too many crashes, load the inputs."""
         job = self.job
-        publish(job.pk, "job.status", {"status": "running", "error": ""})
+        publish(job.pk, "job.status", {"status": Job.Status.RUNNING, "error": ""})
         if job.attempts > max_attempts():
             raise JobError(f"the job stopped unexpectedly {job.attempts - 1} times (worker killed or "
                            "out of memory?); not trying again")
@@ -332,10 +332,10 @@ class JobRunner:
         networks = [describe_network(self.spec, n.channels, n.label) for n in request.networks]
         shape = list(request.example_input.shape)
         asked = MeasurementRequest.objects.filter(job_id=self.job.pk, key=request_key(signatures, networks, shape))
-        done = asked.filter(status="done").order_by("-pk").first()
+        done = asked.filter(status=MeasurementRequest.Status.DONE).order_by("-pk").first()
         if done is not None and networks and not signatures:
             return Measured([TimingStats(**result) for result in done.results])
-        failed = asked.filter(status="failed").order_by("-pk").first()
+        failed = asked.filter(status=MeasurementRequest.Status.FAILED).order_by("-pk").first()
         if failed is not None:
             raise JobError(failed.error or f"measuring on {device.name} failed")
         with transaction.atomic():
@@ -422,7 +422,7 @@ class JobRunner:
             if finish.iterations:
                 Iteration.objects.filter(job_id=self.job.pk, number=finish.iterations - 1).update(
                     validation_accuracy=finish.validation_accuracy)
-            Job.objects.filter(pk=self.job.pk).update(status="finished", result=result, error="",
+            Job.objects.filter(pk=self.job.pk).update(status=Job.Status.FINISHED, result=result, error="",
                                                       finished_at=timezone.now())
             publish(self.job.pk, "job.finish", result)
-            publish(self.job.pk, "job.status", {"status": "finished", "error": ""})
+            publish(self.job.pk, "job.status", {"status": Job.Status.FINISHED, "error": ""})

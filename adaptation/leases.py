@@ -39,20 +39,20 @@ RUNNABLE_KINDS = ("adapt", "finetune", "baseline")
 
 
 def lease_seconds() -> float:
-    return float(getattr(settings, "JOB_LEASE_SECONDS", 60))
+    return float(settings.JOB_LEASE_SECONDS)
 
 
 def heartbeat_seconds() -> float:
-    return float(getattr(settings, "JOB_HEARTBEAT_SECONDS", 5))
+    return float(settings.JOB_HEARTBEAT_SECONDS)
 
 
 def max_attempts() -> int:
-    return int(getattr(settings, "JOB_MAX_ATTEMPTS", 5))
+    return int(settings.JOB_MAX_ATTEMPTS)
 
 
 def _lapsed(now: datetime) -> Q:
     """Running jobs whose lease has lapsed, whoever held it."""
-    return Q(status="running") & (Q(heartbeat_at__isnull=True)
+    return Q(status=Job.Status.RUNNING) & (Q(heartbeat_at__isnull=True)
                                   | Q(heartbeat_at__lt=now - timedelta(seconds=lease_seconds())))
 
 
@@ -63,12 +63,12 @@ def _gone_grace(now: datetime) -> datetime:
 def claim_job(job_id: int, worker: str) -> Job | None:
     """Claim the job for ``worker``; the claimed row, or None when it is not ours to run."""
     now = timezone.now()
-    claimable = Q(status="queued") | _lapsed(now)
-    current = Job.objects.filter(pk=job_id, status="running").values_list("claimed_by", "heartbeat_at").first()
+    claimable = Q(status=Job.Status.QUEUED) | _lapsed(now)
+    current = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).values_list("claimed_by", "heartbeat_at").first()
     if current and current[1] and current[1] < _gone_grace(now) and claim_is_gone(current[0]):
-        claimable |= Q(status="running", claimed_by=current[0], heartbeat_at=current[1])
+        claimable |= Q(status=Job.Status.RUNNING, claimed_by=current[0], heartbeat_at=current[1])
     claimed = Job.objects.filter(claimable, pk=job_id, kind__in=RUNNABLE_KINDS).update(
-        status="running", claimed_by=worker, heartbeat_at=now, attempts=F("attempts") + 1,
+        status=Job.Status.RUNNING, claimed_by=worker, heartbeat_at=now, attempts=F("attempts") + 1,
         started_at=Coalesce("started_at", Value(now, output_field=DateTimeField())))
     if not claimed:
         return None
@@ -77,7 +77,7 @@ def claim_job(job_id: int, worker: str) -> Job | None:
 
 def renew_lease(job_id: int, worker: str) -> bool:
     """Extend the lease; False when ``worker`` no longer holds the job (or it was deleted)."""
-    return bool(Job.objects.filter(pk=job_id, claimed_by=worker, status="running")
+    return bool(Job.objects.filter(pk=job_id, claimed_by=worker, status=Job.Status.RUNNING)
                 .update(heartbeat_at=timezone.now()))
 
 
@@ -90,21 +90,21 @@ def jobs_to_resume(now: datetime | None = None) -> list[int]:
     now = now or timezone.now()
     runnable = Job.objects.filter(kind__in=RUNNABLE_KINDS)
     ids = list(runnable.filter(_lapsed(now)).values_list("pk", flat=True))
-    host_claims = (runnable.filter(status="running", heartbeat_at__lt=_gone_grace(now),
+    host_claims = (runnable.filter(status=Job.Status.RUNNING, heartbeat_at__lt=_gone_grace(now),
                                    claimed_by__startswith=f"{socket.gethostname()}:")
                    .exclude(pk__in=ids).values_list("pk", "claimed_by"))
     ids += [pk for pk, claimed_by in host_claims if claim_is_gone(claimed_by)]
-    waiting = Q(status="queued", created__lt=now - timedelta(seconds=QUEUED_GRACE_SECONDS)) & (
+    waiting = Q(status=Job.Status.QUEUED, created__lt=now - timedelta(seconds=QUEUED_GRACE_SECONDS)) & (
         Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=now - timedelta(seconds=requeue_seconds())))
     for pk in runnable.filter(waiting).values_list("pk", flat=True):
         if runnable.filter(waiting, pk=pk).update(heartbeat_at=now):
             ids.append(pk)
     # Proposals fine-tuned by other tasks beat on the waiting job; silence means they were lost
     # (a killed worker; the filesystem transport does not redeliver): run the job to resend them.
-    stalled = Q(status="waiting", waiting_kind="evaluation",
+    stalled = Q(status=Job.Status.WAITING, waiting_kind="evaluation",
                 heartbeat_at__lt=now - timedelta(seconds=lease_seconds()))
     for pk in runnable.filter(stalled).values_list("pk", flat=True):
-        if runnable.filter(stalled, pk=pk).update(status="queued", heartbeat_at=now, claimed_by="", attempts=0):
+        if runnable.filter(stalled, pk=pk).update(status=Job.Status.QUEUED, heartbeat_at=now, claimed_by="", attempts=0):
             ids.append(pk)
     return sorted(ids)
 
@@ -112,7 +112,7 @@ def jobs_to_resume(now: datetime | None = None) -> list[int]:
 def beat_waiting(job_id: int) -> bool:
     """A task working for a job says it is alive (the stamp counts while the job waits); False
     once the job has ended, so the task may stop."""
-    Job.objects.filter(pk=job_id, status="waiting").update(heartbeat_at=timezone.now())
+    Job.objects.filter(pk=job_id, status=Job.Status.WAITING).update(heartbeat_at=timezone.now())
     return Job.objects.filter(pk=job_id, status__in=Job.ACTIVE_STATUSES).exists()
 
 

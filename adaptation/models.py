@@ -13,6 +13,14 @@ from adaptation.job_files import job_folder_name
 from devices.models import Device
 
 
+class CheckStatus(models.TextChoices):
+    """Where an upload stands with the checking worker (models and datasets share it)."""
+
+    CHECKING = "checking", "Checking"
+    READY = "ready", "Ready"
+    REJECTED = "rejected", "Rejected"
+
+
 def model_upload_path(instance: "ModelUpload", filename: str) -> str:
     return f"models/{instance.owner_id}/{filename}"
 
@@ -30,7 +38,7 @@ class ModelUpload(models.Model):
     """A trained network: a built-in architecture plus weights, or an ONNX file."""
 
     SOURCE_CHOICES = [("builtin", "Built-in architecture"), ("onnx", "ONNX file")]
-    STATUS_CHOICES = [("checking", "Checking"), ("ready", "Ready"), ("rejected", "Rejected")]
+    Status = CheckStatus
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="model_uploads")
     name = models.CharField(max_length=100)
@@ -42,7 +50,7 @@ class ModelUpload(models.Model):
     width = models.FloatField(default=1.0)  # width multiplier of the built-in architecture
     resolution = models.PositiveIntegerField(null=True, blank=True)
     file = models.FileField(upload_to=model_upload_path, max_length=255)
-    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="checking")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CHECKING)
     preflight = models.JSONField(default=dict, blank=True)  # groups, macs, params, latency per device
     error = models.TextField(blank=True)  # why it was rejected
     # The checking worker's child's peak resident memory (its VmHWM), once checked.
@@ -62,7 +70,7 @@ class Dataset(models.Model):
     KIND_CHOICES = [("builtin", "Built-in"), ("folder", "Image folder archive")]
     BUILTIN_CHOICES = [("fashion_mnist", "Fashion-MNIST"), ("digits", "scikit-learn digits")]
     # An upload is stored "checking" and the checking worker moves it to ready or rejected.
-    STATUS_CHOICES = [("checking", "Checking"), ("ready", "Ready"), ("rejected", "Rejected")]
+    Status = CheckStatus
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True,
                               related_name="datasets")
@@ -71,7 +79,7 @@ class Dataset(models.Model):
     builtin_name = models.CharField(max_length=32, choices=BUILTIN_CHOICES, blank=True)
     archive = models.FileField(upload_to=dataset_archive_path, max_length=255, blank=True)
     summary = models.JSONField(default=dict, blank=True)  # split sizes, class counts, channels, resolution
-    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="ready")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
     error = models.TextField(blank=True)
     check_peak_bytes = models.BigIntegerField(null=True, blank=True)  # as ModelUpload's
     created = models.DateTimeField(default=timezone.now)
@@ -98,9 +106,15 @@ class Job(models.Model):
     """One run of the engine: an adaptation, a baseline for its chart, or a long fine-tune."""
 
     KIND_CHOICES = [("adapt", "Adaptation"), ("baseline", "Baseline"), ("finetune", "Fine-tune")]
-    STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("waiting", "Waiting"),
-                      ("finished", "Finished"), ("failed", "Failed"), ("cancelled", "Cancelled")]
-    ACTIVE_STATUSES = ("queued", "running", "waiting")
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        WAITING = "waiting", "Waiting"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.WAITING)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="jobs")
     kind = models.CharField(max_length=16, choices=KIND_CHOICES, default="adapt")
@@ -110,7 +124,7 @@ class Job(models.Model):
     dataset = models.ForeignKey(Dataset, models.PROTECT, related_name="jobs")
     device = models.ForeignKey(Device, models.PROTECT, related_name="jobs")
     settings = models.JSONField(default=dict, blank=True)  # the engine's AdaptConfig.to_dict()
-    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="queued")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     cancel_requested = models.BooleanField(default=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)  # the running worker's lease
     claimed_by = models.CharField(max_length=255, blank=True)  # worker host and pid

@@ -132,7 +132,7 @@ def create_model_upload(user, form) -> ModelUpload:
     """Store a valid ``ModelUploadForm``'s upload as "checking" and send its pre-flight to the
     checking worker (once the row is committed)."""
     upload = form.save(commit=False)
-    upload.owner, upload.status, upload.error, upload.preflight = user, "checking", "", {}
+    upload.owner, upload.status, upload.error, upload.preflight = user, ModelUpload.Status.CHECKING, "", {}
     with transaction.atomic():
         try:
             upload.save()  # stores the file too
@@ -163,32 +163,32 @@ def check_model_upload(upload: ModelUpload, *, runner: Runner = run_limited) -> 
                              memory_bytes=memory_bytes, seconds=seconds, runner=runner)
     upload.check_peak_bytes = check.peak_rss_bytes
     if not check.accepted:
-        upload.status, upload.error, upload.preflight = "rejected", check.error, {}
+        upload.status, upload.error, upload.preflight = ModelUpload.Status.REJECTED, check.error, {}
         return False
     if upload.source == "onnx":
         upload.arch, upload.width = "", 1.0
         for name, value in check.fields.items():
             setattr(upload, name, value)
-    upload.status, upload.error, upload.preflight = "ready", "", check.report
+    upload.status, upload.error, upload.preflight = ModelUpload.Status.READY, "", check.report
     return True
 
 
 def finish_model_check(upload_id: int, *, runner: Runner = run_limited) -> str | None:
     """What the checking worker does with a model upload: check it, record the verdict (a
     rejected upload's file is deleted). None when the row is gone or no longer checking."""
-    upload = ModelUpload.objects.filter(pk=upload_id, status="checking").first()
+    upload = ModelUpload.objects.filter(pk=upload_id, status=ModelUpload.Status.CHECKING).first()
     if upload is None:
         return None
     name = upload.file.name
     check_model_upload(upload, runner=runner)
-    if upload.status == "rejected":
+    if upload.status == ModelUpload.Status.REJECTED:
         upload.file.name = ""
     fields = ["status", "error", "preflight", "check_peak_bytes", "file", "arch", "width",
               "num_classes", "in_channels", "resolution"]
     values = {field: getattr(upload, field) for field in fields}
     values["file"] = upload.file.name
-    recorded = ModelUpload.objects.filter(pk=upload_id, status="checking").update(**values)
-    if upload.status == "rejected" or not recorded:  # rejected, or deleted while it was checked
+    recorded = ModelUpload.objects.filter(pk=upload_id, status=ModelUpload.Status.CHECKING).update(**values)
+    if upload.status == ModelUpload.Status.REJECTED or not recorded:  # rejected, or deleted while it was checked
         default_storage.delete(name)
         _remove_empty_folders(name)
     return upload.status if recorded else None
@@ -214,7 +214,7 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
     try:
         with transaction.atomic():
             dataset = Dataset.objects.create(owner=owner, name=name, kind="folder", archive=stored,
-                                             summary={"name": name}, status="checking")
+                                             summary={"name": name}, status=Dataset.Status.CHECKING)
             _enqueue_check("check_dataset_upload", dataset.pk, resolution, grayscale)
     except BaseException:
         default_storage.delete(stored)
@@ -228,7 +228,7 @@ def finish_dataset_check(dataset_id: int, resolution: int, grayscale: bool | Non
     a bounded child (``check_dataset_archive``), delete the zip, record the verdict. A refused
     archive leaves a "rejected" row with the reason and no files. None when the row is gone or no
     longer checking."""
-    dataset = Dataset.objects.filter(pk=dataset_id, status="checking").first()
+    dataset = Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.CHECKING).first()
     if dataset is None:
         return None
     stored = dataset.archive.name
@@ -240,15 +240,15 @@ def finish_dataset_check(dataset_id: int, resolution: int, grayscale: bool | Non
                                       limits=dataset_check_limits())
     except ArchiveError as error:  # DatasetRejected: nothing extracted is left
         peak = getattr(error, "peak_rss_bytes", None)
-        values = {"status": "rejected", "error": f"Rejected: {error}", "archive": "",
+        values = {"status": Dataset.Status.REJECTED, "error": f"Rejected: {error}", "archive": "",
                   "check_peak_bytes": peak}
     else:
-        values = {"status": "ready", "error": "", "archive": folder, "check_peak_bytes": check.peak_rss_bytes,
+        values = {"status": Dataset.Status.READY, "error": "", "archive": folder, "check_peak_bytes": check.peak_rss_bytes,
                   "summary": {**check.summary, "name": dataset.name}}
     finally:
         default_storage.delete(stored)
-    recorded = Dataset.objects.filter(pk=dataset_id, status="checking").update(**values)
-    if values["status"] == "rejected" or not recorded:  # rejected, or deleted while it was checked
+    recorded = Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.CHECKING).update(**values)
+    if values["status"] == Dataset.Status.REJECTED or not recorded:  # rejected, or deleted while it was checked
         shutil.rmtree(destination, ignore_errors=True)
         _remove_empty_folders(folder)
     return values["status"] if recorded else None
@@ -300,13 +300,13 @@ def cancel_job(job: Job) -> CancelOutcome:
         return CancelOutcome("inactive", f"Job #{job.pk} is already {job.get_status_display().lower()}.")
     # No worker holds a queued or waiting job (a claim moves it to running with a conditional
     # UPDATE, which this one races fairly): it stops here. A running job stops at its next check.
-    cancelled = Job.objects.filter(pk=job.pk, status__in=("queued", "waiting")).update(
-        status="cancelled", cancel_requested=True, finished_at=timezone.now())
+    cancelled = Job.objects.filter(pk=job.pk, status__in=(Job.Status.QUEUED, Job.Status.WAITING)).update(
+        status=Job.Status.CANCELLED, cancel_requested=True, finished_at=timezone.now())
     if cancelled:
         drop_queued_requests(job.pk, "the job was cancelled")
-        publish(job.pk, "job.status", {"status": "cancelled", "error": ""})
+        publish(job.pk, "job.status", {"status": Job.Status.CANCELLED, "error": ""})
         return CancelOutcome("cancelled", f"Job #{job.pk} is cancelled.")
-    if not Job.objects.filter(pk=job.pk, status="running").update(cancel_requested=True):
+    if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True):
         job.refresh_from_db()  # it ended between the two updates
         return CancelOutcome("inactive", f"Job #{job.pk} is already {job.get_status_display().lower()}.")
     publish(job.pk, "job.log", {"level": "warning",
@@ -323,7 +323,7 @@ def final_iteration_number(job: Job) -> int | None:
     """The iteration whose network the ``final.*`` files hold (long-term fine-tuned); None until
     the job has finished."""
     iterations = (job.result or {}).get("iterations")
-    if job.status != "finished" or not isinstance(iterations, int):
+    if job.status != Job.Status.FINISHED or not isinstance(iterations, int):
         return None
     return iterations - 1
 

@@ -39,7 +39,7 @@ def enqueue_job_id(job_id: int) -> None:
     transaction.on_commit(lambda: run_job.delay(job_id))
 
 
-@shared_task(acks_late=True)
+@shared_task(name="adaptation.tasks.run_job", acks_late=True)
 def run_job(job_id: int) -> str | None:
     """Claim and run one job; returns how it ended, None when it was not ours to run."""
     from adaptation.child_jobs import RUNNERS
@@ -72,14 +72,14 @@ def check_dataset_upload(dataset_id: int, resolution: int, grayscale: bool | Non
     return finish_dataset_check(dataset_id, resolution, grayscale)
 
 
-@shared_task(acks_late=True)
+@shared_task(name="adaptation.tasks.evaluate_proposal_task", acks_late=True)
 def evaluate_proposal_task(job_id: int, iteration: int, index: int) -> str:
     """Fine-tune one proposal of a waiting job (a chord's member; see ``adaptation.proposals``)."""
     from adaptation.proposals import evaluate_for_job
     return evaluate_for_job(job_id, iteration, index, worker_name())
 
 
-@shared_task
+@shared_task(name="adaptation.tasks.proposals_evaluated")
 def proposals_evaluated(job_id: int, iteration: int) -> bool:
     """The chord's end: run the job again, which reads the proposals' files, once all exist."""
     from adaptation.proposals import all_evaluated
@@ -89,15 +89,15 @@ def proposals_evaluated(job_id: int, iteration: int) -> bool:
 def resume_job(job_id: int, kind: str) -> bool:
     """Re-enqueue a job that waits for ``kind`` ("measurement" or "evaluation"); False if it
     does not (it ended, was cancelled, or someone resumed it already)."""
-    resumed = Job.objects.filter(pk=job_id, status="waiting", waiting_kind=kind).update(
-        status="queued", heartbeat_at=timezone.now(), claimed_by="", attempts=0, waiting_kind="",
+    resumed = Job.objects.filter(pk=job_id, status=Job.Status.WAITING, waiting_kind=kind).update(
+        status=Job.Status.QUEUED, heartbeat_at=timezone.now(), claimed_by="", attempts=0, waiting_kind="",
         waiting_for="")
     if resumed:
         enqueue_job_id(job_id)
     return bool(resumed)
 
 
-@shared_task
+@shared_task(name="adaptation.tasks.sweep_stale_jobs")
 def sweep_stale_jobs() -> list[int]:
     """Re-send ``run_job`` for each job that needs a worker; the claim makes duplicates harmless."""
     from devices.requests import sweep_requests

@@ -72,7 +72,7 @@ class DeviceList(generics.ListCreateAPIView):
                 .order_by("name", "pk"))
 
     def perform_create(self, serializer):
-        serializer.save(owner=self.request.user, status="offline")
+        serializer.save(owner=self.request.user, status=Device.Status.OFFLINE)
 
     @extend_schema(responses={201: DeviceSerializer, 400: VALIDATION_ERROR})
     def post(self, request, *args, **kwargs):

@@ -65,11 +65,11 @@ def poll_seconds() -> float:
     ``EVENT_POLL_SECONDS`` (0.1 s embedded), else 1 s: the production mode's channel layer carries
     job events, but nothing announces new requests.
     """
-    return float(getattr(settings, "AGENT_POLL_SECONDS", 0) or settings.EVENT_POLL_SECONDS or 1.0)
+    return float(settings.AGENT_POLL_SECONDS or settings.EVENT_POLL_SECONDS or 1.0)
 
 
 def heartbeat_seconds() -> float:
-    return float(getattr(settings, "AGENT_HEARTBEAT_SECONDS", p.HEARTBEAT_SECONDS))
+    return float(settings.AGENT_HEARTBEAT_SECONDS)
 
 
 def worker_name(device_id: int) -> str:
@@ -230,7 +230,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._offer()
 
     async def _heartbeat(self, message: dict) -> None:
-        if not await self._touch("busy" if self.current is not None else "online"):
+        if not await self._touch(Device.Status.BUSY if self.current is not None else Device.Status.ONLINE):
             await self._close_revoked()
 
     async def _layers(self, message: dict) -> None:
@@ -278,7 +278,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._request_closed(request_id)
             return
         self.current = None
-        await self._send(p.DONE, request=request_id, status="done")
+        await self._send(p.DONE, request=request_id, status=MeasurementRequest.Status.DONE)
         await self._offer()
 
     async def _agent_error(self, message: dict) -> None:
@@ -287,7 +287,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         text = text[:p.MAX_ERROR_CHARS] if isinstance(text, str) and text.strip() else "no reason given"
         await self._fail(request_id, f"measuring on {self.device_name} failed: {text}")
         self.current = None
-        await self._send(p.DONE, request=request_id, status="failed")
+        await self._send(p.DONE, request=request_id, status=MeasurementRequest.Status.FAILED)
         await self._offer()
 
     # ----------------------------------------------------------------------- helpers
@@ -315,7 +315,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.current = None
         await self._send_error(f"request {request_id} is no longer open (done, failed or cancelled): "
                                "stop working on it", request_id)
-        await self._touch("online")
+        await self._touch(Device.Status.ONLINE)
         await self._offer()
 
     async def _send(self, message_type: str, **fields: Any) -> None:
@@ -382,7 +382,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def _said_hello(self, facts: dict) -> Device | None:
-        status = "busy" if self.current is not None else "online"
+        status = Device.Status.BUSY if self.current is not None else Device.Status.ONLINE
         # A phone's browser decides its threads (cross-origin isolation): its jobs ask for those.
         more = {"threads": self.threads} if self.kind == "phone" else {}
         if not self._touch_now(status=status, facts=facts, **more):
@@ -392,20 +392,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _went_offline(self) -> None:
         # Only if no other connection of the device has written last_seen since this one did.
-        Device.objects.filter(pk=self.device_id, last_seen=self.touched).update(status="offline")
+        Device.objects.filter(pk=self.device_id, last_seen=self.touched).update(status=Device.Status.OFFLINE)
 
     def _open_request(self, request_id: int) -> MeasurementRequest | None:
         return MeasurementRequest.objects.select_related("device").filter(
-            pk=request_id, device_id=self.device_id, status="running",
+            pk=request_id, device_id=self.device_id, status=MeasurementRequest.Status.RUNNING,
             claimed_by=worker_name(self.device_id)).first()
 
     @database_sync_to_async
     def _claim_next(self) -> dict | None:
         worker = worker_name(self.device_id)
         mine = MeasurementRequest.objects.filter(device_id=self.device_id)
-        candidates = list(mine.filter(status="running", claimed_by=worker).order_by("created", "pk")
+        candidates = list(mine.filter(status=MeasurementRequest.Status.RUNNING, claimed_by=worker).order_by("created", "pk")
                           .values_list("pk", flat=True)[:CANDIDATES_PER_POLL])
-        candidates += list(mine.filter(status="queued").order_by("created", "pk")
+        candidates += list(mine.filter(status=MeasurementRequest.Status.QUEUED).order_by("created", "pk")
                            .values_list("pk", flat=True)[:CANDIDATES_PER_POLL])
         for request_id in candidates:
             request = claim_request(request_id, worker)
@@ -421,8 +421,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                                       f"ONNX Runtime only; this request asked for {request.runtime!r}")
                 continue
             pending = pending_signatures(request, self.runtime_version)
-            protocol = MeasureProtocol(threads=request.threads, **getattr(settings, "MEASURE_PROTOCOL", {}))
-            self._touch_now(status="busy")
+            protocol = MeasureProtocol(threads=request.threads, **settings.MEASURE_PROTOCOL)
+            self._touch_now(status=Device.Status.BUSY)
             return {"request": request.pk, "files": p.FILES_PATH.format(request=request.pk),
                     "reason": request.reason, "runtime": request.runtime, "threads": request.threads,
                     "signatures": len(request.signatures), "pending": len(pending),
@@ -444,7 +444,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             raise InvalidResults(f"layer indices {out_of_range[:10]} are not in request {request_id} "
                                  f"({len(request.signatures)} layers)")
         store_layer_results(request, results, self.runtime_version)
-        self._touch_now(status="busy")
+        self._touch_now(status=Device.Status.BUSY)
         return MeasurementRequest.objects.values_list("signatures_done", flat=True).get(pk=request_id)
 
     @database_sync_to_async
@@ -458,7 +458,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 complete_request(request, results, self.runtime_version)
             except ValueError as error:  # a result count that does not match, layers still missing
                 raise InvalidResults(str(error)) from None
-            self._touch_now(status="online")
+            self._touch_now(status=Device.Status.ONLINE)
         return True
 
     @database_sync_to_async
@@ -467,4 +467,4 @@ class AgentConsumer(AsyncWebsocketConsumer):
             request = self._open_request(request_id)
             if request is not None:
                 fail_request(request, reason)
-            self._touch_now(status="online")
+            self._touch_now(status=Device.Status.ONLINE)

@@ -13,12 +13,10 @@ from webapp.lib.forms import UploadLimitMixin
 
 #: Most measuring threads a device may ask for (phones and desktops have far fewer cores).
 MAX_THREADS = 256
-#: Largest look-up-table file accepted (a full MobileNetV2 grid of ~14k entries is ~4 MB).
-LUT_MAX_BYTES = 32 * 1024 * 1024
 
 
 def lut_max_bytes() -> int:
-    return int(getattr(settings, "LUT_IMPORT_MAX_BYTES", LUT_MAX_BYTES))
+    return int(settings.LUT_IMPORT_MAX_BYTES)
 
 
 class DeviceForm(forms.ModelForm):

@@ -33,11 +33,11 @@ def host_lock() -> HostLock:
 
 
 def lock_wait_seconds() -> float:
-    return float(getattr(settings, "HOST_LOCK_WAIT_SECONDS", 120))
+    return float(settings.HOST_LOCK_WAIT_SECONDS)
 
 
 def measure_retakes() -> int:
-    return int(getattr(settings, "MEASURE_RETAKES", 2))
+    return int(settings.MEASURE_RETAKES)
 
 
 @dataclass

@@ -38,8 +38,6 @@ ENTRY_FIELDS = ("runtime", "runtime_version", "threads", "signature", "signature
 #: Fields an entry may have besides ENTRY_FIELDS (the backend of a phone's runtime).
 OPTIONAL_FIELDS = ("backend",)
 _BACKEND_LENGTH = LatencyEntry._meta.get_field("backend").max_length
-#: Most entries one file may hold (a full MobileNetV2 grid is ~14k; a NetAdapt run needs hundreds).
-MAX_ENTRIES = 50_000
 RUNTIMES = tuple(name for name, _ in Device.RUNTIME_CHOICES)
 _VERSION_LENGTH = LatencyEntry._meta.get_field("runtime_version").max_length
 SYSTEM_DEVICE_REFUSAL = ("The server's CPU is shared by everyone and measures its own table: "
@@ -80,7 +78,7 @@ class ImportResult:
 
 
 def max_entries() -> int:
-    return int(getattr(settings, "LUT_IMPORT_MAX_ENTRIES", MAX_ENTRIES))
+    return int(settings.LUT_IMPORT_MAX_ENTRIES)
 
 
 # --------------------------------------------------------------------------- export

@@ -76,7 +76,7 @@ def _upload_description(upload: ModelUpload, channels: dict, label: str) -> dict
 
 
 def _target(upload: ModelUpload, channels: dict, label: str) -> Target:
-    if upload.status != "ready":
+    if upload.status != ModelUpload.Status.READY:
         raise MeasureError(f"Model '{upload.name}' is {upload.get_status_display().lower()}: only a model "
                            "that passed the pre-flight check can be measured.", "model")
     if not upload.in_channels or not upload.resolution:
@@ -90,8 +90,8 @@ def _target(upload: ModelUpload, channels: dict, label: str) -> Target:
 def model_target(user, model_id) -> Target:
     """The original network of one of the user's models (Http404 for another user's)."""
     upload = get_model_for_user(user, _id(model_id, "model"))
-    if upload.status != "ready":  # still being checked, or rejected (its file is gone)
-        state = "is still being checked" if upload.status == "checking" else "was rejected by its pre-flight check"
+    if upload.status != ModelUpload.Status.READY:  # still being checked, or rejected (its file is gone)
+        state = "is still being checked" if upload.status == ModelUpload.Status.CHECKING else "was rejected by its pre-flight check"
         raise MeasureError(f"Model '{upload.name}' {state}: only a checked model can be measured.", "model")
     return _target(upload, {}, f"model '{upload.name}'")
 
@@ -202,8 +202,10 @@ def cancel_measurement(measurement: MeasurementRequest) -> None:
     if measurement.job_id is not None:
         raise MeasureError(f"This measurement belongs to job #{measurement.job_id}, which waits for it: cancel "
                            "the job instead (its page, or POST /api/v1/jobs/<id>/cancel).")
-    cancelled = MeasurementRequest.objects.filter(pk=measurement.pk, status="queued", job__isnull=True).update(
-        status="cancelled", error="Cancelled by its owner before it started.", finished_at=timezone.now())
+    cancelled = MeasurementRequest.objects.filter(
+        pk=measurement.pk, status=MeasurementRequest.Status.QUEUED, job__isnull=True,
+    ).update(status=MeasurementRequest.Status.CANCELLED, error="Cancelled by its owner before it started.",
+             finished_at=timezone.now())
     if not cancelled:
         measurement.refresh_from_db(fields=["status"])
         raise MeasureError(f"This measurement is {measurement.get_status_display().lower()} already: only a "

@@ -20,7 +20,10 @@ class Device(models.Model):
     REMOTE_KINDS = ("agent", "phone")
     RUNTIME_CHOICES = [("onnxruntime", "ONNX Runtime"), ("torch", "PyTorch eager"), ("torchscript", "TorchScript"),
                        ("onnxruntime-web", "ONNX Runtime Web (browser)")]
-    STATUS_CHOICES = [("online", "Online"), ("offline", "Offline"), ("busy", "Busy")]
+    class Status(models.TextChoices):
+        ONLINE = "online", "Online"
+        OFFLINE = "offline", "Offline"
+        BUSY = "busy", "Busy"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True,
                               related_name="devices")
@@ -29,7 +32,7 @@ class Device(models.Model):
     runtime = models.CharField(max_length=16, choices=RUNTIME_CHOICES, default="onnxruntime")
     threads = models.PositiveSmallIntegerField(default=1)
     description = models.TextField(blank=True)
-    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="offline")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OFFLINE)
     last_seen = models.DateTimeField(null=True, blank=True)
     facts = models.JSONField(default=dict, blank=True)  # os, cpu, cores, memory, runtime versions
     # An agent authenticates with a token; only its SHA-256 is stored. Revoking empties it.
@@ -120,9 +123,14 @@ class MeasurementRequest(models.Model):
     Its owner may cancel such a measurement while it is queued (``cancelled``: nobody claims it).
     """
 
-    STATUS_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"),
-                      ("failed", "Failed"), ("cancelled", "Cancelled")]
-    OPEN_STATUSES = ("queued", "running")
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN_STATUSES = (Status.QUEUED, Status.RUNNING)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="measurements")
     device = models.ForeignKey(Device, models.CASCADE, related_name="measurements")
@@ -137,7 +145,7 @@ class MeasurementRequest(models.Model):
     networks = models.JSONField(default=list, blank=True)
     results = models.JSONField(default=list, blank=True)
     signatures_done = models.PositiveIntegerField(default=0)
-    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="queued")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
     claimed_by = models.CharField(max_length=255, blank=True)
     attempts = models.PositiveIntegerField(default=0)

@@ -40,7 +40,7 @@ def normalise_code(code: str) -> str:
 
 
 def code_minutes() -> float:
-    return float(getattr(settings, "PAIRING_CODE_MINUTES", 10))
+    return float(settings.PAIRING_CODE_MINUTES)
 
 
 def new_pairing(device: Device) -> tuple[str, Pairing]:
@@ -91,7 +91,7 @@ def device_for_token(token: str | None) -> Device | None:
 
 def revoke(device: Device) -> None:
     """Refuse the device's agent from now on (it must be paired again)."""
-    Device.objects.filter(pk=device.pk).update(token_hash="", token_created=None, status="offline")
+    Device.objects.filter(pk=device.pk).update(token_hash="", token_created=None, status=Device.Status.OFFLINE)
     Pairing.objects.filter(device=device, used_at__isnull=True).update(used_at=timezone.now())
 
 
@@ -102,7 +102,7 @@ PHONE_PATH = "/devices/phone/"
 def public_base_url(fallback: str) -> str:
     """The address phones reach this server at: ``PUBLIC_BASE_URL`` when set, else ``fallback``
     (the address the owner's browser used), without a trailing slash."""
-    return (getattr(settings, "PUBLIC_BASE_URL", "") or fallback).rstrip("/")
+    return (settings.PUBLIC_BASE_URL or fallback).rstrip("/")
 
 
 def pairing_url(base: str, code: str) -> str:

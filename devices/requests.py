@@ -81,10 +81,10 @@ def claim_request(request_id: int, worker: str) -> MeasurementRequest | None:
     """Take a queued request (or one this worker already runs); None when it is not ours."""
     now = timezone.now()
     with transaction.atomic():
-        claimed = (MeasurementRequest.objects.filter(pk=request_id, status="queued")
-                   .update(status="running", claimed_by=worker, started_at=now))
+        claimed = (MeasurementRequest.objects.filter(pk=request_id, status=MeasurementRequest.Status.QUEUED)
+                   .update(status=MeasurementRequest.Status.RUNNING, claimed_by=worker, started_at=now))
         if not claimed:
-            claimed = MeasurementRequest.objects.filter(pk=request_id, status="running",
+            claimed = MeasurementRequest.objects.filter(pk=request_id, status=MeasurementRequest.Status.RUNNING,
                                                         claimed_by=worker).exists()
         if not claimed:
             return None
@@ -162,7 +162,7 @@ def complete_request(request: MeasurementRequest, network_results: Iterable[Mapp
         raise ValueError(f"request {request.pk}: {len(missing)} layer(s) were not measured")
     with transaction.atomic():
         ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
-            status="done", results=results, runtime_version=runtime_version, error="",
+            status=MeasurementRequest.Status.DONE, results=results, runtime_version=runtime_version, error="",
             signatures_done=len(request.signatures), finished_at=timezone.now(), host_lock=host_lock or {})
         if ended:
             request_ended.send(MeasurementRequest, request=request, status="done", host_message=host_message,
@@ -173,7 +173,7 @@ def fail_request(request: MeasurementRequest, error: str) -> None:
     """End a request with an error the job shows to its user."""
     with transaction.atomic():
         ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
-            status="failed", error=error[:2000], finished_at=timezone.now())
+            status=MeasurementRequest.Status.FAILED, error=error[:2000], finished_at=timezone.now())
         if ended:
             request_ended.send(MeasurementRequest, request=request, status="failed", host_message="",
                                table_size=None)
@@ -182,13 +182,13 @@ def fail_request(request: MeasurementRequest, error: str) -> None:
 def drop_queued_requests(job_id: int, why: str) -> int:
     """Fail the job's requests no device has started (it ended): devices skip them. Requests being
     measured finish; their layers still fill the device's table."""
-    return MeasurementRequest.objects.filter(job_id=job_id, status="queued").update(
-        status="failed", error=why, finished_at=timezone.now())
+    return MeasurementRequest.objects.filter(job_id=job_id, status=MeasurementRequest.Status.QUEUED).update(
+        status=MeasurementRequest.Status.FAILED, error=why, finished_at=timezone.now())
 
 
 def device_wait_seconds() -> float:
     """How long a job waits for an agent device to measure before it fails."""
-    return float(getattr(settings, "DEVICE_WAIT_SECONDS", 24 * 3600))
+    return float(settings.DEVICE_WAIT_SECONDS)
 
 
 def sweep_requests(now=None) -> dict[str, list[int]]:
@@ -200,11 +200,12 @@ def sweep_requests(now=None) -> dict[str, list[int]]:
     now = now or timezone.now()
     local = MeasurementRequest.objects.filter(device__kind="local")
     resent = []
-    for request in local.filter(status="running").only("pk", "claimed_by", "device"):
+    for request in local.filter(status=MeasurementRequest.Status.RUNNING).only("pk", "claimed_by", "device"):
         if claim_is_gone(request.claimed_by) and local.filter(
-                pk=request.pk, status="running", claimed_by=request.claimed_by).update(status="queued", claimed_by=""):
+                pk=request.pk, status=MeasurementRequest.Status.RUNNING, claimed_by=request.claimed_by
+        ).update(status=MeasurementRequest.Status.QUEUED, claimed_by=""):
             resent.append(request.pk)
-    stale = local.filter(status="queued", created__lt=now - timedelta(seconds=requeue_seconds()))
+    stale = local.filter(status=MeasurementRequest.Status.QUEUED, created__lt=now - timedelta(seconds=requeue_seconds()))
     resent += [pk for pk in stale.values_list("pk", flat=True) if pk not in resent]
     for request in MeasurementRequest.objects.filter(pk__in=resent).select_related("device"):
         dispatch(request.pk, request.device_id, "local")
@@ -221,7 +222,7 @@ def sweep_requests(now=None) -> dict[str, list[int]]:
 
 def describe_presence(device: Device) -> str:
     """"online", or how long an agent has been away, for messages."""
-    if device.status != "offline":
+    if device.status != Device.Status.OFFLINE:
         return device.get_status_display().lower()
     if device.last_seen is None:
         return "it never connected"

@@ -29,7 +29,7 @@ MEASURE_BATCH = 64
 
 
 def measurer_for(request: MeasurementRequest) -> LocalMeasurer:
-    protocol = MeasureProtocol(threads=request.threads, **getattr(settings, "MEASURE_PROTOCOL", {}))
+    protocol = MeasureProtocol(threads=request.threads, **settings.MEASURE_PROTOCOL)
     return LocalMeasurer(request.runtime, protocol)
 
 
@@ -85,7 +85,7 @@ def _measure_networks(request: MeasurementRequest, measurer: LocalMeasurer) -> t
     return stats, [s.spread for s in stats]
 
 
-@shared_task(acks_late=True)
+@shared_task(name="devices.tasks.measure_request", acks_late=True)
 def measure_request(request_id: int) -> str | None:
     """Claim and run one measurement request; a failure fails the request, never the worker."""
     request = claim_request(request_id, worker_name())
@@ -93,8 +93,8 @@ def measure_request(request_id: int) -> str | None:
         return None
     try:
         run_request(request)
-        return "done"
+        return MeasurementRequest.Status.DONE
     except Exception as error:  # a bad request must not take the device's worker down
         logger.exception("measurement request %s failed", request_id)
         fail_request(request, f"measuring on {request.device.name} failed: {type(error).__name__}: {error}")
-        return "failed"
+        return MeasurementRequest.Status.FAILED

@@ -136,7 +136,7 @@ def device_add(request):
     form = DeviceForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         device = form.save(commit=False)
-        device.owner, device.kind, device.status = request.user, "agent", "offline"
+        device.owner, device.kind, device.status = request.user, "agent", Device.Status.OFFLINE
         device.save()
         messages.success(request, f"Added {device.name}. Pair its agent with the code below.")
         return _pairing_page(request, device)
@@ -150,7 +150,7 @@ def phone_add(request):
     form = PhoneForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         device = form.save(commit=False)
-        device.owner, device.kind, device.status = request.user, "phone", "offline"
+        device.owner, device.kind, device.status = request.user, "phone", Device.Status.OFFLINE
         device.runtime, device.threads = "onnxruntime-web", 1
         device.save()
         messages.success(request, f"Added {device.name}. Scan the code below with the phone's camera.")

@@ -96,7 +96,7 @@ def measurement_detail(request, pk: int):
     context = {"measurement": measurement, "device": measurement.device, "refresh": REFRESH_SECONDS,
                "networks": _network_rows(measurement), "layers_total": len(measurement.signatures)}
     single = measurement.job_id is None and len(measurement.networks) == 1
-    if measurement.status == "done" and single and measurement.results:
+    if measurement.status == MeasurementRequest.Status.DONE and single and measurement.results:
         result = measurement.results[0]
         samples = result.get("samples_ms") or []
         if samples:

@@ -72,7 +72,7 @@ def _forget_earlier_rate_limits():
     except ImportError:  # the engine's tests on a machine without Django
         yield
         return
-    if settings.configured and getattr(settings, "REDIS_URL", None):
+    if settings.configured and settings.REDIS_URL:
         from webapp.lib.ratelimit import clear
 
         clear()

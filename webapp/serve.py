@@ -47,7 +47,7 @@ def uvicorn_command(host: str, port: int, *extra: str) -> list[str]:
     """The web server's command line, with the trusted proxies spelled out: ``--forwarded-allow-ips``
     from ``TRUSTED_PROXIES``, or ``--no-proxy-headers`` when there are none (uvicorn's default,
     and its ``FORWARDED_ALLOW_IPS`` variable, would trust 127.0.0.1)."""
-    proxies = [address for address in getattr(settings, "TRUSTED_PROXIES", []) if address]
+    proxies = [address for address in settings.TRUSTED_PROXIES if address]
     trust = (["--proxy-headers", "--forwarded-allow-ips", ",".join(proxies)] if proxies
              else ["--no-proxy-headers"])
     return [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", host, "--port", str(port),

@@ -245,6 +245,10 @@ CHECK_SECONDS = env_int("NETADAPT_CHECK_SECONDS", 300, minimum=5, maximum=24 * 3
 # A model's check imports torch (about 0.7 GB of private writable memory before any work), so it
 # has its own, larger ceiling; its time limit is CHECK_SECONDS too.
 CHECK_MODEL_MEMORY_MB = env_int("NETADAPT_CHECK_MODEL_MEMORY_MB", 2048, minimum=1024, maximum=1 << 20)
+# Look-up-table imports (devices.lut_io): the largest file accepted (a full MobileNetV2 grid of ~14k
+# entries is ~4 MB) and the most entries it may hold (a NetAdapt run needs hundreds).
+LUT_IMPORT_MAX_BYTES = 32 * 1024 * 1024
+LUT_IMPORT_MAX_ENTRIES = 50_000
 # Model files that pickle a whole nn.Module run arbitrary code when loaded: refused unless the
 # operator explicitly allows them (DESIGN.md section 6).
 NETADAPT_ALLOW_PICKLED_MODELS = env_bool("NETADAPT_ALLOW_PICKLED_MODELS", False)
@@ -307,13 +311,13 @@ SPECTACULAR_SETTINGS = {
     # each, instead of drf-spectacular's hashed names (and its warning).
     "ENUM_NAME_OVERRIDES": {
         # Models and datasets share their statuses (checking, ready, rejected): one enum.
-        "UploadStatusEnum": "adaptation.models.ModelUpload.STATUS_CHOICES",
+        "UploadStatusEnum": "adaptation.models.CheckStatus",
         "DatasetKindEnum": "adaptation.models.Dataset.KIND_CHOICES",
         "JobKindEnum": "adaptation.models.Job.KIND_CHOICES",
-        "JobStatusEnum": "adaptation.models.Job.STATUS_CHOICES",
+        "JobStatusEnum": "adaptation.models.Job.Status",
         "DeviceKindEnum": "devices.models.Device.KIND_CHOICES",
-        "DeviceStatusEnum": "devices.models.Device.STATUS_CHOICES",
-        "MeasurementStatusEnum": "devices.models.MeasurementRequest.STATUS_CHOICES",
+        "DeviceStatusEnum": "devices.models.Device.Status",
+        "MeasurementStatusEnum": "devices.models.MeasurementRequest.Status",
     },
 }
 
@@ -389,6 +393,9 @@ DEVICE_WAIT_SECONDS = env_int("NETADAPT_DEVICE_WAIT_SECONDS", 24 * 3600, minimum
 HOST_LOCK_DIR = Path(env_str("NETADAPT_HOST_LOCK_DIR", str(DATA_DIR / "host-lock"))).resolve()
 HOST_LOCK_WAIT_SECONDS = env_int("NETADAPT_HOST_LOCK_WAIT_SECONDS", 120, minimum=1)
 MEASURE_RETAKES = env_int("NETADAPT_MEASURE_RETAKES", 2, minimum=0)
+# Overrides of the timing protocol's fields (devices.measure.MeasureProtocol: warmup, rounds,
+# runs_per_round...) for this server's CPU and agents; empty: the protocol's own defaults.
+MEASURE_PROTOCOL: dict = {}
 # An agent's websocket polls the database for its device's requests (and re-checks the token)
 # every AGENT_POLL_SECONDS; 0: EVENT_POLL_SECONDS (below), else 1 s (devices/consumers.py).
 AGENT_POLL_SECONDS = env_int("NETADAPT_AGENT_POLL_SECONDS", 0, minimum=0)

@@ -14,7 +14,7 @@ from django.conf import settings
 
 
 def requeue_seconds() -> float:
-    return float(getattr(settings, "JOB_REQUEUE_SECONDS", 600))
+    return float(settings.JOB_REQUEUE_SECONDS)
 
 
 def worker_name() -> str:

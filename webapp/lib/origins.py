@@ -30,7 +30,7 @@ def _header(scope: dict, name: bytes) -> str | None:
 def _secure(scope: dict) -> bool:
     if scope.get("scheme") in ("wss", "https"):
         return True
-    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    proxy = settings.SECURE_PROXY_SSL_HEADER
     if proxy:
         name, expected = proxy
         value = _header(scope, name.removeprefix("HTTP_").lower().replace("_", "-").encode())

@@ -25,7 +25,7 @@ class Command(BaseCommand):
             owner=None, name=SYSTEM_DEVICE_NAME,
             defaults={"facts": facts},
             create_defaults={"facts": facts, "kind": "local", "runtime": "onnxruntime",
-                             "threads": 1, "status": "online",
+                             "threads": 1, "status": Device.Status.ONLINE,
                              "description": "The CPU of the machine that runs the workers."},
         )
         self.stdout.write(f"{'Created' if created else 'Updated'} system device {device.name!r} (#{device.pk})")
@@ -41,5 +41,5 @@ class Command(BaseCommand):
             return
         summary = load_dataset(builtin_name).summary()  # default splits: holdout 10%, seed 0
         Dataset.objects.get_or_create(owner=None, builtin_name=builtin_name, defaults={
-            "name": label, "kind": "builtin", "summary": summary, "status": "ready"})
+            "name": label, "kind": "builtin", "summary": summary, "status": Dataset.Status.READY})
         self.stdout.write(f"Created built-in dataset {label!r}")
