@@ -31,6 +31,8 @@ class MeasureStartRequest(serializers.Serializer):
 
 
 class MeasurementSerializer(serializers.ModelSerializer):
+    job = serializers.IntegerField(source="job_id", read_only=True, allow_null=True,
+                                   help_text="The job that asked for it; null for one you started.")
     signatures = serializers.SerializerMethodField(
         help_text="Layers the device's look-up table lacked, measured into it with the network.")
     networks = serializers.SerializerMethodField(help_text="The label of each network measured whole.")

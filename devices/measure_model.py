@@ -187,7 +187,7 @@ def start_measurement(user, device: Device, target: Target) -> MeasurementReques
     layers = traced_layers(target.description, target.example_shape)
     missing = missing_signatures(device, [signature for _, signature in layers])
     with transaction.atomic():
-        return open_request(owner=user, device=device, job=None, reason=target.reason,
+        return open_request(owner=user, device=device, reason=target.reason,
                             runtime=device.runtime, threads=device.threads,
                             example_shape=target.example_shape,
                             signatures=[signature.to_dict() for signature in missing],
@@ -202,7 +202,7 @@ def cancel_measurement(measurement: MeasurementRequest) -> None:
     if measurement.job_id is not None:
         raise MeasureError(f"This measurement belongs to job #{measurement.job_id}, which waits for it: cancel "
                            "the job instead (its page, or POST /api/v1/jobs/<id>/cancel).")
-    cancelled = MeasurementRequest.objects.filter(pk=measurement.pk, status="queued", job__isnull=True).update(
+    cancelled = MeasurementRequest.objects.filter(pk=measurement.pk, status="queued", job_id__isnull=True).update(
         status="cancelled", error="Cancelled by its owner before it started.", finished_at=timezone.now())
     if not cancelled:
         measurement.refresh_from_db(fields=["status"])

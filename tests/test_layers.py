@@ -68,8 +68,9 @@ DEVICES_IMPORTING_ADAPTATION = {
     ("devices.forms", "adaptation.forms"),
     ("devices.lut_io", "adaptation.formatting"),
     ("devices.views", "adaptation.formatting"),
-    # MeasurementRequest.job points at adaptation.Job (the foreign key and its migration).
-    ("devices.models", "adaptation"),
+    # The migration that created MeasurementRequest.job, a foreign key to adaptation.Job (0006 made it
+    # a plain job_id). It stays as it was: databases migrated through it record it as applied, and
+    # editing a migration already applied would give fresh and old databases different schemas.
     ("devices.migrations.0002_measurement_requests_pairing", "adaptation"),
 }
 

@@ -33,7 +33,7 @@ def measure_form(context, model=None, job=None):
 def recent_measurements(context, device):
     user = context["request"].user
     rows = []
-    for measurement in (MeasurementRequest.objects.filter(device=device, owner=user, job__isnull=True)
+    for measurement in (MeasurementRequest.objects.filter(device=device, owner=user, job_id__isnull=True)
                         .order_by("-created", "-pk")[:RECENT]):
         result = measurement.results[0] if measurement.results else {}
         rows.append({"measurement": measurement, "min_ms": result.get("min_ms"),
