@@ -48,8 +48,6 @@ DEVICES_IMPORTING_ADAPTATION = {
     # adaptation writes the ONNX files a request needs; devices times files).
     ("devices.agent_files", "adaptation.netadapt.spec"),
     ("devices.tasks", "adaptation.netadapt.spec"),
-    ("devices.management.commands.bootstrap", "adaptation.netadapt.data"),
-    ("devices.management.commands.bootstrap", "adaptation.models"),
     # "Measure on..." lives in devices, but its subjects (models, jobs) live in adaptation.
     ("devices.measure_model", "adaptation.access"),
     ("devices.measure_model", "adaptation.models"),
