@@ -48,14 +48,7 @@ DEVICES_IMPORTING_ADAPTATION = {
     # adaptation writes the ONNX files a request needs; devices times files).
     ("devices.agent_files", "adaptation.netadapt.spec"),
     ("devices.tasks", "adaptation.netadapt.spec"),
-    # "Measure on..." lives in devices, but its subjects (models, jobs) live in adaptation.
-    ("devices.measure_model", "adaptation.access"),
-    ("devices.measure_model", "adaptation.models"),
-    ("devices.measure_model", "adaptation.netadapt.lut"),
-    ("devices.measure_model", "adaptation.netadapt.resources"),
-    ("devices.measure_model", "adaptation.netadapt.spec"),
-    ("devices.measure_model", "adaptation.services"),
-    ("devices.views_measure", "adaptation.access"),
+    # The device page charts the user's jobs' iterations on the device (estimate vs measured).
     ("devices.views", "adaptation.models"),
     # A finished request wakes its job and the job's events (to become a signal adaptation hears).
     ("devices.requests", "adaptation.leases"),
@@ -85,7 +78,7 @@ APPS_IMPORTING_WEBAPP_WIRING = {
     ("devices.agent_views", "webapp.ratelimit"),
     ("devices.api", "webapp.api"),
     ("devices.api", "webapp.uploads"),
-    ("devices.api_measure", "webapp.api"),
+    ("adaptation.api_measure", "webapp.api"),
     ("devices.views", "webapp.uploads"),
     # Job events, which belong to adaptation.
     ("adaptation.child_jobs", "webapp.events"),

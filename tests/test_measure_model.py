@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from adaptation.models import Iteration, ModelUpload
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
-from devices import measure_model
+from adaptation import measure_model
 from devices.measure import MeasureProtocol, TimingStats
 from devices.measure.tracing import trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples

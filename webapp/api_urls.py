@@ -6,7 +6,7 @@ from adaptation import api as adaptation_api
 from adaptation import api_jobs
 from devices import agent_views
 from devices import api as devices_api
-from devices import api_measure
+from adaptation import api_measure
 from webapp.api import TokenRotate, TokenView
 
 urlpatterns = [

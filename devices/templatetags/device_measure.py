@@ -1,32 +1,18 @@
-"""Template tags of measurements, for pages of other apps: ``{% load device_measure %}``.
+"""Template tags of measurements: ``{% load device_measure %}``.
 
-``{% measure_form model=upload %}`` / ``{% measure_form job=job %}``: the "Measure on…" form
-(``templates/devices/_measure_form.html``), with the devices the signed-in user may measure on.
 ``{% recent_measurements device %}``: the user's latest measurements on a device, linked to their
 pages.
 """
 from __future__ import annotations
 
 from django import template
-from django.db.models import F
 
-from devices.access import devices_visible_to
 from devices.models import MeasurementRequest
 
 register = template.Library()
 
 #: Measurements the device page lists.
 RECENT = 10
-
-
-@register.inclusion_tag("devices/_measure_form.html", takes_context=True)
-def measure_form(context, model=None, job=None):
-    from devices.measure_model import measurable_iterations
-
-    user = context["request"].user
-    devices = devices_visible_to(user).order_by(F("owner_id").asc(nulls_first=True), "name", "pk")
-    return {"csrf_token": context.get("csrf_token"), "devices": devices, "model": model, "job": job,
-            "iterations": measurable_iterations(job) if job is not None else []}
 
 
 @register.inclusion_tag("devices/_measurements.html", takes_context=True)
