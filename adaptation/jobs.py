@@ -340,7 +340,7 @@ class JobRunner:
             raise JobError(failed.error or f"measuring on {device.name} failed")
         with transaction.atomic():
             measurement = open_request(
-                owner=self.job.owner, device=device, job=self.job, reason=request.reason,
+                owner=self.job.owner, device=device, job_id=self.job.pk, reason=request.reason,
                 runtime=device.runtime, threads=device.threads, example_shape=shape,
                 signatures=signatures, networks=networks)
         counts = {"reason": request.reason, "signatures": len(signatures), "networks": len(networks),

@@ -7,10 +7,12 @@ trade-off curve, ``number`` -1 for the original), its ``Proposal`` rows, and ``J
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 from adaptation.job_files import job_folder_name
-from devices.models import Device
+from devices.models import Device, MeasurementRequest
 
 
 class CheckStatus(models.TextChoices):
@@ -220,3 +222,9 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} #{self.seq} {self.type}"
+
+
+@receiver(post_delete, sender=Job, dispatch_uid="adaptation.delete_job_measurements")
+def delete_job_measurements(sender, instance: Job, **kwargs) -> None:
+    """A job's measurement requests go with it (devices keeps only the job's number, no key)."""
+    MeasurementRequest.objects.filter(job_id=instance.pk).delete()

@@ -134,8 +134,9 @@ class MeasurementRequest(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="measurements")
     device = models.ForeignKey(Device, models.CASCADE, related_name="measurements")
-    job = models.ForeignKey("adaptation.Job", models.CASCADE, null=True, blank=True,
-                            related_name="measurements")
+    # The job that asked (None: a user's own measurement). A plain number, not a foreign key, so
+    # that devices knows nothing of adaptation; adaptation deletes a job's requests with the job.
+    job_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     reason = models.CharField(max_length=200)
     key = models.CharField(max_length=64)  # what is asked: sha256 of signatures + networks
     runtime = models.CharField(max_length=16)
@@ -159,7 +160,7 @@ class MeasurementRequest(models.Model):
     class Meta:
         ordering = ["created", "pk"]
         indexes = [models.Index(fields=["device", "status", "created"], name="measurement_device_queue"),
-                   models.Index(fields=["job", "key"], name="measurement_job_key")]
+                   models.Index(fields=["job_id", "key"], name="measurement_job_key")]
 
     def __str__(self) -> str:
         return f"measurement {self.pk} on device {self.device_id}: {self.reason}"

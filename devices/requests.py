@@ -48,22 +48,23 @@ def request_key(signatures: list[dict], networks: list[dict], example_shape: lis
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def open_request(*, owner, device: Device, job=None, reason: str, runtime: str, threads: int,
+def open_request(*, owner, device: Device, job_id: int | None = None, reason: str, runtime: str, threads: int,
                  example_shape: list[int], signatures: list[dict] | None = None,
                  networks: list[dict] | None = None) -> MeasurementRequest:
     """The job's open request for exactly this, or a new one.
 
-    A new request is dispatched to its device when the current transaction commits.
+    ``job_id``: the job that asks (None: a user's own measurement). A new request is dispatched
+    to its device when the current transaction commits.
     """
     signatures, networks = list(signatures or []), list(networks or [])
     key = request_key(signatures, networks, list(example_shape))
-    if job is not None:
-        existing = (MeasurementRequest.objects.filter(job=job, key=key, status__in=MeasurementRequest.OPEN_STATUSES)
+    if job_id is not None:
+        existing = (MeasurementRequest.objects.filter(job_id=job_id, key=key, status__in=MeasurementRequest.OPEN_STATUSES)
                     .order_by("-pk").first())
         if existing is not None:
             return existing
     request = MeasurementRequest.objects.create(
-        owner=owner, device=device, job=job, reason=reason[:200], key=key, runtime=runtime,
+        owner=owner, device=device, job_id=job_id, reason=reason[:200], key=key, runtime=runtime,
         threads=threads, example_shape=list(example_shape), signatures=signatures, networks=networks)
     request_id, device_id, kind = request.pk, device.pk, device.kind
     transaction.on_commit(lambda: dispatch(request_id, device_id, kind))

@@ -1,5 +1,5 @@
 """Device pages, mounted at ``devices/``."""
-from django.urls import include, path
+from django.urls import path
 
 from devices import views
 
@@ -15,5 +15,4 @@ urlpatterns = [
     path("<int:pk>/revoke/", views.device_revoke, name="device_revoke"),
     path("<int:pk>/lut/export/", views.device_lut_export, name="device_lut_export"),
     path("<int:pk>/lut/import/", views.device_lut_import, name="device_lut_import"),
-    path("measurements/", include("devices.urls_measure")),
 ]

@@ -123,7 +123,7 @@ def device_detail(request, pk: int):
         "device": device, "facts": _facts(device.facts if isinstance(device.facts, dict) else {}), "tables": tables,
         "lut_size": sum(t["entries"] for t in tables),
         "requests": MeasurementRequest.objects.filter(device=device, owner=request.user)
-                                              .select_related("job").order_by("-created", "-pk")[:RECENT_REQUESTS],
+                                              .order_by("-created", "-pk")[:RECENT_REQUESTS],
         "jobs": device.jobs.filter(owner=request.user).count(),
         "chart": {"points": points}, "calibrated_error": _error_percent(points, "estimate"),
         "raw_error": _error_percent(points, "raw"),

@@ -82,12 +82,12 @@ def test_a_job_on_a_paired_agent_and_the_next_one_reuses_its_table(live_app, dig
     entries = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
     version = Device.objects.get(pk=device.pk).facts["onnxruntime"]
     assert entries and set(LatencyEntry.objects.filter(device=device).values_list("runtime_version", flat=True)) == {version}
-    first_requests = MeasurementRequest.objects.filter(job=first)
+    first_requests = MeasurementRequest.objects.filter(job_id=first.pk)
     assert sum(len(r.signatures) for r in first_requests) == len(entries)  # every entry measured by the agent
     assert all(r.status == "done" and r.claimed_by == f"agent:{device.pk}" for r in first_requests)
 
     second = run_job()
-    asked = [s for r in MeasurementRequest.objects.filter(job=second) for s in r.signatures]
+    asked = [s for r in MeasurementRequest.objects.filter(job_id=second.pk) for s in r.signatures]
     after = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
     # Nothing the first job measured was measured again: same rows, same times.
     assert {key: after[key] for key in entries} == entries

@@ -398,7 +398,7 @@ def test_a_users_own_measurement_asks_for_samples_and_stores_them(owner, agent_d
 
 def test_a_jobs_request_asks_for_no_samples(owner, agent_device, token, signatures, make_job, sent_run_job):
     job = make_job(owner, status="running")
-    request = open_request(owner=owner, device=agent_device, job=job, reason="job", runtime="onnxruntime",
+    request = open_request(owner=owner, device=agent_device, job_id=job.pk, reason="job", runtime="onnxruntime",
                            threads=1, example_shape=[1, 1, 8, 8], signatures=signatures,
                            networks=[describe_network(SPEC, {}, "net")])
 

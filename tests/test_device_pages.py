@@ -94,7 +94,7 @@ def test_the_device_page_shows_facts_table_coverage_and_requests(owner_client, o
     fill(device, runtime="onnxruntime", version="1.16.0", threads=2, count=1)
     job = make_job(owner)
     Job.objects.filter(pk=job.pk).update(device=device)
-    measurement(owner, device, "layers of job 1", job=job, status="done",
+    measurement(owner, device, "layers of job 1", job_id=job.pk, status="done",
                 signatures=[{}, {}], signatures_done=2)
     measurement(owner, device, "whole networks", status="failed", error="agent went away")
     measurement(stranger, device, "someone else's request")

@@ -81,7 +81,7 @@ def test_a_measurement_that_cannot_have_the_host_is_retaken_then_kept_and_the_jo
     settings.HOST_LOCK_WAIT_SECONDS, settings.MEASURE_RETAKES = 0.05, 1
     job = make_job(owner, settings=SETTINGS)
     spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
-    request = open_request(owner=owner, device=system_device, job=job, reason="iteration 3 network",
+    request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="iteration 3 network",
                            runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
                            networks=[describe_network(spec, {}, "iteration 3")])
     with host_lock().trainer() as stuck:  # holds the host and never reaches its next checkpoint
@@ -103,7 +103,7 @@ def test_a_measurement_on_a_quiet_host_is_taken_once_and_not_told(owner, make_jo
     settings.MEASURE_RETAKES = 0  # whatever the spread on a busy test machine: one attempt
     job = make_job(owner, settings=SETTINGS)
     spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
-    request = open_request(owner=owner, device=system_device, job=job, reason="original network",
+    request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original network",
                            runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
                            networks=[describe_network(spec, {}, "original")])
     assert measure_request(request.pk) == "done"

@@ -334,7 +334,7 @@ def test_a_job_on_an_offline_agent_device_waits_and_says_so(new_job, owner, work
     job = workers.drive(job)
     assert (job.status, job.waiting_kind) == ("waiting", "measurement")
     assert job.waiting_for.startswith("waiting for phone (it never connected) to measure")
-    (request,) = MeasurementRequest.objects.filter(job=job)
+    (request,) = MeasurementRequest.objects.filter(job_id=job.pk)
     assert (request.device, request.status, request.owner) == (phone, "queued", owner)
     assert request.signatures and not request.networks  # the original's layers come first
     assert workers.requests == []  # an agent pulls its requests; no local queue has it
@@ -652,7 +652,7 @@ def test_the_latency_baseline_reuses_the_parents_table_and_measures_every_ratio(
     assert all(p["measured_ms"] > 0 and p["resource"] > 0 and p["resource_raw"] > 0 for p in points)
     assert points[0]["macs"] < points[1]["macs"]
     # Its layers were looked up in the device's table (extended where the parent had not been)...
-    requests = list(MeasurementRequest.objects.filter(job=child).order_by("pk"))
+    requests = list(MeasurementRequest.objects.filter(job_id=child.pk).order_by("pk"))
     assert [r.status for r in requests] == ["done"] * len(requests)
     keys = {layer_key(sig) for r in requests for sig in r.signatures}
     assert not keys & measured_by_parent  # nothing the parent measured is measured again

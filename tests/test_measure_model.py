@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from adaptation.models import Iteration, ModelUpload
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
-from devices import measure_model
+from adaptation import measure_model
 from devices.measure import MeasureProtocol, TimingStats
 from devices.measure.tracing import trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
@@ -105,7 +105,7 @@ def test_a_model_measured_from_its_page_shows_runs_stats_and_layers(owner_client
                                                                            args=[measurement.pk])
     layers = traced(SPEC, {})
     distinct = list(dict.fromkeys([CALL_OVERHEAD_SIGNATURE, *(layer.signature for layer in layers)]))
-    assert (measurement.job, measurement.owner, measurement.reason) == (None, owner, "measure model 'tiny net'")
+    assert (measurement.job_id, measurement.owner, measurement.reason) == (None, owner, "measure model 'tiny net'")
     assert measurement.networks == [describe_network(SPEC, {}, "model 'tiny net'")]
     assert measurement.signatures == [s.to_dict() for s in distinct]  # an empty table: every layer
     assert measurement.example_shape == [1, 1, 8, 8]
@@ -166,7 +166,7 @@ def test_a_job_point_measured_from_the_job_page(owner_client, owner, make_job, m
     owner_client.post(reverse("measurement_start"), {"job": job.pk, "iteration": "final",
                                                      "device": system_device.pk})
     measurement = MeasurementRequest.objects.get()
-    assert measurement.job is None and measurement.reason == f"measure job #{job.pk} iteration 1 (final)"
+    assert measurement.job_id is None and measurement.reason == f"measure job #{job.pk} iteration 1 (final)"
     assert measurement.networks[0]["channels"] == PRUNED
     assert measure_request(workers.requests.pop()) == "done"
     done = owner_client.get(reverse("measurement_detail", args=[measurement.pk]))
@@ -319,7 +319,7 @@ def test_the_api_measures_an_iteration_and_reports_the_results(api, owner, make_
 
 def test_job_requests_keep_no_samples(owner, make_job, system_device, workers):
     job = make_job(owner, status="waiting")
-    request = open_request(owner=owner, device=system_device, job=job, reason="original", runtime="onnxruntime",
+    request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
                            threads=1, example_shape=[1, 1, 8, 8], networks=[describe_network(JOB_SPEC, {}, "o")])
     assert measure_request(request.pk) == "done"
     request.refresh_from_db()

@@ -261,7 +261,7 @@ def test_an_onnx_upload_is_adapted_for_latency_and_downloads_as_onnx(
     job = workers.drive(job)
     assert job.status == "finished", job.error
     # The device measured networks rebuilt from the ONNX architecture's description.
-    networks = [n for r in MeasurementRequest.objects.filter(job=job) for n in r.networks]
+    networks = [n for r in MeasurementRequest.objects.filter(job_id=job.pk) for n in r.networks]
     assert networks and all(n["spec"]["arch"] == "onnx" for n in networks)
     assert Iteration.objects.get(job=job, number=0).measured_ms > 0
     final = JobFiles(job.pk).final_path("onnx")

@@ -213,7 +213,7 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
                            f"job {job_id} to end", app, JOB_DEADLINE_S + DEADLINE_S)
                 job = Job.objects.get(pk=job_id)
                 assert job.status == "finished", f"{job.error}\n{problems}\n{app.logs_text()}"
-                measured = MeasurementRequest.objects.filter(job=job)
+                measured = MeasurementRequest.objects.filter(job_id=job.pk)
                 assert measured.exists() and all(r.status == "done" and r.claimed_by == f"agent:{device.pk}"
                                                  for r in measured)
 

@@ -46,11 +46,11 @@ def test_a_local_request_is_measured_into_the_table_and_resumes_its_job(
         make_job, owner, system_device, signatures, sent, sent_run_job):
     job = waiting_job(make_job, owner)
     network = describe_network(SPEC, {}, "original")
-    request = open_request(owner=owner, device=system_device, job=job, reason="original", runtime="onnxruntime",
+    request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
                            threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
     assert sent == [request.pk]
     # Asking again for the same thing in the same job gives the same request.
-    again = open_request(owner=owner, device=system_device, job=job, reason="original", runtime="onnxruntime",
+    again = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
                          threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
     assert again.pk == request.pk and sent == [request.pk]
 
@@ -87,7 +87,7 @@ def test_layers_stored_before_a_crash_are_not_measured_again(owner, system_devic
 def test_a_failed_request_resumes_its_job_which_then_fails_with_the_reason(
         make_job, owner, system_device, signatures, sent, sent_run_job):
     job = waiting_job(make_job, owner)
-    request = open_request(owner=owner, device=system_device, job=job, reason="layers", runtime="onnxruntime",
+    request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="layers", runtime="onnxruntime",
                            threads=1, example_shape=[1, 1, 8, 8], signatures=signatures)
     fail_request(request, "the phone ran out of memory")
     request.refresh_from_db()
@@ -99,7 +99,7 @@ def test_a_failed_request_resumes_its_job_which_then_fails_with_the_reason(
 def test_a_job_waits_until_its_last_open_request_is_done(make_job, owner, system_device, signatures, sent,
                                                           sent_run_job):
     job = waiting_job(make_job, owner)
-    first, second = (open_request(owner=owner, device=system_device, job=job, reason=str(n),
+    first, second = (open_request(owner=owner, device=system_device, job_id=job.pk, reason=str(n),
                                   runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
                                   signatures=signatures[n:n + 1]) for n in range(2))
     fail_request(first, "gone")
@@ -132,7 +132,7 @@ def test_the_sweep_gives_up_on_an_agent_that_stays_away(make_job, owner, signatu
     settings.DEVICE_WAIT_SECONDS = 3600
     phone = add_device(owner, name="phone", last_seen=timezone.now() - timedelta(hours=5))
     job = waiting_job(make_job, owner, device=phone)
-    request = open_request(owner=owner, device=phone, job=job, reason="layers", runtime="onnxruntime",
+    request = open_request(owner=owner, device=phone, job_id=job.pk, reason="layers", runtime="onnxruntime",
                            threads=1, example_shape=[1, 1, 8, 8], signatures=signatures)
     assert sent == [request.pk]  # dispatch is told; for an agent it sends nothing (it pulls)
     assert sweep_requests()["expired"] == []  # not yet

@@ -35,7 +35,7 @@ from adaptation.netadapt import onnx_import
 from adaptation.netadapt.onnx_import import OnnxImportError, convert_onnx
 from adaptation.netadapt.spec import build_network
 from adaptation.preflight import load_upload_architecture
-from devices import measure_model
+from adaptation import measure_model
 from devices.models import MeasurementRequest
 from devices.tasks import measure_request
 from tests.stored_files import files_under

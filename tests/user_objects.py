@@ -191,7 +191,7 @@ def add_device(owner, **fields) -> Device:
 
 def system_device() -> Device:
     """"This server's CPU", created (or refreshed) by ``manage.py bootstrap``'s function."""
-    from devices.management.commands.bootstrap import Command
+    from adaptation.management.commands.bootstrap import Command
     from devices.models import SYSTEM_DEVICE_NAME, Device
 
     Command(stdout=io.StringIO()).ensure_system_device()
@@ -201,7 +201,7 @@ def system_device() -> Device:
 def builtin_dataset(builtin_name: str = "digits") -> Dataset:
     """A built-in dataset as ``manage.py bootstrap`` creates it (its summary included)."""
     from adaptation.models import Dataset
-    from devices.management.commands.bootstrap import Command
+    from adaptation.management.commands.bootstrap import Command
 
     label = dict(Dataset.BUILTIN_CHOICES)[builtin_name]
     Command(stdout=io.StringIO()).ensure_builtin_dataset(builtin_name, label)

@@ -3,10 +3,9 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from adaptation import api as adaptation_api
-from adaptation import api_jobs
+from adaptation import api_jobs, api_measure
 from devices import agent_views
 from devices import api as devices_api
-from devices import api_measure
 from webapp.lib.api import TokenRotate, TokenView
 
 urlpatterns = [

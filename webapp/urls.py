@@ -15,6 +15,7 @@ urlpatterns = [
     path("devices/agent.pyz", agent_views.agent_download, name="agent_download"),
     path("models/", include("adaptation.urls_models")),
     path("datasets/", include("adaptation.urls_datasets")),
+    path("devices/measurements/", include("adaptation.urls_measure")),  # "Measure on...": models, jobs
     path("devices/", include("devices.urls")),
     path("jobs/", include("adaptation.urls_jobs")),
 ]

@@ -4,7 +4,7 @@ statistics of the whole network, a histogram of its runs and the look-up table's
 A queued measurement of the user's own (not a job's) can be cancelled from its page.
 
 Only the owner sees a measurement; another user's is a 404, like their models, jobs and devices.
-The work is ``devices.measure_model``'s, shared with the REST API.
+The work is ``adaptation.measure_model``'s, shared with the REST API.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from adaptation.access import get_job_for_user, get_model_for_user
-from devices import measure_model
-from devices.measure_model import MeasureError
+from adaptation import measure_model
+from adaptation.measure_model import MeasureError
 from devices.models import MeasurementRequest
 
 #: Seconds between reloads of the page of a measurement still queued or running.

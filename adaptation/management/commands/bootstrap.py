@@ -6,6 +6,8 @@
 from django.core.management.base import BaseCommand
 
 from adaptation.models import Dataset
+from adaptation.netadapt.data import fashion_mnist_available, load_dataset
+from devices.measure.local import device_facts
 from devices.models import SYSTEM_DEVICE_NAME, Device
 
 
@@ -18,8 +20,6 @@ class Command(BaseCommand):
             self.ensure_builtin_dataset(builtin_name, label)
 
     def ensure_system_device(self) -> None:
-        from devices.measure.local import device_facts  # imports torch and onnxruntime: only here
-
         facts = device_facts()
         device, created = Device.objects.update_or_create(
             owner=None, name=SYSTEM_DEVICE_NAME,
@@ -31,8 +31,6 @@ class Command(BaseCommand):
         self.stdout.write(f"{'Created' if created else 'Updated'} system device {device.name!r} (#{device.pk})")
 
     def ensure_builtin_dataset(self, builtin_name: str, label: str) -> None:
-        from adaptation.netadapt.data import fashion_mnist_available, load_dataset
-
         if Dataset.objects.filter(owner=None, builtin_name=builtin_name).exists():
             self.stdout.write(f"Built-in dataset {label!r} already present")
             return

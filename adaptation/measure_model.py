@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+import torch
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,8 +25,11 @@ from adaptation.access import get_job_for_user, get_model_for_user
 from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.netadapt.lut import entry_ms
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
+from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
+from adaptation.services import final_iteration_number, job_file
 from devices.access import devices_visible_to
 from devices.measure.signature import LayerSignature
+from devices.measure.tracing import trace_layers
 from devices.models import Device, MeasurementRequest
 from devices.requests import device_table, open_request, request_table
 
@@ -68,8 +72,6 @@ def _upload_description(upload: ModelUpload, channels: dict, label: str) -> dict
         except (NotImplementedError, AttributeError, ValueError):
             pass
         return {"label": label, "spec": spec, "channels": dict(channels)}
-    from adaptation.netadapt.spec import ArchitectureSpec, describe_network
-
     spec = ArchitectureSpec(upload.arch, upload.num_classes, upload.in_channels, float(upload.width),
                             upload.resolution)
     return describe_network(spec, channels, label)
@@ -100,8 +102,6 @@ def job_target(user, job_id, iteration=None) -> Target:
     """The network of one iteration of one of the user's jobs; ``iteration`` None or "final": the
     job's final network (the network of its last iteration). Http404 for another user's job."""
     job: Job = get_job_for_user(user, _id(job_id, "job"))
-    from adaptation.services import final_iteration_number, job_file  # imports the job machinery
-
     final = final_iteration_number(job)
     if iteration in (None, "", "final"):
         if final is None:
@@ -130,8 +130,6 @@ def job_target(user, job_id, iteration=None) -> Target:
 def measurable_iterations(job: Job) -> list[dict]:
     """``{"value", "label"}`` of the job's points that can be measured (those with a file), the
     final network first."""
-    from adaptation.services import final_iteration_number, job_file
-
     final = final_iteration_number(job)
     final_kept = final is not None and job_file(job, None, "pytorch").is_file()
     options = []
@@ -187,7 +185,7 @@ def start_measurement(user, device: Device, target: Target) -> MeasurementReques
     layers = traced_layers(target.description, target.example_shape)
     missing = missing_signatures(device, [signature for _, signature in layers])
     with transaction.atomic():
-        return open_request(owner=user, device=device, job=None, reason=target.reason,
+        return open_request(owner=user, device=device, reason=target.reason,
                             runtime=device.runtime, threads=device.threads,
                             example_shape=target.example_shape,
                             signatures=[signature.to_dict() for signature in missing],
@@ -203,7 +201,7 @@ def cancel_measurement(measurement: MeasurementRequest) -> None:
         raise MeasureError(f"This measurement belongs to job #{measurement.job_id}, which waits for it: cancel "
                            "the job instead (its page, or POST /api/v1/jobs/<id>/cancel).")
     cancelled = MeasurementRequest.objects.filter(
-        pk=measurement.pk, status=MeasurementRequest.Status.QUEUED, job__isnull=True,
+        pk=measurement.pk, status=MeasurementRequest.Status.QUEUED, job_id__isnull=True,
     ).update(status=MeasurementRequest.Status.CANCELLED, error="Cancelled by its owner before it started.",
              finished_at=timezone.now())
     if not cancelled:
@@ -224,11 +222,6 @@ def _frozen(description: dict) -> str:
 def _trace(description: str, shape: tuple[int, ...]) -> tuple[tuple[str, LayerSignature], ...]:
     """(module name, signature) of every conv/linear call of the described network, in call order
     (kept per process: the measurement page asks again for the same network)."""
-    import torch
-
-    from adaptation.netadapt.spec import build_network
-    from devices.measure.tracing import trace_layers
-
     with torch.no_grad():
         traced = trace_layers(build_network(json.loads(description)), torch.zeros(shape))
     return tuple((layer.name, layer.signature) for layer in traced)

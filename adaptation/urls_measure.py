@@ -1,7 +1,7 @@
-"""Measurement pages, mounted at ``devices/measurements/`` (``devices.views_measure``)."""
+"""Measurement pages, mounted at ``devices/measurements/`` (``adaptation.views_measure``)."""
 from django.urls import path
 
-from devices import views_measure
+from adaptation import views_measure
 
 urlpatterns = [
     path("start/", views_measure.measurement_start, name="measurement_start"),

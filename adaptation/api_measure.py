@@ -2,7 +2,7 @@
 point of a job), ``GET /api/v1/measurements/<id>`` follows it to its results,
 ``POST /api/v1/measurements/<id>/cancel`` cancels it while it is queued.
 
-The same service as the pages' "Measure on…" form (``devices.measure_model``): a stranger's model,
+The same service as the pages' "Measure on…" form (``adaptation.measure_model``): a stranger's model,
 job, device or measurement is a 404; a point that cannot be measured is a 400 naming the field,
 and nothing is stored.
 """
@@ -15,9 +15,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices import measure_model
+from adaptation import measure_model
 from devices.access import get_device_for_user
-from devices.measure_model import MeasureError
+from adaptation.measure_model import MeasureError
 from devices.models import MeasurementRequest
 from webapp.lib.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, detail, invalid, request_fields
 
@@ -31,6 +31,8 @@ class MeasureStartRequest(serializers.Serializer):
 
 
 class MeasurementSerializer(serializers.ModelSerializer):
+    job = serializers.IntegerField(source="job_id", read_only=True, allow_null=True,
+                                   help_text="The job that asked for it; null for one you started.")
     signatures = serializers.SerializerMethodField(
         help_text="Layers the device's look-up table lacked, measured into it with the network.")
     networks = serializers.SerializerMethodField(help_text="The label of each network measured whole.")
