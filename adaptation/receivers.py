@@ -25,7 +25,7 @@ def request_ended(sender, *, request: MeasurementRequest, status: str, table_siz
         return
     if host_message:
         publish(request.job_id, "job.log", {"level": "info", "message": host_message})
-    if status == "done":
+    if status == MeasurementRequest.Status.DONE:
         publish(request.job_id, "job.measure", {
             "reason": request.reason, "signatures": len(request.signatures),
             "networks": len(request.networks), "request": request.pk,

@@ -166,7 +166,7 @@ def complete_request(request: MeasurementRequest, network_results: Iterable[Mapp
             status=MeasurementRequest.Status.DONE, results=results, runtime_version=runtime_version, error="",
             signatures_done=len(request.signatures), finished_at=timezone.now(), host_lock=host_lock or {})
         if ended:
-            request_ended.send(MeasurementRequest, request=request, status="done", host_message=host_message,
+            request_ended.send(MeasurementRequest, request=request, status=MeasurementRequest.Status.DONE, host_message=host_message,
                                table_size=len(request_table(request, runtime_version)))
 
 
@@ -176,7 +176,7 @@ def fail_request(request: MeasurementRequest, error: str) -> None:
         ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
             status=MeasurementRequest.Status.FAILED, error=error[:2000], finished_at=timezone.now())
         if ended:
-            request_ended.send(MeasurementRequest, request=request, status="failed", host_message="",
+            request_ended.send(MeasurementRequest, request=request, status=MeasurementRequest.Status.FAILED, host_message="",
                                table_size=None)
 
 
