@@ -274,7 +274,7 @@ def test_it_cancels_a_job_waiting_for_measurements_at_once(logged_in, owner, mak
 
     job = make_job(owner, status="waiting", waiting_kind="measurement")
     queued, running = (MeasurementRequest.objects.create(
-        owner=owner, device=system_device, job=job, reason="x", key=str(n), runtime="onnxruntime",
+        owner=owner, device=system_device, job_id=job.pk, reason="x", key=str(n), runtime="onnxruntime",
         threads=1, status=status) for n, status in enumerate(("queued", "running")))
     logged_in.post(reverse("job_cancel", args=[job.pk]))
     job.refresh_from_db()

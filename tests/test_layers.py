@@ -276,3 +276,15 @@ def test_only_webapp_imports_its_wiring_beyond_the_listed_violations():
     found = violations(lambda m: not within(m, "webapp"), wiring)
     assert found - APPS_IMPORTING_WEBAPP_WIRING == set(), "new imports of webapp's wiring"
     assert APPS_IMPORTING_WEBAPP_WIRING - found == set(), "violations fixed: remove their lines"
+
+
+def test_the_webapp_package_loads_nothing_so_pure_code_can_use_its_helpers():
+    """``webapp/__init__`` runs on every ``webapp.lib`` import: it must not load the Celery app
+    (and with it Django's settings), or the checking worker's children would carry the web stack."""
+    probe = ("import sys, webapp.lib.formatting; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % sorted(WEB_STACK))
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

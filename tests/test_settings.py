@@ -102,7 +102,7 @@ def test_it_turns_on_wal_for_sqlite(tmp_path):
 
 
 def test_it_configures_celery_for_long_jobs():
-    from webapp import celery_app
+    from webapp.celery import app as celery_app
 
     conf = celery_app.conf
     assert conf.task_acks_late is True
@@ -177,7 +177,7 @@ def test_it_reaches_redis_as_broker_and_channel_layer():
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
-    from webapp import celery_app
+    from webapp.celery import app as celery_app
 
     with celery_app.connection_for_write() as broker:
         broker.ensure_connection(max_retries=1)

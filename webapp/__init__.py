@@ -1,5 +1,7 @@
-"""NetAdapt Studio's Django project. The Celery app is loaded with Django so that
-``@shared_task`` binds to it."""
-from webapp.celery import app as celery_app
+"""NetAdapt Studio's Django project: the wiring (settings, urls, asgi, celery, serve) and, in
+``webapp.lib``, the web helpers both apps share.
 
-__all__ = ["celery_app"]
+Importing the package loads nothing: the checking worker's child processes import pure helpers
+from ``webapp.lib`` without Django or Celery. Django processes load the Celery app in
+``WebappConfig.ready`` so that ``@shared_task`` binds to it; workers load it with ``-A webapp``.
+"""

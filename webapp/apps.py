@@ -2,6 +2,8 @@
 
 - A changed password ends the user's API token (``webapp.lib.accounts.end_tokens_on_password_change``):
   whoever knew the old password may have fetched the token with it.
+- Every Django process (web, tests, management commands) loads the Celery app here, so that
+  ``@shared_task`` calls go to its broker; the package's ``__init__`` stays empty for pure imports.
 - ``migrate`` also creates the database cache table, where the embedded mode keeps the rate-limit
   counters that its processes share (``webapp.lib.ratelimit``).
 """
@@ -25,6 +27,7 @@ class WebappConfig(AppConfig):
     def ready(self) -> None:
         # Here, not at the top: accounts loads models (the token), which needs the app registry ready.
         from webapp.lib.accounts import end_tokens_on_password_change
+        import webapp.celery  # noqa: F401  (binds the shared tasks to this project's app)
 
         post_save.connect(end_tokens_on_password_change, sender=settings.AUTH_USER_MODEL,
                           dispatch_uid="webapp-end-tokens-on-password-change")
