@@ -9,7 +9,9 @@ time), prints the URL, and on Ctrl+C (or SIGTERM) stops them all and waits for t
 
 uvicorn is told which proxies to believe (``uvicorn_command``): ``NETADAPT_TRUSTED_PROXIES``, none
 by default. Left to itself it would believe ``X-Forwarded-For`` from 127.0.0.1, so anyone who
-reaches it over loopback could choose the client address the rate limits count.
+reaches it over loopback could choose the client address the rate limits count. With
+``NETADAPT_TLS_CERT`` and ``NETADAPT_TLS_KEY`` it serves HTTPS only (phones on a LAN get a secure
+page); a certificate that cannot be loaded stops it before anything starts.
 """
 from __future__ import annotations
 
@@ -50,8 +52,26 @@ def uvicorn_command(host: str, port: int, *extra: str) -> list[str]:
     proxies = [address for address in settings.TRUSTED_PROXIES if address]
     trust = (["--proxy-headers", "--forwarded-allow-ips", ",".join(proxies)] if proxies
              else ["--no-proxy-headers"])
+    tls = (["--ssl-certfile", settings.TLS_CERT_FILE, "--ssl-keyfile", settings.TLS_KEY_FILE]
+           if settings.TLS_CERT_FILE else [])
     return [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", host, "--port", str(port),
-            *trust, *extra]
+            *trust, *tls, *extra]
+
+
+def check_tls_files() -> str | None:
+    """Why the configured certificate and key cannot serve HTTPS (None when they can, or when
+    none is configured): said in one line before any process starts."""
+    import ssl
+
+    if not settings.TLS_CERT_FILE:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.TLS_CERT_FILE, settings.TLS_KEY_FILE)
+    except (OSError, ssl.SSLError) as error:
+        return (f"NETADAPT_TLS_CERT / NETADAPT_TLS_KEY ({settings.TLS_CERT_FILE}, {settings.TLS_KEY_FILE}) "
+                f"cannot serve HTTPS: {error}")
+    return None
 
 
 def checking_worker_command(name: str = "checking@%h", *extra: str) -> list[str]:
@@ -67,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("NETADAPT_PORT", "8000")))
     parser.add_argument("--concurrency", type=int, default=1, help="Celery worker processes")
     args = parser.parse_args(argv)
-    django.setup()  # one process for the set-up commands: each import of the app loads torch
+    django.setup()
+    problem = check_tls_files()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2  # one process for the set-up commands: each import of the app loads torch
     call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
     call_command("bootstrap")
@@ -87,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     web = subprocess.Popen(uvicorn_command(args.host, args.port, "--log-level", "info"), cwd=ROOT,
                            start_new_session=True)
     children = [web, worker, checker, measurer]
-    print(f"\nNetAdapt Studio is running at http://{args.host}:{args.port}/ "
+    scheme = "https" if settings.TLS_CERT_FILE else "http"
+    print(f"\nNetAdapt Studio is running at {scheme}://{args.host}:{args.port}/ "
           "(Ctrl+C stops the web server and the workers)\n", flush=True)
     stop_requested = False
 

@@ -112,9 +112,16 @@ if SECRET_KEY is None:
     SECRET_KEY = stored_secret_key(DATA_DIR / "secret_key")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# HTTPS served by ``python -m webapp.serve`` itself (uvicorn), e.g. on a LAN where phones need a
+# secure page (README, "Phones over HTTPS"): a PEM certificate and its key, both or neither.
+TLS_CERT_FILE = env_str("NETADAPT_TLS_CERT", "") or ""
+TLS_KEY_FILE = env_str("NETADAPT_TLS_KEY", "") or ""
+if bool(TLS_CERT_FILE) != bool(TLS_KEY_FILE):
+    raise ImproperlyConfigured("NETADAPT_TLS_CERT and NETADAPT_TLS_KEY go together: set both (HTTPS) or neither")
 # Plain http unless told otherwise: the embedded mode serves http://127.0.0.1:8000/, where an
-# HTTPS redirect or HSTS would lock the browser out of the site.
-SECURE_COOKIES = env_bool("SECURE_COOKIES", default=False)
+# HTTPS redirect or HSTS would lock the browser out of the site. A server that speaks only HTTPS
+# (a certificate above) marks its cookies secure unless told otherwise.
+SECURE_COOKIES = env_bool("SECURE_COOKIES", default=bool(TLS_CERT_FILE))
 BEHIND_TLS_PROXY = env_bool("NETADAPT_BEHIND_TLS_PROXY", default=False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_COOKIES
 if BEHIND_TLS_PROXY:
