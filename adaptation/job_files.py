@@ -103,7 +103,7 @@ class JobFiles:
         return media_path(self.final_names()[fmt])
 
     def load_checkpoint(self) -> AdaptState | None:
-        from adaptation.netadapt.loop import AdaptState
+        from adaptation.netadapt.loop import AdaptState  # the engine loads in workers, not in pages
 
         return AdaptState.load(self.checkpoint) if self.checkpoint.exists() else None
 
@@ -113,7 +113,7 @@ class JobFiles:
     def save_iteration(self, number: int, model: nn.Module, spec: ArchitectureSpec,
                        channels: Mapping[str, int]) -> str:
         """Export one iteration's network; returns its storage name."""
-        from adaptation.netadapt.export import export_pytorch
+        from adaptation.netadapt.export import export_pytorch  # ONNX Runtime: workers only
 
         name = self.iteration_name(number)
         write_atomically(media_path(name), lambda path: export_pytorch(model, spec, channels, path))
@@ -122,7 +122,7 @@ class JobFiles:
     def save_final(self, model: nn.Module, spec: ArchitectureSpec,
                    channels: Mapping[str, int]) -> dict[str, str]:
         """Export the final network in every format (each checked against PyTorch)."""
-        from adaptation.netadapt.export import export_all
+        from adaptation.netadapt.export import export_all  # ONNX Runtime: workers only
 
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".final.", suffix=".partial", dir=self.folder))

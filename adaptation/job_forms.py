@@ -261,6 +261,7 @@ class JobForm(forms.Form):
         given = dataset_input(dataset)
         if given is None or None in (model.num_classes, model.in_channels, model.resolution):
             return
+        # preflight loads ONNX Runtime, which the web process otherwise never needs.
         from adaptation.preflight import PreflightError, check_dataset_fits
         from adaptation.netadapt.spec import ArchitectureSpec
 

@@ -217,7 +217,7 @@ def _refuse_onnx(data: bytes) -> None:
     if data[:1] != b"\x08":  # an ONNX file (a ModelProto) starts with its IR version
         return
     try:
-        import onnx
+        import onnx  # only for a file that looks like ONNX
 
         model = onnx.load_model_from_string(data)
     except Exception:

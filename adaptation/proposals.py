@@ -107,8 +107,8 @@ def dispatch_evaluations(job_id: int, iteration: int, plan: list[dict], indices:
 
 
 def send_chord(job_id: int, iteration: int, indices: list[int]) -> None:
+    # Cycle: the tasks run this module's work (to untangle: send the tasks by their pinned names).
     from celery import chord
-
     from adaptation.tasks import evaluate_proposal_task, proposals_evaluated
 
     chord(evaluate_proposal_task.s(job_id, iteration, k) for k in indices)(proposals_evaluated.si(job_id, iteration))

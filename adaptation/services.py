@@ -390,8 +390,8 @@ def _open(path: Path, missing: str) -> BinaryIO:
 def _export(source: Path, fmt: str, label: str) -> BinaryIO:
     """``source`` (an ``export_pytorch`` file) exported to ``fmt`` and checked against PyTorch,
     in an anonymous temporary file (gone once the response closes it)."""
+    # Exports load ONNX Runtime, which the web process needs only for a download in another format.
     import torch
-
     from adaptation.netadapt.export import ExportMismatch, export_onnx, export_torchscript, load_pytorch
 
     data = source.read_bytes()

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from adaptation.leases import claim_job, jobs_to_resume, lease_seconds
 from adaptation.models import Job
+from devices.requests import sweep_requests
 from webapp.lib.claims import worker_name
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def enqueue_job_id(job_id: int) -> None:
 @shared_task(name="adaptation.tasks.run_job", acks_late=True)
 def run_job(job_id: int) -> str | None:
     """Claim and run one job; returns how it ended, None when it was not ours to run."""
-    from adaptation.child_jobs import RUNNERS
+    from adaptation.child_jobs import RUNNERS  # the runner loads the engine: workers only
 
     job = claim_job(job_id, worker_name())
     if job is None:
@@ -61,28 +62,28 @@ def enqueue_check(task_name: str, *args) -> None:
 @shared_task(name="adaptation.tasks.check_model_upload", acks_late=True)
 def check_model_upload(upload_id: int) -> str | None:
     """Pre-flight a stored model upload in a bounded child; its row ends ready or rejected."""
-    from adaptation.services import finish_model_check
+    from adaptation.services import finish_model_check  # cycle: services sends this module's tasks
     return finish_model_check(upload_id)
 
 
 @shared_task(name="adaptation.tasks.check_dataset_upload", acks_late=True)
 def check_dataset_upload(dataset_id: int, resolution: int, grayscale: bool | None) -> str | None:
     """Extract and check a stored dataset zip in a bounded child; its row ends ready or rejected."""
-    from adaptation.services import finish_dataset_check
+    from adaptation.services import finish_dataset_check  # cycle: services sends this module's tasks
     return finish_dataset_check(dataset_id, resolution, grayscale)
 
 
 @shared_task(name="adaptation.tasks.evaluate_proposal_task", acks_late=True)
 def evaluate_proposal_task(job_id: int, iteration: int, index: int) -> str:
     """Fine-tune one proposal of a waiting job (a chord's member; see ``adaptation.proposals``)."""
-    from adaptation.proposals import evaluate_for_job
+    from adaptation.proposals import evaluate_for_job  # cycle: proposals sends the chord of these tasks
     return evaluate_for_job(job_id, iteration, index, worker_name())
 
 
 @shared_task(name="adaptation.tasks.proposals_evaluated")
 def proposals_evaluated(job_id: int, iteration: int) -> bool:
     """The chord's end: run the job again, which reads the proposals' files, once all exist."""
-    from adaptation.proposals import all_evaluated
+    from adaptation.proposals import all_evaluated  # cycle: proposals sends the chord of these tasks
     return all_evaluated(job_id, iteration) and resume_job(job_id, "evaluation")
 
 
@@ -100,8 +101,6 @@ def resume_job(job_id: int, kind: str) -> bool:
 @shared_task(name="adaptation.tasks.sweep_stale_jobs")
 def sweep_stale_jobs() -> list[int]:
     """Re-send ``run_job`` for each job that needs a worker; the claim makes duplicates harmless."""
-    from devices.requests import sweep_requests
-
     job_ids = jobs_to_resume()
     for job_id in job_ids:
         run_job.delay(job_id)

@@ -12,8 +12,10 @@ screen earlier cannot pair a second agent later and take the live token over.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -113,8 +115,6 @@ def pairing_url(base: str, code: str) -> str:
 
 def is_loopback(base: str) -> bool:
     """Whether ``base`` names this machine only (a phone cannot reach it)."""
-    import ipaddress
-    from urllib.parse import urlsplit
 
     host = (urlsplit(base).hostname or "").lower()
     if host == "localhost" or host.endswith(".localhost"):

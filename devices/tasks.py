@@ -74,7 +74,7 @@ def run_request(request: MeasurementRequest) -> None:
 
 def _measure_networks(request: MeasurementRequest, measurer: LocalMeasurer) -> tuple[list, list[float]]:
     """The request's networks timed interleaved: their results and their spreads."""
-    import torch
+    import torch  # the torch runtimes need it; the table measurements of agents never do
     example = torch.zeros(request.example_shape)
     models = [build_network(description) for description in request.networks]
     if request.job_id is None:  # a user's own measurement: its page draws a histogram

@@ -288,3 +288,53 @@ def test_the_webapp_package_loads_nothing_so_pure_code_can_use_its_helpers():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _comment_lines(source: str) -> set[int]:
+    """The lines that carry a comment."""
+    import io
+    import tokenize
+
+    return {token.start[0] for token in tokenize.generate_tokens(io.StringIO(source).readline)
+            if token.type == tokenize.COMMENT}
+
+
+def _comment_only_lines(source: str) -> set[int]:
+    return {number for number, line in enumerate(source.splitlines(), 1) if line.lstrip().startswith("#")}
+
+
+def unexplained_function_imports() -> list[str]:
+    """Imports inside functions with no comment saying why. A run of consecutive import lines
+    shares a comment: on any of its lines, or on the comment lines directly above it."""
+    found = []
+    for module, path in sorted(our_modules().items()):
+        if ".migrations." in module:
+            continue
+        source = path.read_text()
+        commented, comment_only = _comment_lines(source), _comment_only_lines(source)
+        for function in ast.walk(ast.parse(source)):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            nodes = sorted((n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))),
+                           key=lambda n: n.lineno)
+            runs: list[list[ast.stmt]] = []
+            for node in nodes:
+                if runs and node.lineno == (runs[-1][-1].end_lineno or runs[-1][-1].lineno) + 1:
+                    runs[-1].append(node)
+                else:
+                    runs.append([node])
+            for run in runs:
+                lines = set(range(run[0].lineno, (run[-1].end_lineno or run[-1].lineno) + 1))
+                above = run[0].lineno - 1
+                while above in comment_only:
+                    lines.add(above)
+                    above -= 1
+                if not lines & commented:
+                    found.append(f"{path.relative_to(REPO)}:{run[0].lineno}")
+    return found
+
+
+def test_every_import_inside_a_function_says_why():
+    """Imports belong at the top, where the reader sees them; one inside a function (an optional
+    or heavy dependency loaded on purpose, the app registry not ready yet) says why beside it."""
+    assert unexplained_function_imports() == []

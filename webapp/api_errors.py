@@ -53,6 +53,7 @@ class SafeJSONParser(JSONParser):
 
 def handle_exception(exc: Exception, context: dict) -> Response:
     """DRF's answer to its own exceptions; a JSON 500 without details for any other (logged)."""
+    # Not at the top: rest_framework.views reads the parser setting, which names this module.
     from rest_framework.views import exception_handler, set_rollback
 
     response = exception_handler(exc, context)

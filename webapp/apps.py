@@ -8,6 +8,7 @@
   counters that its processes share (``webapp.lib.ratelimit``).
 """
 from django.apps import AppConfig
+from django.core.management import call_command
 from django.conf import settings
 from django.db.models.signals import post_migrate, post_save
 
@@ -15,8 +16,6 @@ from django.db.models.signals import post_migrate, post_save
 def create_cache_table(sender, using: str = "default", **kwargs) -> None:
     """``createcachetable`` after ``migrate`` (it does nothing when the table exists or no cache
     is a database cache)."""
-    from django.core.management import call_command
-
     call_command("createcachetable", database=using, verbosity=0)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -61,8 +62,6 @@ def uvicorn_command(host: str, port: int, *extra: str) -> list[str]:
 def check_tls_files() -> str | None:
     """Why the configured certificate and key cannot serve HTTPS (None when they can, or when
     none is configured): said in one line before any process starts."""
-    import ssl
-
     if not settings.TLS_CERT_FILE:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -95,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
     call_command("bootstrap")
+    # The app registry is ready only after django.setup() above.
     from devices.models import Device
     from devices.requests import device_queue
 

@@ -82,6 +82,7 @@ def stored_secret_key(path: Path) -> str:
     starting together (uvicorn, the workers) all end up reading the same key.
     """
     if not path.exists():
+        # Only on a first start: the settings module loads as little of Django as it can.
         from django.core.management.utils import get_random_secret_key
 
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ class ModelCheck:
 def preflight_in_child(path: str, source: str, spec: dict[str, Any] | None,
                        allow_pickled_modules: bool) -> dict[str, Any]:
     """The child's side: load (or convert) the file and run the pre-flight; JSON in and out."""
+    # Loaded in the child only: the checking worker itself never loads torch or a converter.
     from adaptation.netadapt.spec import ArchitectureSpec
     from adaptation.preflight import PreflightError, load_onnx, load_weights, preflight
 

@@ -178,7 +178,7 @@ def architecture_from_dict(data: dict):
     """``OnnxArchitecture`` or ``ArchitectureSpec`` from its ``to_dict()``, by its ``arch``."""
     if isinstance(data, dict) and data.get("arch") == ONNX_ARCH:
         return OnnxArchitecture.from_dict(data)
-    from .spec import ArchitectureSpec
+    from .spec import ArchitectureSpec  # spec imports this module (for ONNX specs): a cycle at the top
 
     return ArchitectureSpec.from_dict(data)
 
@@ -533,7 +533,7 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
 def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
     """Operators onnx2torch has no converter for, at the opset the file uses."""
     try:
-        from onnx2torch.node_converters.registry import get_converter
+        from onnx2torch.node_converters.registry import get_converter  # onnx2torch: heavy, ONNX uploads only
     except ImportError:  # another onnx2torch layout: the conversion itself will say
         return []
     opsets = _opsets(model)
@@ -559,7 +559,7 @@ def _convert(model: onnx.ModelProto) -> nn.Module:
     Every conversion passes here (an upload, ``OnnxArchitecture.build`` in any process), so the
     renaming that keeps the file's strings out of generated code (``renamed``) sits here too.
     """
-    from onnx2torch import convert
+    from onnx2torch import convert  # heavy, and only ONNX uploads need it
 
     model, _ = renamed(model)
     model = _inline_constants(model)

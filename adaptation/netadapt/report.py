@@ -45,9 +45,10 @@ def write_csv(path: str | Path, results: dict) -> None:
 def plot_tradeoff(path: str | Path, series: dict[str, list[tuple[float, float]]], *,
                   xlabel: str, ylabel: str, title: str) -> None:
     """Save a scatter/line plot: one named series of (resource, accuracy) points each."""
+    # matplotlib only for plots (heavy), its Agg backend chosen before pyplot loads.
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display here
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     markers = iter("os^Dv<>p*h")

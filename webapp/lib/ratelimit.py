@@ -27,7 +27,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.core.cache import caches
 from django.core.cache.backends.db import DatabaseCache
-from django.db import router, transaction
+from django.db import connections, router, transaction
 
 KEY_PREFIX = "ratelimit"
 
@@ -176,15 +176,13 @@ def clear() -> int:
     """Forget every counter (an operator unlocking accounts; tests). Returns how many went."""
     cache = _cache()
     if isinstance(cache, DatabaseCache):
-        from django.db import connections
-
         with connections[router.db_for_write(cache.cache_model_class)].cursor() as cursor:
             table = cursor.db.ops.quote_name(cache._table)
             cursor.execute(f"DELETE FROM {table} WHERE cache_key LIKE %s", [f"%:{KEY_PREFIX}:%"])
             return cursor.rowcount
     location = settings.CACHES["default"].get("LOCATION")
     if "redis" in settings.CACHES["default"]["BACKEND"].lower() and location:
-        import redis
+        import redis  # production only: the embedded mode has no Redis client to load
 
         client = redis.Redis.from_url(location)
         try:
