@@ -27,3 +27,16 @@ def wait_forever() -> None:
 
 def refuse(message: str) -> None:
     raise ValueError(message)
+
+
+def fail_near_the_ceiling(left_megabytes: int) -> None:
+    """Fill private memory up to ``left_megabytes`` under this process's RLIMIT_DATA, then raise
+    a SystemError carrying no MemoryError: what an allocation refused inside torch's import does."""
+    import resource
+
+    from adaptation.checking.limits import private_writable_bytes
+
+    ceiling = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    block = bytearray(max(0, ceiling - (private_writable_bytes() or 0) - (left_megabytes << 20)))
+    block[::4096] = b"\x01" * len(block[::4096])
+    raise SystemError("initialization of _C raised unreported exception")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from adaptation.checking.limits import ChildFailed, LimitExceeded, run_limited
+from adaptation.checking.limits import ChildFailed, LimitExceeded, is_out_of_memory, run_limited
 from tests import limited_work
 
 MiB = 1 << 20
@@ -37,6 +37,28 @@ def test_torch_imports_under_a_ceiling_and_its_allocation_past_it_is_memory():
         run_limited(limited_work.torch_allocate, [2048], memory_bytes=1536 * MiB, seconds=120)
     assert caught.value.kind == "memory" and "can't allocate memory" in caught.value.detail
     assert caught.value.peak_rss_bytes < 1536 * MiB
+
+
+def test_any_failure_at_the_ceiling_is_memory_and_one_well_under_it_is_not():
+    """An allocation refused inside an extension's import can surface as a bare SystemError (seen
+    importing torch under 768 MB): at the ceiling that is the ceiling's doing, far below it not."""
+    with pytest.raises(LimitExceeded) as caught:
+        run_limited(limited_work.fail_near_the_ceiling, [8], memory_bytes=256 * MiB, seconds=60)
+    assert caught.value.kind == "memory" and caught.value.detail.startswith("SystemError")
+    with pytest.raises(ChildFailed) as failed:
+        run_limited(limited_work.fail_near_the_ceiling, [160], memory_bytes=256 * MiB, seconds=60)
+    assert failed.value.error_type == "builtins.SystemError"
+
+
+def test_a_memory_error_anywhere_in_the_cause_chain_is_memory():
+    try:
+        try:
+            raise MemoryError("std::bad_alloc")
+        except MemoryError as inner:
+            raise SystemError("returned a result with an exception set") from inner
+    except SystemError as outer:
+        assert is_out_of_memory(outer)
+    assert not is_out_of_memory(SystemError("unrelated"))
 
 
 def test_a_child_past_its_time_is_killed_and_reported_as_time():

@@ -28,14 +28,15 @@ def main() -> None:
     answer_fd = os.dup(1)
     os.dup2(2, 1)  # the function's prints must not corrupt the answer
     request = json.loads(sys.stdin.buffer.readline())
-    limit_memory(int(request["memory_bytes"]))
+    memory_bytes = int(request["memory_bytes"])
+    limit_memory(memory_bytes)
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     reserve = bytearray(RESERVE_BYTES)
     try:
         answer = {"value": resolve(request["function"])(*request["args"])}
     except BaseException as error:  # noqa: BLE001 - everything is reported to the parent
         del reserve
-        if is_out_of_memory(error):
+        if is_out_of_memory(error, memory_bytes):
             answer = {"limit": "memory", "detail": f"{type(error).__name__}: {error}"[:500]}
         else:
             kind = type(error)

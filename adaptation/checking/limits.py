@@ -173,10 +173,15 @@ def _reap(child: subprocess.Popen) -> int:
 
 def peak_rss_bytes(pid: int | str = "self") -> int | None:
     """``VmHWM`` of a live process: the most resident memory its program has had since exec."""
+    return _status_field(pid, "VmHWM:")
+
+
+def _status_field(pid: int | str, name: str) -> int | None:
+    """A size field (kB) of /proc/<pid>/status in bytes; None when the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(name):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -211,10 +216,31 @@ def limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """MemoryError, or torch's CPU allocator failing (a RuntimeError with errno 12's text)."""
-    return isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+#: A failure with less than this left under the ceiling is counted as the ceiling's doing.
+NEAR_CEILING_BYTES = 64 << 20
+
+
+def is_out_of_memory(error: BaseException, memory_bytes: int | None = None) -> bool:
+    """Whether ``error`` is the memory ceiling's doing: a MemoryError or torch's CPU allocator
+    failing (a RuntimeError with errno 12's text), itself or anywhere in its cause chain, or any
+    failure while the process's private writable memory is within ``NEAR_CEILING_BYTES`` of
+    ``memory_bytes``. The last case is real: an allocation refused inside an extension module's
+    import (torch's) can surface as a SystemError or ImportError with no MemoryError attached."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or (
+                isinstance(current, RuntimeError) and "can't allocate memory" in str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    used = private_writable_bytes()
+    return memory_bytes is not None and used is not None and used >= memory_bytes - NEAR_CEILING_BYTES
+
+
+def private_writable_bytes(pid: int | str = "self") -> int | None:
+    """``VmData`` of a live process: what ``RLIMIT_DATA`` counts (private writable mappings)."""
+    return _status_field(pid, "VmData:")
 
 
 def resolve(path: str) -> Callable[..., Any]:
