@@ -128,7 +128,12 @@ def test_a_model_measured_from_its_page_shows_runs_stats_and_layers(owner_client
     assert f"{RUNS} timed runs" in text
     for label in ("Min", "p10", "Median", "p90", "Mean", "Std"):
         assert f"<th>{label} (ms)</th>" in text
-    assert f"{result['median_ms']:.4f}" in text
+    # The network's row: Min, p10, Median, ... as shown (rounded half up by floatformat, so
+    # compared within the last digit, not as Python's format writes them).
+    row = re.search(r"<tr><td>[^<]*</td>((?:<td>[0-9.]+</td>){6})<td>%d</td></tr>" % RUNS, done.content.decode())
+    assert row, "the network's statistics row"
+    cells = [float(cell) for cell in re.findall(r"<td>([0-9.]+)</td>", row.group(1))]
+    assert cells[2] == pytest.approx(result["median_ms"], abs=1.01e-4)
     # Every traced layer has its row, the costliest first, and the sum is the engine's.
     assert sorted(layer_names(done)) == sorted(layer.name for layer in layers)
     raw = LatencyTableModel(device_table(system_device)).raw_ms([layer.signature for layer in layers])

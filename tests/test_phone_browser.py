@@ -14,7 +14,8 @@ which then says so. The phone page is saved as docs/phone-page.png.
 Run on two kinds of origin: 127.0.0.1, a secure context (as https would be), and a made-up host
 name mapped to 127.0.0.1 by Chromium's host-resolver rules, an http page that is not a secure
 context (as a phone on a LAN address gets: no Wake Lock, a coarse clock); the QR code then uses
-the public address setting (``NETADAPT_PUBLIC_URL``). The job runs on the secure origin only.
+the public address setting (``NETADAPT_PUBLIC_URL``). Jobs run on both: the first on the phone's
+measurements to the end, the second on its table (no layer measured again).
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
 
     from adaptation.models import Job
     from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+    from devices.measure.signature import LayerSignature
     from devices.measure.tracing import trace_layers
     from devices.models import Device, LatencyEntry, MeasurementRequest
     from devices.requests import open_request
@@ -192,8 +194,9 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
             assert {key: after[key] for key in kept} == kept  # nothing stored before the close was timed again
             assert second.signatures_done == len(second.signatures) and len(after) > len(kept)
 
-            # A job through the API, measured on the phone to the end.
-            if secure and os.environ.get("NETADAPT_PHONE_JOB", "1") == "1":
+            # A job through the API, measured on the phone to the end; then a second job, which
+            # reuses the phone's table: it asks for no layer the first one measured.
+            if os.environ.get("NETADAPT_PHONE_JOB", "1") == "1":
                 spec_, weights = digits_cnn_state_dict
                 api = HttpClient(app.base_url)
                 api.token = api.post_json("/api/v1/token", {"username": "phone-owner",
@@ -216,6 +219,21 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
                 measured = MeasurementRequest.objects.filter(job_id=job.pk)
                 assert measured.exists() and all(r.status == "done" and r.claimed_by == f"agent:{device.pk}"
                                                  for r in measured)
+                assert sum(len(r.signatures) for r in measured) > 0  # the first job filled the table
+
+                table = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
+                again = api.post_json("/api/v1/jobs", {"model": model["id"], "dataset": dataset["id"],
+                                                       "device": device.pk, **JOB})
+                assert again.status == 201, again.body
+                wait_until(lambda: Job.objects.get(pk=again.json()["id"]).status in ("finished", "failed", "cancelled"),
+                           "the second job to end", app, JOB_DEADLINE_S + DEADLINE_S)
+                second_job = Job.objects.get(pk=again.json()["id"])
+                assert second_job.status == "finished", f"{second_job.error}\n{problems}\n{app.logs_text()}"
+                asked = {LayerSignature.from_dict(signature).key()
+                         for r in MeasurementRequest.objects.filter(job_id=second_job.pk) for signature in r.signatures}
+                assert not asked & set(table), "the second job measured layers the phone's table had"
+                after = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
+                assert {key: after[key] for key in table} == table  # no entry was timed again
 
             # Revoking on the owner's page disconnects the phone, which says so and forgets its token.
             desk.goto(app.url(f"/devices/{device.pk}/"))
