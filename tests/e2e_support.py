@@ -9,29 +9,34 @@ see every event arrive live.
 
 The database is shared the way tests/test_worker.py shares it (that file keeps its own copy):
 
-- Embedded mode: a file SQLite database migrated in a fresh ``NETADAPT_DATA_DIR`` under
-  tmp_path, which the servers use for their database, media and broker folders; for the test's
-  duration this process's ORM gets a second connection object pointed at that file.
+- Embedded mode: a file SQLite database in a fresh ``NETADAPT_DATA_DIR`` under tmp_path (a copy
+  of one ``manage.py migrate`` made once per session), which the servers use for their
+  database, media and broker folders; for the test's duration this process's ORM gets a second
+  connection object pointed at that file.
 - Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's PostgreSQL test
   database (the test module marks itself ``django_db(transaction=True)``), whose name goes to
   the servers in ``DATABASE_URL``; Redis is shared as broker and channel layer, its Celery queues
   (jobs and checking) purged first.
 
-DEBUG is off in both modes, so the static files are collected for WhiteNoise first.
+DEBUG is off in both modes, so the static files are collected for WhiteNoise first (one
+``manage.py collectstatic`` per session, copied into each test's data folder).
 
 ``manage.py bootstrap`` runs (in this process, against the shared database) before the web
 server starts: the system device and the built-in digits dataset exist.
 """
 from __future__ import annotations
 
+import atexit
 import http.cookiejar
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -61,6 +66,7 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict, logs: Path) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
+        self.terminated_at: float | None = None
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -74,12 +80,18 @@ class Process:
         except OSError:
             return ""
 
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM to the leader (a worker's warm shutdown stops its pool itself), then SIGKILL
-        to whatever is left in the group after it exits or after ``grace`` seconds."""
-        started = time.monotonic()
-        if self.alive():
+    def terminate(self) -> None:
+        """SIGTERM to the leader, once (a worker's warm shutdown stops its pool itself)."""
+        if self.terminated_at is None and self.alive():
+            self.terminated_at = time.monotonic()
             self.process.terminate()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM to the leader unless sent already, then SIGKILL to whatever is left in the
+        group after it exits or after ``grace`` seconds."""
+        self.terminate()
+        started = self.terminated_at or time.monotonic()
+        if self.alive():
             try:
                 self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -159,9 +171,14 @@ class LiveApp:
     def logs_text(self) -> str:
         return "\n".join(f"----- {p.name} log (end) -----\n{p.tail()}" for p in self.processes)
 
-    def stop(self) -> None:
-        for process in reversed(self.processes):  # the worker first, then the web server
-            process.stop()
+    def stop(self, grace: float = 30.0) -> None:
+        """Every process told to stop at once, then each waited for (an idle worker's warm
+        shutdown alone takes seconds on the filesystem broker): the slowest sets the pace."""
+        for process in self.processes:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in reversed(self.processes):  # the workers first, then the web server
+            process.stop(grace=max(0.0, deadline - time.monotonic()))
 
 
 def _answers(url: str) -> bool:
@@ -196,6 +213,38 @@ def worker_command(name: str, device_id: int) -> list[str]:
             "--without-heartbeat", "-l", "info"]
 
 
+#: What is made once per test session: the migrated database, the collected static files.
+_MIGRATED: dict[str, Path] = {}
+
+
+def migrated_database() -> Path:
+    """A file SQLite database that ``manage.py migrate`` made, once per test session: each live
+    test starts from a copy (the same schema, without its seconds of migrating per test)."""
+    if "db" not in _MIGRATED:
+        data_dir = Path(tempfile.mkdtemp(prefix="netadapt-migrated-"))
+        atexit.register(shutil.rmtree, data_dir, True)
+        env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings"}
+        subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
+                       check=True, timeout=600)
+        database = data_dir / "db.sqlite3"
+        # migrate's last connection has closed: a WAL database is checkpointed into its main file.
+        assert not (data_dir / "db.sqlite3-wal").exists() or not (data_dir / "db.sqlite3-wal").stat().st_size
+        _MIGRATED["db"] = database
+    return _MIGRATED["db"]
+
+
+def collected_static() -> Path:
+    """What ``manage.py collectstatic`` gathers (as ``make run`` does), once per test session."""
+    if "static" not in _MIGRATED:
+        data_dir = Path(tempfile.mkdtemp(prefix="netadapt-static-"))
+        atexit.register(shutil.rmtree, data_dir, True)
+        env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings"}
+        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+                       cwd=REPO, env=env, check=True, timeout=600)
+        _MIGRATED["static"] = data_dir / "static"
+    return _MIGRATED["static"]
+
+
 @contextmanager
 def live_database(tmp_path: Path, django_db_blocker):
     """(server environment, media folder), with this process's ORM on the servers' database."""
@@ -218,8 +267,8 @@ def live_database(tmp_path: Path, django_db_blocker):
             connection.default_channel.queue_purge(settings.CHECKING_QUEUE)
         yield env, data_dir / "media"
         return
-    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
-                   check=True, timeout=600)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_database(), data_dir / "db.sqlite3")
     with django_db_blocker.unblock():
         session_connection = connections["default"]
         file_connection = session_connection.__class__(
@@ -240,8 +289,7 @@ def live_app(tmp_path: Path, django_db_blocker):
         call_command("bootstrap", stdout=io.StringIO())
         # DEBUG is off (in both modes): WhiteNoise serves only what is in STATIC_ROOT, as after
         # `make run`'s collectstatic.
-        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-                       cwd=REPO, env=env, check=True, timeout=600)
+        shutil.copytree(collected_static(), Path(env["NETADAPT_DATA_DIR"]) / "static", dirs_exist_ok=True)
         logs = tmp_path / "logs"
         logs.mkdir()
         from devices.models import Device
