@@ -49,8 +49,6 @@ DEVICES_IMPORTING_ADAPTATION = {
     # adaptation writes the ONNX files a request needs; devices times files).
     ("devices.agent_files", "adaptation.netadapt.spec"),
     ("devices.tasks", "adaptation.netadapt.spec"),
-    # The device page charts the user's jobs' iterations on the device (estimate vs measured).
-    ("devices.views", "adaptation.models"),
     # The migration that created MeasurementRequest.job, a foreign key to adaptation.Job (0006 made it
     # a plain job_id). It stays as it was: databases migrated through it record it as applied, and
     # editing a migration already applied would give fresh and old databases different schemas.
