@@ -16,6 +16,7 @@ from adaptation.models import Iteration, ModelUpload
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
 from adaptation import measure_model
+from adaptation.network_files import export_networks
 from devices.measure import MeasureProtocol, TimingStats
 from devices.measure.tracing import trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
@@ -317,10 +318,12 @@ def test_the_api_measures_an_iteration_and_reports_the_results(api, owner, make_
     assert model.status_code == 202 and model.json()["networks"] == [f"model '{job.model.name}'"]
 
 
-def test_job_requests_keep_no_samples(owner, make_job, system_device, workers):
+def test_job_requests_keep_no_samples(owner, make_job, system_device, workers, media):
     job = make_job(owner, status="waiting")
+    networks = [describe_network(JOB_SPEC, {}, "o")]
     request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
-                           threads=1, example_shape=[1, 1, 8, 8], networks=[describe_network(JOB_SPEC, {}, "o")])
+                           threads=1, example_shape=[1, 1, 8, 8], networks=networks,
+                           network_files=export_networks(networks, [1, 1, 8, 8], "onnxruntime"))
     assert measure_request(request.pk) == "done"
     request.refresh_from_db()
     assert "samples_ms" not in request.results[0] and request.results[0]["n"] == RUNS

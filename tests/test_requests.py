@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import onnx
 import pytest
 from django.utils import timezone
 
 from adaptation.models import Job
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.network_files import export_networks
 from devices import requests
 from devices.measure.tracing import trace_layers
 from devices.models import LatencyEntry, MeasurementRequest
@@ -43,20 +45,33 @@ def waiting_job(make_job, owner, **fields) -> Job:
 
 
 def test_a_local_request_is_measured_into_the_table_and_resumes_its_job(
-        make_job, owner, system_device, signatures, sent, sent_run_job):
+        make_job, owner, system_device, signatures, sent, sent_run_job, media):
     job = waiting_job(make_job, owner)
     network = describe_network(SPEC, {}, "original")
+    exports = []
+
+    def exported():
+        exports.append(1)
+        return export_networks([network], [1, 1, 8, 8], "onnxruntime")
+
     request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
-                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network],
+                           network_files=exported)
     assert sent == [request.pk]
-    # Asking again for the same thing in the same job gives the same request.
+    # The network's ONNX file is written when the request is stored: devices times it as it is.
+    (name,) = request.network_files
+    assert name.startswith("measurements/") and name.endswith("/0.onnx")
+    onnx.checker.check_model(onnx.load_from_string((media / name).read_bytes()))
+    # Asking again for the same thing in the same job gives the same request, and exports nothing.
     again = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
-                         threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
-    assert again.pk == request.pk and sent == [request.pk]
+                         threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network],
+                         network_files=exported)
+    assert again.pk == request.pk and sent == [request.pk] and len(exports) == 1
 
     assert measure_request(request.pk) == "done"
     request.refresh_from_db()
     assert (request.status, request.signatures_done, request.error) == ("done", len(signatures), "")
+    assert not (media / name).parent.exists()  # an ended request's files go
     assert len(request.results) == 1 and request.results[0]["min_ms"] > 0
     table = device_table(system_device)
     assert request.runtime_version == table.runtime_version
