@@ -49,7 +49,7 @@ from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import ProposalResult
 from adaptation.netadapt.training import Cancelled
-from adaptation.network_files import network_files
+from adaptation.network_files import NetworkExportError, network_files
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   fruitless_sends, load_evaluations)
 from adaptation.receivers import resume_waiting_job
@@ -341,12 +341,15 @@ class JobRunner:
         # A request stored before requests carried their files failed for that alone: ask again.
         if failed is not None and not stored_without_files(failed):
             raise JobError(failed.error or f"measuring on {device.name} failed")
-        with transaction.atomic():
-            measurement = open_request(
-                owner=self.job.owner, device=device, job_id=self.job.pk, reason=request.reason,
-                runtime=device.runtime, threads=device.threads, example_shape=shape,
-                signatures=signatures, networks=networks,
-                network_files=network_files(networks, shape, device.runtime))
+        try:
+            with transaction.atomic():
+                measurement = open_request(
+                    owner=self.job.owner, device=device, job_id=self.job.pk, reason=request.reason,
+                    runtime=device.runtime, threads=device.threads, example_shape=shape,
+                    signatures=signatures, networks=networks,
+                    network_files=network_files(networks, shape, device.runtime))
+        except NetworkExportError as error:
+            raise JobError(f"measuring on {device.name}: {error}") from None
         counts = {"reason": request.reason, "signatures": len(signatures), "networks": len(networks),
                   "request": measurement.pk, "device": device.name}
         publish(self.job.pk, "job.measure", {**counts, "done": False, "table_size": len(self.table)})

@@ -26,7 +26,7 @@ from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.netadapt.lut import entry_ms
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
-from adaptation.network_files import network_files
+from adaptation.network_files import NetworkExportError, network_files
 from adaptation.services import final_iteration_number, job_file
 from devices.access import devices_visible_to
 from devices.measure.signature import LayerSignature
@@ -185,14 +185,18 @@ def start_measurement(user, device: Device, target: Target) -> MeasurementReques
     """Open the request (dispatched to the device when the transaction commits)."""
     layers = traced_layers(target.description, target.example_shape)
     missing = missing_signatures(device, [signature for _, signature in layers])
-    with transaction.atomic():
-        return open_request(owner=user, device=device, reason=target.reason,
-                            runtime=device.runtime, threads=device.threads,
-                            example_shape=target.example_shape,
-                            signatures=[signature.to_dict() for signature in missing],
-                            networks=[target.description],
-                            network_files=network_files([target.description], target.example_shape,
-                                                        device.runtime))
+    try:
+        with transaction.atomic():
+            return open_request(owner=user, device=device, reason=target.reason,
+                                runtime=device.runtime, threads=device.threads,
+                                example_shape=target.example_shape,
+                                signatures=[signature.to_dict() for signature in missing],
+                                networks=[target.description],
+                                network_files=network_files([target.description], target.example_shape,
+                                                            device.runtime))
+    except NetworkExportError as error:
+        message = str(error)
+        raise MeasureError(message[:1].upper() + message[1:] + ".") from None
 
 
 def cancel_measurement(measurement: MeasurementRequest) -> None:
