@@ -49,6 +49,7 @@ from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import ProposalResult
 from adaptation.netadapt.training import Cancelled
+from adaptation.network_files import NetworkExportError, network_files
 from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_evaluations,
                                   fruitless_sends, load_evaluations)
 from adaptation.receivers import resume_waiting_job
@@ -56,7 +57,8 @@ from devices.host import HostTurns
 from devices.lut import DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
-from devices.requests import describe_presence, device_table, drop_queued_requests, open_request, request_key
+from devices.requests import (describe_presence, device_table, drop_queued_requests, open_request, request_key,
+                              stored_without_files)
 
 logger = logging.getLogger(__name__)
 
@@ -336,13 +338,18 @@ class JobRunner:
         if done is not None and networks and not signatures:
             return Measured([TimingStats(**result) for result in done.results])
         failed = asked.filter(status=MeasurementRequest.Status.FAILED).order_by("-pk").first()
-        if failed is not None:
+        # A request stored before requests carried their files failed for that alone: ask again.
+        if failed is not None and not stored_without_files(failed):
             raise JobError(failed.error or f"measuring on {device.name} failed")
-        with transaction.atomic():
-            measurement = open_request(
-                owner=self.job.owner, device=device, job_id=self.job.pk, reason=request.reason,
-                runtime=device.runtime, threads=device.threads, example_shape=shape,
-                signatures=signatures, networks=networks)
+        try:
+            with transaction.atomic():
+                measurement = open_request(
+                    owner=self.job.owner, device=device, job_id=self.job.pk, reason=request.reason,
+                    runtime=device.runtime, threads=device.threads, example_shape=shape,
+                    signatures=signatures, networks=networks,
+                    network_files=network_files(networks, shape, device.runtime))
+        except NetworkExportError as error:
+            raise JobError(f"measuring on {device.name}: {error}") from None
         counts = {"reason": request.reason, "signatures": len(signatures), "networks": len(networks),
                   "request": measurement.pk, "device": device.name}
         publish(self.job.pk, "job.measure", {**counts, "done": False, "table_size": len(self.table)})

@@ -26,12 +26,13 @@ from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.netadapt.lut import entry_ms
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
+from adaptation.network_files import NetworkExportError, network_files
 from adaptation.services import final_iteration_number, job_file
 from devices.access import devices_visible_to
 from devices.measure.signature import LayerSignature
 from devices.measure.tracing import trace_layers
 from devices.models import Device, MeasurementRequest
-from devices.requests import device_table, open_request, request_table
+from devices.requests import device_table, open_request, remove_request_files, request_table
 
 #: The table estimator the page sums, the engine's default (DESIGN §4: the steadiest between sessions).
 ESTIMATOR = "min"
@@ -184,12 +185,18 @@ def start_measurement(user, device: Device, target: Target) -> MeasurementReques
     """Open the request (dispatched to the device when the transaction commits)."""
     layers = traced_layers(target.description, target.example_shape)
     missing = missing_signatures(device, [signature for _, signature in layers])
-    with transaction.atomic():
-        return open_request(owner=user, device=device, reason=target.reason,
-                            runtime=device.runtime, threads=device.threads,
-                            example_shape=target.example_shape,
-                            signatures=[signature.to_dict() for signature in missing],
-                            networks=[target.description])
+    try:
+        with transaction.atomic():
+            return open_request(owner=user, device=device, reason=target.reason,
+                                runtime=device.runtime, threads=device.threads,
+                                example_shape=target.example_shape,
+                                signatures=[signature.to_dict() for signature in missing],
+                                networks=[target.description],
+                                network_files=network_files([target.description], target.example_shape,
+                                                            device.runtime))
+    except NetworkExportError as error:
+        message = str(error)
+        raise MeasureError(message[:1].upper() + message[1:] + ".") from None
 
 
 def cancel_measurement(measurement: MeasurementRequest) -> None:
@@ -204,6 +211,8 @@ def cancel_measurement(measurement: MeasurementRequest) -> None:
         pk=measurement.pk, status=MeasurementRequest.Status.QUEUED, job_id__isnull=True,
     ).update(status=MeasurementRequest.Status.CANCELLED, error="Cancelled by its owner before it started.",
              finished_at=timezone.now())
+    if cancelled:
+        remove_request_files(measurement)
     if not cancelled:
         measurement.refresh_from_db(fields=["status"])
         raise MeasureError(f"This measurement is {measurement.get_status_display().lower()} already: only a "

@@ -3,8 +3,8 @@
 - ``request_archive``: the zip an agent downloads for one measurement request -- ``manifest.json``,
   ``layers/<index>.onnx`` for each signature the device's table still lacks (index into
   ``MeasurementRequest.signatures``), ``networks/<index>.onnx`` for each whole network (index
-  into ``MeasurementRequest.networks``, rebuilt from its description and exported the way every
-  ONNX file of ours is: the legacy exporter, opset 17). The layers are the same one-layer graphs
+  into ``MeasurementRequest.networks``: the file stored with the request, ``devices.request_files``,
+  which its asker exported the way every ONNX file of ours is). The layers are the same one-layer graphs
   the server's own CPU times (devices.measure.builders.signature_onnx), so both tables hold the
   same thing.
 - ``agent_zipapp``: ``netadapt-agent.pyz``, a Python zip application of ``devices/agent`` plus
@@ -21,12 +21,9 @@ import threading
 import zipfile
 from pathlib import Path
 
-import torch
-
-from adaptation.netadapt.spec import build_network
-from devices.measure.builders import model_to_onnx, signature_input_shape, signature_onnx
+from devices.measure.builders import signature_input_shape, signature_onnx
 from devices.models import MeasurementRequest
-from devices.requests import pending_signatures, request_signatures
+from devices.requests import network_file_bytes, pending_signatures, request_signatures
 
 DEVICES_DIR = Path(__file__).resolve().parent
 AGENT_DIR = DEVICES_DIR / "agent"
@@ -58,12 +55,14 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes | str, compress: int =
 def request_archive(request: MeasurementRequest, runtime_version: str | None) -> tuple[bytes, dict]:
     """(zip bytes, manifest) of the layers still missing from the table of ``runtime_version``.
 
-    Without a runtime version (an agent that never said hello) every layer is included.
+    Without a runtime version (an agent that never said hello) every layer is included. A request
+    stored without its networks' files (``devices.requests.files_missing``) is a ValueError.
     """
     if runtime_version:
         layers = pending_signatures(request, runtime_version)
     else:
         layers = list(enumerate(request_signatures(request)))
+    networks = network_file_bytes(request)
     manifest = {"request": request.pk, "runtime": request.runtime, "threads": request.threads,
                 "runtime_version": runtime_version or "", "layers": [], "networks": []}
     buffer = io.BytesIO()
@@ -75,10 +74,9 @@ def request_archive(request: MeasurementRequest, runtime_version: str | None) ->
             manifest["layers"].append({"index": index, "file": name, "key": signature.key(),
                                        "input_shape": list(signature_input_shape(signature))})
         shape = [int(size) for size in request.example_shape]
-        for index, description in enumerate(request.networks):
+        for index, (description, data) in enumerate(zip(request.networks, networks)):
             name = f"networks/{index}.onnx"
-            model = build_network(description)
-            _add(archive, name, model_to_onnx(model, torch.zeros(shape)), zipfile.ZIP_STORED)
+            _add(archive, name, data, zipfile.ZIP_STORED)
             manifest["networks"].append({"index": index, "file": name, "label": description.get("label", ""),
                                          "input_shape": shape})
         _add(archive, "manifest.json", json.dumps(manifest, indent=1))

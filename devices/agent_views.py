@@ -6,7 +6,8 @@
 - ``GET /api/v1/agent/requests/<id>/files`` with ``Authorization: Token <device token>``: the zip
   of a request's ONNX files (devices.agent_files). Only the open requests of the token's own
   device: anything else is a 404; a missing, unknown or revoked token a 401. Files that cannot
-  be built (a network description that no longer rebuilds) fail the request: a 500.
+  be built or read (a request stored before requests carried their networks' files, files gone)
+  fail the request: a 500.
 - ``GET /devices/agent.pyz`` (signed-in users): the agent program as one file.
 
 These are plain Django views, not REST framework ones: the API's token authentication would read
@@ -28,7 +29,7 @@ from devices.agent_files import ZIPAPP_NAME, agent_zipapp, request_archive
 from devices.lut import remote_version
 from devices.models import MeasurementRequest
 from devices.pairing import PairingError, device_for_token, redeem
-from devices.requests import fail_request
+from devices.requests import fail_request, files_missing
 from webapp.lib.ratelimit import attempt, pairing_limits, succeeded
 
 logger = logging.getLogger(__name__)
@@ -86,11 +87,12 @@ def request_files(request, id: int):
         return _detail("no open measurement request of this device has this id", 404)
     try:
         data, manifest = request_archive(measurement, remote_version(device) or None)
-    except Exception as error:  # a network that cannot be rebuilt or exported: it never will be
+    except Exception as error:  # files that cannot be built or read: they never will be
         logger.exception("building the files of measurement request %s failed", measurement.pk)
-        fail_request(measurement, f"the server could not build the request's ONNX files: "
-                                  f"{type(error).__name__}: {error}")
-        return _detail("the server could not build this request's files; the request has failed", 500)
+        why = files_missing(measurement)
+        fail_request(measurement, why or f"the server could not build or read the request's ONNX files: "
+                                         f"{type(error).__name__}: {error}")
+        return _detail("the server could not build or read this request's files; the request has failed", 500)
     response = HttpResponse(data, content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="request-{measurement.pk}.zip"'
     return response

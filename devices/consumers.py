@@ -45,8 +45,8 @@ from devices.agent import protocol as p
 from devices.measure.protocol import MeasureProtocol
 from devices.models import Device, MeasurementRequest
 from devices.pairing import device_for_token
-from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
-                              store_layer_results)
+from devices.requests import (claim_request, complete_request, fail_request, files_missing,
+                              pending_signatures, store_layer_results)
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +419,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             if self.kind != "phone" and request.runtime != "onnxruntime":
                 fail_request(request, f"{self.device_name} runs the agent program, which measures with "
                                       f"ONNX Runtime only; this request asked for {request.runtime!r}")
+                continue
+            why = files_missing(request)
+            if why:  # stored before requests carried their files: no device can measure it
+                fail_request(request, why)
                 continue
             pending = pending_signatures(request, self.runtime_version)
             protocol = MeasureProtocol(threads=request.threads, **settings.MEASURE_PROTOCOL)

@@ -116,8 +116,9 @@ class MeasurementRequest(models.Model):
     A local device's requests run in the Celery task ``devices.tasks.measure_request`` on the queue
     ``device.<id>`` (one at a time); an agent device pulls them over its websocket. When the last
     open request of a waiting job is done, the job is re-enqueued (``devices.requests``).
-    ``signatures`` holds ``LayerSignature.to_dict()``s, ``networks`` the descriptions that rebuild
-    each network (architecture + channel configuration: latency does not depend on weights),
+    ``signatures`` holds ``LayerSignature.to_dict()``s, ``networks`` the descriptions of the whole
+    networks asked for (their ``label`` names them; devices reads nothing else of them), whose
+    files (``network_files``: ONNX, or TorchScript for the torch runtimes) the asker wrote,
     ``results`` the ``TimingStats.to_dict()`` of each network, measured interleaved (plus its
     raw ``samples_ms``, at most 1000, for a measurement outside any job: its page's histogram).
     Its owner may cancel such a measurement while it is queued (``cancelled``: nobody claims it).
@@ -144,6 +145,10 @@ class MeasurementRequest(models.Model):
     example_shape = models.JSONField(default=list)  # the networks' input shape (N, C, H, W)
     signatures = models.JSONField(default=list, blank=True)
     networks = models.JSONField(default=list, blank=True)
+    # The file each network is timed from (devices.request_files): storage names under MEDIA_ROOT,
+    # one per network. The names stay when the files go (the request ended): a request that has
+    # networks and no names was stored before requests carried files, and cannot be measured.
+    network_files = models.JSONField(default=list, blank=True)
     results = models.JSONField(default=list, blank=True)
     signatures_done = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)

@@ -1,17 +1,19 @@
 """Measurement requests: queued per device, served one at a time, results into the look-up table.
 
 The life of a request (``MeasurementRequest``):
-- ``open_request`` stores what a job (or a user) wants timed and, once the transaction commits,
-  hands it to the device: a ``local`` device's Celery queue ``device.<id>``; an ``agent`` device
-  picks it up over its websocket (``devices.consumers``). Asking twice for the same thing in one
-  job returns the request already there.
+- ``open_request`` stores what a job (or a user) wants timed, with the file of each whole network
+  the asker exported (``devices.request_files``), and, once the transaction commits, hands it to
+  the device: a ``local`` device's Celery queue ``device.<id>``; an ``agent`` device picks it up
+  over its websocket (``devices.consumers``). Asking twice for the same thing in one job returns
+  the request already there (and exports nothing).
 - ``claim_request`` moves it to ``running`` for one measurer; an agent that reconnects after a
   crash claims its own running request again.
 - ``store_layer_results`` adds timed layers to the device's table as they come (a measurer killed
   half-way loses nothing: ``pending_signatures`` lists only what is still missing);
   ``complete_request`` stores the networks' statistics and ends it; ``fail_request`` ends it with
   an error. Either way it sends ``devices.signals.request_ended``: adaptation publishes the job's
-  events and, when it was the job's last open request, re-enqueues the waiting job.
+  events and, when it was the job's last open request, re-enqueues the waiting job. Its networks'
+  files go once it has ended.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import hashlib
 import json
 import logging
 from datetime import timedelta
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from django.conf import settings
 from django.db import transaction
@@ -30,6 +32,7 @@ from devices.lut import DatabaseLatencyTable, remote_backend, remote_version
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
+from devices.request_files import folder_names, read_file, remove_files, sweep_files, write_files
 from devices.signals import request_ended
 from webapp.lib.claims import claim_is_gone, requeue_seconds
 
@@ -48,13 +51,19 @@ def request_key(signatures: list[dict], networks: list[dict], example_shape: lis
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+NetworkFiles = Sequence[bytes] | Callable[[], Sequence[bytes]]
+
+
 def open_request(*, owner, device: Device, job_id: int | None = None, reason: str, runtime: str, threads: int,
                  example_shape: list[int], signatures: list[dict] | None = None,
-                 networks: list[dict] | None = None) -> MeasurementRequest:
+                 networks: list[dict] | None = None, network_files: NetworkFiles | None = None) -> MeasurementRequest:
     """The job's open request for exactly this, or a new one.
 
-    ``job_id``: the job that asks (None: a user's own measurement). A new request is dispatched
-    to its device when the current transaction commits.
+    ``job_id``: the job that asks (None: a user's own measurement). ``networks``: a description
+    of each whole network (its ``label`` names it; the key of the request is made of them);
+    ``network_files``: each one's file for ``runtime`` (``devices.measure.builders.network_file``),
+    or a function that exports them, called only when a new request is stored. A new request is
+    dispatched to its device when the current transaction commits.
     """
     signatures, networks = list(signatures or []), list(networks or [])
     key = request_key(signatures, networks, list(example_shape))
@@ -63,12 +72,69 @@ def open_request(*, owner, device: Device, job_id: int | None = None, reason: st
                     .order_by("-pk").first())
         if existing is not None:
             return existing
-    request = MeasurementRequest.objects.create(
-        owner=owner, device=device, job_id=job_id, reason=reason[:200], key=key, runtime=runtime,
-        threads=threads, example_shape=list(example_shape), signatures=signatures, networks=networks)
+    names = _store_network_files(networks, network_files, runtime)
+    try:
+        request = MeasurementRequest.objects.create(
+            owner=owner, device=device, job_id=job_id, reason=reason[:200], key=key, runtime=runtime,
+            threads=threads, example_shape=list(example_shape), signatures=signatures, networks=networks,
+            network_files=names)
+    except BaseException:
+        remove_files(names)
+        raise
     request_id, device_id, kind = request.pk, device.pk, device.kind
     transaction.on_commit(lambda: dispatch(request_id, device_id, kind))
     return request
+
+
+def _store_network_files(networks: list[dict], files: NetworkFiles | None, runtime: str) -> list[str]:
+    """Write the networks' files; their storage names."""
+    if not networks:
+        return []
+    if files is None:
+        raise ValueError("a request for whole networks needs their files: devices times files "
+                         "(devices.measure.builders.network_file), it does not build networks")
+    files = list(files() if callable(files) else files)
+    if len(files) != len(networks):
+        raise ValueError(f"{len(networks)} network(s) but {len(files)} file(s)")
+    # builders loads torch: only a request for whole networks gets here
+    from devices.measure.builders import network_suffix
+    return write_files(files, network_suffix(runtime))
+
+
+def stored_without_files(request: MeasurementRequest) -> bool:
+    """Whether the request asks for whole networks but was stored before requests carried their
+    files (``devices.request_files``): it cannot be measured, and whoever waits on it asks again."""
+    return bool(request.networks) and len(request.network_files) != len(request.networks)
+
+
+def files_missing(request: MeasurementRequest) -> str | None:
+    """Why the request cannot be measured for lack of its networks' files, or None when it has them."""
+    if not stored_without_files(request):
+        return None
+    then = ("its job asks again when it resumes" if request.job_id is not None
+            else "measure the model again to time it")
+    return (f"measurement request {request.pk} was stored by an earlier version of the server, before "
+            f"requests carried their networks' files, and cannot be measured: {then}")
+
+
+def network_file_bytes(request: MeasurementRequest) -> list[bytes]:
+    """The bytes of the request's network files, in the order of ``request.networks``."""
+    why = files_missing(request)
+    if why:
+        raise ValueError(why)
+    return [read_file(name) for name in request.network_files]
+
+
+def remove_request_files(request: MeasurementRequest) -> None:
+    """Remove an ended (or deleted) request's files once the current transaction commits."""
+    names = list(request.network_files or [])
+    if names:
+        transaction.on_commit(lambda: remove_files(names))
+
+
+def request_deleted(sender, instance: MeasurementRequest, **kwargs) -> None:
+    """``post_delete`` of a request (alone, or with its job, device or owner): its files go too."""
+    remove_request_files(instance)
 
 
 def dispatch(request_id: int, device_id: int, kind: str) -> None:
@@ -166,6 +232,7 @@ def complete_request(request: MeasurementRequest, network_results: Iterable[Mapp
             status=MeasurementRequest.Status.DONE, results=results, runtime_version=runtime_version, error="",
             signatures_done=len(request.signatures), finished_at=timezone.now(), host_lock=host_lock or {})
         if ended:
+            remove_request_files(request)
             request_ended.send(MeasurementRequest, request=request, status=MeasurementRequest.Status.DONE, host_message=host_message,
                                table_size=len(request_table(request, runtime_version)))
 
@@ -176,6 +243,7 @@ def fail_request(request: MeasurementRequest, error: str) -> None:
         ended = MeasurementRequest.objects.filter(pk=request.pk, status__in=MeasurementRequest.OPEN_STATUSES).update(
             status=MeasurementRequest.Status.FAILED, error=error[:2000], finished_at=timezone.now())
         if ended:
+            remove_request_files(request)
             request_ended.send(MeasurementRequest, request=request, status=MeasurementRequest.Status.FAILED, host_message="",
                                table_size=None)
 
@@ -183,8 +251,16 @@ def fail_request(request: MeasurementRequest, error: str) -> None:
 def drop_queued_requests(job_id: int, why: str) -> int:
     """Fail the job's requests no device has started (it ended): devices skip them. Requests being
     measured finish; their layers still fill the device's table."""
-    return MeasurementRequest.objects.filter(job_id=job_id, status=MeasurementRequest.Status.QUEUED).update(
-        status=MeasurementRequest.Status.FAILED, error=why, finished_at=timezone.now())
+    with transaction.atomic():
+        queued = MeasurementRequest.objects.select_for_update().filter(
+            job_id=job_id, status=MeasurementRequest.Status.QUEUED)
+        rows = list(queued.values_list("pk", "network_files"))
+        count = MeasurementRequest.objects.filter(pk__in=[pk for pk, _ in rows]).update(
+            status=MeasurementRequest.Status.FAILED, error=why, finished_at=timezone.now())
+        names = [name for _, files in rows for name in files or []]
+        if names:
+            transaction.on_commit(lambda: remove_files(names))
+    return count
 
 
 def device_wait_seconds() -> float:
@@ -197,6 +273,7 @@ def sweep_requests(now=None) -> dict[str, list[int]]:
     process of this host that is gone) or that sat queued past ``JOB_REQUEUE_SECONDS`` (the
     filesystem transport loses a message its killed worker had read) are dispatched again; an
     agent device's requests open past ``DEVICE_WAIT_SECONDS`` fail, and their jobs with them.
+    Network files that no open request names are removed (``devices.request_files.sweep_files``).
     """
     now = now or timezone.now()
     local = MeasurementRequest.objects.filter(device__kind="local")
@@ -218,7 +295,11 @@ def sweep_requests(now=None) -> dict[str, list[int]]:
         fail_request(request, f"{request.device.name} did not measure within {limit / 3600:g} h "
                               f"({describe_presence(request.device)}); the job gave up waiting")
         expired.append(request.pk)
-    return {"resent": sorted(resent), "expired": expired}
+    open_files = MeasurementRequest.objects.filter(status__in=MeasurementRequest.OPEN_STATUSES).values_list(
+        "network_files", flat=True)
+    removed = sweep_files(folder_names(name for names in open_files for name in names or []),
+                          now=now.timestamp())
+    return {"resent": sorted(resent), "expired": expired, "files_removed": removed}
 
 
 def describe_presence(device: Device) -> str:

@@ -11,14 +11,13 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from adaptation.netadapt.spec import build_network
 from devices.agent.protocol import kept_samples  # pure: the agent keeps samples alike
 from devices.host import HostNote, disturbance, host_lock, lock_wait_seconds, measure_retakes
 from devices.measure import MeasureProtocol
 from devices.measure.local import LocalMeasurer
 from devices.models import MeasurementRequest
-from devices.requests import (claim_request, complete_request, fail_request, pending_signatures,
-                              store_layer_results)
+from devices.requests import (claim_request, complete_request, fail_request, files_missing, network_file_bytes,
+                              pending_signatures, store_layer_results)
 from webapp.lib.claims import worker_name
 
 logger = logging.getLogger(__name__)
@@ -45,13 +44,14 @@ def run_request(request: MeasurementRequest) -> None:
     pending = pending_signatures(request, version)
     lock, wait_s, max_spread = host_lock(), lock_wait_seconds(), measurer.protocol.max_spread
     note = HostNote()
+    files = network_file_bytes(request)
     with lock.measuring(wait_s) as hold:
         note.add(hold)
         for start in range(0, len(pending), MEASURE_BATCH):
             batch = pending[start:start + MEASURE_BATCH]
             stats = measurer.measure_signatures([signature for _, signature in batch])
             store_layer_results(request, {index: stats[signature] for index, signature in batch}, version)
-        results, spreads = _measure_networks(request, measurer) if request.networks else ([], [])
+        results, spreads = _measure_networks(request, measurer, files) if files else ([], [])
     why = disturbance(hold, spreads, max_spread, wait_s)
     note.held = hold.acquired
     best = (not hold.acquired, max(spreads, default=0.0))
@@ -60,7 +60,7 @@ def run_request(request: MeasurementRequest) -> None:
         note.why.append(why)
         with lock.measuring(wait_s) as hold:
             note.add(hold)
-            attempt, attempt_spreads = _measure_networks(request, measurer)
+            attempt, attempt_spreads = _measure_networks(request, measurer, files)
         why = disturbance(hold, attempt_spreads, max_spread, wait_s)
         rank = (not hold.acquired, max(attempt_spreads, default=0.0))
         if rank < best:
@@ -72,16 +72,14 @@ def run_request(request: MeasurementRequest) -> None:
                      host_message=note.describe(request.reason) if note.worth_telling() else "")
 
 
-def _measure_networks(request: MeasurementRequest, measurer: LocalMeasurer) -> tuple[list, list[float]]:
-    """The request's networks timed interleaved: their results and their spreads."""
-    import torch  # the torch runtimes need it; the table measurements of agents never do
-    example = torch.zeros(request.example_shape)
-    models = [build_network(description) for description in request.networks]
+def _measure_networks(request: MeasurementRequest, measurer: LocalMeasurer,
+                      files: list[bytes]) -> tuple[list, list[float]]:
+    """The request's network files timed interleaved: their results and their spreads."""
     if request.job_id is None:  # a user's own measurement: its page draws a histogram
-        timed = measurer.measure_models_with_samples(models, example)
+        timed = measurer.measure_network_files_with_samples(files, request.example_shape)
         return ([{**t.stats.to_dict(), "samples_ms": kept_samples(t.samples_ms)} for t in timed],
                 [t.stats.spread for t in timed])
-    stats = measurer.measure_models(models, example)
+    stats = measurer.measure_network_files(files, request.example_shape)
     return stats, [s.spread for s in stats]
 
 
@@ -91,6 +89,10 @@ def measure_request(request_id: int) -> str | None:
     request = claim_request(request_id, worker_name())
     if request is None:
         return None
+    why = files_missing(request)
+    if why:  # stored before requests carried their files: nothing here can measure it
+        fail_request(request, why)
+        return MeasurementRequest.Status.FAILED
     try:
         run_request(request)
         return MeasurementRequest.Status.DONE

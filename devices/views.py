@@ -22,11 +22,11 @@ from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from adaptation.models import Iteration
 from devices import lut_io
 from devices.access import devices_visible_to, get_device_for_user
 from devices.forms import DeviceForm, LutImportForm, PhoneForm, lut_max_bytes
 from devices.models import Device, MeasurementRequest
+from devices.page_sections import render_sections
 from devices.pairing import (PairingError, code_minutes, is_loopback, new_pairing, pairing_url,
                              public_base_url, revoke)
 from webapp.lib.formatting import human_size
@@ -38,9 +38,8 @@ FACT_LABELS = {"os": "Operating system", "machine": "Machine", "board": "Board",
                "onnxruntime": "ONNX Runtime", "torch": "PyTorch", "numpy": "NumPy", "agent": "Agent version",
                "onnxruntime_web": "ONNX Runtime Web", "backend": "Backend", "user_agent": "Browser",
                "secure_context": "Secure context", "timer_resolution_ms": "Timer resolution (ms)"}
-#: Most recent measurement requests and chart points the detail page shows.
+#: Most recent measurement requests the detail page shows.
 RECENT_REQUESTS = 20
-MAX_POINTS = 500
 
 
 def _refuse_system(request: HttpRequest, device: Device, action: str) -> HttpResponse:
@@ -64,21 +63,6 @@ def _facts(facts: dict) -> list[tuple[str, str]]:
             value = human_size(value)
         rows.append((FACT_LABELS.get(key, key.replace("_", " ").capitalize()), str(value)))
     return rows
-
-
-def _latency_points(user, device: Device) -> list[dict]:
-    """Estimated against measured whole-network latency of the user's latency jobs on the device."""
-    iterations = (Iteration.objects.filter(job__owner=user, job__device=device, measured_ms__isnull=False)
-                  .select_related("job__model").order_by("-created", "-pk")[:MAX_POINTS])
-    return [{"job": it.job_id, "model": it.job.model.name, "number": it.number, "measured": it.measured_ms,
-             "estimate": it.resource, "raw": it.resource_raw}
-            for it in iterations if it.job.settings.get("metric", "latency") == "latency"]
-
-
-def _error_percent(points: list[dict], key: str) -> float | None:
-    """Mean absolute percentage error of one estimate against the measurements."""
-    pairs = [(p[key], p["measured"]) for p in points if p[key] is not None and p["measured"] > 0]
-    return 100 * sum(abs(e - m) / m for e, m in pairs) / len(pairs) if pairs else None
 
 
 def _pairing_page(request: HttpRequest, device: Device) -> HttpResponse:
@@ -118,15 +102,13 @@ def device_detail(request, pk: int):
                   .order_by("runtime", "runtime_version", "backend", "threads"))
     for table in tables:
         table["current"] = (table["runtime"], table["threads"]) == (device.runtime, device.threads)
-    points = _latency_points(request.user, device)
     return render(request, "devices/detail.html", {
         "device": device, "facts": _facts(device.facts if isinstance(device.facts, dict) else {}), "tables": tables,
         "lut_size": sum(t["entries"] for t in tables),
         "requests": MeasurementRequest.objects.filter(device=device, owner=request.user)
                                               .order_by("-created", "-pk")[:RECENT_REQUESTS],
         "jobs": device.jobs.filter(owner=request.user).count(),
-        "chart": {"points": points}, "calibrated_error": _error_percent(points, "estimate"),
-        "raw_error": _error_percent(points, "raw"),
+        "sections": render_sections(request, device),
         "import_form": LutImportForm(), "import_limit": human_size(lut_max_bytes())})
 
 

@@ -285,7 +285,11 @@ def live_database(tmp_path: Path, django_db_blocker):
 def live_app(tmp_path: Path, django_db_blocker):
     from django.core.management import call_command
 
-    with live_database(tmp_path, django_db_blocker) as (env, media):
+    from django.test import override_settings
+
+    # This process opens requests on the servers' database as a job would: their networks' files
+    # go where the servers read them.
+    with live_database(tmp_path, django_db_blocker) as (env, media), override_settings(MEDIA_ROOT=media):
         call_command("bootstrap", stdout=io.StringIO())
         # DEBUG is off (in both modes): WhiteNoise serves only what is in STATIC_ROOT, as after
         # `make run`'s collectstatic.

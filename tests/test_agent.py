@@ -80,6 +80,7 @@ def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_
     from django.utils import timezone
 
     from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+    from adaptation.network_files import network_files
     from devices.measure.tracing import trace_layers
     from devices.models import Device, LatencyEntry, MeasurementRequest
     from devices.pairing import new_pairing, revoke
@@ -121,9 +122,10 @@ def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_
         spec = ArchitectureSpec("plain_cnn", 10, 1, 0.5, 16)
         torch.manual_seed(0)
         layers = [layer.signature.to_dict() for layer in trace_layers(spec.build().eval(), spec.example_input())]
+        networks = [describe_network(spec, {}, "original")]
         request = open_request(owner=owner, device=device, reason="a small CNN", runtime="onnxruntime", threads=1,
-                               example_shape=[1, 1, 16, 16], signatures=layers,
-                               networks=[describe_network(spec, {}, "original")])
+                               example_shape=[1, 1, 16, 16], signatures=layers, networks=networks,
+                               network_files=network_files(networks, [1, 1, 16, 16], "onnxruntime"))
         wait_for(lambda: request_row(request).status in ("done", "failed"), "the request to end", app, agents)
         request = request_row(request)
         assert request.status == "done", request.error
@@ -148,8 +150,8 @@ def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_
         # A long request: the agent is killed once some batches are stored...
         many = [conv(c_in, c_out, 16) for c_in in range(8, 56, 8) for c_out in range(8, 136, 8)]
         long_request = open_request(owner=owner, device=device, reason="many layers", runtime="onnxruntime",
-                                    threads=1, example_shape=[1, 1, 16, 16], signatures=many,
-                                    networks=[describe_network(spec, {}, "original")])
+                                    threads=1, example_shape=[1, 1, 16, 16], signatures=many, networks=networks,
+                                    network_files=network_files(networks, [1, 1, 16, 16], "onnxruntime"))
         wait_for(lambda: request_row(long_request).signatures_done > 0, "the first batch", app, agents)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(timeout=30)

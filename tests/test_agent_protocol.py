@@ -31,6 +31,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.network_files import network_files
 from devices.agent import protocol as p
 from devices.measure import MeasureProtocol
 from devices.measure.tracing import trace_layers
@@ -40,7 +41,7 @@ from devices.requests import open_request, store_layer_results
 from tests.user_objects import add_device
 from webapp.asgi import application
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services, pytest.mark.usefixtures("media")]
 
 REPO = Path(__file__).resolve().parents[1]
 ORIGIN = (b"origin", b"http://localhost")
@@ -76,9 +77,11 @@ def signatures():
 
 
 def make_request(owner, device, signatures, networks=1, runtime="onnxruntime") -> MeasurementRequest:
+    """A request as a job opens it: the networks' ONNX files exported (adaptation.network_files)."""
+    described = [describe_network(SPEC, {}, f"net {i}") for i in range(networks)]
     return open_request(owner=owner, device=device, reason="test", runtime=runtime, threads=1,
-                        example_shape=[1, 1, 8, 8], signatures=signatures,
-                        networks=[describe_network(SPEC, {}, f"net {i}") for i in range(networks)])
+                        example_shape=[1, 1, 8, 8], signatures=signatures, networks=described,
+                        network_files=network_files(described, [1, 1, 8, 8], runtime))
 
 
 def communicator(token: str | None) -> WebsocketCommunicator:
@@ -398,9 +401,10 @@ def test_a_users_own_measurement_asks_for_samples_and_stores_them(owner, agent_d
 
 def test_a_jobs_request_asks_for_no_samples(owner, agent_device, token, signatures, make_job, sent_run_job):
     job = make_job(owner, status="running")
+    networks = [describe_network(SPEC, {}, "net")]
     request = open_request(owner=owner, device=agent_device, job_id=job.pk, reason="job", runtime="onnxruntime",
-                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures,
-                           networks=[describe_network(SPEC, {}, "net")])
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=networks,
+                           network_files=network_files(networks, [1, 1, 8, 8], "onnxruntime"))
 
     async def scenario():
         socket = await connected(token)
@@ -618,14 +622,42 @@ def test_the_files_of_a_request_are_its_devices_only(owner, stranger, agent_devi
     assert client.get(f"/api/v1/agent/requests/{mine.pk}/files", **auth).status_code == 401
 
 
-def test_files_that_cannot_be_built_fail_the_request(owner, agent_device, token, signatures):
-    request = make_request(owner, agent_device, signatures, networks=0)
-    MeasurementRequest.objects.filter(pk=request.pk).update(networks=[
-        {"label": "broken", "spec": {**SPEC.to_dict(), "arch": "no_such_arch"}, "channels": {}}])
+def test_files_that_cannot_be_read_fail_the_request(owner, agent_device, token, signatures, media):
+    """The zip carries the files stored with the request; gone from the disk, the request fails."""
+    request = make_request(owner, agent_device, signatures, networks=1)
+    (media / request.network_files[0]).unlink()
     answer = Client().get(f"/api/v1/agent/requests/{request.pk}/files", HTTP_AUTHORIZATION=f"Token {token}")
     assert answer.status_code == 500 and "has failed" in answer.json()["detail"]
     request.refresh_from_db()
-    assert request.status == "failed" and "could not build" in request.error
+    assert request.status == "failed" and "could not build or read" in request.error
+    assert "FileNotFoundError" in request.error
+
+
+def test_a_request_stored_before_requests_carried_files_fails_clearly(owner, agent_device, token, signatures):
+    """An open request of an earlier version (networks, no files): the agent is never offered it,
+    and its zip is refused with the reason; nothing rebuilds its networks."""
+    offered = make_request(owner, agent_device, signatures, networks=0)
+    downloaded = make_request(owner, agent_device, signatures, networks=0)
+    MeasurementRequest.objects.filter(pk__in=[offered.pk, downloaded.pk]).update(
+        networks=[describe_network(SPEC, {}, "old")])
+    answer = Client().get(f"/api/v1/agent/requests/{downloaded.pk}/files", HTTP_AUTHORIZATION=f"Token {token}")
+    assert answer.status_code == 500
+
+    measurable = make_request(owner, agent_device, signatures, networks=1)
+
+    async def scenario():
+        socket = await connected(token)
+        await hello(socket)
+        offer = await socket.receive_json_from(timeout=TIMEOUT)  # the old one skipped, failed
+        assert offer["type"] == "request" and offer["request"] == measurable.pk
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    for request in (offered, downloaded):
+        request.refresh_from_db()
+        assert request.status == "failed"
+        assert (f"measurement request {request.pk} was stored by an earlier version of the server" in request.error
+                and "measure the model again" in request.error), request.error
 
 
 def test_the_agent_download_is_a_runnable_zipapp(owner, tmp_path):

@@ -10,6 +10,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from adaptation.models import Iteration, Job
+from devices import page_sections
 from devices.lut import DatabaseLatencyTable
 from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
@@ -148,6 +149,31 @@ def test_a_device_without_measurements_has_no_chart(owner_client, owner):
     response = owner_client.get(reverse("device_detail", args=[phone(owner).pk]))
     assert response.context["chart"] == {"points": []}
     assert "latency-chart" not in page(response) and "No measured networks yet" in page(response)
+
+
+def test_other_apps_add_sections_to_the_device_page_through_its_registry(owner_client, owner, monkeypatch,
+                                                                        settings, tmp_path):
+    """devices draws what other apps register (adaptation: its latency chart), in their order; a
+    section with nothing to show for this device adds nothing."""
+    (tmp_path / "section.html").write_text("<p>{{ device.name }} {{ action }}</p>")
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [*settings.TEMPLATES[0]["DIRS"], tmp_path]}]
+    seen = []
+
+    def nothing(request, device):
+        seen.append(device.pk)
+        return None
+
+    def facts_again(request, device):
+        return "section.html", {"action": f"shown for {request.user.username}"}
+
+    monkeypatch.setattr(page_sections, "_sections", dict(page_sections._sections))
+    page_sections.register("test.nothing", nothing)
+    page_sections.register("test.facts", facts_again)
+    device = phone(owner)
+    text = page(owner_client.get(reverse("device_detail", args=[device.pk])))
+    assert seen == [device.pk]
+    chart, extra = text.index("Estimated against measured latency"), text.index(f"Pixel 7 shown for {owner.username}")
+    assert chart < extra < text.index("Your recent measurement requests")
 
 
 def test_the_system_device_page_is_read_only(stranger_client, system_device):

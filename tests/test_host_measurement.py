@@ -16,12 +16,13 @@ from django.urls import reverse
 from adaptation import tasks
 from adaptation.models import Job, JobEvent
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.network_files import network_files
 from devices.host import host_lock
 from devices.models import MeasurementRequest
 from devices.requests import open_request
 from devices.tasks import measure_request
 
-pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("media")]
 
 # A MACs job (its proposals need no measurement) whose short-term fine-tune is far longer than
 # the test: the cancel at the end stops it.
@@ -36,6 +37,12 @@ def wait_until(condition, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.01)
+
+
+def whole(spec: ArchitectureSpec, label: str) -> dict:
+    """``open_request``'s arguments for one whole network, its file exported as a job exports it."""
+    networks = [describe_network(spec, {}, label)]
+    return {"networks": networks, "network_files": network_files(networks, [1, 1, 8, 8], "onnxruntime")}
 
 
 def test_a_measurement_of_this_host_pauses_a_running_proposal_fine_tune(
@@ -55,7 +62,7 @@ def test_a_measurement_of_this_host_pauses_a_running_proposal_fine_tune(
         spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
         request = open_request(owner=owner, device=system_device, reason="a check", runtime="onnxruntime",
                                threads=1, example_shape=[1, 1, 8, 8],
-                               networks=[describe_network(spec, {}, "original")])
+                               **whole(spec, "original"))
         assert measure_request(request.pk) == "done"
     finally:
         client.force_login(owner)
@@ -83,7 +90,7 @@ def test_a_measurement_that_cannot_have_the_host_is_retaken_then_kept_and_the_jo
     spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
     request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="iteration 3 network",
                            runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
-                           networks=[describe_network(spec, {}, "iteration 3")])
+                           **whole(spec, "iteration 3"))
     with host_lock().trainer() as stuck:  # holds the host and never reaches its next checkpoint
         stuck.checkpoint()
         assert measure_request(request.pk) == "done"
@@ -105,7 +112,7 @@ def test_a_measurement_on_a_quiet_host_is_taken_once_and_not_told(owner, make_jo
     spec = ArchitectureSpec("plain_cnn", 10, 1, 1.0, 8)
     request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original network",
                            runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
-                           networks=[describe_network(spec, {}, "original")])
+                           **whole(spec, "original"))
     assert measure_request(request.pk) == "done"
     request.refresh_from_db()
     assert (request.host_lock["held"], request.host_lock["trainers"], request.host_lock["retaken"]) == (True, 0, 0)

@@ -206,6 +206,30 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, 
 
 
 @transactional
+def test_a_job_waiting_on_a_whole_network_request_stored_without_files_asks_again(new_job, workers):
+    """A request an earlier version stored (whole networks, no files: migration 0007) fails for
+    that alone; the job it wakes opens the same request again, with its files, and goes on."""
+    job = new_job(LATENCY)
+    tasks.run_job(job.pk)
+
+    def whole_network_request():
+        return next((r for r in MeasurementRequest.objects.filter(job_id=job.pk, status="queued") if r.networks), None)
+
+    while whole_network_request() is None:
+        assert workers.step(), "the job ended without asking for a whole network"
+    old = whole_network_request()
+    MeasurementRequest.objects.filter(pk=old.pk).update(network_files=[])
+    shutil.rmtree((media_path(old.network_files[0])).parent)
+
+    job = run_to_end(workers, job)
+    old.refresh_from_db()
+    assert old.status == "failed" and "stored by an earlier version of the server" in old.error
+    again = MeasurementRequest.objects.filter(job_id=job.pk, key=old.key).exclude(pk=old.pk).get()
+    assert again.status == "done" and again.pk > old.pk and len(again.network_files) == len(again.networks)
+    assert not (media_path(again.network_files[0])).parent.exists()  # gone once it ended
+
+
+@transactional
 def test_the_page_reports_and_api_show_where_each_iterations_time_went(new_job, owner, client, workers):
     job = run_to_end(workers, new_job(MACS))
     rows = list(Iteration.objects.filter(job=job, number__gte=0).order_by("number"))

@@ -45,12 +45,6 @@ DYNAMIC_IMPORTERS = {"import_module", "__import__"}
 # (importer, imported): remove a line when its import goes; the test fails on a stale line.
 
 DEVICES_IMPORTING_ADAPTATION = {
-    # devices builds the networks of a request and reads the engine's table types (to move:
-    # adaptation writes the ONNX files a request needs; devices times files).
-    ("devices.agent_files", "adaptation.netadapt.spec"),
-    ("devices.tasks", "adaptation.netadapt.spec"),
-    # The device page charts the user's jobs' iterations on the device (estimate vs measured).
-    ("devices.views", "adaptation.models"),
     # The migration that created MeasurementRequest.job, a foreign key to adaptation.Job (0006 made it
     # a plain job_id). It stays as it was: databases migrated through it record it as applied, and
     # editing a migration already applied would give fresh and old databases different schemas.

@@ -16,6 +16,8 @@ from adaptation.models import Iteration, ModelUpload
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
 from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
 from adaptation import measure_model
+from adaptation import network_files
+from adaptation.network_files import export_networks
 from devices.measure import MeasureProtocol, TimingStats
 from devices.measure.tracing import trace_layers
 from devices.measure.protocol import time_with_retries, time_with_retries_and_samples
@@ -322,10 +324,26 @@ def test_the_api_measures_an_iteration_and_reports_the_results(api, owner, make_
     assert model.status_code == 202 and model.json()["networks"] == [f"model '{job.model.name}'"]
 
 
-def test_job_requests_keep_no_samples(owner, make_job, system_device, workers):
+def test_a_network_that_cannot_be_exported_is_a_clear_400(api, model, system_device, monkeypatch, media):
+    """The network's file is exported when the measurement is asked for: an exporter's failure
+    (simulated: the preflight check exports every upload) is the answer, not a 500 or a request."""
+    def broken(model, example, runtime):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(network_files, "network_file", broken)
+    response = api.post(f"/api/v1/devices/{system_device.pk}/measure", {"model": model.pk}, format="json")
+    assert response.status_code == 400
+    assert response.json()["non_field_errors"] == [
+        "Model 'tiny net' could not be exported for onnxruntime: RuntimeError: unsupported operator."]
+    assert not MeasurementRequest.objects.exists() and not list(media.glob("measurements/*"))
+
+
+def test_job_requests_keep_no_samples(owner, make_job, system_device, workers, media):
     job = make_job(owner, status="waiting")
+    networks = [describe_network(JOB_SPEC, {}, "o")]
     request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
-                           threads=1, example_shape=[1, 1, 8, 8], networks=[describe_network(JOB_SPEC, {}, "o")])
+                           threads=1, example_shape=[1, 1, 8, 8], networks=networks,
+                           network_files=export_networks(networks, [1, 1, 8, 8], "onnxruntime"))
     assert measure_request(request.pk) == "done"
     request.refresh_from_db()
     assert "samples_ms" not in request.results[0] and request.results[0]["n"] == RUNS

@@ -2,6 +2,7 @@
 
 import dataclasses
 import gc
+import io
 import time
 
 import numpy as np
@@ -9,9 +10,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 from devices.measure import LayerSignature, MeasureProtocol, time_interleaved
-from devices.measure.builders import model_to_onnx, signature_input_shape, signature_module, signature_onnx
+from devices.measure.builders import (model_to_onnx, model_to_torchscript, network_file, network_suffix,
+                                      signature_input_shape, signature_module, signature_onnx)
 from devices.measure.local import LocalMeasurer, device_facts
 from devices.measure.runtimes import RUNTIMES, get_runtime
 from tests.test_measure_signature import SmallNet
@@ -182,6 +185,37 @@ def test_measure_models_and_onnx_one_stats_each() -> None:
     assert len(onnx_stats) == 2 and all(s.min_ms > 0 for s in onnx_stats)
     with pytest.raises(ValueError, match="onnxruntime"):
         LocalMeasurer("torchscript", LIGHT).measure_onnx([signature_onnx(TINY)], [signature_input_shape(TINY)])
+
+
+def test_a_network_file_is_what_its_runtime_loads_and_computes_the_network() -> None:
+    """ONNX for ONNX Runtime (on a server, an agent or a browser), TorchScript for the torch
+    runtimes: devices times these files without the classes that built the network."""
+    net = SmallNet().train()
+    x = torch.randn(1, 3, 32, 32)
+    assert [network_suffix(name) for name in ("onnxruntime", "onnxruntime-web", "torch", "torchscript")] == [
+        ".onnx", ".onnx", ".pt", ".pt"]
+    assert network_file(net, x, "onnxruntime") == model_to_onnx(net, x)
+    script = network_file(net, x, "torch")
+    assert net.training and all(m.training for m in net.modules())  # restored
+    loaded = torch.jit.load(io.BytesIO(script))
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.eval()(x).numpy(), net.eval()(x).numpy(), atol=1e-5)
+    assert isinstance(model_to_torchscript(net, x), bytes)
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
+def test_every_runtime_times_network_files(name: str) -> None:
+    """A small and a much larger network, timed from their files interleaved (with per-run samples
+    for a histogram too): one result each, in order."""
+    small, large = nn.Conv2d(3, 4, 1), nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1))
+    x = torch.zeros(1, 3, 32, 32)
+    files = [network_file(model, x, name) for model in (small, large)]
+    measurer = LocalMeasurer(name, LIGHT)
+    stats = measurer.measure_network_files(files, [1, 3, 32, 32])
+    assert len(stats) == 2 and all(s.n == LIGHT.rounds * LIGHT.runs_per_round for s in stats)
+    assert stats[1].min_ms > 5 * stats[0].min_ms, stats
+    (timed,) = measurer.measure_network_files_with_samples(files[:1], (1, 3, 32, 32))
+    assert len(timed.samples_ms) == timed.stats.n and timed.stats.min_ms == min(timed.samples_ms)
 
 
 def test_device_facts_fields() -> None:

@@ -55,3 +55,31 @@ def test_measurement_job_becomes_a_plain_job_id_and_keeps_its_rows():
 
     CurrentJob.objects.get(pk=jobs[0].pk).delete()
     assert set(MeasurementRequest.objects.values_list("pk", flat=True)) == {asked[1].pk, own.pk}
+
+
+BEFORE_FILES = [("devices", "0006_measurement_job_id"), ("adaptation", "0003_upload_checking")]
+
+
+def test_requests_stored_before_network_files_have_none_and_fail_clearly(settings, tmp_path):
+    """Migration 0007 gives existing requests no files: an open one asking for whole networks
+    fails with a message that says why (nothing rebuilds its networks); one for layers only runs."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    try:
+        old = migrate(BEFORE_FILES)
+        owner = old.get_model("auth", "User").objects.create(username="migrating")
+        device = old.get_model("devices", "Device").objects.create(owner=owner, name="cpu", kind="local")
+        Request = old.get_model("devices", "MeasurementRequest")
+        fields = {"owner": owner, "device": device, "key": "k", "runtime": "onnxruntime", "threads": 1,
+                  "example_shape": [1, 1, 8, 8]}
+        networks = Request.objects.create(reason="whole", networks=[{"label": "original", "spec": {}}], **fields)
+        layers = Request.objects.create(reason="layers", **fields)
+    finally:
+        migrate(latest())
+
+    from devices.models import MeasurementRequest
+    from devices.tasks import measure_request
+
+    assert dict(MeasurementRequest.objects.values_list("pk", "network_files")) == {networks.pk: [], layers.pk: []}
+    assert measure_request(networks.pk) == "failed"
+    assert "stored by an earlier version of the server" in MeasurementRequest.objects.get(pk=networks.pk).error
+    assert measure_request(layers.pk) == "done"

@@ -71,6 +71,7 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
 
     from adaptation.models import Job
     from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+    from adaptation.network_files import network_files
     from devices.measure.signature import LayerSignature
     from devices.measure.tracing import trace_layers
     from devices.models import Device, LatencyEntry, MeasurementRequest
@@ -148,9 +149,10 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
             spec = ArchitectureSpec("plain_cnn", 10, 1, 0.5, 16)
             torch.manual_seed(0)
             layers = [layer.signature.to_dict() for layer in trace_layers(spec.build().eval(), spec.example_input())]
+            networks = [describe_network(spec, {}, "original")]
             request = open_request(owner=device.owner, device=device, reason="a small CNN", runtime="onnxruntime-web",
-                                   threads=1, example_shape=[1, 1, 16, 16], signatures=layers,
-                                   networks=[describe_network(spec, {}, "original")])
+                                   threads=1, example_shape=[1, 1, 16, 16], signatures=layers, networks=networks,
+                                   network_files=network_files(networks, [1, 1, 16, 16], "onnxruntime-web"))
             wait_until(lambda: MeasurementRequest.objects.get(pk=request.pk).status in ("done", "failed"),
                        "the phone to measure the request", app, DEADLINE_S)
             request.refresh_from_db()
@@ -173,9 +175,10 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
             big = ArchitectureSpec("mobilenet_v1", 10, 3, 0.25, 16)
             torch.manual_seed(0)
             big_layers = [layer.signature.to_dict() for layer in trace_layers(big.build().eval(), big.example_input())]
+            big_networks = [describe_network(big, {}, "mobilenet")]
             second = open_request(owner=device.owner, device=device, reason="a MobileNet", runtime="onnxruntime-web",
-                                  threads=1, example_shape=[1, 3, 16, 16], signatures=big_layers,
-                                  networks=[describe_network(big, {}, "mobilenet")])
+                                  threads=1, example_shape=[1, 3, 16, 16], signatures=big_layers, networks=big_networks,
+                                  network_files=network_files(big_networks, [1, 3, 16, 16], "onnxruntime-web"))
             wait_until(lambda: MeasurementRequest.objects.get(pk=second.pk).signatures_done >= 16,
                        "the phone to store its first batch", app, DEADLINE_S)
             phone.close()

@@ -25,7 +25,7 @@ from devices.requests import device_table
 from tests.test_agent_protocol import SPEC, STATS, make_request, signatures  # noqa: F401 (a fixture)
 from webapp.asgi import application
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services, pytest.mark.usefixtures("media")]
 
 ORIGIN = (b"origin", b"http://localhost")
 HOST = (b"host", b"localhost")

@@ -2,16 +2,21 @@
 the sweep re-sends requests of dead local workers and gives up on agents that stay away."""
 from __future__ import annotations
 
+import os
+import time
 from datetime import timedelta
 
+import onnx
 import pytest
 from django.utils import timezone
 
 from adaptation.models import Job
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.network_files import export_networks
 from devices import requests
 from devices.measure.tracing import trace_layers
 from devices.models import LatencyEntry, MeasurementRequest
+from devices.request_files import ORPHAN_SECONDS, write_files
 from devices.requests import (claim_request, complete_request, device_table, fail_request,
                               open_request, pending_signatures, store_layer_results, sweep_requests)
 from devices.tasks import measure_request
@@ -43,20 +48,33 @@ def waiting_job(make_job, owner, **fields) -> Job:
 
 
 def test_a_local_request_is_measured_into_the_table_and_resumes_its_job(
-        make_job, owner, system_device, signatures, sent, sent_run_job):
+        make_job, owner, system_device, signatures, sent, sent_run_job, media):
     job = waiting_job(make_job, owner)
     network = describe_network(SPEC, {}, "original")
+    exports = []
+
+    def exported():
+        exports.append(1)
+        return export_networks([network], [1, 1, 8, 8], "onnxruntime")
+
     request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
-                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
+                           threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network],
+                           network_files=exported)
     assert sent == [request.pk]
-    # Asking again for the same thing in the same job gives the same request.
+    # The network's ONNX file is written when the request is stored: devices times it as it is.
+    (name,) = request.network_files
+    assert name.startswith("measurements/") and name.endswith("/0.onnx")
+    onnx.checker.check_model(onnx.load_from_string((media / name).read_bytes()))
+    # Asking again for the same thing in the same job gives the same request, and exports nothing.
     again = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original", runtime="onnxruntime",
-                         threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network])
-    assert again.pk == request.pk and sent == [request.pk]
+                         threads=1, example_shape=[1, 1, 8, 8], signatures=signatures, networks=[network],
+                         network_files=exported)
+    assert again.pk == request.pk and sent == [request.pk] and len(exports) == 1
 
     assert measure_request(request.pk) == "done"
     request.refresh_from_db()
     assert (request.status, request.signatures_done, request.error) == ("done", len(signatures), "")
+    assert not (media / name).parent.exists()  # an ended request's files go
     assert len(request.results) == 1 and request.results[0]["min_ms"] > 0
     table = device_table(system_device)
     assert request.runtime_version == table.runtime_version
@@ -158,3 +176,88 @@ def test_requests_of_a_device_go_with_it(owner, signatures, sent):
                  example_shape=[1, 1, 8, 8], signatures=signatures)
     phone.delete()
     assert not MeasurementRequest.objects.exists() and not LatencyEntry.objects.exists()
+
+
+# --------------------------------------------------------------------------- the networks' files
+
+
+def whole(label: str = "original", runtime: str = "onnxruntime") -> dict:
+    """``open_request``'s arguments for one whole network, its file exported as a job exports it."""
+    networks = [describe_network(SPEC, {}, label)]
+    return {"networks": networks, "network_files": export_networks(networks, [1, 1, 8, 8], runtime)}
+
+
+def folder(media, request: MeasurementRequest):
+    (name,) = request.network_files
+    return (media / name).parent
+
+
+def test_a_request_for_whole_networks_needs_their_files(owner, system_device, sent, media):
+    """devices times files; it cannot build a network from its description."""
+    networks = [describe_network(SPEC, {}, "original")]
+    asked = {"owner": owner, "device": system_device, "reason": "x", "runtime": "onnxruntime", "threads": 1,
+             "example_shape": [1, 1, 8, 8], "networks": networks}
+    with pytest.raises(ValueError, match="needs their files"):
+        open_request(**asked)
+    with pytest.raises(ValueError, match=r"1 network\(s\) but 2 file\(s\)"):
+        open_request(**asked, network_files=[b"a", b"b"])
+    assert not MeasurementRequest.objects.exists() and not list(media.glob("measurements/*"))
+
+
+def test_a_torch_runtime_times_the_torchscript_file_of_its_request(owner, system_device, sent, media):
+    request = open_request(owner=owner, device=system_device, reason="eager", runtime="torch", threads=1,
+                           example_shape=[1, 1, 8, 8], **whole(runtime="torch"))
+    assert request.network_files[0].endswith("/0.pt")
+    assert measure_request(request.pk) == "done"
+    request.refresh_from_db()
+    assert request.results[0]["min_ms"] > 0 and len(request.results[0]["samples_ms"]) > 0
+
+
+def test_a_local_request_stored_before_requests_carried_files_fails_clearly_and_wakes_its_job(
+        make_job, owner, system_device, sent, sent_run_job):
+    job = waiting_job(make_job, owner)
+    request = open_request(owner=owner, device=system_device, job_id=job.pk, reason="original",
+                           runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8], **whole())
+    MeasurementRequest.objects.filter(pk=request.pk).update(network_files=[])  # as migration 0007 left it
+    assert measure_request(request.pk) == "failed"
+    request.refresh_from_db()
+    assert request.error == (f"measurement request {request.pk} was stored by an earlier version of the server, "
+                             "before requests carried their networks' files, and cannot be measured: its job "
+                             "asks again when it resumes")
+    assert Job.objects.get(pk=job.pk).status == "queued" and sent_run_job == [job.pk]
+
+
+def test_the_files_of_a_request_go_when_it_ends_or_its_job_is_deleted(make_job, owner, system_device, sent, media):
+    job = make_job(owner)
+    failed, dropped, kept = (open_request(owner=owner, device=system_device, job_id=job.pk, reason=label,
+                                          runtime="onnxruntime", threads=1, example_shape=[1, 1, 8, 8],
+                                          **whole(label)) for label in ("failed", "dropped", "kept"))
+    claim_request(kept.pk, "worker:1")  # being measured: dropping the job's queued ones leaves it
+    folders = {request.pk: folder(media, request) for request in (failed, dropped, kept)}
+    assert all(path.is_dir() for path in folders.values())
+    fail_request(failed, "gone")
+    assert not folders[failed.pk].exists()
+    assert requests.drop_queued_requests(job.pk, "the job ended") == 1
+    assert not folders[dropped.pk].exists() and folders[kept.pk].is_dir()
+    job.delete()
+    assert not MeasurementRequest.objects.exists() and not list(media.glob("measurements/*"))
+
+
+def test_the_sweep_removes_files_no_open_request_names(owner, system_device, sent, media):
+    opened, ended = (open_request(owner=owner, device=system_device, reason=label, runtime="onnxruntime",
+                                  threads=1, example_shape=[1, 1, 8, 8], **whole(label))
+                     for label in ("open", "ended"))
+    # A request that ended without its files removed (a crash in between), the files of a request
+    # whose transaction rolled back, and files written a moment ago for one not committed yet.
+    MeasurementRequest.objects.filter(pk=ended.pk).update(status="done")
+    orphan = (media / write_files([b"onnx"], ".onnx")[0]).parent
+    young = (media / write_files([b"onnx"], ".onnx")[0]).parent
+    hour_ago = time.time() - ORPHAN_SECONDS - 60
+    for path in (folder(media, opened), folder(media, ended), orphan):
+        os.utime(path, (hour_ago, hour_ago))
+
+    removed = sweep_requests()["files_removed"]
+    assert sorted(removed) == sorted([folder(media, ended).name, orphan.name])
+    assert folder(media, opened).is_dir() and young.is_dir()
+    assert not folder(media, ended).exists() and not orphan.exists()
+    assert sweep_requests()["files_removed"] == []

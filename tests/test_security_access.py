@@ -421,6 +421,8 @@ def test_a_cancelled_measurement_is_never_run_by_the_device_worker(owner, strang
     api = user_api(owner)
     measurement = _queued_measurement(api, system["id"])
     assert workers.requests == [measurement["id"]]  # dispatched to the device's queue
+    (name,) = MeasurementRequest.objects.get(pk=measurement["id"]).network_files
+    assert (media / name).is_file()  # the network's file, exported when it was asked for
     # A stranger neither sees nor cancels it.
     assert user_api(stranger).post(f"{API}/measurements/{measurement['id']}/cancel").status_code == 404
     assert browser(stranger).get(reverse("measurement_detail", args=[measurement["id"]])).status_code == 404
@@ -431,6 +433,7 @@ def test_a_cancelled_measurement_is_never_run_by_the_device_worker(owner, strang
     answer = api.post(f"{API}/measurements/{measurement['id']}/cancel")
     assert answer.status_code == 200 and answer.json()["status"] == "cancelled", answer.content
     assert api.post(f"{API}/measurements/{measurement['id']}/cancel").status_code == 409
+    assert not (media / name).parent.exists()  # a cancelled request's files go
     # The worker's message arrives after: it claims nothing and measures nothing.
     assert measure_request(workers.requests.pop()) is None
     row = MeasurementRequest.objects.get(pk=measurement["id"])

@@ -225,7 +225,7 @@ else:
 
 # --------------------------------------------------------------------------- files
 
-MEDIA_ROOT = DATA_DIR / "media"  # uploads (models/, datasets/) and job outputs (jobs/<id>/)
+MEDIA_ROOT = DATA_DIR / "media"  # uploads (models/, datasets/), job outputs (jobs/<id>/), measurements/
 MEDIA_URL = "media/"
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"

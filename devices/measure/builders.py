@@ -1,4 +1,5 @@
-"""Build runnable stand-ins (ONNX graphs, torch modules) for layer signatures.
+"""Build runnable stand-ins (ONNX graphs, torch modules) for layer signatures, and the files a
+whole network is measured from (ONNX, or TorchScript for the torch runtimes).
 
 A signature is measured by running a one-layer network with exactly its
 shape. ONNX graphs are written directly with ``onnx.helper`` because a
@@ -23,6 +24,9 @@ WEIGHT_SEED = 0
 """Seed of the random weights; fixed so built layers are reproducible."""
 
 MIN_ONNX_OPSET = 14  # HardSwish appeared in opset 14; Clip takes min/max inputs since 11
+
+TORCHSCRIPT_RUNTIMES = frozenset({"torch", "torchscript"})
+"""Runtimes that run torch modules, not ONNX: a whole network reaches them as a TorchScript file."""
 
 
 def signature_input_shape(sig: LayerSignature) -> tuple[int, ...]:
@@ -171,3 +175,36 @@ def model_to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17
         for module, was_training in training_flags:
             module.training = was_training
     return buffer.getvalue()
+
+
+def model_to_torchscript(model: nn.Module, example_input: torch.Tensor) -> bytes:
+    """Trace ``model`` (eval mode, no grad) into a saved TorchScript module, not frozen.
+
+    Every submodule's training flag is restored afterwards; torch's deprecation warnings about
+    ``torch.jit`` are silenced (it still works, and the torch runtimes need no Python classes).
+    """
+    training_flags = [(module, module.training) for module in model.modules()]
+    buffer = io.BytesIO()
+    try:
+        model.eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(torch.jit.trace(model, example_input), buffer)
+    finally:
+        for module, was_training in training_flags:
+            module.training = was_training
+    return buffer.getvalue()
+
+
+def network_suffix(runtime: str) -> str:
+    """The file name suffix of a whole network measured on ``runtime``: ``.pt`` (TorchScript) for
+    the torch runtimes, ``.onnx`` for every other (ONNX Runtime, on a server, an agent or a browser)."""
+    return ".pt" if runtime in TORCHSCRIPT_RUNTIMES else ".onnx"
+
+
+def network_file(model: nn.Module, example_input: torch.Tensor, runtime: str) -> bytes:
+    """The file a device on ``runtime`` times ``model`` from (see :func:`network_suffix`)."""
+    if runtime in TORCHSCRIPT_RUNTIMES:
+        return model_to_torchscript(model, example_input)
+    return model_to_onnx(model, example_input)

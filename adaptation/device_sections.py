@@ -1,0 +1,34 @@
+"""What adaptation adds to a device's page (``devices.page_sections``): the user's jobs' estimated
+against measured whole-network latency on that device, so the look-up table's error is visible."""
+from __future__ import annotations
+
+from django.http import HttpRequest
+
+from adaptation.models import Iteration
+from devices.models import Device
+
+#: Most chart points the device page shows.
+MAX_POINTS = 500
+
+
+def latency_points(user, device: Device) -> list[dict]:
+    """Estimated against measured whole-network latency of the user's latency jobs on the device."""
+    iterations = (Iteration.objects.filter(job__owner=user, job__device=device, measured_ms__isnull=False)
+                  .select_related("job__model").order_by("-created", "-pk")[:MAX_POINTS])
+    return [{"job": it.job_id, "model": it.job.model.name, "number": it.number, "measured": it.measured_ms,
+             "estimate": it.resource, "raw": it.resource_raw}
+            for it in iterations if it.job.settings.get("metric", "latency") == "latency"]
+
+
+def error_percent(points: list[dict], key: str) -> float | None:
+    """Mean absolute percentage error of one estimate against the measurements."""
+    pairs = [(p[key], p["measured"]) for p in points if p[key] is not None and p["measured"] > 0]
+    return 100 * sum(abs(e - m) / m for e, m in pairs) / len(pairs) if pairs else None
+
+
+def latency_chart(request: HttpRequest, device: Device) -> tuple[str, dict]:
+    """The chart section: its template and context."""
+    points = latency_points(request.user, device)
+    return "adaptation/device_latency.html", {
+        "chart": {"points": points}, "calibrated_error": error_percent(points, "estimate"),
+        "raw_error": error_percent(points, "raw")}
