@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -153,6 +155,29 @@ def signature_module(sig: LayerSignature) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
+@contextmanager
+def quiet_torch_deprecations() -> Iterator[None]:
+    """torch's DeprecationWarning / FutureWarning about ``torch.jit`` and the TorchScript-based
+    ONNX exporter silenced: both are chosen on purpose and still work."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+@contextmanager
+def _exporting(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode under no_grad, quietly; every submodule's training flag restored."""
+    training_flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), quiet_torch_deprecations():
+            yield
+    finally:
+        for module, was_training in training_flags:
+            module.training = was_training
+
+
 def model_to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17) -> bytes:
     """Export ``model`` (eval mode, no grad) with the TorchScript-based exporter to ONNX bytes.
 
@@ -160,20 +185,12 @@ def model_to_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17
     deprecation warnings are silenced: ``dynamo=False`` is chosen on
     purpose (no extra dependencies, deterministic graphs for CNNs).
     """
-    training_flags = [(module, module.training) for module in model.modules()]
     buffer = io.BytesIO()
-    try:
-        model.eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(
-                model, (example_input,), buffer, dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-            )
-    finally:
-        for module, was_training in training_flags:
-            module.training = was_training
+    with _exporting(model):
+        torch.onnx.export(
+            model, (example_input,), buffer, dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["output"],
+        )
     return buffer.getvalue()
 
 
@@ -183,17 +200,9 @@ def model_to_torchscript(model: nn.Module, example_input: torch.Tensor) -> bytes
     Every submodule's training flag is restored afterwards; torch's deprecation warnings about
     ``torch.jit`` are silenced (it still works, and the torch runtimes need no Python classes).
     """
-    training_flags = [(module, module.training) for module in model.modules()]
     buffer = io.BytesIO()
-    try:
-        model.eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(torch.jit.trace(model, example_input), buffer)
-    finally:
-        for module, was_training in training_flags:
-            module.training = was_training
+    with _exporting(model):
+        torch.jit.save(torch.jit.trace(model, example_input), buffer)
     return buffer.getvalue()
 
 

@@ -112,16 +112,16 @@ class LocalMeasurer:
     def measure_network_files(self, files: Sequence[bytes], input_shape: Sequence[int]) -> list[TimingStats]:
         """Whole-network latency of each network file (``builders.network_file`` for this
         runtime: ONNX, or TorchScript for the torch runtimes) on ``input_shape``, interleaved."""
-        shape = tuple(int(size) for size in input_shape)
-        return time_with_retries([self.runtime.load_network(data, shape, self.threads) for data in files],
-                                 self.protocol)
+        return time_with_retries(self._network_runners(files, input_shape), self.protocol)
 
     def measure_network_files_with_samples(self, files: Sequence[bytes],
                                            input_shape: Sequence[int]) -> list[TimedSamples]:
         """:meth:`measure_network_files` that also returns each network's per-run times (ms)."""
+        return time_with_retries_and_samples(self._network_runners(files, input_shape), self.protocol)
+
+    def _network_runners(self, files: Sequence[bytes], input_shape: Sequence[int]) -> list[Runner]:
         shape = tuple(int(size) for size in input_shape)
-        return time_with_retries_and_samples(
-            [self.runtime.load_network(data, shape, self.threads) for data in files], self.protocol)
+        return [self.runtime.load_network(data, shape, self.threads) for data in files]
 
     def measure_onnx(
         self, onnx_models: Sequence[bytes], input_shapes: Sequence[tuple[int, ...]]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import io
-import warnings
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -30,7 +29,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from devices.measure.builders import model_to_onnx
+from devices.measure.builders import model_to_onnx, quiet_torch_deprecations
 from devices.measure.stats import ort_session_options
 
 INPUT_SEED = 1
@@ -114,9 +113,7 @@ class OnnxRuntimeRuntime(Runtime):
 
 def _load_torchscript(data: bytes) -> torch.jit.ScriptModule:
     """A saved TorchScript module, in eval mode (deprecation warnings of ``torch.jit`` silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
+    with quiet_torch_deprecations():
         return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
 
 
@@ -179,9 +176,7 @@ class TorchScriptRuntime(TorchEagerRuntime):
 
     def _prepare(self, module: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], object]:
         """Traced and frozen eval-mode copy; TorchScript deprecation warnings silenced."""
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad(), quiet_torch_deprecations():
             traced = torch.jit.trace(super()._prepare(module, example), example)
             return torch.jit.freeze(traced)
 
@@ -189,9 +184,7 @@ class TorchScriptRuntime(TorchEagerRuntime):
         """The saved (traced) network, frozen here as :meth:`_prepare` freezes a module."""
         _check_threads(threads)
         example = torch.from_numpy(_random_input(tuple(input_shape)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
+        with quiet_torch_deprecations():
             frozen = torch.jit.freeze(_load_torchscript(data))
         return self._runner(frozen, example, threads)
 
