@@ -213,36 +213,32 @@ def worker_command(name: str, device_id: int) -> list[str]:
             "--without-heartbeat", "-l", "info"]
 
 
-#: What is made once per test session: the migrated database, the collected static files.
-_MIGRATED: dict[str, Path] = {}
+#: What one ``manage.py`` command made, once per test session: its data folder, by command.
+_MADE_ONCE: dict[str, Path] = {}
+
+
+def _made_once(command: str, *arguments: str) -> Path:
+    """The data folder ``manage.py <command>`` filled, run once per session in a fresh one."""
+    if command not in _MADE_ONCE:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"netadapt-{command}-"))
+        atexit.register(shutil.rmtree, data_dir, True)
+        env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings"}
+        subprocess.run([sys.executable, "manage.py", command, *arguments, "--verbosity", "0"], cwd=REPO,
+                       env=env, check=True, timeout=600)
+        _MADE_ONCE[command] = data_dir
+    return _MADE_ONCE[command]
 
 
 def migrated_database() -> Path:
-    """A file SQLite database that ``manage.py migrate`` made, once per test session: each live
-    test starts from a copy (the same schema, without its seconds of migrating per test)."""
-    if "db" not in _MIGRATED:
-        data_dir = Path(tempfile.mkdtemp(prefix="netadapt-migrated-"))
-        atexit.register(shutil.rmtree, data_dir, True)
-        env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings"}
-        subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=REPO, env=env,
-                       check=True, timeout=600)
-        database = data_dir / "db.sqlite3"
-        # migrate's last connection has closed: a WAL database is checkpointed into its main file.
-        assert not (data_dir / "db.sqlite3-wal").exists() or not (data_dir / "db.sqlite3-wal").stat().st_size
-        _MIGRATED["db"] = database
-    return _MIGRATED["db"]
+    """A file SQLite database that ``manage.py migrate`` made: each live test starts from a copy
+    (the same schema, without its seconds of migrating per test). migrate's last connection has
+    closed, so a WAL database is checkpointed into its main file."""
+    return _made_once("migrate") / "db.sqlite3"
 
 
 def collected_static() -> Path:
-    """What ``manage.py collectstatic`` gathers (as ``make run`` does), once per test session."""
-    if "static" not in _MIGRATED:
-        data_dir = Path(tempfile.mkdtemp(prefix="netadapt-static-"))
-        atexit.register(shutil.rmtree, data_dir, True)
-        env = {**os.environ, "NETADAPT_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "webapp.settings"}
-        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-                       cwd=REPO, env=env, check=True, timeout=600)
-        _MIGRATED["static"] = data_dir / "static"
-    return _MIGRATED["static"]
+    """What ``manage.py collectstatic`` gathers (as ``make run`` does)."""
+    return _made_once("collectstatic", "--noinput") / "static"
 
 
 @contextmanager
