@@ -123,8 +123,8 @@ class TorchEagerRuntime(Runtime):
     A whole network comes as a TorchScript file (the server's measurer has none of the Python
     classes that built it): it runs with the graph executor's optimizations off, so each of its
     torch operations runs as eager would run it, unfused, but without Python's per-module calls.
-    That is quicker than the eager module itself (here: about 10% for MobileNetV2 at 224 px, 25%
-    for a MobileNetV1-0.5 at 32 px); the table's calibration against these measurements absorbs it.
+    That is somewhat quicker than the eager module itself (one unrecorded check, not a benchmark);
+    the table's calibration against these measurements is expected to absorb it.
     """
 
     name = "torch"
