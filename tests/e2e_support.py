@@ -9,9 +9,9 @@ see every event arrive live.
 
 The database is shared the way tests/test_worker.py shares it (that file keeps its own copy):
 
-- Embedded mode: a file SQLite database in a fresh ``NETADAPT_DATA_DIR`` under tmp_path (a copy
-  of one ``manage.py migrate`` made once per session), which the servers use for their
-  database, media and broker folders; for the test's duration this process's ORM gets a second
+- Embedded mode: a fresh ``NETADAPT_DATA_DIR`` under tmp_path, a copy of the folder one
+  ``manage.py migrate`` filled once per session (its SQLite database, broker and media
+  folders), which the servers use; for the test's duration this process's ORM gets a second
   connection object pointed at that file.
 - Production mode (``DATABASE_URL`` and ``REDIS_URL`` set): pytest-django's PostgreSQL test
   database (the test module marks itself ``django_db(transaction=True)``), whose name goes to
@@ -229,11 +229,12 @@ def _made_once(command: str, *arguments: str) -> Path:
     return _MADE_ONCE[command]
 
 
-def migrated_database() -> Path:
-    """A file SQLite database that ``manage.py migrate`` made: each live test starts from a copy
-    (the same schema, without its seconds of migrating per test). migrate's last connection has
-    closed, so a WAL database is checkpointed into its main file."""
-    return _made_once("migrate") / "db.sqlite3"
+def migrated_data_dir() -> Path:
+    """A data folder that ``manage.py migrate`` filled (its SQLite database, the broker, media and
+    static folders the settings make): each live test starts from a copy, the same schema without
+    its seconds of migrating per test. migrate's last connection has closed, so a WAL database is
+    checkpointed into its main file."""
+    return _made_once("migrate")
 
 
 def collected_static() -> Path:
@@ -263,8 +264,8 @@ def live_database(tmp_path: Path, django_db_blocker):
             connection.default_channel.queue_purge(settings.CHECKING_QUEUE)
         yield env, data_dir / "media"
         return
-    data_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(migrated_database(), data_dir / "db.sqlite3")
+    # The whole folder migrate left (database, broker and media folders), as a first start makes it.
+    shutil.copytree(migrated_data_dir(), data_dir)
     with django_db_blocker.unblock():
         session_connection = connections["default"]
         file_connection = session_connection.__class__(
