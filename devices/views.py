@@ -30,6 +30,7 @@ from devices.page_sections import render_sections
 from devices.pairing import (PairingError, code_minutes, is_loopback, new_pairing, pairing_url,
                              public_base_url, revoke)
 from webapp.lib.formatting import human_size
+from webapp.lib.isolation import isolate
 from webapp.lib.uploads import upload_limit_error
 
 #: The facts an agent (or ``device_facts``) reports, in the order the detail page shows them.
@@ -142,8 +143,9 @@ def phone_add(request):
 
 @require_GET
 def phone_page(request):
-    """The page a phone's browser pairs on and measures on while it stays open (no login)."""
-    response = render(request, "devices/phone.html", {})
+    """The page a phone's browser pairs on and measures on while it stays open (no login);
+    cross-origin isolated where the browser allows it (a secure context): threads and a fine clock."""
+    response = isolate(render(request, "devices/phone.html", {}))
     response["Cache-Control"] = "no-store"
     response["Referrer-Policy"] = "no-referrer"
     return response

@@ -150,15 +150,21 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
 @pytest.fixture(scope="module")
 def static_server(collected, tmp_path_factory):
     """WhiteNoise (what the app serves static files with) over the collected files, plus a folder
-    of test pages at /pages/; ``isolated`` pages get the headers of cross-origin isolation."""
+    of test pages at /pages/; ``isolated`` pages get the phone page's headers of cross-origin
+    isolation, and static files the app's own (so a worker script without them fails the test)."""
     from whitenoise import WhiteNoise
 
+    from django.conf import settings
+
+    from webapp.lib.isolation import ISOLATION_HEADERS
+
     pages = tmp_path_factory.mktemp("pages")
-    isolation = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
     def add_headers(headers, path, url) -> None:
-        if "/isolated/" in url or url.startswith("/static/"):
-            for name, value in isolation.items():
+        if url.startswith("/static/"):  # what the app's WhiteNoise adds (its settings' function)
+            settings.WHITENOISE_ADD_HEADERS_FUNCTION(headers, path, url)
+        elif "/isolated/" in url:  # what the phone page's view adds
+            for name, value in ISOLATION_HEADERS.items():
                 headers[name] = value
 
     def not_found(environ, start_response):
@@ -193,6 +199,10 @@ def test_collectstatic_keeps_the_files_and_whitenoise_sends_their_types(collecte
         with urllib.request.urlopen(urllib.request.Request(f"{url}/static/{path}", method="HEAD"), timeout=30) as answer:
             assert answer.status == 200
             assert answer.headers["Content-Type"].split(";")[0] == media_type, path
+            assert answer.headers["Cross-Origin-Resource-Policy"] == "same-origin", path
+            # Workers of a cross-origin-isolated page load only scripts that carry the policy.
+            if media_type == "text/javascript":
+                assert answer.headers["Cross-Origin-Embedder-Policy"] == "require-corp", path
 
 
 # --------------------------------------------------------------------------- Chromium

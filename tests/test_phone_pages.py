@@ -142,6 +142,9 @@ def test_the_phone_page_needs_no_login_and_is_not_cached(client):
     response = client.get(reverse("phone_page"))
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store" and response["Referrer-Policy"] == "no-referrer"
+    # Cross-origin isolated where the browser allows it: WebAssembly threads and a 5 us clock.
+    assert response["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert response["Cross-Origin-Embedder-Policy"] == "require-corp"
     html = response.content.decode()
     assert "js/phone/page.mjs" in html and 'id="phone-state"' in html
     assert "Keep the screen on." in html and "in front" in html

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from webapp.lib.isolation import add_static_headers
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -240,6 +242,8 @@ STORAGES = {
     # (tests included), and the pages are few.
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Scripts carry the embedder policy the cross-origin-isolated phone page's workers need.
+WHITENOISE_ADD_HEADERS_FUNCTION = add_static_headers
 UPLOAD_MAX_BYTES = env_int("NETADAPT_UPLOAD_MAX_BYTES", 200 * 1024 * 1024, minimum=1)
 # What an uploaded dataset may decode to, counted from image headers before a pixel is decoded:
 # width x height of one image (at most Pillow's own bomb threshold), and of all its images together.

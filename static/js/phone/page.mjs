@@ -146,7 +146,10 @@ function main() {
 
   (async () => {
     const facts = browserFacts(self, await ready);
-    $("phone-context").textContent = `${facts.secure_context ? "Secure page" : "Plain http page: no screen lock, coarse clock"}; `
+    const context = !facts.secure_context ? "Plain http page: no screen lock, coarse clock, one thread"
+      : facts.cross_origin_isolated ? "Secure, cross-origin isolated page"
+      : "Secure page, not cross-origin isolated: one thread, coarse clock";
+    $("phone-context").textContent = `${context}; `
       + `ONNX Runtime Web ${facts.onnxruntime_web}, ${facts.backend}, ${facts.threads} thread(s), `
       + `clock resolution ${Number(facts.timer_resolution_ms.toPrecision(2))} ms.`;
     if (code !== null) {
