@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from adaptation import enqueue
 from adaptation.events import publish
 from adaptation.job_files import JobFiles, write_atomically
 from adaptation.job_inputs import describe_error, load_job_data, load_job_model, parse_settings
@@ -103,15 +104,7 @@ def dispatch_evaluations(job_id: int, iteration: int, plan: list[dict], indices:
     write_atomically(_plan_path(job_id, iteration), lambda path: path.write_text(json.dumps(plan)))
     write_atomically(iteration_folder(job_id, iteration) / "dispatches.json",
                      lambda path: path.write_text(json.dumps(record)))
-    send_chord(job_id, iteration, indices)
-
-
-def send_chord(job_id: int, iteration: int, indices: list[int]) -> None:
-    # Cycle: the tasks run this module's work (to untangle: send the tasks by their pinned names).
-    from celery import chord
-    from adaptation.tasks import evaluate_proposal_task, proposals_evaluated
-
-    chord(evaluate_proposal_task.s(job_id, iteration, k) for k in indices)(proposals_evaluated.si(job_id, iteration))
+    enqueue.send_chord(job_id, iteration, indices)
 
 
 def evaluate_for_job(job_id: int, iteration: int, index: int, worker: str) -> str:

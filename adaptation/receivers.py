@@ -7,7 +7,7 @@ for a measured request) and, once none of its requests is open, is re-enqueued. 
 from __future__ import annotations
 
 from adaptation.events import publish
-from adaptation.tasks import resume_job
+from adaptation.enqueue import resume_job
 from devices.models import MeasurementRequest
 
 

@@ -32,6 +32,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from adaptation import enqueue
 from adaptation.archives import ArchiveError, ArchiveLimits
 from adaptation.checking.datasets import DatasetCheckLimits, check_dataset_archive, limits_from_settings
 from adaptation.checking.limits import run_limited
@@ -122,12 +123,6 @@ def _remove_empty_folders(name: str) -> None:
         folder = folder.parent
 
 
-def _enqueue_check(task_name: str, *args) -> None:
-    from adaptation.tasks import enqueue_check  # imported late: it loads Celery
-
-    enqueue_check(task_name, *args)
-
-
 def create_model_upload(user, form) -> ModelUpload:
     """Store a valid ``ModelUploadForm``'s upload as "checking" and send its pre-flight to the
     checking worker (once the row is committed)."""
@@ -140,7 +135,7 @@ def create_model_upload(user, form) -> ModelUpload:
             if upload.file.name:
                 upload.file.storage.delete(upload.file.name)
             raise
-        _enqueue_check("check_model_upload", upload.pk)
+        enqueue.enqueue_check("check_model_upload", upload.pk)
     return upload
 
 
@@ -215,7 +210,7 @@ def store_dataset_upload(owner, name: str, uploaded, *, resolution: int,
         with transaction.atomic():
             dataset = Dataset.objects.create(owner=owner, name=name, kind="folder", archive=stored,
                                              summary={"name": name}, status=Dataset.Status.CHECKING)
-            _enqueue_check("check_dataset_upload", dataset.pk, resolution, grayscale)
+            enqueue.enqueue_check("check_dataset_upload", dataset.pk, resolution, grayscale)
     except BaseException:
         default_storage.delete(stored)
         _remove_empty_folders(stored)
@@ -264,12 +259,10 @@ def queue_job(owner, *, model: ModelUpload, dataset: Dataset, device, settings: 
     The one place jobs are created: ``create_job`` (a user's form) and ``start_child_job`` call it.
     ``settings`` is what ``Job.settings`` stores (``job_inputs.parse_settings`` reads it).
     """
-    from adaptation.tasks import enqueue_job  # imported late: it loads the runner and Celery
-
     with transaction.atomic():
         job = Job.objects.create(owner=owner, kind=kind, parent=parent, model=model, dataset=dataset,
                                  device=device, settings=settings)
-        enqueue_job(job)
+        enqueue.enqueue_job(job)
     return job
 
 

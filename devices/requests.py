@@ -23,6 +23,7 @@ import logging
 from datetime import timedelta
 from typing import Callable, Iterable, Mapping, Sequence
 
+from celery import signature
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -35,6 +36,9 @@ from devices.models import Device, MeasurementRequest
 from devices.request_files import folder_names, read_file, remove_files, sweep_files, write_files
 from devices.signals import request_ended
 from webapp.lib.claims import claim_is_gone, requeue_seconds
+
+#: The task that measures a request on a local device's queue (``devices.tasks``, sent by name).
+MEASURE_REQUEST = "devices.tasks.measure_request"
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +143,8 @@ def request_deleted(sender, instance: MeasurementRequest, **kwargs) -> None:
 
 def dispatch(request_id: int, device_id: int, kind: str) -> None:
     """Hand a request to its device: a task on a local device's queue; agents pull theirs."""
-    if kind == "local":
-        from devices.tasks import measure_request  # Celery glue, imported where it is needed
-        measure_request.apply_async((request_id,), queue=device_queue(device_id))
+    if kind == "local":  # by its pinned name: devices.tasks imports this module
+        signature(MEASURE_REQUEST, args=(request_id,)).apply_async(queue=device_queue(device_id))
 
 
 def claim_request(request_id: int, worker: str) -> MeasurementRequest | None:

@@ -128,10 +128,10 @@ def api(owner):
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    """Ids of the jobs the views and the API hand to the runner (``adaptation.tasks.enqueue_job``);
+    """Ids of the jobs the views and the API hand to the runner (``adaptation.enqueue.enqueue_job``);
     nothing is sent."""
     calls = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_job", lambda job: calls.append(job.pk))
+    monkeypatch.setattr("adaptation.enqueue.enqueue_job", lambda job: calls.append(job.pk))
     return calls
 
 
@@ -239,12 +239,13 @@ def wide_cnn(digits16, tmp_path_factory):
 
 @pytest.fixture
 def sent_run_job(monkeypatch):
-    """Job ids passed to ``run_job.delay`` (nothing reaches a broker); ``run_job(id)`` still runs."""
+    """Job ids sent to ``run_job`` (``run_job.delay``, or by name from ``adaptation.enqueue``:
+    both go through the task's ``apply_async``); nothing reaches a broker; ``run_job(id)`` still runs."""
     from adaptation.tasks import run_job
 
     sent: list[int] = []
-    monkeypatch.setattr(type(run_job._get_current_object()), "delay",
-                        lambda task, job_id: sent.append(job_id))
+    monkeypatch.setattr(type(run_job._get_current_object()), "apply_async",
+                        lambda task, args=(), kwargs=None, **options: sent.append(args[0]))
     return sent
 
 

@@ -8,7 +8,7 @@ chord's end), and runs it again, until nothing is left to do.
 """
 from __future__ import annotations
 
-from adaptation import proposals, tasks
+from adaptation import enqueue, tasks
 from adaptation.models import Job
 from devices import requests
 from devices.tasks import measure_request
@@ -21,7 +21,7 @@ class InProcessWorkers:
         self.chords: list[tuple[int, int, list[int]]] = []
         self.evaluated_by: list[str] = []
         monkeypatch.setattr(requests, "dispatch", self._dispatch)
-        monkeypatch.setattr(proposals, "send_chord",
+        monkeypatch.setattr(enqueue, "send_chord",
                             lambda job_id, iteration, indices: self.chords.append((job_id, iteration, list(indices))))
 
     def _dispatch(self, request_id: int, device_id: int, kind: str) -> None:

@@ -430,7 +430,7 @@ def test_it_creates_a_job(api, owner, media, system_device, digits_dataset, enqu
 def test_it_refuses_a_job_on_a_model_or_dataset_still_checking_or_rejected(
         api, owner, media, good_weights, system_device, digits_dataset, enqueued, monkeypatch):
     sent = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append(args))
+    monkeypatch.setattr("adaptation.enqueue.enqueue_check", lambda name, *args: sent.append(args))
     model_id = api.post(f"{API}/models", model_form(good_weights), format="multipart").json()["id"]
     archive = SimpleUploadedFile("pets.zip", zip_of_images(), content_type="application/zip")
     dataset_id = api.post(f"{API}/datasets", {"resolution": "8", "channels": "auto", "archive": archive},

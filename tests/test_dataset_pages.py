@@ -246,7 +246,7 @@ def test_it_checks_ownership(client, owner, stranger, media, name, method):
 
 def test_the_page_shows_a_dataset_being_checked_to_its_owner_only(client, owner, stranger, media, monkeypatch):
     sent = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append((name, args)))
+    monkeypatch.setattr("adaptation.enqueue.enqueue_check", lambda name, *args: sent.append((name, args)))
     client.force_login(owner)
     response = upload(client, zip_bytes(image_members()), resolution="16", channels="3")
     dataset = Dataset.objects.get()
@@ -263,7 +263,7 @@ def test_the_page_shows_a_dataset_being_checked_to_its_owner_only(client, owner,
 def test_deleting_a_dataset_while_it_is_checked_leaves_no_file(owner_client, media, monkeypatch,
                                                                django_capture_on_commit_callbacks):
     sent = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append(args))
+    monkeypatch.setattr("adaptation.enqueue.enqueue_check", lambda name, *args: sent.append(args))
     upload(owner_client, zip_bytes(image_members()))
     dataset = Dataset.objects.get()
     with django_capture_on_commit_callbacks(execute=True):

@@ -22,7 +22,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from adaptation import job_inputs, jobs, tasks
+from adaptation import enqueue, job_inputs, jobs, tasks
 from adaptation.formatting import seconds_text
 from adaptation.job_files import JobFiles, media_path
 from adaptation.jobs import JobRunner
@@ -121,7 +121,7 @@ def stale(job) -> None:
 def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, workers):
     job = new_job(LATENCY)
     with transaction.atomic():
-        tasks.enqueue_job(job)
+        enqueue.enqueue_job(job)
         assert sent_run_job == []
     assert sent_run_job == [job.pk]  # sent once committed
     sent_run_job.clear()

@@ -53,6 +53,10 @@ DEVICES_IMPORTING_ADAPTATION = {
 
 APPS_IMPORTING_WEBAPP_WIRING: set[tuple[str, str]] = set()
 
+#: Import cycles left (inside functions, so they load): ``ArchitectureSpec.from_dict`` hands ONNX
+#: specs to ``onnx_import``, whose ``architecture_from_dict`` reads plain specs back.
+KNOWN_CYCLES = [["adaptation.netadapt.spec", "adaptation.netadapt.onnx_import", "adaptation.netadapt.spec"]]
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading the imports
@@ -101,8 +105,9 @@ def _named_module(text: str) -> str | None:
 
 
 @lru_cache(maxsize=None)
-def imports_of(module: str) -> frozenset[str]:
-    """What ``module`` imports: our modules by dotted name, anything else by its top level."""
+def imports_of(module: str, names: bool = True) -> frozenset[str]:
+    """What ``module`` imports: our modules by dotted name, anything else by its top level;
+    ``names=False`` leaves out string constants that name a module (task names, model labels)."""
     path = our_modules()[module]
     tree = ast.parse(path.read_text(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -131,7 +136,7 @@ def imports_of(module: str) -> frozenset[str]:
                 found.add(resolve(constants[0]))
             elif called == "get_model" and constants and constants[0].split(".")[0] in PACKAGES:
                 found.add(constants[0].split(".")[0])  # apps.get_model("adaptation", "Job")
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+        elif (names and isinstance(node, ast.Constant) and isinstance(node.value, str)
               and id(node) not in docstrings):
             named = _named_module(node.value)
             if named:
@@ -332,3 +337,45 @@ def test_every_import_inside_a_function_says_why():
     """Imports belong at the top, where the reader sees them; one inside a function (an optional
     or heavy dependency loaded on purpose, the app registry not ready yet) says why beside it."""
     assert unexplained_function_imports() == []
+
+
+def import_cycles(package: str) -> list[list[str]]:
+    """Cycles of Python imports among ``package``'s modules (task names and model labels left
+    out: sending a task by its name is the way out of a cycle, not one)."""
+    modules = [m for m in our_modules() if within(m, package)]
+    edges = {m: sorted(n for n in imports_of(m, names=False) if n in modules) for m in modules}
+    cycles, state, stack = [], {}, []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for name in edges[module]:
+            if state.get(name) == "open":
+                cycles.append(stack[stack.index(name):] + [name])
+            elif name not in state:
+                visit(name)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module)
+    return cycles
+
+
+def test_the_apps_modules_import_one_another_without_cycles():
+    """Who runs whom reads from the file heads: tasks import the work they run (services,
+    proposals), and the work sends tasks by name (``adaptation.enqueue``), never by import."""
+    assert import_cycles("adaptation") == KNOWN_CYCLES
+    assert import_cycles("devices") == []
+
+
+def test_the_task_names_adaptation_sends_are_the_registered_ones():
+    from webapp.celery import app
+    from adaptation import enqueue, tasks  # noqa: F401  (registers the tasks)
+    from devices import requests, tasks as device_tasks  # noqa: F401
+
+    registered = set(app.tasks)
+    assert set(enqueue.TASK_NAMES) <= registered
+    assert requests.MEASURE_REQUEST in registered
+    assert {"adaptation.tasks.run_job", "adaptation.tasks.sweep_stale_jobs"} <= registered

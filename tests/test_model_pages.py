@@ -100,7 +100,7 @@ def test_it_requires_login(client, name):
 def test_it_uploads_a_model_as_checking_and_sends_its_check(owner_client, owner, media, good_weights,
                                                              monkeypatch):
     sent = []
-    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: sent.append((name, args)))
+    monkeypatch.setattr("adaptation.enqueue.enqueue_check", lambda name, *args: sent.append((name, args)))
     response = owner_client.post(reverse("model_upload"), upload_data(good_weights))
     model = ModelUpload.objects.get()
     assert response.status_code == 302 and response.url == reverse("model_detail", args=[model.pk])
@@ -255,7 +255,7 @@ def test_the_check_runs_in_a_bounded_child_and_a_model_past_its_ceiling_is_rejec
     from adaptation.forms import ModelUploadForm
     from adaptation.services import create_model_upload, finish_model_check
 
-    monkeypatch.setattr("adaptation.tasks.enqueue_check", lambda name, *args: None)
+    monkeypatch.setattr("adaptation.enqueue.enqueue_check", lambda name, *args: None)
 
     def stored(name: str) -> ModelUpload:
         data = upload_data(good_weights, name=name)

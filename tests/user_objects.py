@@ -86,10 +86,10 @@ def _unsent_checks():
     """A context in which the services' checking messages are not sent (the test runs them)."""
     import pytest
 
-    from adaptation import tasks
+    from adaptation import enqueue
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks, "enqueue_check", lambda task_name, *args: None)
+        patch.setattr(enqueue, "enqueue_check", lambda task_name, *args: None)
         yield
 
 
@@ -97,7 +97,7 @@ def run_checks_now(monkeypatch, *, runner=in_this_process) -> list[tuple[str, tu
     """Make every check the services send run at once in this process, as the checking worker's
     tasks would (``finish_model_check`` with ``runner``, ``finish_dataset_check``); returns the
     list of (task name, arguments) run."""
-    from adaptation import services, tasks
+    from adaptation import enqueue, services
 
     ran: list[tuple[str, tuple]] = []
 
@@ -108,7 +108,7 @@ def run_checks_now(monkeypatch, *, runner=in_this_process) -> list[tuple[str, tu
         else:
             services.finish_dataset_check(*args)
 
-    monkeypatch.setattr(tasks, "enqueue_check", run_now)
+    monkeypatch.setattr(enqueue, "enqueue_check", run_now)
     return ran
 
 
@@ -155,11 +155,11 @@ def queue_job(owner, model: ModelUpload, dataset: Dataset, device: Device, setti
     (``status``, ``heartbeat_at``...), as the runner would have; ``options``: ``kind``, ``parent``."""
     import pytest
 
-    from adaptation import services, tasks
+    from adaptation import enqueue, services
     from adaptation.models import Job
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks, "enqueue_job", lambda job: None)
+        patch.setattr(enqueue, "enqueue_job", lambda job: None)
         job = services.queue_job(owner, model=model, dataset=dataset, device=device, settings=settings,
                                  **options)
     if state:
