@@ -3,7 +3,7 @@
 ``adaptation.tasks`` runs the work of ``services`` (upload checks) and ``proposals`` (proposal
 fine-tunes), and both send tasks too. Sending by name keeps the imports one-way:
 ``tasks -> services, proposals -> enqueue``. The names are the ``name=`` each task pins, the ones
-the settings' routes and beat schedule use (``tests/test_layers.py`` checks they are registered).
+the settings' routes and beat schedule use (``tests/test_task_names.py`` checks they are registered).
 """
 from __future__ import annotations
 

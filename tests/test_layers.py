@@ -369,13 +369,3 @@ def test_the_apps_modules_import_one_another_without_cycles():
     assert import_cycles("adaptation") == KNOWN_CYCLES
     assert import_cycles("devices") == []
 
-
-def test_the_task_names_adaptation_sends_are_the_registered_ones():
-    from webapp.celery import app
-    from adaptation import enqueue, tasks  # noqa: F401  (registers the tasks)
-    from devices import requests, tasks as device_tasks  # noqa: F401
-
-    registered = set(app.tasks)
-    assert set(enqueue.TASK_NAMES) <= registered
-    assert requests.MEASURE_REQUEST in registered
-    assert {"adaptation.tasks.run_job", "adaptation.tasks.sweep_stale_jobs"} <= registered

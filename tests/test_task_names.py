@@ -84,3 +84,11 @@ def test_it_schedules_and_routes_registered_tasks_only():
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert scheduled and scheduled <= set(app.tasks)
     assert settings.CELERY_TASK_ROUTES and set(settings.CELERY_TASK_ROUTES) <= set(app.tasks)
+
+
+def test_the_names_the_senders_use_are_registered_ones():
+    """``adaptation.enqueue`` and ``devices.requests`` send tasks by name, not by import."""
+    from adaptation import enqueue
+    from devices import requests
+
+    assert {*enqueue.TASK_NAMES, requests.MEASURE_REQUEST} <= set(registered_tasks().values())
