@@ -20,6 +20,7 @@ from django.conf import settings
 
 from adaptation.events import group_name, message_of
 from adaptation.models import Job, JobEvent
+from webapp.lib.sockets import TolerantSends
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ EVENTS_PER_READ = 500
 RECEIVE_REFUSED = 1003
 
 
-class JobConsumer(AsyncJsonWebsocketConsumer):
+class JobConsumer(TolerantSends, AsyncJsonWebsocketConsumer):
     """``ws/jobs/<job_id>/``: a snapshot message, then one ``event`` message per new JobEvent."""
 
     async def connect(self) -> None:

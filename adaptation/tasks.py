@@ -9,7 +9,8 @@ and ``proposals``. Every task pins its ``name=``; ``adaptation.enqueue`` sends t
   the upload's row is committed; the work is in ``services.finish_model_check`` /
   ``finish_dataset_check``.
 - ``sweep_stale_jobs()``: re-send ``run_job`` for running jobs whose lease lapsed and queued jobs
-  left waiting (periodic, from Celery beat). Every worker also sweeps when it starts, and once
+  left waiting, sweep measurement requests (devices.requests) and mark silent devices offline
+  (devices.presence) (periodic, from Celery beat). Every worker also sweeps when it starts, and once
   more when the leases of a worker killed just before have lapsed, so jobs resume without beat.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from adaptation.enqueue import resume_job
 from adaptation.leases import claim_job, jobs_to_resume, lease_seconds
 from adaptation.proposals import all_evaluated, evaluate_for_job
 from adaptation.services import finish_dataset_check, finish_model_check
+from devices.presence import mark_silent_devices_offline, silent_seconds
 from devices.requests import sweep_requests
 from webapp.lib.claims import worker_name
 
@@ -78,6 +80,9 @@ def sweep_stale_jobs() -> list[int]:
     requests = sweep_requests()
     if requests["resent"] or requests["expired"]:
         logger.info("sweep: measurement requests re-sent %s, expired %s", requests["resent"], requests["expired"])
+    silent = mark_silent_devices_offline()
+    if silent:
+        logger.info("sweep: devices %s silent for %g s, marked offline", silent, silent_seconds())
     return job_ids
 
 

@@ -24,7 +24,8 @@ with an ``error`` message and changes nothing -- except invalid results for the 
 working on, which fail that request (the job shows why) instead of leaving it to hang. A message
 about a request that is not the one this connection was given (another device's, an unknown
 id) is refused and stores nothing. Status goes offline when the connection ends, unless another
-connection of the same device has been heard from since. All database access goes through
+connection of the same device has been heard from since -- also when the agent went while the
+server was answering it (webapp.lib.sockets). All database access goes through
 ``database_sync_to_async``.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from devices.models import Device, MeasurementRequest
 from devices.pairing import device_for_token
 from devices.requests import (claim_request, complete_request, fail_request, files_missing,
                               pending_signatures, store_layer_results)
+from webapp.lib.sockets import TolerantSends
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class InvalidResults(p.ProtocolError):
     """Results for the current request that cannot be stored: the request fails."""
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class AgentConsumer(TolerantSends, AsyncWebsocketConsumer):
     """``ws/agent/``: one connected agent program (see the module docstring)."""
 
     async def connect(self) -> None:

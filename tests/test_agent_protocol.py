@@ -20,6 +20,7 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.utils import timezone
 
 from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.network_files import network_files
@@ -37,7 +39,9 @@ from devices.measure import MeasureProtocol
 from devices.measure.tracing import trace_layers
 from devices.models import Device, LatencyEntry, MeasurementRequest
 from devices.pairing import new_pairing, redeem, revoke
+from devices.presence import mark_silent_devices_offline, silent_seconds
 from devices.requests import open_request, store_layer_results
+from tests.leaving_clients import LeavingClient
 from tests.user_objects import add_device
 from webapp.asgi import application
 
@@ -161,6 +165,33 @@ def test_hello_puts_the_device_online_with_its_facts(agent_device, token):
     assert refresh(agent_device).status == "offline"
 
 
+def test_the_sweep_marks_a_silent_device_offline_and_a_heartbeat_brings_it_back(owner, agent_device, token):
+    """A web process that dies without ending its connections cannot mark their devices offline:
+    the periodic sweep does, once a device has been silent for ``silent_seconds()``."""
+    from adaptation.tasks import sweep_stale_jobs
+
+    other = add_device(owner, name="heard from", status="online", last_seen=timezone.now())
+
+    async def scenario():
+        socket = await connected(token)
+        await hello(socket)
+        assert await in_db(mark_silent_devices_offline)() == []  # just heard from
+        later = timezone.now() + timedelta(seconds=silent_seconds() + 1)
+        assert await in_db(mark_silent_devices_offline)(later) == sorted([agent_device.pk, other.pk])
+        assert (await in_db(refresh)(agent_device)).status == "offline"
+        await socket.send_json_to({"type": "heartbeat"})  # still there after all
+        assert await socket.receive_nothing(timeout=0.2)
+        assert (await in_db(refresh)(agent_device)).status == "online"
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    # The sweep task itself, on a device last heard from long ago.
+    Device.objects.filter(pk=other.pk).update(status="busy",
+                                              last_seen=timezone.now() - timedelta(seconds=silent_seconds() + 1))
+    sweep_stale_jobs()
+    assert refresh(other).status == "offline"
+
+
 def test_it_hands_out_a_request_and_stores_its_results(owner, agent_device, token, signatures):
     request = make_request(owner, agent_device, signatures, networks=2)
     n = len(signatures)
@@ -221,6 +252,32 @@ def test_it_gives_a_reconnecting_agent_its_request_back(owner, agent_device, tok
 
     async_to_sync(scenario)()
     assert refresh(request).status == "running"
+
+
+def test_an_agent_that_goes_while_the_server_answers_it_goes_offline(owner, agent_device, token, signatures):
+    """The agent is killed after sending a batch, before the server's "stored" reaches it: the
+    server's send fails (the ASGI server raises an OSError), and the connection's end must still
+    mark the device offline and leave the stored batch and the claim for the agent's return."""
+    request = make_request(owner, agent_device, signatures)
+    server = LeavingClient(application)
+
+    async def scenario():
+        socket = WebsocketCommunicator(server, "/ws/agent/", headers=[
+            ORIGIN, HOST, (b"authorization", f"Token {token}".encode())])
+        assert (await socket.connect(timeout=TIMEOUT))[0]
+        await hello(socket)
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["request"] == request.pk
+        assert (await in_db(refresh)(agent_device)).status == "busy"
+        server.leave()
+        await socket.send_json_to({"type": "layers", "request": request.pk, "results": {"0": STATS}})
+        await socket.send_input({"type": "websocket.disconnect", "code": 1006})
+        await socket.wait(timeout=TIMEOUT)  # the consumer ended: by its disconnect, not an exception
+
+    async_to_sync(scenario)()
+    assert [json.loads(m["text"])["type"] for m in server.dropped] == ["stored"]
+    assert refresh(agent_device).status == "offline"
+    row = refresh(request)
+    assert (row.status, row.signatures_done, row.claimed_by) == ("running", 1, f"agent:{agent_device.pk}")
 
 
 def test_it_offers_one_request_at_a_time_oldest_first(owner, agent_device, token, signatures):

@@ -8,6 +8,7 @@ WebsocketCommunicator. pytest-asyncio is not installed: each test runs its corou
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -18,6 +19,7 @@ from django.test import Client
 
 from adaptation.events import group_name, message_of, publish
 from adaptation.models import JobEvent
+from tests.leaving_clients import LeavingClient
 from webapp.asgi import application
 
 
@@ -268,3 +270,30 @@ def test_it_stops_polling_after_disconnect(owner, make_job, settings):
         assert pollers() == []
 
     async_to_sync(scenario)()
+
+
+def test_a_page_that_goes_while_an_event_is_sent_leaves_its_group(owner, make_job, settings):
+    """The browser tab closes as an event goes out: the server's send fails (an OSError, as the
+    ASGI spec asks), and the consumer must still reach its disconnect and leave the job's group."""
+    settings.EVENT_POLL_SECONDS = 0.0  # the group path alone
+    job = make_job(owner, status="running")
+    server = LeavingClient(application)
+    layer = get_channel_layer()
+    headers = [ORIGIN, HOST, session_cookie(owner)]
+
+    async def scenario():
+        socket = WebsocketCommunicator(server, f"/ws/jobs/{job.pk}/", headers=headers)
+        assert (await socket.connect(timeout=TIMEOUT))[0]
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["last_seq"] == 0
+        server.leave()
+        await sync_to_async(publish)(job.pk, "job.log", {"level": "info", "message": "late"})
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while not server.dropped and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # until the consumer has tried to send the event
+        await socket.send_input({"type": "websocket.disconnect", "code": 1001})
+        await socket.wait(timeout=TIMEOUT)  # raises the consumer's exception, if it died of one
+
+    async_to_sync(scenario)()
+    assert [json.loads(m["text"])["seq"] for m in server.dropped] == [1]
+    if isinstance(layer, InMemoryChannelLayer):
+        assert not layer.groups.get(group_name(job.pk))
