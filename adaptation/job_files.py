@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from django.db.models.fields.files import FieldFile
 
     from adaptation.netadapt.loop import AdaptState
-    from adaptation.netadapt.spec import ArchitectureSpec
+    from adaptation.netadapt.architectures import Architecture
 
 FINAL_STEM = "final"
 #: Network file formats: the suffix of their file names (final files and downloads alike).
@@ -110,7 +110,7 @@ class JobFiles:
     def save_checkpoint(self, state: AdaptState) -> None:
         write_atomically(self.checkpoint, state.save)
 
-    def save_iteration(self, number: int, model: nn.Module, spec: ArchitectureSpec,
+    def save_iteration(self, number: int, model: nn.Module, spec: Architecture,
                        channels: Mapping[str, int]) -> str:
         """Export one iteration's network; returns its storage name."""
         from adaptation.netadapt.export import export_pytorch  # ONNX Runtime: workers only
@@ -119,7 +119,7 @@ class JobFiles:
         write_atomically(media_path(name), lambda path: export_pytorch(model, spec, channels, path))
         return name
 
-    def save_final(self, model: nn.Module, spec: ArchitectureSpec,
+    def save_final(self, model: nn.Module, spec: Architecture,
                    channels: Mapping[str, int]) -> dict[str, str]:
         """Export the final network in every format (each checked against PyTorch)."""
         from adaptation.netadapt.export import export_all  # ONNX Runtime: workers only

@@ -12,6 +12,7 @@ from django.conf import settings
 from adaptation.archives import ArchiveError
 from adaptation.job_files import media_path
 from adaptation.models import Job
+from adaptation.netadapt.architectures import Architecture
 from adaptation.netadapt.checks import error_summary
 from adaptation.netadapt.config import AdaptConfig, holdout_problem, range_problem
 from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, InvalidDataset,
@@ -19,7 +20,6 @@ from adaptation.netadapt.data import (DatasetSplits, DatasetUnavailable, Invalid
 from adaptation.netadapt.export import ExportMismatch
 from adaptation.netadapt.image_folder import PixelLimits
 from adaptation.netadapt.loop import BudgetError
-from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError
 from adaptation.preflight import PreflightError, check_dataset_fits, load_upload_architecture
 
@@ -92,14 +92,14 @@ def describe_error(error: BaseException) -> str:
     return f"internal error: {type(error).__name__}: {error_summary(error)}".rstrip(": ")
 
 
-def load_job_model(job: Job) -> tuple[ArchitectureSpec, nn.Module]:
+def load_job_model(job: Job) -> tuple[Architecture, nn.Module]:
     """The job's original network and the architecture that rebuilds it (a built-in
     ``ArchitectureSpec`` or an ``OnnxArchitecture``); PreflightError when unusable."""
     return load_upload_architecture(job.model, allow_pickled_modules=getattr(
         settings, "NETADAPT_ALLOW_PICKLED_MODELS", False))
 
 
-def load_job_data(job: Job, spec: ArchitectureSpec, config: AdaptConfig,
+def load_job_data(job: Job, spec: Architecture, config: AdaptConfig,
                   options: JobOptions) -> DatasetSplits:
     """The job's dataset split by its seed, checked to fit the network."""
     dataset = job.dataset
@@ -118,7 +118,7 @@ def load_job_data(job: Job, spec: ArchitectureSpec, config: AdaptConfig,
     return data
 
 
-def _load_uploaded_data(dataset, spec: ArchitectureSpec, config: AdaptConfig,
+def _load_uploaded_data(dataset, spec: Architecture, config: AdaptConfig,
                         holdout: int | float) -> DatasetSplits:
     """An uploaded dataset's images, from the folder its upload was extracted into.
 

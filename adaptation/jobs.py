@@ -39,6 +39,7 @@ from adaptation.job_inputs import (USER_ERRORS, JobError, JobOptions, describe_e
                                    load_job_model, parse_settings)
 from adaptation.leases import LeaseKeeper, max_attempts, renew_lease
 from adaptation.models import Iteration, Job, Proposal
+from adaptation.netadapt.architectures import Architecture, describe_network
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.data import DatasetSplits
 from adaptation.netadapt.loop import (AdaptState, Answer, Evaluated, FinishRecord, IterationRecord,
@@ -46,7 +47,6 @@ from adaptation.netadapt.loop import (AdaptState, Answer, Evaluated, FinishRecor
                                       StartRecord, serve)
 from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
                                            WholeNetworkLatencyModel, exact_model)
-from adaptation.netadapt.spec import ArchitectureSpec, describe_network
 from adaptation.netadapt.steps import ProposalResult
 from adaptation.netadapt.training import Cancelled
 from adaptation.network_files import NetworkExportError, network_files
@@ -131,7 +131,7 @@ class JobRunner:
         self.keeper: LeaseKeeper | None = None
         self.table: DatabaseLatencyTable | None = None
         self.engine: NetAdapt | None = None
-        self.spec: ArchitectureSpec | None = None
+        self.spec: Architecture | None = None
         self.evaluated_by: list[str | None] = []  # the worker of each proposal of the iteration
         self.paused: list[dict | None] = []  # how each proposal's fine-tune paused for measurements
         self.turns = HostTurns()  # this worker's part in the host lock, through the training hook
@@ -203,7 +203,7 @@ class JobRunner:
             resume_waiting_job(self.job.pk)  # its requests may have ended while it parked
         return Job.Status.WAITING
 
-    def _prepare(self) -> tuple[AdaptConfig, JobOptions, ArchitectureSpec, nn.Module, DatasetSplits]:
+    def _prepare(self) -> tuple[AdaptConfig, JobOptions, Architecture, nn.Module, DatasetSplits]:
         """The start of every run: say so, give up after too many crashes, load the inputs."""
         job = self.job
         publish(job.pk, "job.status", {"status": Job.Status.RUNNING, "error": ""})
@@ -421,7 +421,7 @@ class JobRunner:
                 for p in record["proposals"]])
             publish(self.job.pk, "job.iteration", iteration_payload(record))
 
-    def _finish(self, finish: FinishRecord, spec: ArchitectureSpec) -> None:
+    def _finish(self, finish: FinishRecord, spec: Architecture) -> None:
         self.files.save_final(finish.model, spec, finish.channels)
         result = finish.to_dict()
         with transaction.atomic():

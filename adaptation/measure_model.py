@@ -25,7 +25,8 @@ from adaptation.access import get_job_for_user, get_model_for_user
 from adaptation.models import Iteration, Job, ModelUpload
 from adaptation.netadapt.lut import entry_ms
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
-from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
+from adaptation.netadapt.architectures import build_network, describe_network
+from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.network_files import NetworkExportError, network_files
 from adaptation.services import final_iteration_number, job_file
 from devices.access import devices_visible_to
@@ -53,7 +54,7 @@ class Target:
     """One network to measure: what it is called, and the description that rebuilds it."""
 
     label: str        # "model 'digits'", "job #3 iteration 2"
-    description: dict  # adaptation.netadapt.spec.describe_network
+    description: dict  # adaptation.netadapt.architectures.describe_network
     example_shape: list[int]
 
     @property

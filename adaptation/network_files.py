@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from adaptation.netadapt.spec import build_network
+from adaptation.netadapt.architectures import build_network
 from devices.measure.builders import network_file
 
 

@@ -34,16 +34,14 @@ import torch.nn as nn
 
 from adaptation.netadapt.export import PYTORCH_FORMAT, load_pytorch
 from adaptation.netadapt.graph import NetworkAnalysis, UnsupportedNetwork, pruned_copy
-from adaptation.netadapt.onnx_import import (OnnxArchitecture, OnnxImportError, architecture_from_dict,
-                                             convert_onnx, describe)
+from adaptation.netadapt.architectures import Architecture, architecture_from_dict
+from adaptation.netadapt.onnx_import import OnnxArchitecture, OnnxImportError, convert_onnx, describe
 from adaptation.netadapt.checks import ONNX_TOLERANCE, error_summary, onnx_difference
 from adaptation.netadapt.spec import ArchitectureSpec
 from devices.measure.builders import model_to_onnx
 from devices.measure.tracing import trace_layers
 
 WeightsSource = Union[str, "os.PathLike[str]", IO[bytes]]
-#: What a network is built from: a built-in architecture, or a converted ONNX file.
-Architecture = Union[ArchitectureSpec, OnnxArchitecture]
 
 #: Keys under which common training checkpoints keep the model's state dict.
 CHECKPOINT_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model")
@@ -303,7 +301,7 @@ def _fit_problems(state: Mapping, expected: Mapping) -> list[str]:
     return problems
 
 
-def _load_netadapt_file(data: bytes, payload: Mapping, spec: ArchitectureSpec) -> nn.Module:
+def _load_netadapt_file(data: bytes, payload: Mapping, spec: Architecture) -> nn.Module:
     """A ``netadapt-pytorch/1`` export: its architecture must be the chosen one."""
     try:
         stored = architecture_from_dict(dict(payload["architecture"]))
@@ -320,7 +318,7 @@ def _load_netadapt_file(data: bytes, payload: Mapping, spec: ArchitectureSpec) -
             f"the {PYTORCH_FORMAT} file could not be rebuilt: {error_summary(error)}") from None
 
 
-def load_weights(path: WeightsSource, spec: ArchitectureSpec, *,
+def load_weights(path: WeightsSource, spec: Architecture, *,
                  allow_pickled_modules: bool = False) -> nn.Module:
     """Build ``spec``'s network and load the uploaded weights into it (eval mode).
 

@@ -41,7 +41,6 @@ from adaptation.events import publish
 from adaptation.formatting import PHASE_LABELS
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES, JobFiles, uploaded_dataset_name
 from adaptation.models import Dataset, Iteration, Job, ModelUpload
-from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.training import HOOK_EVERY
 from devices.requests import drop_queued_requests
 
@@ -385,12 +384,13 @@ def _export(source: Path, fmt: str, label: str) -> BinaryIO:
     in an anonymous temporary file (gone once the response closes it)."""
     # Exports load ONNX Runtime, which the web process needs only for a download in another format.
     import torch
+    from adaptation.netadapt.architectures import architecture_from_dict
     from adaptation.netadapt.export import ExportMismatch, export_onnx, export_torchscript, load_pytorch
 
     data = source.read_bytes()
     try:
         model = load_pytorch(io.BytesIO(data))
-        spec = ArchitectureSpec.from_dict(torch.load(io.BytesIO(data), weights_only=True)["architecture"])
+        spec = architecture_from_dict(torch.load(io.BytesIO(data), weights_only=True)["architecture"])
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise ExportFailed(f"The iteration's PyTorch file cannot be read: {error}") from None
     export = export_onnx if fmt == "onnx" else export_torchscript

@@ -79,7 +79,8 @@ def conv(c_in: int, c_out: int, hw: int) -> dict:
 def test_a_paired_agent_measures_reconnects_survives_a_kill_and_is_revoked(live_app, tmp_path):
     from django.utils import timezone
 
-    from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+    from adaptation.netadapt.architectures import describe_network
+    from adaptation.netadapt.spec import ArchitectureSpec
     from adaptation.network_files import network_files
     from devices.measure.tracing import trace_layers
     from devices.models import Device, LatencyEntry, MeasurementRequest

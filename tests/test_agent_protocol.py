@@ -32,7 +32,8 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.utils import timezone
 
-from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.netadapt.architectures import describe_network
+from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.network_files import network_files
 from devices.agent import protocol as p
 from devices.measure import MeasureProtocol

@@ -15,7 +15,8 @@ from django.urls import reverse
 
 from adaptation import tasks
 from adaptation.models import Job, JobEvent
-from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.netadapt.architectures import describe_network
+from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.network_files import network_files
 from devices.host import host_lock
 from devices.models import MeasurementRequest

@@ -14,7 +14,8 @@ from rest_framework.test import APIClient
 
 from adaptation.models import Iteration, ModelUpload
 from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableModel
-from adaptation.netadapt.spec import ArchitectureSpec, build_network, describe_network
+from adaptation.netadapt.architectures import build_network, describe_network
+from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation import measure_model
 from adaptation import network_files
 from adaptation.network_files import export_networks

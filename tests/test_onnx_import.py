@@ -18,8 +18,8 @@ import torch.nn as nn
 from adaptation.netadapt import export as export_module
 from adaptation.netadapt import onnx_import
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis, UnsupportedNetwork, pruned_copy, rebuild_pruned
-from adaptation.netadapt.onnx_import import (TOLERANCE, OnnxArchitecture, OnnxImportError,
-                                             architecture_from_dict, convert_onnx)
+from adaptation.netadapt.architectures import architecture_from_dict
+from adaptation.netadapt.onnx_import import TOLERANCE, OnnxArchitecture, OnnxImportError, convert_onnx
 from adaptation.netadapt.spec import ArchitectureSpec
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -119,6 +119,8 @@ def test_the_architecture_rebuilds_the_network_from_its_file(plain_onnx, tmp_pat
     with torch.no_grad():
         assert torch.equal(built.eval()(arch.example_input()), model(arch.example_input()))
     assert architecture_from_dict(PLAIN.to_dict()) == PLAIN
+    with pytest.raises(ValueError, match="architecture_from_dict"):
+        ArchitectureSpec.from_dict(stored)  # the built-in class is what its hints say
 
 
 def test_the_architecture_refuses_a_changed_file(plain_onnx, tmp_path):
@@ -164,14 +166,11 @@ def test_a_converted_plain_cnn_is_analysed_pruned_and_runs(plain_onnx):
         assert torch.equal(rebuilt.eval()(example), pruned.eval()(example))
 
 
-def test_a_pruned_converted_network_exports_and_reloads(plain_onnx, tmp_path, monkeypatch):
-    """``export_all`` with an ONNX architecture; reloading needs ``architecture_from_dict`` where
-    ``load_pytorch`` reads the architecture (patched in here until export.py uses it)."""
+def test_a_pruned_converted_network_exports_and_reloads(plain_onnx, tmp_path):
+    """``export_all`` with an ONNX architecture, and ``load_pytorch`` rebuilds it from the file."""
     path = tmp_path / "plain.onnx"
     path.write_bytes(plain_onnx)
     arch, model = convert_onnx(path)
-    shim = type("Architectures", (), {"from_dict": staticmethod(architecture_from_dict)})
-    monkeypatch.setattr(export_module, "ArchitectureSpec", shim, raising=False)
     example = arch.example_input()
     targets = {group.name: max(1, group.channels // 2) for group in NetworkAnalysis(model, example).groups}
     pruned = pruned_copy(model, example, targets)

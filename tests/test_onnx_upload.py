@@ -14,7 +14,8 @@ from django.urls import reverse
 
 from adaptation.models import ModelUpload
 from adaptation.netadapt import onnx_import
-from adaptation.netadapt.onnx_import import OnnxArchitecture, architecture_from_dict
+from adaptation.netadapt.architectures import architecture_from_dict
+from adaptation.netadapt.onnx_import import OnnxArchitecture
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.preflight import PreflightError, load_upload_architecture
 from tests.stored_files import files_under, torch_bytes

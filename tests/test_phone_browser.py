@@ -71,7 +71,8 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
     from playwright.sync_api import expect, sync_playwright
 
     from adaptation.models import Job
-    from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+    from adaptation.netadapt.architectures import describe_network
+    from adaptation.netadapt.spec import ArchitectureSpec
     from adaptation.network_files import network_files
     from devices.measure.signature import LayerSignature
     from devices.measure.tracing import trace_layers

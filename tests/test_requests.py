@@ -11,7 +11,8 @@ import pytest
 from django.utils import timezone
 
 from adaptation.models import Job
-from adaptation.netadapt.spec import ArchitectureSpec, describe_network
+from adaptation.netadapt.architectures import describe_network
+from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.network_files import export_networks
 from devices import requests
 from devices.measure.tracing import trace_layers

@@ -33,7 +33,7 @@ from rest_framework.authtoken.models import Token
 from adaptation.models import ModelUpload
 from adaptation.netadapt import onnx_import
 from adaptation.netadapt.onnx_import import OnnxImportError, convert_onnx
-from adaptation.netadapt.spec import build_network
+from adaptation.netadapt.architectures import architecture_from_dict, build_network
 from adaptation.preflight import load_upload_architecture
 from adaptation import measure_model
 from devices.models import MeasurementRequest
@@ -251,7 +251,7 @@ def test_a_hostile_file_stored_before_the_fix_is_renamed_when_a_worker_rebuilds_
     assert_generated_names(network, name)
     # What proposal and measurement workers do: the architecture's dictionary, in a fresh process.
     onnx_import._CACHE.clear()
-    rebuilt = onnx_import.architecture_from_dict(arch.to_dict()).build().eval()
+    rebuilt = architecture_from_dict(arch.to_dict()).build().eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(arch.example_input(2)), output)
     assert_generated_names(rebuilt, name)
@@ -381,7 +381,7 @@ def test_a_normal_export_still_converts_and_reproduces_onnx_runtime(api, media, 
         assert np.abs(model(example).numpy() - reference).max() <= onnx_import.TOLERANCE
     # The same file gives the same names on every rebuild: jobs resume and compare by them.
     onnx_import._CACHE.clear()
-    again = onnx_import.architecture_from_dict(arch.to_dict()).build()
+    again = architecture_from_dict(arch.to_dict()).build()
     assert [n for n, _ in again.named_modules()] == [n for n, _ in model.named_modules()]
     assert {g["name"] for g in report["groups"]} <= {n for n, _ in again.named_modules()}
     _, converted = convert_onnx(good_onnx)

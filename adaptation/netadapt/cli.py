@@ -26,6 +26,7 @@ from .lut import MemoryLatencyTable
 from .models import ARCHITECTURES
 from .report import plot_tradeoff, write_csv, write_json
 from .resources import METRICS, LatencyTableModel, WholeNetworkLatencyModel, exact_model
+from .architectures import Architecture, architecture_from_dict
 from .spec import ArchitectureSpec
 from .training import TRAIN_DEVICES, accuracy, resolve_device, steps_for_epochs, train_steps
 
@@ -254,7 +255,7 @@ def pretrain(args: argparse.Namespace) -> None:
           f"(trained on {args.train_device.type}); wrote {out}")
 
 
-def _check_fits(model: torch.nn.Module, spec: ArchitectureSpec, data: DatasetSplits) -> None:
+def _check_fits(model: torch.nn.Module, spec: Architecture, data: DatasetSplits) -> None:
     if (spec.in_channels, spec.resolution, spec.num_classes) != (
             data.in_channels, data.resolution, data.num_classes):
         raise SystemExit(
@@ -391,9 +392,9 @@ def adapt(args: argparse.Namespace) -> None:
           + f"; wrote {out}")
 
 
-def _load_spec(path: str) -> ArchitectureSpec:
+def _load_spec(path: str) -> Architecture:
     payload = torch.load(path, weights_only=True)
-    return ArchitectureSpec.from_dict(payload["architecture"])
+    return architecture_from_dict(payload["architecture"])
 
 
 def _baselines(args, original, example, analysis, data, config, state, measurer, finish) -> list[dict]:

@@ -22,7 +22,7 @@ from devices.measure.builders import model_to_onnx
 
 from .checks import ONNX_TOLERANCE, onnx_difference
 from .graph import rebuild_pruned
-from .spec import ArchitectureSpec
+from .architectures import Architecture, architecture_from_dict
 
 FORMATS = ("onnx", "torchscript", "pytorch")
 PYTORCH_FORMAT = "netadapt-pytorch/1"
@@ -75,7 +75,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
     return error
 
 
-def export_pytorch(model: nn.Module, spec: ArchitectureSpec, channels: Mapping[str, int],
+def export_pytorch(model: nn.Module, spec: Architecture, channels: Mapping[str, int],
                    path: str | Path, atol: float = 1e-5) -> float:
     """Write state dict + spec + channels; returns the max abs error of the rebuilt model."""
     payload = {"format": PYTORCH_FORMAT, "architecture": spec.to_dict(),
@@ -99,13 +99,13 @@ def load_pytorch(source) -> nn.Module:
         raise ValueError(f"not a {PYTORCH_FORMAT} file: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != PYTORCH_FORMAT:
         raise ValueError(f"not a {PYTORCH_FORMAT} file")
-    spec = ArchitectureSpec.from_dict(payload["architecture"])
+    spec = architecture_from_dict(payload["architecture"])
     model = rebuild_pruned(spec.build(), spec.example_input(), payload["channels"])
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 
 
-def export_all(model: nn.Module, spec: ArchitectureSpec, channels: Mapping[str, int],
+def export_all(model: nn.Module, spec: Architecture, channels: Mapping[str, int],
                folder: str | Path, stem: str) -> dict[str, Path]:
     """All three formats into ``folder``; returns their paths by format."""
     folder = Path(folder)

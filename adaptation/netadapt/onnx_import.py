@@ -13,8 +13,8 @@ fresh copy of the converted network (the original, before any pruning), ``exampl
 ``num_classes``, ``in_channels``, ``resolution``, and ``to_dict()`` / ``from_dict()`` for JSON. The
 dictionary holds the file's path and the SHA-256 of its content, never the bytes: ``build()``
 reads the file again (checking the hash) unless a network of the same content was converted in
-this process already. ``architecture_from_dict`` rebuilds either kind of architecture from its
-dictionary (``arch`` is ``"onnx"`` for this one, a built-in name for ``ArchitectureSpec``).
+this process already. ``architectures.architecture_from_dict`` rebuilds either kind of architecture
+from its dictionary (``arch`` is ``"onnx"`` for this one, a built-in name for ``ArchitectureSpec``).
 
 No name from the file reaches code: onnx2torch makes module names of node names, and torch.fx
 writes module names unescaped into the Python source it generates and runs. ``_convert``, which
@@ -172,15 +172,6 @@ class OnnxArchitecture:
                 f"the ONNX file {self.path} has changed since it was converted (its content hash "
                 "differs): the network cannot be rebuilt from it")
         return data
-
-
-def architecture_from_dict(data: dict):
-    """``OnnxArchitecture`` or ``ArchitectureSpec`` from its ``to_dict()``, by its ``arch``."""
-    if isinstance(data, dict) and data.get("arch") == ONNX_ARCH:
-        return OnnxArchitecture.from_dict(data)
-    from .spec import ArchitectureSpec  # spec imports this module (for ONNX specs): a cycle at the top
-
-    return ArchitectureSpec.from_dict(data)
 
 
 _CACHE: OrderedDict[str, nn.Module] = OrderedDict()

@@ -1,4 +1,6 @@
-"""What an architecture is, so a pruned network can be rebuilt from a channel configuration."""
+"""A built-in architecture: the arguments that rebuild the original network, so a pruned one can be
+rebuilt from a channel configuration (an uploaded ONNX network's is ``onnx_import.OnnxArchitecture``;
+``architectures`` reads either back)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -6,7 +8,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .graph import rebuild_pruned
 from .models import build_model, example_input
 
 
@@ -30,28 +31,10 @@ class ArchitectureSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ArchitectureSpec":
-        """The architecture of ``to_dict()``; an uploaded ONNX network's (``arch`` "onnx") is an
-        ``OnnxArchitecture`` with the same interface, so every reader handles both."""
+    def from_dict(cls, data: dict) -> ArchitectureSpec:
+        """The architecture of ``to_dict()``. A stored dictionary may be an uploaded ONNX network's:
+        read those with ``architectures.architecture_from_dict``, which knows both kinds."""
         if data.get("arch") == "onnx":
-            from .onnx_import import OnnxArchitecture  # onnx2torch: only for ONNX uploads
-            return OnnxArchitecture.from_dict(data)
+            raise ValueError("an ONNX network's architecture: read it with architecture_from_dict")
         return cls(**data)
 
-
-def describe_network(spec: ArchitectureSpec, channels: dict[str, int], label: str) -> dict:
-    """A JSON description of a (pruned) network that rebuilds its architecture elsewhere.
-
-    Latency does not depend on the weights, so a measurer (a device queue's worker, the server
-    building ONNX files for an agent) needs only this, never the job's model files.
-    """
-    return {"label": label, "spec": spec.to_dict(), "channels": dict(channels)}
-
-
-def build_network(description: dict) -> nn.Module:
-    """The network of ``describe_network`` (fresh weights), in eval mode."""
-    spec = ArchitectureSpec.from_dict(description["spec"])
-    model = spec.build()
-    if description.get("channels"):
-        model = rebuild_pruned(model, spec.example_input(), description["channels"])
-    return model.eval()
