@@ -2,7 +2,7 @@
 ``adaptation.api_jobs``.
 
 Uploads are multipart and validated exactly as the pages validate them: the same forms
-(``adaptation.services``). Invalid form input is a 400 naming the field, and nothing is stored. A
+(and ``adaptation.uploads`` stores them). Invalid form input is a 400 naming the field, and nothing is stored. A
 valid upload answers 202 at once with the stored row, status ``checking``: the checking worker
 then runs the model pre-flight or the archive checks and moves ``status`` to ``ready`` or
 ``rejected`` (``error`` says why); poll the object's URL. Users see their own models, and their own datasets plus the
@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from adaptation.access import datasets_visible_to, get_dataset_for_user, get_model_for_user
 from adaptation.forms import DatasetUploadForm, ModelUploadForm
 from adaptation.models import Dataset, ModelUpload
-from adaptation.services import create_dataset_upload, create_from, create_model_upload
+from adaptation.uploads import create_dataset_upload, create_model_upload
 from webapp.lib.api import NOT_FOUND, VALIDATION_ERROR, form_errors, form_serializer, invalid, request_fields
 from webapp.lib.uploads import upload_limit_error
 
@@ -60,10 +60,9 @@ def _create_upload(request, form_class: type[forms.BaseForm], create: Callable,
     new object (``checking``), or 400 naming the field (the size-limit message replaces "required")."""
     data = request_fields(request)  # parses the body first: the limit handler has run after this
     form = form_class(data, request.FILES, upload_error=upload_limit_error(request._request))
-    created = create_from(form, request.user, create)
-    if created is None:
+    if not form.is_valid():
         return invalid(form_errors(form))
-    return Response(serializer_class(created).data, status=status.HTTP_202_ACCEPTED)
+    return Response(serializer_class(create(request.user, form)).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ModelList(generics.ListCreateAPIView):

@@ -19,8 +19,9 @@ from rest_framework.views import APIView
 from adaptation.access import get_job_for_user
 from adaptation.job_forms import JobForm
 from adaptation.models import Iteration, Job, Proposal
-from adaptation.services import (ITERATION_FORMATS, REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job,
-                                 create_job, final_iteration_number, open_iteration_file, report_file)
+from adaptation.downloads import (ITERATION_FORMATS, REPORT_FORMATS, ExportFailed, FileUnavailable,
+                                  final_iteration_number, open_iteration_file, report_file)
+from adaptation.job_actions import cancel_job, create_job
 from webapp.lib.api import (DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors,
                         form_serializer, invalid, request_fields)
 

@@ -1,8 +1,8 @@
 """Sending adaptation's Celery tasks, by their pinned names, once the caller's transaction commits.
 
-``adaptation.tasks`` runs the work of ``services`` (upload checks) and ``proposals`` (proposal
+``adaptation.tasks`` runs the work of ``uploads`` (upload checks) and ``proposals`` (proposal
 fine-tunes), and both send tasks too. Sending by name keeps the imports one-way:
-``tasks -> services, proposals -> enqueue``. The names are the ``name=`` each task pins, the ones
+``tasks -> uploads, proposals -> enqueue``. The names are the ``name=`` each task pins, the ones
 the settings' routes and beat schedule use (``tests/test_task_names.py`` checks they are registered).
 """
 from __future__ import annotations

@@ -122,7 +122,7 @@ def _load_uploaded_data(dataset, spec: Architecture, config: AdaptConfig,
                         holdout: int | float) -> DatasetSplits:
     """An uploaded dataset's images, from the folder its upload was extracted into.
 
-    ``services.store_dataset_upload`` extracts the zip once and keeps only that folder, named by
+    ``uploads.store_dataset_upload`` extracts the zip once and keeps only that folder, named by
     ``dataset.archive``; its channels are those the upload settled on (``summary["in_channels"]``),
     so the job sees the images the job form checked against the network. The images are held as
     uint8 (the engine normalises a batch at a time) and read within the upload's pixel limits.

@@ -28,7 +28,7 @@ from adaptation.netadapt.resources import CALL_OVERHEAD_SIGNATURE, LatencyTableM
 from adaptation.netadapt.architectures import build_network, describe_network
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.network_files import NetworkExportError, network_files
-from adaptation.services import final_iteration_number, job_file
+from adaptation.downloads import final_iteration_number, job_file
 from devices.access import devices_visible_to
 from devices.measure.signature import LayerSignature
 from devices.measure.tracing import trace_layers

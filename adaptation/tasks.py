@@ -1,4 +1,4 @@
-"""Celery tasks of adaptation jobs: thin glue, the work is in ``jobs``, ``leases``, ``services``
+"""Celery tasks of adaptation jobs: thin glue, the work is in ``jobs``, ``leases``, ``uploads``
 and ``proposals``. Every task pins its ``name=``; ``adaptation.enqueue`` sends them by those names.
 
 - ``run_job(job_id)``: claim the job (one conditional UPDATE; someone else has it: return), then
@@ -6,7 +6,7 @@ and ``proposals``. Every task pins its ``name=``; ``adaptation.enqueue`` sends t
   message until the task returns; a job whose worker died is resumed from its checkpoint.
 - ``check_model_upload(upload_id)``, ``check_dataset_upload(dataset_id, resolution, grayscale)``:
   an upload's check, on the ``checking`` queue (its own worker), sent by ``enqueue.enqueue_check`` once
-  the upload's row is committed; the work is in ``services.finish_model_check`` /
+  the upload's row is committed; the work is in ``uploads.finish_model_check`` /
   ``finish_dataset_check``.
 - ``sweep_stale_jobs()``: re-send ``run_job`` for running jobs whose lease lapsed and queued jobs
   left waiting, sweep measurement requests (devices.requests) and mark silent devices offline
@@ -25,7 +25,7 @@ from django.db import connections
 from adaptation.enqueue import resume_job
 from adaptation.leases import claim_job, jobs_to_resume, lease_seconds
 from adaptation.proposals import all_evaluated, evaluate_for_job
-from adaptation.services import finish_dataset_check, finish_model_check
+from adaptation.uploads import finish_dataset_check, finish_model_check
 from devices.presence import mark_silent_devices_offline, silent_seconds
 from devices.requests import sweep_requests
 from webapp.lib.claims import worker_name

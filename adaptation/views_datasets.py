@@ -1,6 +1,6 @@
 """Dataset pages: the built-in datasets everyone shares and each user's image-folder uploads.
 
-An uploaded zip is stored at once as a "checking" dataset (``services.create_dataset_upload``)
+An uploaded zip is stored at once as a "checking" dataset (``uploads.create_dataset_upload``)
 and the page redirects to the dataset's page, which shows the check's progress (polling
 ``dataset_status``) and then its verdict: the checking worker extracts and checks the archive and
 moves the dataset to ready or rejected (with the reason, and no files left).
@@ -22,7 +22,7 @@ from adaptation.access import datasets_visible_to, get_dataset_for_user
 from adaptation.forms import DatasetUploadForm
 from adaptation.models import Dataset
 from adaptation.netadapt.data import fashion_mnist_available
-from adaptation.services import create_dataset_upload, create_from
+from adaptation.uploads import create_dataset_upload
 from webapp.lib.uploads import upload_limit_context, upload_limit_error
 
 SPLITS = ("train", "holdout", "validation")
@@ -60,8 +60,8 @@ def dataset_upload(request):
     form = DatasetUploadForm()
     if request.method == "POST":
         form = DatasetUploadForm(request.POST, request.FILES, upload_error=upload_limit_error(request))
-        dataset = create_from(form, request.user, create_dataset_upload)
-        if dataset is not None:
+        if form.is_valid():
+            dataset = create_dataset_upload(request.user, form)
             messages.info(request, f"{dataset.name} is uploaded; its images are being checked.")
             return redirect("dataset_detail", pk=dataset.pk)
     return render(request, "datasets/upload.html", {"form": form, **upload_limit_context()})

@@ -3,7 +3,8 @@
 Every view takes the job through ``get_job_for_user``: a stranger's job is a 404. Output files
 are written by the runner under ``MEDIA_ROOT/jobs/<id>/`` (``adaptation.job_files``) and only
 ever leave through ``job_download``; reports are built from the ``Iteration`` rows on request.
-The work itself is ``adaptation.services``'s, shared with the REST API.
+The work itself is ``adaptation.job_actions``'s and ``adaptation.downloads``', shared with the REST
+API.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from adaptation.formatting import (PHASE_LABELS, accuracy_text, budget_text, met
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES
 from adaptation.job_forms import JobForm, original_resource, schedule_warning
 from adaptation.models import Iteration, Job
-from adaptation.services import (REPORT_FORMATS, ExportFailed, FileUnavailable, cancel_job, create_job,
-                                 start_child_job,
-                                 download_name, job_file, open_iteration_file, report_file)
+from adaptation.downloads import (REPORT_FORMATS, ExportFailed, FileUnavailable, download_name, job_file,
+                                  open_iteration_file, report_file)
+from adaptation.job_actions import cancel_job, create_job, start_child_job
 
 
 # --------------------------------------------------------------------------- pages

@@ -1,7 +1,7 @@
 """Model pages: list, upload (a built-in architecture's weights or an ONNX file), detail, delete,
 and the small JSON status the detail page polls while the upload is checked.
 
-An upload is stored at once as "checking" (``services.create_model_upload``) and the page
+An upload is stored at once as "checking" (``uploads.create_model_upload``) and the page
 redirects to the model's page, which shows the check's progress and then its verdict: the
 checking worker runs the pre-flight and moves the model to ready or rejected (with the reason;
 a rejected upload's file is deleted).
@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from adaptation.access import get_model_for_user
 from adaptation.forms import ModelUploadForm
 from adaptation.models import Iteration, Job, ModelUpload
-from adaptation.services import create_from, create_model_upload
+from adaptation.uploads import create_model_upload
 from webapp.lib.formatting import format_count, human_size
 from webapp.lib.uploads import upload_limit_context, upload_limit_error
 
@@ -46,8 +46,8 @@ def model_upload(request):
     form = ModelUploadForm()
     if request.method == "POST":
         form = ModelUploadForm(request.POST, request.FILES, upload_error=upload_limit_error(request))
-        upload = create_from(form, request.user, create_model_upload)
-        if upload is not None:
+        if form.is_valid():
+            upload = create_model_upload(request.user, form)
             messages.info(request, f"{upload.name} is uploaded; its pre-flight check runs now.")
             return redirect("model_detail", pk=upload.pk)
     return render(request, "models/upload.html", {"form": form, **upload_limit_context()})

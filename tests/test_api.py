@@ -21,7 +21,7 @@ from adaptation.models import Dataset, Iteration, Job, ModelUpload, Proposal
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.export import export_pytorch
 from adaptation.netadapt.spec import ArchitectureSpec
-from adaptation.services import finish_model_check
+from adaptation.uploads import finish_model_check
 from devices.models import Device
 from tests.conftest import PASSWORD
 from tests.stored_files import files_under, torch_bytes

@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
 
-import adaptation.services as services
+import adaptation.uploads as uploads
 from adaptation.archives import ArchiveLimits
 from adaptation.models import Dataset
 from tests.stored_files import files_under
@@ -191,7 +191,7 @@ def test_it_rejects_a_bad_archive_and_keeps_no_file(owner_client, media, case):
     (ArchiveLimits(max_total_bytes=300), "the archive expands to more than 300 bytes"),
 ])
 def test_it_applies_the_archive_limits(owner_client, media, monkeypatch, limits, message):
-    monkeypatch.setattr(services, "DATASET_ARCHIVE_LIMITS", limits)
+    monkeypatch.setattr(uploads, "DATASET_ARCHIVE_LIMITS", limits)
     upload(owner_client, zip_bytes(image_members()))
     dataset = Dataset.objects.get()
     assert dataset.status == "rejected" and message in dataset.error
@@ -268,7 +268,7 @@ def test_deleting_a_dataset_while_it_is_checked_leaves_no_file(owner_client, med
     dataset = Dataset.objects.get()
     with django_capture_on_commit_callbacks(execute=True):
         owner_client.post(reverse("dataset_delete", args=[dataset.pk]))
-    assert services.finish_dataset_check(*sent[0]) is None  # the worker finds no row to check
+    assert uploads.finish_dataset_check(*sent[0]) is None  # the worker finds no row to check
     assert files_under(media) == []
 
 

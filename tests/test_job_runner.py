@@ -28,7 +28,7 @@ from adaptation.job_files import JobFiles, media_path
 from adaptation.jobs import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
 from adaptation.proposals import dispatch_count
-from adaptation.services import start_child_job
+from adaptation.job_actions import start_child_job
 from adaptation.models import Iteration, Job, JobEvent, ModelUpload, Proposal
 from adaptation.netadapt.export import load_pytorch
 from adaptation.netadapt.loop import PHASES

@@ -364,7 +364,7 @@ def import_cycles(package: str) -> list[list[str]]:
 
 
 def test_the_apps_modules_import_one_another_without_cycles():
-    """Who runs whom reads from the file heads: tasks import the work they run (services,
+    """Who runs whom reads from the file heads: tasks import the work they run (uploads,
     proposals), and the work sends tasks by name (``adaptation.enqueue``), never by import."""
     assert import_cycles("adaptation") == KNOWN_CYCLES
     assert import_cycles("devices") == []

@@ -253,7 +253,7 @@ def test_the_check_runs_in_a_bounded_child_and_a_model_past_its_ceiling_is_rejec
     peak recorded); rejected, with the reason and no file, when the ceiling is below what importing
     torch takes (about 0.7 GB of private writable memory)."""
     from adaptation.forms import ModelUploadForm
-    from adaptation.services import create_model_upload, finish_model_check
+    from adaptation.uploads import create_model_upload, finish_model_check
 
     monkeypatch.setattr("adaptation.enqueue.enqueue_check", lambda name, *args: None)
 

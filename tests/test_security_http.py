@@ -37,7 +37,7 @@ from rest_framework.test import APIClient
 
 from adaptation.models import Job, ModelUpload
 from adaptation.netadapt.spec import ArchitectureSpec
-from adaptation.services import FORMULA_TRIGGERS, csv_cell
+from adaptation.downloads import FORMULA_TRIGGERS, csv_cell
 from devices.agent import protocol as p
 from devices.models import Device, LatencyEntry
 from devices.pairing import new_pairing, redeem

@@ -26,7 +26,7 @@ from django.urls import reverse
 from PIL import Image
 from rest_framework.authtoken.models import Token
 
-import adaptation.services as services
+import adaptation.uploads as uploads
 from adaptation.archives import ArchiveLimits
 from adaptation.models import Dataset
 from tests.user_objects import image_zip, png, upload_dataset
@@ -181,7 +181,7 @@ def test_a_refused_dataset_leaves_no_folder(client, owner, media, monkeypatch, c
     if not first_upload:
         upload_dataset(owner, name="earlier")
     if limits is not None:
-        monkeypatch.setattr(services, "DATASET_ARCHIVE_LIMITS", limits)
+        monkeypatch.setattr(uploads, "DATASET_ARCHIVE_LIMITS", limits)
     before = everything_under(media)
     client.force_login(owner)
     response = client.post(reverse("dataset_upload"), dataset_fields(make()))

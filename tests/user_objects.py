@@ -1,18 +1,18 @@
 """Models, datasets, devices and jobs made the way users make them, for tests.
 
-Unit tests call the service functions the upload views and the API call (``adaptation.services``,
+Unit tests call the service functions the upload views and the API call (``adaptation.uploads``, ``adaptation.job_actions``,
 the ``bootstrap`` command's functions); integration tests go through the views or the API
 themselves (``api_upload_dataset`` and friends). Nothing here writes a row or a file by hand, so a
 test sees exactly what an upload stores.
 
 - ``png``, ``image_zip``: a small image-folder archive (``<class>/<n>.png``).
-- ``upload_dataset(owner, archive, ...)``: ``services.store_dataset_upload``, as the upload page does,
-  then the checking worker's ``services.finish_dataset_check`` (its bounded child included).
-- ``upload_model(owner, spec, weights, ...)``: ``services.create_model_upload`` with the page's form,
-  then ``services.finish_model_check`` with the pre-flight run in this process (``in_this_process``).
+- ``upload_dataset(owner, archive, ...)``: ``uploads.store_dataset_upload``, as the upload page does,
+  then the checking worker's ``uploads.finish_dataset_check`` (its bounded child included).
+- ``upload_model(owner, spec, weights, ...)``: ``uploads.create_model_upload`` with the page's form,
+  then ``uploads.finish_model_check`` with the pre-flight run in this process (``in_this_process``).
 - ``run_checks_now(monkeypatch)``: every upload check the views and the API send runs at once,
   in this process, through the worker's service functions (the ``checks_in_process`` fixture).
-- ``queue_job(owner, model, dataset, device, settings)``: ``services.queue_job``, as ``create_job``
+- ``queue_job(owner, model, dataset, device, settings)``: ``job_actions.queue_job``, as ``create_job``
   (its message to the workers left unsent: tests run their jobs themselves).
 - ``add_device(owner, **fields)``: the device form, saved as the "Add a device" page saves it.
 - ``system_device()``, ``builtin_dataset(name)``: the shared rows ``manage.py bootstrap`` creates.
@@ -97,16 +97,16 @@ def run_checks_now(monkeypatch, *, runner=in_this_process) -> list[tuple[str, tu
     """Make every check the services send run at once in this process, as the checking worker's
     tasks would (``finish_model_check`` with ``runner``, ``finish_dataset_check``); returns the
     list of (task name, arguments) run."""
-    from adaptation import enqueue, services
+    from adaptation import enqueue, uploads
 
     ran: list[tuple[str, tuple]] = []
 
     def run_now(task_name: str, *args) -> None:
         ran.append((task_name, args))
         if task_name == "check_model_upload":
-            services.finish_model_check(*args, runner=runner)
+            uploads.finish_model_check(*args, runner=runner)
         else:
-            services.finish_dataset_check(*args)
+            uploads.finish_dataset_check(*args)
 
     monkeypatch.setattr(enqueue, "enqueue_check", run_now)
     return ran
@@ -117,7 +117,7 @@ def upload_dataset(owner, archive: bytes | None = None, *, name: str = "pets", r
     """An image-folder dataset uploaded by ``owner`` (``image_zip()`` unless ``archive``), stored
     by the service the upload page and the API call and checked by the worker's service function
     (in a bounded child). Needs a MEDIA_ROOT the test owns. The row may be ``rejected``."""
-    from adaptation.services import finish_dataset_check, store_dataset_upload
+    from adaptation.uploads import finish_dataset_check, store_dataset_upload
 
     uploaded = SimpleUploadedFile(f"{name}.zip", image_zip() if archive is None else archive,
                                   content_type="application/zip")
@@ -130,9 +130,9 @@ def upload_dataset(owner, archive: bytes | None = None, *, name: str = "pets", r
 
 def upload_model(owner, spec: ArchitectureSpec, weights: bytes, *, name: str = "tiny") -> ModelUpload:
     """A built-in architecture's weights uploaded by ``owner`` through the upload page's form and
-    ``services.create_model_upload`` (the pre-flight runs; a rejection fails the test)."""
+    ``uploads.create_model_upload`` (the pre-flight runs; a rejection fails the test)."""
     from adaptation.forms import ModelUploadForm
-    from adaptation.services import create_model_upload, finish_model_check
+    from adaptation.uploads import create_model_upload, finish_model_check
 
     form = ModelUploadForm({"source": "builtin", "name": name, "arch": spec.arch, "width": spec.width,
                             "num_classes": spec.num_classes, "in_channels": spec.in_channels,
@@ -149,18 +149,18 @@ def upload_model(owner, spec: ArchitectureSpec, weights: bytes, *, name: str = "
 
 def queue_job(owner, model: ModelUpload, dataset: Dataset, device: Device, settings: dict, *,
               state: dict | None = None, **options) -> Job:
-    """A queued job created by ``services.queue_job``, as the job form and the API create one,
+    """A queued job created by ``job_actions.queue_job``, as the job form and the API create one,
     except that its ``run_job`` message is not sent: the test runs the job itself
     (``tasks.run_job``, ``workers.drive``). ``state`` sets where the job's life has got to
     (``status``, ``heartbeat_at``...), as the runner would have; ``options``: ``kind``, ``parent``."""
     import pytest
 
-    from adaptation import enqueue, services
+    from adaptation import enqueue, job_actions
     from adaptation.models import Job
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(enqueue, "enqueue_job", lambda job: None)
-        job = services.queue_job(owner, model=model, dataset=dataset, device=device, settings=settings,
+        job = job_actions.queue_job(owner, model=model, dataset=dataset, device=device, settings=settings,
                                  **options)
     if state:
         Job.objects.filter(pk=job.pk).update(**state)
