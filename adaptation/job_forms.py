@@ -25,7 +25,9 @@ from devices.access import devices_visible_to
 from devices.models import Device
 
 #: Settings stored next to the AdaptConfig fields (adaptation.job_inputs.JobOptions fields).
-OPTION_SETTINGS = ("holdout",)
+OPTION_SETTINGS = ("holdout", "latency_model")
+LATENCY_MODEL_CHOICES = [("", "Automatic"), ("table", "Calibrated look-up table"),
+                         ("whole", "Every candidate measured whole")]
 ADAPT_CONFIG_FIELDS = tuple(f.name for f in dataclass_fields(AdaptConfig))
 METRIC_CHOICES = [("latency", "Latency on the device (ms)"), ("macs", "MACs (indirect metric)"),
                   ("params", "Parameters (indirect metric)")]
@@ -170,6 +172,11 @@ class JobForm(forms.Form):
                                   initial="accuracy")
     max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
     holdout_size = _holdout_field()
+    latency_model = forms.ChoiceField(
+        choices=LATENCY_MODEL_CHOICES, required=False, initial="", label="Latency estimate",
+        help_text="How a candidate's latency is known. Automatic: the calibrated look-up table, except "
+                  "on a phone whose layer entries mostly drown in its per-call overhead, where every "
+                  "candidate is measured whole (slower, and exact).")
     preset = forms.ChoiceField(
         choices=PRESET_CHOICES, initial="recommended", required=False,
         help_text="The levers below go beyond the NetAdapt paper; the uniform-width baselines "
@@ -313,6 +320,15 @@ class JobForm(forms.Form):
         return {name: value for name, value in given.items() if value is not None}
 
     def job_settings(self) -> dict:
-        """What the job row stores: the engine configuration plus the runner's options."""
+        """What the job row stores: the engine configuration plus the runner's options. A latency
+        job stores the estimate chosen on the form; left automatic, a phone's job lets the runner
+        choose (``latency_model`` "auto": the look-up table, or whole networks where the phone's
+        entries drown in per-call overhead) and any other device's uses the table."""
         assert self.config is not None, "call is_valid() first"
-        return {**self.config.to_dict(), "holdout": self.cleaned_data["holdout_size"]}
+        settings = {**self.config.to_dict(), "holdout": self.cleaned_data["holdout_size"]}
+        device = self.cleaned_data.get("device")
+        chosen = self.cleaned_data.get("latency_model") or (
+            "auto" if device is not None and device.kind == "phone" else "")
+        if self.config.metric == "latency" and chosen:
+            settings["latency_model"] = chosen
+        return settings

@@ -38,13 +38,19 @@ USER_ERRORS = (JobError, BudgetError, NoProposalError, DatasetUnavailable, Inval
                PreflightError, ArchiveError, ExportMismatch)
 
 
+#: How a latency job estimates candidates (``JobOptions.latency_model``).
+LATENCY_MODELS = ("table", "whole", "auto")
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """Job settings that are not the engine's ``AdaptConfig``."""
 
     holdout: int | float | None = None  # holdout split: a count, or a fraction below 1 (None: default)
     limit_train: int | None = None      # cap on training images (built-in datasets; quick runs)
-    latency_model: str = "table"        # "table": calibrated look-up table; "whole": measure candidates whole
+    # "table": calibrated look-up table; "whole": measure candidates whole; "auto": the runner
+    # chooses once the original network's entries are in (adaptation.jobs; phones' jobs)
+    latency_model: str = "table"
     finetune_iteration: int | None = None       # a fine-tune job: the parent's iteration it fine-tunes
     baseline_ratios: list[float] | None = None  # a baseline job: the width ratios (None: the defaults)
 
@@ -73,8 +79,8 @@ def parse_settings(raw: dict) -> tuple[AdaptConfig, JobOptions]:
     limit = options.get("limit_train")
     if limit is not None and (problem := range_problem("limit_train", limit)):
         raise JobError(f"invalid settings: {problem}")
-    if options.get("latency_model", "table") not in ("table", "whole"):
-        raise JobError("invalid settings: latency_model must be 'table' or 'whole'")
+    if options.get("latency_model", "table") not in LATENCY_MODELS:
+        raise JobError(f"invalid settings: latency_model must be one of {', '.join(map(repr, LATENCY_MODELS))}")
     number = options.get("finetune_iteration")
     if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
         raise JobError(f"invalid settings: finetune_iteration must be an iteration number, not {number!r}")

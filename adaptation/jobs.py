@@ -42,9 +42,11 @@ from adaptation.models import Iteration, Job, Proposal
 from adaptation.netadapt.architectures import Architecture, describe_network
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.data import DatasetSplits
+from adaptation.netadapt.graph import NetworkAnalysis
 from adaptation.netadapt.loop import (AdaptState, Answer, Evaluated, FinishRecord, IterationRecord,
                                       Measured, NeedsEvaluation, NeedsMeasurement, NetAdapt, Request,
                                       StartRecord, serve)
+from adaptation.netadapt.lut import missing_signatures
 from adaptation.netadapt.resources import (LatencyTableModel, ResourceModel,
                                            WholeNetworkLatencyModel, exact_model)
 from adaptation.netadapt.steps import ProposalResult
@@ -54,13 +56,18 @@ from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_
                                   fruitless_sends, load_evaluations)
 from adaptation.receivers import resume_waiting_job
 from devices.host import HostTurns
-from devices.lut import DatabaseLatencyTable
+from devices.lut import DROWN_SHARE, DatabaseLatencyTable
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
 from devices.requests import (describe_presence, device_table, drop_queued_requests, open_request, request_key,
                               stored_without_files)
 
 logger = logging.getLogger(__name__)
+
+#: "auto": a network is measured whole when more than this share of its probed entries drown in
+#: per-call overhead (devices.lut.DROWN_SHARE); a browser's table still tracks whole networks with
+#: a quarter of them drowning (bench/README.md, browser_fidelity: 26-28%, 1.7% calibrated error).
+WHOLE_WHEN_DROWNING = 0.5
 
 
 class LeaseLost(Exception):
@@ -218,10 +225,11 @@ class JobRunner:
     def _run(self) -> None:
         resumed_at = time.time()
         config, options, spec, original, data = self._prepare()
-        resource = self._resource_model(config, options)
+        analysis = NetworkAnalysis(original, spec.example_input())
         state = self._load_checkpoint(config)
+        resource = self._resource_model(config, options, analysis, started=state is not None)
         engine = NetAdapt(original, spec.example_input(), data, config, resource, state=state,
-                          delegate_evaluation=True, hook=self._between_steps)
+                          analysis=analysis, delegate_evaluation=True, hook=self._between_steps)
         self.engine = engine
         engine.note_resumed(resumed_at)
         for record in serve(engine.run(), self._answer):
@@ -247,16 +255,43 @@ class JobRunner:
 
     # ------------------------------------------------------------------ inputs
 
-    def _resource_model(self, config: AdaptConfig, options: JobOptions) -> ResourceModel:
+    def _resource_model(self, config: AdaptConfig, options: JobOptions, analysis: NetworkAnalysis,
+                        started: bool) -> ResourceModel:
         if config.metric != "latency":
             return exact_model(config.metric)
         try:
             self.table = device_table(self.job.device)
         except ValueError as error:
             raise JobError(str(error)) from None
-        if options.latency_model == "whole":
+        chosen = options.latency_model
+        if chosen == "auto":
+            if started:  # a checkpoint before a choice: only a job of an older version
+                raise JobError("the job's latency estimate was never chosen; start a new job")
+            chosen = self._choose_latency_model(analysis.signatures(analysis.original_config()))
+        if chosen == "whole":
             return WholeNetworkLatencyModel()
         return LatencyTableModel(self.table)
+
+    def _choose_latency_model(self, signatures: list) -> str:
+        """"auto": once the device's table holds the original network's entries, "whole" when more
+        than ``WHOLE_WHEN_DROWNING`` of its probed entries drown in per-call overhead, else
+        "table"; stored in the job's settings (its resumptions and child jobs keep it) and told in
+        its log. Until the entries are in, "table" undecided: the engine asks for them first, and
+        the run that follows their measurement (from the start: no checkpoint yet) chooses."""
+        if missing_signatures(self.table, signatures):
+            return "table"
+        drowning, probed = self.table.drowning(signatures)
+        chosen = "whole" if probed and drowning > WHOLE_WHEN_DROWNING * probed else "table"
+        settings_now = {**self.job.settings, "latency_model": chosen}
+        Job.objects.filter(pk=self.job.pk).update(settings=settings_now)
+        self.job.settings = settings_now
+        how = ("every candidate network is measured whole on the device" if chosen == "whole"
+               else "candidates are estimated from the calibrated look-up table")
+        probe = (f"{drowning} of the original network's {probed} probed layer entries drown in the "
+                 f"runtime's per-call overhead (more than {DROWN_SHARE:.0%} of the entry)" if probed
+                 else "no layer entry carries a per-call probe")
+        publish(self.job.pk, "job.log", {"level": "info", "message": f"Latency estimate: {probe}; {how}."})
+        return chosen
 
     def _load_checkpoint(self, config: AdaptConfig) -> AdaptState | None:
         """The state to resume from, after storing the rows an earlier attempt did not."""

@@ -242,16 +242,20 @@ class AgentConsumer(TolerantSends, AsyncWebsocketConsumer):
             if not isinstance(results, dict) or not 0 < len(results) <= MAX_LAYERS_PER_MESSAGE:
                 raise InvalidResults(f"results must map layer indices to stats (1 to "
                                      f"{MAX_LAYERS_PER_MESSAGE} of them)")
-            checked = {}
+            checked, overheads = {}, {}
             for key, stats in results.items():
                 index = p.integer(key, "layer index", 0)
-                checked[index] = (web.check_timed_stats if self.kind == "phone" else p.check_stats)(
-                    stats, f"results[{key}]")
+                if self.kind == "phone":
+                    checked[index], overhead = web.check_timed_stats(stats, f"results[{key}]")
+                    if overhead is not None:
+                        overheads[index] = overhead
+                else:
+                    checked[index] = p.check_stats(stats, f"results[{key}]")
         except p.ProtocolError as error:
             await self._fail_current(request_id, f"the agent sent invalid layer results: {error}")
             return
         try:
-            done = await self._store_layers(request_id, checked)
+            done = await self._store_layers(request_id, checked, overheads)
         except InvalidResults as error:
             await self._fail_current(request_id, f"the agent sent invalid layer results: {error}")
             return
@@ -440,7 +444,7 @@ class AgentConsumer(TolerantSends, AsyncWebsocketConsumer):
         return None
 
     @database_sync_to_async
-    def _store_layers(self, request_id: int, results: dict[int, dict]) -> int | None:
+    def _store_layers(self, request_id: int, results: dict[int, dict], overheads: dict[int, float]) -> int | None:
         """Store a batch; the request's signatures_done, or None when it is no longer open."""
         request = self._open_request(request_id)
         if request is None:
@@ -449,7 +453,7 @@ class AgentConsumer(TolerantSends, AsyncWebsocketConsumer):
         if out_of_range:
             raise InvalidResults(f"layer indices {out_of_range[:10]} are not in request {request_id} "
                                  f"({len(request.signatures)} layers)")
-        store_layer_results(request, results, self.runtime_version)
+        store_layer_results(request, results, self.runtime_version, overheads)
         self._touch_now(status=Device.Status.BUSY)
         return MeasurementRequest.objects.values_list("signatures_done", flat=True).get(pk=request_id)
 

@@ -4,10 +4,16 @@ One table is the entries of one (device, runtime, runtime version, backend, thre
 job on that device reuses them. ``backend`` tells apart the execution backends of one runtime (a
 phone's browser: onnxruntime-web's ``wasm``; ``webgpu`` would be another table), so tables timed
 with different backends or thread counts never mix; it is empty for the server and agents.
+
+A phone also sends, with each entry, what an empty model of the layer's input shape costs per call
+(its probe, ``overhead_ms``). ``drowning`` counts the entries whose probe is more than
+``DROWN_SHARE`` of their time (the page's own flag, static/js/phone/batcher.mjs): such an entry is
+mostly the runtime's per-call cost, and a network made mostly of them is better measured whole
+(adaptation.jobs chooses so for a phone's jobs).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from django.utils import timezone
 
@@ -20,6 +26,8 @@ TABLE_FIELDS = ("device", "runtime", "runtime_version", "backend", "threads")
 UNIQUE_FIELDS = (*TABLE_FIELDS, "signature_key")
 #: Keys per ``IN (...)`` query and rows per INSERT: well under SQLite's and PostgreSQL's limits.
 CHUNK_SIZE = 500
+#: An entry drowns in per-call overhead when its probe is more than this share of its minimum.
+DROWN_SHARE = 0.5
 
 
 class DatabaseLatencyTable:
@@ -59,19 +67,36 @@ class DatabaseLatencyTable:
                 found[by_key[key]] = TimingStats(**dict(zip(STATS_FIELDS, values)))
         return found
 
-    def add(self, entries: dict[LayerSignature, TimingStats]) -> None:
-        """Insert the entries; a signature already in the table gets the new stats."""
+    def add(self, entries: dict[LayerSignature, TimingStats],
+            overheads: Mapping[LayerSignature, float] | None = None) -> None:
+        """Insert the entries (with their per-call probe, where ``overheads`` has one); a signature
+        already in the table gets the new stats."""
         now = timezone.now()
+        overheads = overheads or {}
         rows = [
             LatencyEntry(device=self.device, runtime=self.runtime, runtime_version=self.runtime_version,
                          backend=self.backend, threads=self.threads, signature_key=signature.key(),
-                         signature_version=signature.version, measured_at=now, **stats.to_dict())
+                         signature_version=signature.version, measured_at=now,
+                         overhead_ms=overheads.get(signature), **stats.to_dict())
             for signature, stats in entries.items()
         ]
         LatencyEntry.objects.bulk_create(
             rows, batch_size=CHUNK_SIZE, update_conflicts=True, unique_fields=UNIQUE_FIELDS,
-            update_fields=("signature_version", *STATS_FIELDS, "measured_at"),
+            update_fields=("signature_version", *STATS_FIELDS, "overhead_ms", "measured_at"),
         )
+
+    def drowning(self, signatures: Iterable[LayerSignature]) -> tuple[int, int]:
+        """(entries that drown in per-call overhead, entries with a probe) among ``signatures``'
+        distinct entries; (0, 0) when none was probed (the server's and agents' tables)."""
+        keys = list({signature.key() for signature in signatures})
+        drowning = probed = 0
+        for start in range(0, len(keys), CHUNK_SIZE):
+            rows = (self.entries().filter(signature_key__in=keys[start:start + CHUNK_SIZE], overhead_ms__isnull=False)
+                    .values_list("min_ms", "overhead_ms"))
+            for min_ms, overhead_ms in rows:
+                probed += 1
+                drowning += overhead_ms > DROWN_SHARE * min_ms
+        return drowning, probed
 
 
 #: The ``facts`` key under which a remote device's runtime version is stored, by device kind.

@@ -9,7 +9,8 @@ import it instead of measuring again. The file (format version 1)::
                   "n", "min_ms", "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms"}, ...]}
 
 ``signature`` is ``LayerSignature.key()``. An entry timed by a phone's browser also has
-``"backend"`` (``"wasm"``): part of its table's key, left out where it is empty. An import is all-or-nothing: every entry is checked
+``"backend"`` (``"wasm"``): part of its table's key, left out where it is empty; and
+``"overhead_ms"``, the per-call probe of its input shape (devices.lut), where it was probed. An import is all-or-nothing: every entry is checked
 before a row is written (``LutImportError`` names the first problem), then all rows are written
 in one transaction. Entries already in the device's table are kept unless ``overwrite``. The
 shared system device measures its own table: nothing is imported into it.
@@ -36,7 +37,9 @@ FORMAT = "netadapt-lut"
 VERSION = 1
 ENTRY_FIELDS = ("runtime", "runtime_version", "threads", "signature", "signature_version", *STATS_FIELDS)
 #: Fields an entry may have besides ENTRY_FIELDS (the backend of a phone's runtime).
-OPTIONAL_FIELDS = ("backend",)
+OPTIONAL_FIELDS = ("backend", "overhead_ms")
+#: The largest per-call probe an entry may carry, ms (as a phone's results may: devices.phone_protocol).
+MAX_OVERHEAD_MS = 60_000.0
 _BACKEND_LENGTH = LatencyEntry._meta.get_field("backend").max_length
 RUNTIMES = tuple(name for name, _ in Device.RUNTIME_CHOICES)
 _VERSION_LENGTH = LatencyEntry._meta.get_field("runtime_version").max_length
@@ -88,7 +91,7 @@ def export_table(device: Device) -> dict[str, Any]:
     """The device's whole look-up table (every runtime, version and thread count) as a file dict."""
     rows = (device.latency_entries.order_by("runtime", "runtime_version", "threads", "signature_key")
             .values_list("runtime", "runtime_version", "threads", "signature_key", "signature_version",
-                         *STATS_FIELDS, "backend"))
+                         *STATS_FIELDS, "backend", "overhead_ms"))
     return {"format": FORMAT, "version": VERSION,
             "device": {"name": device.name, "runtime": device.runtime, "threads": device.threads,
                        "facts": device.facts},
@@ -97,8 +100,11 @@ def export_table(device: Device) -> dict[str, Any]:
 
 def _exported(row: tuple) -> dict:
     entry = dict(zip(ENTRY_FIELDS, row))
-    if row[-1]:
-        entry["backend"] = row[-1]
+    backend, overhead = row[-2:]
+    if backend:
+        entry["backend"] = backend
+    if overhead is not None:
+        entry["overhead_ms"] = overhead
     return entry
 
 
@@ -203,7 +209,12 @@ def _check_entry(index: int, raw: Any) -> dict:
     if not raw["min_ms"] <= raw["p10_ms"] <= raw["median_ms"] <= raw["p90_ms"] or raw["mean_ms"] < raw["min_ms"]:
         raise LutImportError(f"{where}: the statistics contradict one another (they need "
                              "min ≤ p10 ≤ median ≤ p90 and min ≤ mean).")
-    return {"runtime": raw["runtime"], "runtime_version": version.strip(), "threads": raw["threads"],
+    overhead = raw.get("overhead_ms")
+    if overhead is not None and (isinstance(overhead, bool) or not isinstance(overhead, (int, float))
+                                 or not math.isfinite(overhead) or not 0 <= overhead <= MAX_OVERHEAD_MS):
+        raise LutImportError(f"{where}: overhead_ms must be a number of milliseconds from 0 to "
+                             f"{MAX_OVERHEAD_MS:g}, got {overhead!r}.")
+    return {"overhead_ms": None if overhead is None else float(overhead), "runtime": raw["runtime"], "runtime_version": version.strip(), "threads": raw["threads"],
             "backend": backend,
             "signature_key": key, "signature_version": signature.version,
             **{field: float(raw[field]) for field in STATS_FIELDS[1:]}, "n": raw["n"]}
@@ -240,7 +251,7 @@ def import_table(device: Device, table: LutFile, *, overwrite: bool = False) -> 
         if overwrite:
             LatencyEntry.objects.bulk_create(
                 rows, batch_size=CHUNK_SIZE, update_conflicts=True, unique_fields=UNIQUE_FIELDS,
-                update_fields=("signature_version", *STATS_FIELDS, "measured_at"))
+                update_fields=("signature_version", *STATS_FIELDS, "overhead_ms", "measured_at"))
         else:  # a row measured meanwhile wins, as an existing one would
             LatencyEntry.objects.bulk_create(rows, batch_size=CHUNK_SIZE, ignore_conflicts=True)
     new = len(table.entries) - already

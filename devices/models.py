@@ -80,6 +80,9 @@ class LatencyEntry(models.Model):
     p90_ms = models.FloatField()
     mean_ms = models.FloatField()
     std_ms = models.FloatField()
+    # What one call of an empty model with the layer's input shape cost, timed beside the entry
+    # (the per-call overhead the entry contains), where the measurer probes it (phones); else null.
+    overhead_ms = models.FloatField(null=True, blank=True)
     measured_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

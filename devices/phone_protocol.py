@@ -9,13 +9,16 @@ differences, checked here so the consumer stays one conversation:
 - A browser cannot set headers on a websocket, so its device token comes in ``hello.token``.
 - Its timings are batches of calls divided by their count (a browser's clock is coarse), so each
   layer's stats may carry how they were taken: ``timer_resolution_ms``, ``calls_per_batch`` and
-  ``overhead_ms`` (the per-call cost of an empty model). They are checked and set aside; the
-  statistics themselves are checked as any agent's.
+  ``overhead_ms`` (the per-call cost of an empty model of the layer's input shape). They are
+  checked; ``overhead_ms`` is stored with the entry (devices.lut: whether it drowns in that cost),
+  the others are set aside. The statistics themselves are checked as any agent's.
 
 Hidden tabs: a browser throttles a hidden tab's timers (Chromium to one wake-up a minute after
 five minutes hidden), so its heartbeats may come a minute or more apart. The server never closes
 a connection for missing heartbeats (a closed socket ends it), so such gaps cost nothing but a
-stale "last seen"; the page pauses timing while hidden and re-times what overlapped it.
+stale "last seen" (the sweep shows a device offline after 8 heartbeats of silence, two minutes by
+default, until its next heartbeat: devices.presence); the page pauses timing while hidden and
+re-times what overlapped it.
 Standard library only, like the agent's protocol.
 """
 from __future__ import annotations
@@ -56,18 +59,21 @@ def hello_token(message: dict) -> str | None:
     return token
 
 
-def check_timed_stats(value: Any, what: str = "stats") -> dict:
-    """Layer stats with the browser's optional timing metadata: the clean stats (as check_stats
-    returns them) once the metadata is checked; ProtocolError otherwise."""
+def check_timed_stats(value: Any, what: str = "stats") -> tuple[dict, float | None]:
+    """Layer stats with the browser's optional timing metadata: (the clean stats, as check_stats
+    returns them, and the entry's ``overhead_ms`` or None) once the metadata is checked;
+    ProtocolError otherwise."""
     if not isinstance(value, dict):
-        return check_stats(value, what)
+        return check_stats(value, what), None
     rest = dict(value)
+    checked = {}
     for name, (low, high) in TIMING_FIELDS.items():
         if name in rest:
             number = rest.pop(name)
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
                     or not low <= number <= high:
                 raise ProtocolError(f"{what}.{name} must be a number in [{low:g}, {high:g}], got {number!r}")
+            checked[name] = float(number)
     if "calls_per_batch" in rest:
         integer(rest.pop("calls_per_batch"), f"{what}.calls_per_batch", 1, MAX_CALLS_PER_BATCH)
-    return check_stats(rest, what)
+    return check_stats(rest, what), checked.get("overhead_ms")

@@ -200,17 +200,21 @@ def pending_signatures(request: MeasurementRequest, runtime_version: str) -> lis
 
 
 def store_layer_results(request: MeasurementRequest, results: Mapping[int, Mapping | TimingStats],
-                        runtime_version: str) -> int:
-    """Add timed layers (by index into ``request.signatures``) to the table; returns how many."""
+                        runtime_version: str, overheads: Mapping[int, float] | None = None) -> int:
+    """Add timed layers (by index into ``request.signatures``) to the table, with the per-call
+    probe of those that have one (``overheads``, by the same index: phones); returns how many."""
     signatures = request_signatures(request)
-    entries = {}
+    overheads = {int(index): float(ms) for index, ms in (overheads or {}).items()}
+    entries, probes = {}, {}
     for index, stats in results.items():
         index = int(index)
         if not 0 <= index < len(signatures):
             raise ValueError(f"layer index {index} is not in request {request.pk}")
         entries[signatures[index]] = stats if isinstance(stats, TimingStats) else TimingStats(**stats)
+        if index in overheads:
+            probes[signatures[index]] = overheads[index]
     if entries:
-        request_table(request, runtime_version).add(entries)
+        request_table(request, runtime_version).add(entries, probes)
     done = len(signatures) - len(pending_signatures(request, runtime_version))
     MeasurementRequest.objects.filter(pk=request.pk).update(signatures_done=done,
                                                             runtime_version=runtime_version)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 
 API = "/api/v1"
 ROW_FIELDS = ("runtime", "runtime_version", "threads", "signature_key", "signature_version", "n", "min_ms",
-              "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms")
+              "p10_ms", "median_ms", "p90_ms", "mean_ms", "std_ms", "backend", "overhead_ms")
 
 
 def signature(out_channels: int, hw: int = 16) -> LayerSignature:
@@ -36,9 +36,12 @@ def stats(base: float) -> TimingStats:
                        mean_ms=base * 1.08, std_ms=base * 0.05)
 
 
-def fill(device: Device, runtime="onnxruntime", version="1.17.0", threads=1, channels=(8, 16, 24), base=0.1):
-    DatabaseLatencyTable(device, runtime, version, threads).add(
-        {signature(c): stats(base * c / 8) for c in channels})
+def fill(device: Device, runtime="onnxruntime", version="1.17.0", threads=1, channels=(8, 16, 24), base=0.1,
+         backend="", probe_ms: float | None = None):
+    """Entries as a measurer stores them; ``probe_ms``: each with that per-call probe (a phone)."""
+    DatabaseLatencyTable(device, runtime, version, threads, backend=backend).add(
+        {signature(c): stats(base * c / 8) for c in channels},
+        {signature(c): probe_ms for c in channels} if probe_ms is not None else None)
 
 
 def rows(device: Device) -> set[tuple]:
@@ -109,12 +112,16 @@ def test_export_then_import_gives_another_device_the_same_entries(owner):
     source, target = phone(owner, "lab phone"), phone(owner, "my phone")
     fill(source)
     fill(source, runtime="torch", version="2.3.0", threads=4, channels=(8, 40))
+    fill(source, runtime="onnxruntime-web", version="1.31.1", backend="wasm", channels=(8,), probe_ms=0.04)
 
     table = lut_io.read_table(lut_io.export_bytes(source))
     result = lut_io.import_table(target, table)
 
-    assert result.to_dict() == {"added": 5, "replaced": 0, "kept": 0}
-    assert rows(target) == rows(source) and len(rows(target)) == 5
+    assert result.to_dict() == {"added": 6, "replaced": 0, "kept": 0}
+    assert rows(target) == rows(source) and len(rows(target)) == 6
+    # A phone's entry keeps its probe (whether it drowns in per-call overhead) through the file.
+    web = DatabaseLatencyTable(target, "onnxruntime-web", "1.31.1", 1, backend="wasm")
+    assert web.entries().get().overhead_ms == 0.04 and web.drowning([signature(8)]) == (0, 1)
     assert table.source["name"] == "lab phone"
     # The imported table serves look-ups as if measured on the target.
     found = DatabaseLatencyTable(target, "torch", "2.3.0", 4).lookup([signature(40)])
@@ -200,6 +207,8 @@ BAD_FILES = {
     "Infinity statistic": (_literal("mean_ms", "-Infinity"), "-Infinity is not a JSON number"),
     "overflowing statistic": (_literal("p90_ms", "1e999"), "the number 1e999 is too large"),
     "contradicting statistics": (_mutate("p10_ms", 0.01), "contradict one another"),
+    "negative probe": (_mutate("overhead_ms", -0.01), "overhead_ms must be a number of milliseconds from 0"),
+    "text probe": (_mutate("overhead_ms", "small"), "overhead_ms must be a number of milliseconds from 0"),
     "repeated entry": (_mutate("signature", signature(8).key()), "Entry 3 repeats entry 1"),
 }
 

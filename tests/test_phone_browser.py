@@ -16,7 +16,8 @@ name mapped to 127.0.0.1 by Chromium's host-resolver rules, an http page that is
 context (as a phone on a LAN address gets: no Wake Lock, a coarse clock, no cross-origin
 isolation and so one WebAssembly thread); the QR code then uses
 the public address setting (``NETADAPT_PUBLIC_URL``). Jobs run on both: the first on the phone's
-measurements to the end, the second on its table (no layer measured again).
+measurements to the end (its latency estimate left automatic: chosen from the phone's probes), the
+second on its table (no layer measured again).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
     pytest.importorskip("zxingcpp")
     from playwright.sync_api import expect, sync_playwright
 
-    from adaptation.models import Job
+    from adaptation.models import Job, JobEvent
     from adaptation.netadapt.architectures import describe_network
     from adaptation.netadapt.spec import ArchitectureSpec
     from adaptation.network_files import network_files
@@ -173,6 +174,9 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
                                                                                "backend", "threads"))
             assert keys == {("onnxruntime-web", WEB_VERSION, "wasm", threads)}
             assert LatencyEntry.objects.filter(device=device).count() == len({str(s) for s in layers})
+            # Each entry was timed next to its input shape's probe, which is kept with it.
+            probes = LatencyEntry.objects.filter(device=device).values_list("overhead_ms", flat=True)
+            assert all(probe is not None and probe > 0 for probe in probes), list(probes)
             expect(phone.locator("#phone-state")).to_have_attribute("data-state", "idle")
             expect(phone.locator("#phone-served-count")).to_have_text("1")
             if secure:
@@ -228,6 +232,10 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
                            f"job {job_id} to end", app, JOB_DEADLINE_S + DEADLINE_S)
                 job = Job.objects.get(pk=job_id)
                 assert job.status == "finished", f"{job.error}\n{problems}\n{app.logs_text()}"
+                # Left automatic, the phone's job chose its estimate from the probes, and said so.
+                assert job.settings["latency_model"] in ("table", "whole")
+                assert JobEvent.objects.filter(job=job, type="job.log",
+                                               payload__message__startswith="Latency estimate:").exists()
                 measured = MeasurementRequest.objects.filter(job_id=job.pk)
                 assert measured.exists() and all(r.status == "done" and r.claimed_by == f"agent:{device.pk}"
                                                  for r in measured)
@@ -235,7 +243,7 @@ def test_a_phone_pairs_from_the_qr_code_and_measures_in_its_browser(live_app, di
 
                 table = dict(LatencyEntry.objects.filter(device=device).values_list("signature_key", "measured_at"))
                 again = api.post_json("/api/v1/jobs", {"model": model["id"], "dataset": dataset["id"],
-                                                       "device": device.pk, **JOB})
+                                                       "device": device.pk, **JOB, "latency_model": "table"})
                 assert again.status == 201, again.body
                 wait_until(lambda: Job.objects.get(pk=again.json()["id"]).status in ("finished", "failed", "cancelled"),
                            "the second job to end", app, JOB_DEADLINE_S + DEADLINE_S)

@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from devices.agent import protocol as p
 from devices.lut import DatabaseLatencyTable
+from devices.measure.signature import LayerSignature
 from devices.models import Device, LatencyEntry, MeasurementRequest
 from devices.pairing import revoke
 from devices.requests import device_table
@@ -195,8 +196,9 @@ def test_a_phone_measures_into_its_own_table_keyed_by_backend_and_threads(owner,
         offer = await socket.receive_json_from(timeout=TIMEOUT)
         assert offer["type"] == "request" and offer["request"] == request.pk
         assert offer["runtime"] == "onnxruntime-web" and offer["pending"] == n
-        await socket.send_json_to({"type": "layers", "request": request.pk,
-                                   "results": {str(i): {**STATS, **TIMING} for i in range(n)}})
+        # Every layer but the last with its probe (the last as a page that could not probe it).
+        await socket.send_json_to({"type": "layers", "request": request.pk, "results": {
+            str(i): {**STATS, **TIMING} if i < n - 1 else STATS for i in range(n)}})
         assert (await socket.receive_json_from(timeout=TIMEOUT))["signatures_done"] == n
         await socket.send_json_to({"type": "networks", "request": request.pk, "results": [STATS]})
         assert (await socket.receive_json_from(timeout=TIMEOUT))["status"] == "done"
@@ -215,6 +217,13 @@ def test_a_phone_measures_into_its_own_table_keyed_by_backend_and_threads(owner,
     assert len(table) == LatencyEntry.objects.filter(device=phone).count() > 0
     assert len(DatabaseLatencyTable(phone, "onnxruntime-web", WEB_VERSION, 1, backend="webgpu")) == 0
     assert len(DatabaseLatencyTable(phone, "onnxruntime-web", WEB_VERSION, 2, backend="wasm")) == 0
+    # Each entry keeps its probe; an entry whose probe is over half its time drowns in it.
+    last = LayerSignature.from_dict(signatures[-1]).key()
+    probes = dict(LatencyEntry.objects.filter(device=phone).values_list("signature_key", "overhead_ms"))
+    assert probes.pop(last) is None and set(probes.values()) == {TIMING["overhead_ms"]}
+    assert TIMING["overhead_ms"] > 0.5 * STATS["min_ms"]
+    layers = [LayerSignature.from_dict(s) for s in signatures]
+    assert table.drowning(layers) == (len(probes), len(probes))
 
 
 @pytest.mark.parametrize("bad", [{"timer_resolution_ms": -1}, {"calls_per_batch": 0}, {"overhead_ms": "x"},
