@@ -57,6 +57,7 @@ from adaptation.proposals import (discard_evaluations, dispatch_count, dispatch_
 from adaptation.receivers import resume_waiting_job
 from devices.host import HostTurns
 from devices.lut import DROWN_SHARE, DatabaseLatencyTable
+from devices.measure.signature import LayerSignature
 from devices.measure.stats import TimingStats
 from devices.models import Device, MeasurementRequest
 from devices.requests import (describe_presence, device_table, drop_queued_requests, open_request, request_key,
@@ -272,7 +273,7 @@ class JobRunner:
             return WholeNetworkLatencyModel()
         return LatencyTableModel(self.table)
 
-    def _choose_latency_model(self, signatures: list) -> str:
+    def _choose_latency_model(self, signatures: list[LayerSignature]) -> str:
         """"auto": once the device's table holds the original network's entries, "whole" when more
         than ``WHOLE_WHEN_DROWNING`` of its probed entries drown in per-call overhead, else
         "table"; stored in the job's settings (its resumptions and child jobs keep it) and told in
