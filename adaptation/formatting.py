@@ -1,9 +1,15 @@
 """Numbers for people about jobs: resources, accuracies, budgets and where an iteration's time went.
 
-Byte sizes and counts, which every page names alike, are ``webapp.lib.formatting``'s. This
-module imports neither Django nor torch.
+A job's settings read as text (schedule, levers, latency estimate) too. Byte sizes and counts,
+which every page names alike, are ``webapp.lib.formatting``'s. This module imports neither Django
+nor torch.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adaptation.netadapt.config import AdaptConfig
 
 #: The unit of each metric a job can adapt for.
 METRIC_UNITS = {"latency": "ms", "macs": "MACs", "params": "parameters"}
@@ -36,6 +42,40 @@ def budget_text(job_settings: dict) -> str:
     if job_settings.get("budget_relative", True):
         return f"{budget * 100:g}% of the original {metric}"
     return f"{budget:g} {metric_unit(metric)}"
+
+
+#: How a latency job's estimate reads (``JobOptions.latency_model``; absent: the table).
+LATENCY_MODEL_TEXT = {"table": "calibrated look-up table", "whole": "every candidate measured whole",
+                      "auto": "automatic: chosen once the device has measured the original's layers"}
+
+
+def schedule_text(config: AdaptConfig) -> str:
+    """How a job shrinks and fine-tunes."""
+    return (f"ΔR₀ {config.initial_reduction:g} of the original, decay {config.decay:g}, at most "
+            f"{config.max_iterations} iterations; {config.short_term_steps} short-term steps, "
+            f"{config.long_term_epochs:g} long-term epochs; channels in steps of {config.channel_step}")
+
+
+def levers_text(config: AdaptConfig) -> str:
+    """The training levers beyond the paper a job uses, or that it uses none."""
+    levers = []
+    if config.bn_recalibration_batches:
+        levers.append(f"batch-norm re-estimation on {config.bn_recalibration_batches} batches")
+    if config.distillation_alpha:
+        levers.append(f"distillation {config.distillation_alpha:g} at temperature "
+                      f"{config.distillation_temperature:g}")
+    if config.floor_minimum:
+        levers.append(f"at least {config.floor_minimum} channels a group")
+    if config.floor_fraction:
+        levers.append(f"at least {config.floor_fraction:g} of each group's channels")
+    return "; ".join(levers) if levers else "none (the paper's recipe)"
+
+
+def latency_model_text(job_settings: dict) -> str | None:
+    """How a latency job estimates its candidates; None for the indirect metrics."""
+    if job_settings.get("metric", "latency") != "latency":
+        return None
+    return LATENCY_MODEL_TEXT.get(job_settings.get("latency_model", "table"), NO_VALUE)
 
 
 #: What people call each phase of an iteration's time (``netadapt.loop.PHASES``, same order).

@@ -16,10 +16,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from adaptation.access import get_job_for_user
-from adaptation.formatting import (PHASE_LABELS, accuracy_text, budget_text, metric_unit, phase_breakdown,
-                                   resource_text, seconds_text)
+from adaptation.formatting import (PHASE_LABELS, accuracy_text, budget_text, latency_model_text, levers_text,
+                                   metric_unit, phase_breakdown, resource_text, schedule_text, seconds_text)
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES
-from adaptation.job_forms import JobForm, original_resource, schedule_warning
+from adaptation.job_forms import JobForm, adapt_config_of, original_resource, schedule_warning
 from adaptation.models import Iteration, Job
 from adaptation.downloads import (REPORT_FORMATS, ExportFailed, FileUnavailable, download_name, job_file,
                                   open_iteration_file, report_file)
@@ -88,6 +88,7 @@ def job_detail(request, job_id: int):
     job = get_job_for_user(request.user, job_id)
     iterations = list(job.iterations.prefetch_related("proposals"))
     metric = job.settings.get("metric", "latency")
+    config = adapt_config_of(job.settings)
     warnings = []
     warning = schedule_warning(job.settings, original_resource(job.model, metric))
     if warning:
@@ -97,7 +98,8 @@ def job_detail(request, job_id: int):
                  "active_statuses": list(Job.ACTIVE_STATUSES), "phase_labels": PHASE_LABELS}
     return render(request, "jobs/detail.html", {
         "job": job, "table": _iteration_table(iterations, page_data["unit"]),
-        "budget_text": budget_text(job.settings),
+        "budget_text": budget_text(job.settings), "schedule_text": schedule_text(config),
+        "levers_text": levers_text(config), "latency_model_text": latency_model_text(job.settings),
         "unit": page_data["unit"], "warnings": warnings, "downloads": _downloads(job, iterations),
         "page_data": page_data, "children": job.children.all(),
     })

@@ -228,6 +228,23 @@ def test_it_shows_the_job_page(logged_in, owner, make_job):
     assert "50% of the original latency" in html
     assert reverse("job_cancel", args=[job.pk]) in html
     assert "may be unreachable" not in html
+    # The settings read as the job runs them: the engine's defaults, levers included.
+    assert "ΔR₀ 0.025 of the original, decay 0.96, at most 50 iterations; 100 short-term steps" in html
+    assert '<dd id="job-levers">batch-norm re-estimation on 10 batches; distillation 0.5 at temperature 4</dd>' in html
+    assert '<dd id="job-latency-model">calibrated look-up table</dd>' in html
+
+
+def test_the_job_page_names_the_levers_and_the_estimate_chosen(logged_in, owner, make_job):
+    config = AdaptConfig(metric="latency", budget=0.5, bn_recalibration_batches=0, distillation_alpha=0,
+                         floor_fraction=0.25)
+    job = make_job(owner, settings={**config.to_dict(), "latency_model": "whole"})
+    html = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert '<dd id="job-levers">at least 0.25 of each group&#x27;s channels</dd>' in html
+    paper = make_job(owner, settings=AdaptConfig(budget=0.5, bn_recalibration_batches=0, distillation_alpha=0).to_dict())
+    assert "none (the paper&#x27;s recipe)" in logged_in.get(reverse("job_detail", args=[paper.pk])).content.decode()
+    assert '<dd id="job-latency-model">every candidate measured whole</dd>' in html
+    macs = make_job(owner, settings=AdaptConfig(metric="macs", budget=0.5).to_dict())
+    assert 'id="job-latency-model"' not in logged_in.get(reverse("job_detail", args=[macs.pk])).content.decode()
 
 
 def test_it_serves_chart_js_from_node_modules():
