@@ -101,8 +101,7 @@ def describe_error(error: BaseException) -> str:
 def load_job_model(job: Job) -> tuple[Architecture, nn.Module]:
     """The job's original network and the architecture that rebuilds it (a built-in
     ``ArchitectureSpec`` or an ``OnnxArchitecture``); PreflightError when unusable."""
-    return load_upload_architecture(job.model, allow_pickled_modules=getattr(
-        settings, "NETADAPT_ALLOW_PICKLED_MODELS", False))
+    return load_upload_architecture(job.model, allow_pickled_modules=settings.NETADAPT_ALLOW_PICKLED_MODELS)
 
 
 def load_job_data(job: Job, spec: Architecture, config: AdaptConfig,

@@ -185,3 +185,23 @@ def test_it_reaches_redis_as_broker_and_channel_layer():
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.send)(channel, {"type": "job.iteration", "seq": 1})
     assert async_to_sync(layer.receive)(channel) == {"type": "job.iteration", "seq": 1}
+
+
+def test_the_code_reads_each_setting_plainly_where_settings_py_defines_it():
+    """``getattr(settings, "X", default)`` repeats a default settings.py already sets (or hides a
+    setting it never defines): every setting the apps read is read as ``settings.X``, and exists."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    fallbacks, undefined = [], set()
+    for path in sorted(p for package in ("adaptation", "devices", "webapp") for p in (repo / package).rglob("*.py")):
+        if "migrations" in path.parts or "node_modules" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr" and node.args
+                    and getattr(node.args[0], "id", "") == "settings"):
+                fallbacks.append(f"{path.relative_to(repo)}:{node.lineno}")
+            if (isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "settings"
+                    and node.attr.isupper() and not hasattr(settings, node.attr)):
+                undefined.add(node.attr)
+    assert fallbacks == [] and undefined == set()
