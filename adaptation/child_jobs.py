@@ -26,7 +26,7 @@ from django.utils import timezone
 from adaptation.events import publish
 from adaptation.job_files import JobFiles, media_path, write_atomically
 from adaptation.job_inputs import JobError
-from adaptation.jobs import JobRunner
+from adaptation.job_runner import JobRunner
 from adaptation.models import Iteration, Job
 from adaptation.netadapt.baselines import uniform_baseline
 from adaptation.netadapt.distillation import fine_tune_loss

@@ -1,6 +1,6 @@
 """What a page or the API does to jobs: create one (``create_job``; ``queue_job``, which child jobs
 use too) and cancel one (``cancel_job``: a queued or waiting job stops now, a running one at its
-next step). The runner is ``adaptation.jobs``; these only write rows and send it the job.
+next step). The runner is ``adaptation.job_runner``; these only write rows and send it the job.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What a job runs on, read from its rows: its settings, its network, its data; and how its
-failures are told to the user. Shared by the job runner (``adaptation.jobs``) and the tasks that
+failures are told to the user. Shared by the job runner (``adaptation.job_runner``) and the tasks that
 fine-tune its proposals (``adaptation.proposals``), which load the same inputs in other processes.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class JobOptions:
     holdout: int | float | None = None  # holdout split: a count, or a fraction below 1 (None: default)
     limit_train: int | None = None      # cap on training images (built-in datasets; quick runs)
     # "table": calibrated look-up table; "whole": measure candidates whole; "auto": the runner
-    # chooses once the original network's entries are in (adaptation.jobs; phones' jobs)
+    # chooses once the original network's entries are in (adaptation.job_runner; phones' jobs)
     latency_model: str = "table"
     finetune_iteration: int | None = None       # a fine-tune job: the parent's iteration it fine-tunes
     baseline_ratios: list[float] | None = None  # a baseline job: the width ratios (None: the defaults)

@@ -1,4 +1,4 @@
-"""Celery tasks of adaptation jobs: thin glue, the work is in ``jobs``, ``leases``, ``uploads``
+"""Celery tasks of adaptation jobs: thin glue, the work is in ``job_runner``, ``leases``, ``uploads``
 and ``proposals``. Every task pins its ``name=``; ``adaptation.enqueue`` sends them by those names.
 
 - ``run_job(job_id)``: claim the job (one conditional UPDATE; someone else has it: return), then

@@ -9,7 +9,7 @@ A phone also sends, with each entry, what an empty model of the layer's input sh
 (its probe, ``overhead_ms``). ``drowning`` counts the entries whose probe is more than
 ``DROWN_SHARE`` of their time (the page's own flag, static/js/phone/batcher.mjs): such an entry is
 mostly the runtime's per-call cost, and a network made mostly of them is better measured whole
-(adaptation.jobs chooses so for a phone's jobs).
+(adaptation.job_runner chooses so for a phone's jobs).
 """
 from __future__ import annotations
 

@@ -22,10 +22,10 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from adaptation import enqueue, job_inputs, jobs, tasks
+from adaptation import enqueue, job_inputs, job_runner, tasks
 from adaptation.formatting import seconds_text
 from adaptation.job_files import JobFiles, media_path
-from adaptation.jobs import JobRunner
+from adaptation.job_runner import JobRunner
 from adaptation.leases import LeaseKeeper, claim_job, jobs_to_resume
 from adaptation.proposals import dispatch_count
 from adaptation.job_actions import start_child_job
@@ -323,14 +323,14 @@ def test_it_cancels_before_the_first_step(new_job):
 @transactional
 def test_it_cancels_between_iterations(new_job, monkeypatch, workers):
     job = new_job(MACS)
-    real_publish = jobs.publish
+    real_publish = job_runner.publish
 
     def publish(job_id, event_type, payload):
         event = real_publish(job_id, event_type, payload)
         if event_type == "job.iteration":
             Job.objects.filter(pk=job_id).update(cancel_requested=True)
         return event
-    monkeypatch.setattr(jobs, "publish", publish)
+    monkeypatch.setattr(job_runner, "publish", publish)
 
     assert workers.drive(job).status == "cancelled"
     assert iteration_numbers(job) == [-1, 0]  # the finished iteration is kept
@@ -520,14 +520,14 @@ def test_the_lease_keeper_beats_until_the_lease_is_lost(new_job):
 @transactional
 def test_a_worker_that_lost_its_lease_stops_without_writing(new_job, monkeypatch):
     job = new_job(MACS)
-    real_publish = jobs.publish
+    real_publish = job_runner.publish
 
     def publish(job_id, event_type, payload):
         event = real_publish(job_id, event_type, payload)
         if event_type == "job.start":
             transaction.on_commit(lambda: Job.objects.filter(pk=job_id).update(claimed_by="thief:1"))
         return event
-    monkeypatch.setattr(jobs, "publish", publish)
+    monkeypatch.setattr(job_runner, "publish", publish)
 
     assert tasks.run_job(job.pk) == "lost"
     job.refresh_from_db()
@@ -547,7 +547,7 @@ class WorkerKilled(BaseException):
 @pytest.mark.parametrize("when", ["after the commit", "before the commit"])
 def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when, workers):
     job = new_job(MACS)
-    real_publish = jobs.publish
+    real_publish = job_runner.publish
 
     def publish(job_id, event_type, payload):
         event = real_publish(job_id, event_type, payload)
@@ -556,10 +556,10 @@ def test_a_resumed_job_records_every_iteration_once(new_job, monkeypatch, when, 
                 raise WorkerKilled()
             transaction.on_commit(lambda: (_ for _ in ()).throw(WorkerKilled()))
         return event
-    monkeypatch.setattr(jobs, "publish", publish)
+    monkeypatch.setattr(job_runner, "publish", publish)
     with pytest.raises(WorkerKilled):
         workers.drive(job)
-    monkeypatch.setattr(jobs, "publish", real_publish)
+    monkeypatch.setattr(job_runner, "publish", real_publish)
 
     job.refresh_from_db()
     assert job.status == "running"

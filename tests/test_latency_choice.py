@@ -1,7 +1,7 @@
 """A job on a phone chooses how it estimates latency: the job form stores ``latency_model``
 "auto", and once the phone has measured the original network's layers (each with its per-call
 probe) the runner keeps the calibrated look-up table, or measures every candidate whole when most
-of those entries drown in the probe (adaptation.jobs; devices.lut.DROWN_SHARE).
+of those entries drown in the probe (adaptation.job_runner; devices.lut.DROWN_SHARE).
 
 The job is created through the job form, the phone pairs and measures through its websocket as
 the phone page does (tests/test_phone_protocol.py), and the job runs as ``run_job`` runs it.
