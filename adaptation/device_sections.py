@@ -1,11 +1,18 @@
 """What adaptation adds to a device's page (``devices.page_sections``): the user's jobs' estimated
-against measured whole-network latency on that device, so the look-up table's error is visible."""
+against measured whole-network latency on that device, so the look-up table's error is visible;
+and how many jobs use the device (``devices.usage``)."""
 from __future__ import annotations
 
 from django.http import HttpRequest
 
-from adaptation.models import Iteration
+from adaptation.models import Iteration, Job
 from devices.models import Device
+
+def jobs_on(device: Device, owner=None) -> int:
+    """The jobs measured on ``device`` (``owner``'s only, when given): they keep it from deletion."""
+    jobs = Job.objects.filter(device=device)
+    return (jobs.filter(owner=owner) if owner is not None else jobs).count()
+
 
 #: Most chart points the device page shows.
 MAX_POINTS = 500

@@ -22,6 +22,7 @@ from devices import lut_io
 from devices.access import devices_visible_to, get_device_for_user
 from devices.forms import MAX_THREADS, LutImportForm, lut_max_bytes
 from devices.models import Device
+from devices.usage import used_by
 from webapp.lib.api import DETAIL, NOT_FOUND, VALIDATION_ERROR, FileEndpointMixin, detail, form_errors, invalid
 from webapp.lib.uploads import upload_limit_error
 
@@ -104,8 +105,7 @@ class DeviceDetail(generics.RetrieveDestroyAPIView):
         try:
             device.delete()
         except ProtectedError:
-            used = device.jobs.count()
-            return detail(f"{device.name} is used by {used} job(s); delete those first.",
+            return detail(f"{device.name} is used by {used_by(device)}; delete those first.",
                           status.HTTP_409_CONFLICT)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

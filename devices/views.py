@@ -29,6 +29,7 @@ from devices.models import Device, MeasurementRequest
 from devices.page_sections import render_sections
 from devices.pairing import (PairingError, code_minutes, is_loopback, new_pairing, pairing_url,
                              public_base_url, revoke)
+from devices.usage import used_by
 from webapp.lib.formatting import human_size
 from webapp.lib.isolation import isolate
 from webapp.lib.uploads import upload_limit_error
@@ -108,7 +109,7 @@ def device_detail(request, pk: int):
         "lut_size": sum(t["entries"] for t in tables),
         "requests": MeasurementRequest.objects.filter(device=device, owner=request.user)
                                               .order_by("-created", "-pk")[:RECENT_REQUESTS],
-        "jobs": device.jobs.filter(owner=request.user).count(),
+        "used_by": used_by(device, request.user),
         "sections": render_sections(request, device),
         "import_form": LutImportForm(), "import_limit": human_size(lut_max_bytes())})
 
@@ -171,19 +172,19 @@ def device_delete(request, pk: int):
     device, refused = _changeable(request, pk, "deleted")
     if refused:
         return refused
-    jobs = device.jobs.count()
-    if request.method == "POST" and not jobs:
+    used = used_by(device)
+    if request.method == "POST" and not used:
         try:
             device.delete()
         except ProtectedError:  # a job started since the count
-            jobs = device.jobs.count()
+            used = used_by(device)
         else:
             messages.success(request, f"Deleted {device.name} and its look-up table.")
             return redirect("device_list")
     if request.method == "POST":
-        messages.error(request, f"{device.name} is used by {jobs} job(s): delete those jobs first.")
+        messages.error(request, f"{device.name} is used by {used}: delete those first.")
         return redirect("device_detail", pk=device.pk)
-    return render(request, "devices/delete.html", {"device": device, "jobs": jobs,
+    return render(request, "devices/delete.html", {"device": device, "used_by": used,
                                                    "lut_size": device.latency_entries.count()})
 
 

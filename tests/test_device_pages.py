@@ -282,11 +282,13 @@ def test_a_device_that_jobs_use_is_kept_with_a_message(owner_client, owner, make
     device = phone(owner)
     Job.objects.filter(pk=make_job(owner).pk).update(device=device)
     confirm = owner_client.get(reverse("device_delete", args=[device.pk]))
-    assert "is used by 1 job: delete that job first" in page(confirm) and "<button" not in page(confirm).split(
+    assert "is used by 1 job: delete those first" in page(confirm) and "<button" not in page(confirm).split(
         "<main>")[1]
     response = owner_client.post(reverse("device_delete", args=[device.pk]), follow=True)
-    assert response.status_code == 200 and "is used by 1 job(s): delete those jobs first" in page(response)
+    assert response.status_code == 200 and "is used by 1 job: delete those first" in page(response)
     assert Device.objects.filter(pk=device.pk).exists()
+    # The device's page says what uses it (adaptation counts its jobs: devices.usage).
+    assert "<th>Used by</th><td>1 job</td>" in page(owner_client.get(reverse("device_detail", args=[device.pk])))
 
 
 # --------------------------------------------------------------------------- ownership
