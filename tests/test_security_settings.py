@@ -90,13 +90,18 @@ def test_a_step_count_that_is_not_a_whole_number_is_refused(api, job_inputs, enq
 
 def test_settings_the_form_does_not_offer_cannot_be_sneaked_in(api, job_inputs, enqueued):
     response = api.post(f"{API}/jobs", {**job_inputs, "batch_size": 10**9, "seed": -1, "short_term_lr": 1e9,
-                                        "limit_train": 0, "latency_model": "exec"}, format="json")
+                                        "limit_train": 0, "finetune_iteration": 3}, format="json")
     assert response.status_code == 201, response.content
     stored = Job.objects.get().settings
     defaults = AdaptConfig().to_dict()
     assert {k: stored[k] for k in ("batch_size", "seed", "short_term_lr")} == {
         k: defaults[k] for k in ("batch_size", "seed", "short_term_lr")}
-    assert "limit_train" not in stored and "latency_model" not in stored
+    assert "limit_train" not in stored and "finetune_iteration" not in stored
+
+
+def test_a_latency_estimate_the_form_does_not_offer_is_refused(api, job_inputs, enqueued):
+    """``latency_model`` is a field of the form now: a value outside its choices is a 400."""
+    refused(api, job_inputs, enqueued, {"latency_model": "exec"}, "latency_model")
 
 
 def test_the_page_refuses_what_the_api_refuses(client, owner, job_inputs, enqueued):
