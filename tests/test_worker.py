@@ -224,7 +224,7 @@ def test_the_proposals_of_an_iteration_spread_over_two_workers(scene, start_work
     one, two = start_worker("one"), start_worker("two")
     for worker in (one, two):
         wait_for(lambda: " ready." in worker.tail(), f"worker {worker.log.stem} to start", worker)
-    job = scene.new_job({**MACS, "max_iterations": 2})
+    job = scene.new_job({**MACS, "max_iterations": 2, "short_term_steps": 3})  # fine-tunes need not be long here
     send_run_job(job.pk, scene.data_dir)
     wait_for(lambda: ended(job), "the job to end", one)
     check_recorded_once(job)
