@@ -5,7 +5,9 @@ batcher, an overhead probe per input shape), where the clock is coarse and every
 JavaScript into WebAssembly. This benchmark runs that code unchanged in headless Chromium on this
 machine, on random prunings of MobileNetV1-0.5 at 32 px (bench/lut_fidelity.py's prunings, each
 with its one-step pair), and reports per origin (127.0.0.1, a secure context; a made-up host name,
-an http page that is not one):
+an http page that is not one). The page is served with the phone page's headers, so on the secure
+origin it is cross-origin isolated as the phone page is (a WebAssembly thread per core, a 5 µs
+clock); on plain http it gets one thread and a 100 µs clock:
 
 - the table: every layer signature the networks need plus the engine's call-overhead entry, in a
   request zip as the server builds it, timed by the phone page's own batching (batches of 16
@@ -22,7 +24,8 @@ an http page that is not one):
   with ONNX Runtime, the agent's and the server's), whose own fidelity on the same prunings is
   measured in the same run for comparison.
 
-Measured on this machine's CPU, one thread; nothing here is a pass/fail test.
+Measured on this machine's CPU (the Python measurer on one thread, the browser on the threads its
+origin gives it); nothing here is a pass/fail test.
 
 Usage: python bench/browser_fidelity.py [--prunings 24] [--passes 2] [--seed 0] [--out FILE]
        python bench/browser_fidelity.py --smoke     (minutes: checks the code, no figure means anything)
@@ -62,6 +65,7 @@ from devices.measure.builders import model_to_onnx, signature_input_shape, signa
 from devices.measure.local import device_facts  # noqa: E402
 from devices.measure.signature import LayerSignature  # noqa: E402
 from devices.measure.stats import TimingStats  # noqa: E402
+from webapp.lib.isolation import ISOLATION_HEADERS, add_static_headers  # noqa: E402
 
 MODEL = ("mobilenet_v1", 0.5)
 SIZE = 32
@@ -97,7 +101,7 @@ const ask = (message, answer) => new Promise((resolve, reject) => {{
   worker.postMessage({{...message, id}});
 }});
 window.start = async (zipUrl) => {{
-  const ready = await ask({{type: "init", threads: 1}}, "ready");
+  const ready = await ask({{type: "init", threads: navigator.hardwareConcurrency || 1}}, "ready");
   const zip = await (await fetch(zipUrl)).arrayBuffer();
   const opened = await ask({{type: "open", request: {REQUEST}, zip}}, "opened");
   return {{ready, layers: opened.layers, networks: opened.networks, secure_context: self.isSecureContext,
@@ -191,14 +195,24 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+def isolating_headers(headers, path: str, url: str) -> None:
+    """The app's headers: static files as ``WHITENOISE_ADD_HEADERS_FUNCTION`` sends them, and the
+    page with the phone page's isolation headers (which count in a secure context only)."""
+    add_static_headers(headers, path, url)
+    if "/pages/" in url:
+        headers.update(ISOLATION_HEADERS)
+
+
 def serve(pages: Path) -> tuple[WSGIServer, int]:
     """WhiteNoise (what the app serves static files with, and their MIME types) over static/ and
-    ``pages`` at /pages/, on 127.0.0.1; no cross-origin isolation headers, as the phone page."""
+    ``pages`` at /pages/, on 127.0.0.1, with the phone page's headers: on the secure origin the
+    page is cross-origin isolated (a thread per core, a fine clock), as the phone page is."""
     def not_found(environ, start_response):
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
 
-    app = WhiteNoise(not_found, root=str(ROOT / "static"), prefix="static/", autorefresh=True)
+    app = WhiteNoise(not_found, root=str(ROOT / "static"), prefix="static/", autorefresh=True,
+                     add_headers_function=isolating_headers)
     app.add_files(str(pages), prefix="pages/")
     server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
