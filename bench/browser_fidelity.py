@@ -200,7 +200,8 @@ def isolating_headers(headers, path: str, url: str) -> None:
     page with the phone page's isolation headers (which count in a secure context only)."""
     add_static_headers(headers, path, url)
     if "/pages/" in url:
-        headers.update(ISOLATION_HEADERS)
+        for name, value in ISOLATION_HEADERS.items():  # wsgiref's Headers has no update()
+            headers[name] = value
 
 
 def serve(pages: Path) -> tuple[WSGIServer, int]:
