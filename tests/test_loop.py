@@ -1,6 +1,8 @@
 """The NetAdapt loop: records, schedule, budget, resume from a checkpoint, measurement requests."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -184,17 +186,37 @@ def test_it_refuses_a_budget_the_original_already_meets(trained, digits8):
             next(engine.run())
 
 
-def test_it_raises_no_proposal_error_when_no_group_can_meet_the_target(trained, digits8):
-    config = AdaptConfig(metric="macs", budget=0.01, initial_reduction=0.9, short_term_steps=1,
-                         long_term_epochs=0, batch_size=64)
-    engine = NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel())
+UNREACHABLE = AdaptConfig(metric="macs", budget=0.01, initial_reduction=0.9, short_term_steps=1,
+                          long_term_epochs=0, batch_size=64)
+
+
+def test_a_target_no_group_can_meet_still_shrinks_by_the_least_loss_per_unit_saved(trained, digits8):
+    config = dataclasses.replace(UNREACHABLE, max_iterations=2)
+    records = _run(NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel()))
+    start, iterations, finish = records[0], records[1:-1], records[-1]
+    assert [r.iteration for r in iterations] == [0, 1] and not finish.budget_met
+    previous_resource, previous_accuracy = start.resource.value, start.holdout_accuracy
+    for record in iterations:
+        assert previous_resource > record.resource.value > record.target  # lower, not on target
+        assert set(record.skipped) == set(record.channels)  # no group met the target
+        assert len(record.proposals) >= 2
+        ratios = {p["group"]: (previous_accuracy - p["holdout_accuracy"]) / (previous_resource - p["resource"])
+                  for p in record.proposals}
+        assert ratios[record.chosen_group] == min(ratios.values())
+        previous_resource, previous_accuracy = record.resource.value, record.holdout_accuracy
+
+
+def test_it_raises_no_proposal_error_once_no_group_can_shrink_any_further(trained, digits8):
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, UNREACHABLE, MacsModel())
     records = []
-    with pytest.raises(NoProposalError, match=r"iteration \d+: no group can meet the target") as info:
+    with pytest.raises(NoProposalError, match=r"iteration \d+: no group can meet the target .* or shrink "
+                                              r"any further") as info:
         for record in engine.run():
             records.append(record)
-    assert isinstance(records[0], StartRecord)
+    assert isinstance(records[0], StartRecord) and len(records) > 2  # it shrank until it could not
+    assert set(engine.state.channels.values()) == {8}  # every group at the minimum step
     # The message says why each group was left out.
-    assert "features.0.0: " in str(info.value) and "do not meet the target" in str(info.value)
+    assert "features.0.0: already at the minimum of 8 channels" in str(info.value)
 
 
 @pytest.mark.parametrize("kwargs, word", [

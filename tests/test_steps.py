@@ -108,6 +108,50 @@ def test_plan_has_no_proposal_when_nothing_meets_the_target(plain):
     assert set(plan.skipped) == set(analysis.group_names)
 
 
+class EightIsSlow(MacsModel):
+    """MACs, except that a conv with 8 output channels falls off the fast kernels: the staircase
+    of a runtime's blocked layouts (a smaller count is not always cheaper)."""
+
+    def estimate(self, signatures):
+        total = super().estimate(signatures).value
+        total += 10 ** 9 * sum(s.op == "conv" and s.out_channels == 8 for s in signatures)
+        return Estimate(total, total)
+
+
+@pytest.mark.parametrize("resource", [MacsModel(), EightIsSlow()], ids=["macs", "staircase"])
+def test_a_group_that_cannot_meet_the_target_offers_its_nearest_count(plain, resource):
+    _, _, analysis = plain
+    channels = {**analysis.original_config(), "features.3.0": 8}
+    current = resource.estimate(analysis.signatures(channels)).value
+    plan = plan_iteration(analysis, channels, resource, 0, 0.1 * current, STEP)
+    assert plan.proposals == []
+    nearest = {p.group: p for p in plan.nearest}
+    for group in analysis.group_names:
+        estimates = {c: resource.estimate(analysis.signatures({**channels, group: c})).value
+                     for c in candidate_counts(channels[group], STEP)}
+        if not estimates or min(estimates.values()) >= current:
+            assert group not in nearest  # at its minimum, or nothing below lowers the resource
+            continue
+        proposal = nearest[group]
+        best = min(estimates.values())
+        assert proposal.estimate.value == best
+        assert proposal.channels == max(c for c, value in estimates.items() if value == best)
+        assert proposal.config == {**channels, group: proposal.channels}
+        assert proposal.macs == analysis.macs(proposal.config)
+    assert "features.3.0" not in nearest and len(nearest) >= 3
+    if isinstance(resource, EightIsSlow):  # the nearest count is not the smallest one
+        assert any(p.channels > STEP for p in nearest.values())
+
+
+def test_plan_offers_no_nearest_count_for_a_group_that_meets_the_target(plain):
+    _, _, analysis = plain
+    channels = analysis.original_config()
+    plan = plan_iteration(analysis, channels, MacsModel(), 0, 0.78 * analysis.macs(channels), STEP)
+    assert plan.proposals
+    assert {p.group for p in plan.nearest} <= set(plan.skipped)
+    assert not {p.group for p in plan.nearest} & {p.group for p in plan.proposals}
+
+
 def test_plan_signatures_cover_every_candidate_network(plain):
     _, _, analysis = plain
     channels = analysis.original_config()

@@ -510,26 +510,33 @@ class NetAdapt:
                                   config.decay, state.budget)
         plan = plan_iteration(self.analysis, state.channels, self.resource, i, target,
                               config.channel_step, config.floor_rule())
-        if not plan.proposals:
+        proposals, selection = plan.proposals, config.selection
+        if not proposals:
+            # No group alone can meet the target (many small groups, per-call overhead): rather
+            # than stop, each group offers its nearest count and, since their savings differ, the
+            # least accuracy lost per unit saved is kept. The record shows it (resource > target).
+            proposals, selection = plan.nearest, "loss_per_resource"
+        if not proposals:
             raise NoProposalError(
                 f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
-                f"(current {current.value:.4g}); " + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
+                f"(current {current.value:.4g}) or shrink any further; "
+                + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
         self._add_phase("plan_s", time.perf_counter() - tick)
         if self.delegate_evaluation:
-            request = NeedsEvaluation(iteration=i, model=model, proposals=plan.proposals)
+            request = NeedsEvaluation(iteration=i, model=model, proposals=proposals)
             evaluated = _expect((yield request), Evaluated, f"iteration {i}'s proposals")
-            if len(evaluated.results) != len(plan.proposals):
+            if len(evaluated.results) != len(proposals):
                 raise RuntimeError(f"iteration {i}: the caller did not evaluate every proposal")
         else:
             evaluated = Evaluated.of([
                 evaluate_proposal(model, self.example_input, proposal, self.data, config, i,
                                   hook=self.hook, device=self.train_device, loss_fn=self.loss_fn)
-                for proposal in plan.proposals])
+                for proposal in proposals])
         results = list(evaluated.results)
         if not self.delegate_evaluation:  # delegated ones ran elsewhere, while the caller waited
             self._add_phase("finetune_s", sum(r.finetune_s for r in results))
             self._add_phase("evaluate_s", sum(r.evaluate_s for r in results))
-        best = select_proposal(results, config.selection, state.holdout_accuracy, current.value)
+        best = select_proposal(results, selection, state.holdout_accuracy, current.value)
         chosen_model = evaluated.load(best)
         state.pending = PendingIteration(
             iteration=i, target=target, results=results, skipped=dict(plan.skipped), chosen=best,

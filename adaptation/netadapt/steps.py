@@ -90,6 +90,10 @@ class IterationPlan:
     target: float
     proposals: list[Proposal]
     skipped: dict[str, str] = field(default_factory=dict)  # group -> why it has no proposal
+    #: For each skipped group that can still shrink: the count whose estimate comes nearest the
+    #: target (the smallest estimate; ties to more channels). The loop falls back to these when
+    #: no group alone meets the target (``proposals`` empty).
+    nearest: list[Proposal] = field(default_factory=list)
 
 
 def candidate_counts(current: int, step: int) -> list[int]:
@@ -122,10 +126,12 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
     Every multiple of ``step`` is scanned: latency is not monotone in the channel count, so the
     first count below the target is not necessarily the largest one that meets it. ``floor``:
     no group goes below its floor (of the original network's channels, ``floors.FloorRule``).
+    A group that cannot meet the target offers its nearest count instead (``IterationPlan.nearest``)
+    when that still lowers the resource.
     """
     current = resource.estimate(analysis.signatures(channels))
     floors = floor.floors(analysis.original_config(), step) if floor else {}
-    proposals, skipped = [], {}
+    proposals, skipped, nearest = [], {}, []
     for index, group in enumerate(analysis.group_names):
         counts = above_floor(candidate_counts(channels[group], step), floors.get(group, 0))
         if not counts:
@@ -133,22 +139,25 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
                               if floors.get(group, 0) > step else
                               f"already at the minimum of {step} channels")
             continue
-        chosen = None
+        chosen = closest = None
         for count in counts:  # largest first: the first that meets the target wins
             config = {**channels, group: count}
             sigs = analysis.signatures(config)
-            estimate = resource.estimate(sigs)
-            if estimate.value <= target:
-                chosen = Proposal(group=group, group_index=index, channels=count,
-                                  config=dict(config), estimate=estimate,
-                                  macs=sum(s.macs() for s in sigs),
-                                  params=sum(s.params() for s in sigs))
+            proposal = Proposal(group=group, group_index=index, channels=count, config=dict(config),
+                                estimate=resource.estimate(sigs), macs=sum(s.macs() for s in sigs),
+                                params=sum(s.params() for s in sigs))
+            if proposal.estimate.value <= target:
+                chosen = proposal
                 break
+            if closest is None or proposal.estimate.value < closest.estimate.value:
+                closest = proposal
         if chosen is None:
             skipped[group] = f"even {counts[-1]} channels do not meet the target"
+            if closest.estimate.value < current.value:
+                nearest.append(closest)
         else:
             proposals.append(chosen)
-    return IterationPlan(iteration, current, target, proposals, skipped)
+    return IterationPlan(iteration, current, target, proposals, skipped, nearest)
 
 
 def proposal_seed(seed: int, iteration: int, group_index: int) -> int:
