@@ -139,25 +139,29 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
                               if floors.get(group, 0) > step else
                               f"already at the minimum of {step} channels")
             continue
-        chosen = closest = None
+        chosen = closest = None  # (count, signatures, estimate)
         for count in counts:  # largest first: the first that meets the target wins
-            config = {**channels, group: count}
-            sigs = analysis.signatures(config)
-            proposal = Proposal(group=group, group_index=index, channels=count, config=dict(config),
-                                estimate=resource.estimate(sigs), macs=sum(s.macs() for s in sigs),
-                                params=sum(s.params() for s in sigs))
-            if proposal.estimate.value <= target:
-                chosen = proposal
+            sigs = analysis.signatures({**channels, group: count})
+            estimate = resource.estimate(sigs)
+            if estimate.value <= target:
+                chosen = (count, sigs, estimate)
                 break
-            if closest is None or proposal.estimate.value < closest.estimate.value:
-                closest = proposal
+            if closest is None or estimate.value < closest[2].value:
+                closest = (count, sigs, estimate)
         if chosen is None:
             skipped[group] = f"even {counts[-1]} channels do not meet the target"
-            if closest.estimate.value < current.value:
-                nearest.append(closest)
+            if closest[2].value < current.value:
+                nearest.append(_proposal(channels, group, index, *closest))
         else:
-            proposals.append(chosen)
+            proposals.append(_proposal(channels, group, index, *chosen))
     return IterationPlan(iteration, current, target, proposals, skipped, nearest)
+
+
+def _proposal(channels: Mapping[str, int], group: str, index: int, count: int,
+              sigs: Sequence[LayerSignature], estimate: Estimate) -> Proposal:
+    """The proposal to shrink ``group`` to ``count`` (its counts are summed only once chosen)."""
+    return Proposal(group=group, group_index=index, channels=count, config={**channels, group: count},
+                    estimate=estimate, macs=sum(s.macs() for s in sigs), params=sum(s.params() for s in sigs))
 
 
 def proposal_seed(seed: int, iteration: int, group_index: int) -> int:
