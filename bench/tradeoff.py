@@ -17,6 +17,8 @@ Usage:
 ``--levers`` turns on training levers beyond the paper (batch-norm re-estimation, distillation
 from the original, channel floors) for NetAdapt and the multiplier curve alike; a regime run with
 them is a regime of its own (``NAME+setting=value,...``) with its own curve to commit first.
+``--variant`` changes only how NetAdapt chooses channels (channel step, selection rule, schedule)
+and is placed against its regime's curve (``NAME[setting=value,...]``).
 
 Everything resumes: finished networks are saved as they finish and NetAdapt runs checkpoint
 after every iteration, so rerunning the same command continues where it stopped.
@@ -265,6 +267,65 @@ def with_levers(regime: Regime, levers: tuple[tuple[str, float], ...] | None) ->
     return dataclasses.replace(regime, name=f"{regime.name}+{label}", levers=levers)
 
 
+#: Settings of how NetAdapt chooses channels, not of how any network is trained: a *variant*
+#: (``--variant``) changes them for NetAdapt alone and is placed against its regime's own
+#: multiplier curve, measured in the same session, so a variant costs no curve of its own.
+#: ``short_term_steps`` is one of them because the multipliers' fine-tune is fixed by the regime
+#: (``uniform_steps``); a variant may not give a NetAdapt lineage more steps than that.
+VARIANT_SETTINGS = ("channel_step", "selection", "initial_reduction", "decay", "max_iterations",
+                    "short_term_steps")
+
+
+def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
+    """``--variant``: ``setting=value`` pairs over ``VARIANT_SETTINGS``, comma separated
+    ("channel_step=16,selection=loss_per_resource"), values held to the engine's ranges; "base"
+    (None) is the regime's own settings."""
+    from adaptation.netadapt.config import SELECTION_RULES, SETTING_RANGES, range_problem
+
+    if text.strip() == "base":
+        return None
+    chosen: dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, equals, value = part.partition("=")
+        if not equals or name not in VARIANT_SETTINGS:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is not setting=value with a setting among {', '.join(VARIANT_SETTINGS)}")
+        if name == "selection":
+            if value not in SELECTION_RULES:
+                raise argparse.ArgumentTypeError(
+                    f"selection must be one of {', '.join(SELECTION_RULES)}, not '{value}'")
+            chosen[name] = value
+            continue
+        try:
+            number = int(value) if SETTING_RANGES[name].integer else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{value}' is not a value of {name}") from None
+        if problem := range_problem(name, number):
+            raise argparse.ArgumentTypeError(problem)
+        chosen[name] = number
+    return tuple(chosen.items()) or None
+
+
+def variant_label(variant: tuple[tuple[str, object], ...] | None) -> str:
+    """``"[channel_step=16,...]"``, the suffix of a variant's run and regime names ("" for none)."""
+    if not variant:
+        return ""
+    return "[" + ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                          for k, v in variant) + "]"
+
+
+def variant_config(regime: Regime, metric: str, seed: int,
+                   variant: tuple[tuple[str, object], ...] | None):
+    """A NetAdapt run's configuration: the regime's, with the variant's settings over it.
+    ValueError when the variant would fine-tune a lineage longer than the multipliers."""
+    config = dataclasses.replace(adapt_config(regime, metric, seed), **dict(variant or ()))
+    lineage = config.max_iterations * config.short_term_steps
+    if lineage > regime.uniform_steps:
+        raise ValueError(f"{variant_label(variant)} gives a NetAdapt lineage up to {lineage} "
+                         f"short-term steps, more than the multipliers' {regime.uniform_steps}")
+    return config
+
+
 # --------------------------------------------------------------------------- progress
 
 
@@ -314,16 +375,18 @@ class Progress:
 
 
 def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysis, progress: Progress,
-                 measurer, device: torch.device | str = "cpu") -> None:
+                 measurer, device: torch.device | str = "cpu",
+                 variant: tuple[tuple[str, object], ...] | None = None) -> None:
     """One NetAdapt run (fine-tunes on ``device``), resumed from its last finished iteration when
-    interrupted (on any device)."""
+    interrupted (on any device); a variant's run is named and filed after its settings."""
     from adaptation.netadapt.loop import AdaptState, FinishRecord, IterationRecord, NetAdapt, run_with
     from adaptation.netadapt.resources import LatencyTableModel, MacsModel
 
-    name = f"netadapt-{metric} s{seed}"
+    label = variant_label(variant)
+    name = f"netadapt-{metric}{label} s{seed}"
     if name in progress.rows:
         return
-    config = adapt_config(regime, metric, seed)
+    config = variant_config(regime, metric, seed, variant)
     checkpoint = progress.checkpoint(name)
     state = AdaptState.load(checkpoint) if checkpoint.exists() else None
     spent = state.start.get("bench_minutes", 0.0) if state else 0.0
@@ -344,8 +407,10 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
         elif isinstance(record, FinishRecord):
             finish = record
     iterations = engine.state.records
+    placement = {"regime": regime.name + label, "curve": regime.name, "variant": dict(variant)} \
+        if variant else {"regime": regime.name}
     progress.done(name, finish.model, finish.channels, {
-        "regime": regime.name, "kind": f"netadapt-{metric}", "seed": seed,
+        **placement, "kind": f"netadapt-{metric}", "seed": seed,
         "config": config.to_dict(), "accuracy": finish.validation_accuracy,
         "holdout_accuracy": finish.holdout_accuracy, "budget_met": finish.budget_met,
         "measured_ratio": finish.measured_ratio,
@@ -438,11 +503,20 @@ def write_results(path: Path, rows: list[dict], regimes: list[Regime], split: st
     existing = json.loads(path.read_text()) if path.exists() else {"rows": [], "regimes": {}}
     if any(r.get("split") != split for r in existing["rows"]):
         raise SystemExit(f"{path} holds another split's rows: one split per results file")
-    names = {r.name for r in regimes}
-    kept = [r for r in existing["rows"] if r["regime"] not in names]
+    # This run's (regime, seed) pairs replace their earlier rows; other seeds' rows stay (each
+    # seed is placed against its own curve, measured in its own session: see each row's stamp).
+    stamp = {"measured_on": {"cpu": machine()["cpu"], "commit": commit(),
+                             "date": time.strftime("%Y-%m-%d")}}
+    rows = [{**stamp, **row} for row in rows]
+    ran = {(r["regime"], r["seed"]) for r in rows}
+    kept = [r for r in existing["rows"] if (r["regime"], r["seed"]) not in ran]
     all_rows = kept + rows
+    defined = {r.name: r.to_dict() for r in regimes}
+    variants = {row["regime"]: {**defined[row["curve"]], "curve": row["curve"],
+                                "variant": row["variant"]}
+                for row in rows if row.get("curve") in defined}
     document = {"machine": machine(), "commit": commit(),
-                "regimes": {**existing.get("regimes", {}), **{r.name: r.to_dict() for r in regimes}},
+                "regimes": {**existing.get("regimes", {}), **defined, **variants},
                 "rows": all_rows, "summary": summarise(all_rows)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
@@ -517,6 +591,14 @@ def main() -> int:
                              "setting=value pairs, comma separated; a regime run with levers is "
                              "named after them and needs its own committed multiplier curve "
                              "(default: the paper's plain recipe)")
+    parser.add_argument("--variant", action="append", type=parse_variant, default=None,
+                        help="NetAdapt only, other settings for how channels are chosen ("
+                             f"{', '.join(VARIANT_SETTINGS)}) as setting=value pairs, comma "
+                             "separated, or 'base' for the regime's own; repeat for several. A "
+                             "variant is placed against its regime's multiplier curve (default: base)")
+    parser.add_argument("--metrics", nargs="+", choices=("latency", "macs"),
+                        default=["latency", "macs"],
+                        help="which NetAdapt runs (ablations may skip MACs; default: both)")
     parser.add_argument("--ratios", nargs="+", type=float, default=None,
                         help="only these of the regimes' multiplier ratios (screening a regime's "
                              "drop with 0.5 1 before its whole curve); the rows are the whole "
@@ -546,6 +628,11 @@ def main() -> int:
                                        max_iterations=2, initial_reduction=0.04, decay=1.0, budget=0.9,
                                        ratios=(0.5, 1.0)) for r in regimes]
     for regime in regimes:
+        for variant in (args.variant or []):
+            try:
+                variant_config(regime, "latency", 0, variant)
+            except ValueError as error:
+                parser.error(str(error))
         unknown = sorted(set(args.ratios or ()) - set(regime.ratios))
         if unknown:
             parser.error(f"--ratios {unknown} are not in {regime.name}'s curve {list(regime.ratios)}")
@@ -563,9 +650,10 @@ def main() -> int:
         progress = Progress(Path(args.out) / args.split / regime.name, regime, measurer)
         for seed in args.seeds:
             if args.stage == "all":
-                for metric in ("latency", "macs"):
-                    run_netadapt(regime, metric, seed, original, data, analysis, progress, measurer,
-                                 device)
+                for variant in (args.variant or [None]):
+                    for metric in args.metrics:
+                        run_netadapt(regime, metric, seed, original, data, analysis, progress,
+                                     measurer, device, variant)
             for ratio in (args.ratios or regime.ratios):
                 run_uniform(regime, ratio, seed, original, data, analysis, progress, device)
         measure_all(regime, progress, original)

@@ -5,7 +5,9 @@ unit test recompute exactly what a run wrote, from the committed rows, without t
 
 Each row is one network: ``{"regime", "kind", "seed", "ratio"?, "latency": {"min_ms", ...},
 "accuracy", ...}`` with ``kind`` one of ``original``, ``uniform``, ``netadapt-latency``,
-``netadapt-macs``. ``accuracy`` is the accuracy on the run's evaluation split (the official
+``netadapt-macs``; a NetAdapt variant's rows (other settings for how channels are chosen) carry
+a regime of their own and ``curve``, the regime whose multipliers they are placed against.
+``accuracy`` is the accuracy on the run's evaluation split (the official
 test set, or a validation split carved from the training data for ablations).
 
 Placing a method against the uniform-multiplier curve of its regime and seed:
@@ -132,11 +134,19 @@ def regime_summary(name: str, rows: list[dict]) -> dict:
                      "seeds_counted": len(exact), "seeds_bounded": len(per_seed) - len(exact)}}
 
 
+def regime_rows(rows: list[dict], name: str) -> list[dict]:
+    """Regime ``name``'s rows plus, for a NetAdapt variant, the multiplier rows of the curve it
+    is placed against (its rows name that regime in ``curve``): a variant changes only how
+    NetAdapt chooses channels, so it shares its regime's curve, measured in the same session."""
+    own = [r for r in rows if r["regime"] == name]
+    curves = {r["curve"] for r in own if r.get("curve") not in (None, name)}
+    return own + [r for r in rows if r["regime"] in curves and r["kind"] == "uniform"]
+
+
 def summarise(rows: list[dict]) -> dict:
     """The whole summary: one entry per regime, in the order regimes first appear in ``rows``."""
     names = list(dict.fromkeys(r["regime"] for r in rows))
-    return {"regimes": [regime_summary(name, [r for r in rows if r["regime"] == name])
-                        for name in names]}
+    return {"regimes": [regime_summary(name, regime_rows(rows, name)) for name in names]}
 
 
 def goal_holds(summary: dict, *, speedup: float = 1.3, over_macs: float = 1.1,

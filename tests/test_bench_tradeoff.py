@@ -191,3 +191,64 @@ def test_levers_make_a_regime_of_their_own_with_the_same_recipe_for_every_method
                          ("floor_minimum=x", "'x' is not a value of floor_minimum")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             parse_levers(bad)
+
+
+def test_a_variant_is_placed_against_its_regimes_own_curve():
+    """A variant (other settings for how NetAdapt chooses channels) has no multipliers of its own:
+    its rows name the curve they share, and the summary places them on that curve's seed."""
+    variant = [dict(row("netadapt-latency", 0.1, 0.85), regime="r[channel_step=16]", curve="r")]
+    rows = CURVE + [row("netadapt-latency", 0.1, 0.90)] + variant
+    base, other = summarise(rows)["regimes"]
+    assert base["name"] == "r" and base["seeds"][0]["latency_vs_uniform"] == pytest.approx(2.0)
+    assert other["name"] == "r[channel_step=16]"
+    assert other["seeds"][0]["latency_vs_uniform"] == pytest.approx(1.5)   # 0.15 ms for 85%
+    assert other["uniform_drop_x1_to_x05_pts"] == pytest.approx(15.0)
+    alone = summarise(variant)["regimes"][0]                               # no curve: nothing placed
+    assert alone["seeds"] == []
+
+
+def test_variants_change_only_netadapt_and_never_train_a_lineage_longer_than_the_multipliers():
+    import argparse
+
+    from bench.tradeoff import adapt_config, parse_variant, variant_config, variant_label
+
+    regime = REGIMES["mbv2-0.5-fmnist14up32-12k-ft5"]
+    assert parse_variant("base") is None
+    variant = parse_variant("channel_step=16,selection=loss_per_resource,initial_reduction=0.05")
+    assert variant_label(variant) == "[channel_step=16,selection=loss_per_resource,initial_reduction=0.05]"
+    config = variant_config(regime, "latency", 100, variant)
+    assert (config.channel_step, config.selection, config.initial_reduction) == (16, "loss_per_resource", 0.05)
+    assert adapt_config(regime, "latency", 100).channel_step == 8          # the multipliers' config
+    assert variant_config(regime, "macs", 100, None) == adapt_config(regime, "macs", 100)
+    fine = parse_variant("max_iterations=40,short_term_steps=1,initial_reduction=0.025,decay=0.96")
+    assert variant_config(regime, "latency", 100, fine).max_iterations == 40   # 40 <= 50 steps
+    with pytest.raises(ValueError, match="more than the multipliers' 50"):
+        variant_config(regime, "latency", 100, parse_variant("max_iterations=40"))  # 40 x 5
+    for bad, message in [("bn_recalibration_batches=3", "not setting=value with a setting among"),
+                         ("selection=random", "selection must be one of"),
+                         ("channel_step=0", "channel_step must be"), ("decay=x", "'x' is not a value")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse_variant(bad)
+
+
+def test_results_keep_other_seeds_rows_and_replace_a_rerun_seeds(tmp_path):
+    from bench.tradeoff import write_results
+
+    regime = REGIMES["mbv2-0.5-fmnist14up32-12k-ft5"]
+    name = regime.name
+
+    def rows(seed: int, accuracy: float) -> list[dict]:
+        return [dict(r, regime=name, seed=seed, split="tuning") for r in
+                CURVE + [row("netadapt-latency", 0.1, accuracy)]]
+
+    path = tmp_path / "tradeoff-x.json"
+    write_results(path, rows(100, 0.90), [regime], "tuning")
+    write_results(path, rows(101, 0.85), [regime], "tuning")
+    document = write_results(path, rows(101, 0.80), [regime], "tuning")   # seed 101 again
+    assert sorted({r["seed"] for r in document["rows"]}) == [100, 101]
+    assert len(document["rows"]) == 8
+    speedups = [s["latency_vs_uniform"] for s in document["summary"]["regimes"][0]["seeds"]]
+    assert speedups == [pytest.approx(2.0), pytest.approx(1.0)]             # 101's 80% is x0.5's
+    assert all(r["measured_on"]["commit"] for r in document["rows"])
+    with pytest.raises(SystemExit, match="another split"):
+        write_results(path, [dict(r, split="test") for r in rows(0, 0.9)], [regime], "test")
