@@ -273,7 +273,7 @@ def with_levers(regime: Regime, levers: tuple[tuple[str, float], ...] | None) ->
 #: ``short_term_steps`` is one of them because the multipliers' fine-tune is fixed by the regime
 #: (``uniform_steps``); a variant may not give a NetAdapt lineage more steps than that.
 VARIANT_SETTINGS = ("channel_step", "selection", "initial_reduction", "decay", "max_iterations",
-                    "short_term_steps")
+                    "min_proposals", "short_term_steps")
 
 
 def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:

@@ -206,6 +206,22 @@ def test_a_target_no_group_can_meet_still_shrinks_by_the_least_loss_per_unit_sav
         previous_resource, previous_accuracy = record.resource.value, record.holdout_accuracy
 
 
+def test_min_proposals_gives_every_iteration_a_choice_and_meets_its_own_target(trained, digits8):
+    """With a schedule no group can follow, min_proposals asks each iteration for the cut that
+    several groups can make (no nearest-count fallback): every record meets its target."""
+    config = dataclasses.replace(UNREACHABLE, max_iterations=2, min_proposals=3)
+    records = _run(NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel()))
+    start, iterations = records[0], records[1:-1]
+    previous = start.resource.value
+    for record in iterations:
+        assert record.resource.value <= record.target < previous
+        assert len(record.proposals) >= 3
+        assert all(p["resource"] <= record.target for p in record.proposals)
+        best = max(record.proposals, key=lambda p: (p["holdout_accuracy"], -p["resource"]))
+        assert record.chosen_group == best["group"]  # selection by accuracy, as configured
+        previous = record.resource.value
+
+
 def test_it_raises_no_proposal_error_once_no_group_can_shrink_any_further(trained, digits8):
     engine = NetAdapt(trained, SPEC.example_input(), digits8, UNREACHABLE, MacsModel())
     records = []

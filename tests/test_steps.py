@@ -12,8 +12,8 @@ from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
 from adaptation.netadapt.models import build_model, example_input
 from adaptation.netadapt.resources import Estimate, MacsModel
 from adaptation.netadapt.steps import (NoProposalError, Proposal, ProposalResult, candidate_counts,
-                                       evaluate_proposal, plan_iteration, plan_signatures,
-                                       select_proposal)
+                                       enough_choice_target, evaluate_proposal, plan_iteration,
+                                       plan_signatures, select_proposal)
 from adaptation.netadapt.training import HOOK_EVERY, Cancelled, accuracy, train_steps
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -150,6 +150,44 @@ def test_plan_offers_no_nearest_count_for_a_group_that_meets_the_target(plain):
     assert plan.proposals
     assert {p.group for p in plan.nearest} <= set(plan.skipped)
     assert not {p.group for p in plan.nearest} & {p.group for p in plan.proposals}
+
+
+def test_enough_choice_target_asks_for_the_cut_enough_groups_can_make():
+    best = [5.0, 7.0, 8.0, 10.0]  # each group's lowest reachable estimate; the network is at 10
+    assert enough_choice_target(best, 10.0, 6.0, 0) == 6.0     # off: the schedule's target
+    assert enough_choice_target(best, 10.0, 6.0, 1) == 6.0     # one group meets it: enough
+    assert enough_choice_target(best, 10.0, 6.0, 2) == 7.0     # the second-best group's limit
+    assert enough_choice_target(best, 10.0, 6.0, 3) == 8.0
+    assert enough_choice_target(best, 10.0, 6.0, 9) == 8.0     # only three groups lower it at all
+    assert enough_choice_target(best, 10.0, 9.0, 3) == 9.0     # three meet it already
+    assert enough_choice_target([10.0, 12.0], 10.0, 6.0, 3) == 6.0  # none can lower it
+
+
+@pytest.mark.parametrize("resource", [MacsModel(), EightIsSlow()], ids=["macs", "staircase"])
+def test_min_proposals_asks_for_a_smaller_cut_when_too_few_groups_can_make_the_scheduled_one(plain, resource):
+    _, _, analysis = plain
+    channels = analysis.original_config()
+    current = resource.estimate(analysis.signatures(channels)).value
+    scheduled = 0.78 * current
+    best = {group: min(resource.estimate(analysis.signatures({**channels, group: c})).value
+                       for c in candidate_counts(channels[group], STEP))
+            for group in analysis.group_names if candidate_counts(channels[group], STEP)}
+    meeting = sum(value <= scheduled for value in best.values())
+    reachable = sorted(value for value in best.values() if value < current)
+    assert 0 < meeting < len(reachable)  # the case: some groups meet it, more could shrink
+    plain_plan = plan_iteration(analysis, channels, resource, 0, scheduled, STEP)
+    assert len(plain_plan.proposals) == meeting and plain_plan.target == scheduled
+    wanted = meeting + 1
+    plan = plan_iteration(analysis, channels, resource, 0, scheduled, STEP, min_proposals=wanted)
+    assert plan.target == reachable[wanted - 1] > scheduled
+    assert len(plan.proposals) >= wanted
+    for proposal in plan.proposals:  # the largest count meeting the smaller cut
+        assert proposal.estimate.value <= plan.target
+        larger = [c for c in candidate_counts(channels[proposal.group], STEP) if c > proposal.channels]
+        assert all(resource.estimate(analysis.signatures({**channels, proposal.group: c})).value
+                   > plan.target for c in larger)
+    enough = plan_iteration(analysis, channels, resource, 0, scheduled, STEP, min_proposals=meeting)
+    assert enough.target == scheduled and len(enough.proposals) == meeting
 
 
 def test_plan_signatures_cover_every_candidate_network(plain):

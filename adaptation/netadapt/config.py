@@ -69,6 +69,7 @@ SETTING_RANGES: dict[str, Range] = {
     "momentum": Range(0, 1, high_open=True),
     "weight_decay": Range(0, 1),
     "max_iterations": Range(1, 200, integer=True),
+    "min_proposals": Range(0, 1000, integer=True),
     "seed": Range(0, 2**31 - 1, integer=True),
     # The levers beyond the paper (issue 8); 0 turns each off.
     "bn_recalibration_batches": Range(0, 1000, integer=True),
@@ -148,6 +149,8 @@ class AdaptConfig:
     weight_decay: float = 4e-5
     selection: str = "accuracy"      # accuracy (paper) | loss_per_resource (official code)
     max_iterations: int = 50
+    min_proposals: int = 0           # an iteration that fewer groups can meet asks for a smaller cut
+    #                                  (the most this many groups can make; 0: the paper's schedule)
     seed: int = 0
     measure_iterations: bool = True  # measure each chosen network whole (latency metric only)
     # Beyond the paper (the "paper" preset turns them off): see PRESETS.

@@ -509,7 +509,8 @@ class NetAdapt:
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
                                   config.decay, state.budget)
         plan = plan_iteration(self.analysis, state.channels, self.resource, i, target,
-                              config.channel_step, config.floor_rule())
+                              config.channel_step, config.floor_rule(), config.min_proposals)
+        target = plan.target  # min_proposals may ask for a smaller cut than the schedule
         proposals, selection = plan.proposals, config.selection
         if not proposals:
             # No group alone can meet the target (many small groups, per-call overhead): rather

@@ -119,8 +119,8 @@ def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step
 
 
 def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resource: ResourceModel,
-                   iteration: int, target: float, step: int, floor: FloorRule | None = None
-                   ) -> IterationPlan:
+                   iteration: int, target: float, step: int, floor: FloorRule | None = None,
+                   min_proposals: int = 0) -> IterationPlan:
     """For every group, the largest channel count whose estimated resource meets ``target``.
 
     Every multiple of ``step`` is scanned: latency is not monotone in the channel count, so the
@@ -128,10 +128,16 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
     no group goes below its floor (of the original network's channels, ``floors.FloorRule``).
     A group that cannot meet the target offers its nearest count instead (``IterationPlan.nearest``)
     when that still lowers the resource.
+
+    ``min_proposals``: when fewer groups than this can meet ``target``, the iteration asks for a
+    smaller cut, the largest that this many groups can each make (or every group that can shrink,
+    if fewer can), so that selection has a choice; ``IterationPlan.target`` is the target used.
+    0 keeps the schedule's target (the paper).
     """
     current = resource.estimate(analysis.signatures(channels))
     floors = floor.floors(analysis.original_config(), step) if floor else {}
-    proposals, skipped, nearest = [], {}, []
+    options: list[tuple[int, str, list[tuple[int, list[LayerSignature], Estimate]]]] = []
+    skipped: dict[str, str] = {}
     for index, group in enumerate(analysis.group_names):
         counts = above_floor(candidate_counts(channels[group], step), floors.get(group, 0))
         if not counts:
@@ -139,22 +145,39 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
                               if floors.get(group, 0) > step else
                               f"already at the minimum of {step} channels")
             continue
-        chosen = closest = None  # (count, signatures, estimate)
-        for count in counts:  # largest first: the first that meets the target wins
+        scanned = []  # (count, signatures, estimate), largest count first
+        for count in counts:
             sigs = analysis.signatures({**channels, group: count})
-            estimate = resource.estimate(sigs)
-            if estimate.value <= target:
-                chosen = (count, sigs, estimate)
-                break
-            if closest is None or estimate.value < closest[2].value:
-                closest = (count, sigs, estimate)
-        if chosen is None:
-            skipped[group] = f"even {counts[-1]} channels do not meet the target"
-            if closest[2].value < current.value:
-                nearest.append(_proposal(channels, group, index, *closest))
-        else:
+            scanned.append((count, sigs, resource.estimate(sigs)))
+        options.append((index, group, scanned))
+    target = enough_choice_target([min(e.value for _, _, e in scanned) for _, _, scanned in options],
+                                  current.value, target, min_proposals)
+    proposals, nearest = [], []
+    for index, group, scanned in options:
+        chosen = next((option for option in scanned if option[2].value <= target), None)
+        if chosen is not None:  # the largest count that meets the target
             proposals.append(_proposal(channels, group, index, *chosen))
+            continue
+        skipped[group] = f"even {scanned[-1][0]} channels do not meet the target"
+        closest = min(scanned, key=lambda option: (option[2].value, -option[0]))
+        if closest[2].value < current.value:  # smallest estimate, ties to more channels
+            nearest.append(_proposal(channels, group, index, *closest))
     return IterationPlan(iteration, current, target, proposals, skipped, nearest)
+
+
+def enough_choice_target(best: Sequence[float], current: float, target: float,
+                         min_proposals: int) -> float:
+    """The target that lets at least ``min_proposals`` groups meet it, given each group's lowest
+    reachable estimate ``best``: ``target`` itself when enough groups meet it already (or
+    ``min_proposals`` is 0), else the ``min_proposals``-th lowest of ``best`` (counting only the
+    groups that can lower the resource at all)."""
+    reachable = sorted(value for value in best if value < current)
+    if not min_proposals or not reachable:
+        return target
+    needed = min(min_proposals, len(reachable))
+    if sum(value <= target for value in reachable) >= needed:
+        return target
+    return max(target, reachable[needed - 1])
 
 
 def _proposal(channels: Mapping[str, int], group: str, index: int, count: int,
