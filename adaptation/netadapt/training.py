@@ -157,10 +157,10 @@ def steps_for_epochs(split: TensorSplit, epochs: float, batch_size: int) -> int:
     return int(round(epochs * math.ceil(len(split) / batch_size)))
 
 
-#: Evaluation batch sizes. On a CPU a batch's activations must stay near the caches: scoring
-#: 1,000 images in batches of 128 took a third of the time that one batch of 1,000 took
-#: (bench/eval_batch.py); a GPU wants large batches.
-CPU_EVAL_BATCH = 128
+#: Evaluation batch sizes. On a CPU a batch's activations must stay near the caches: 2,000
+#: 32-px MobileNetV2 images took a third of the time in batches of 64 that they took in batches
+#: of 1,000 (bench/eval_batch.py); a GPU wants large batches.
+CPU_EVAL_BATCH = 64
 GPU_EVAL_BATCH = 1000
 
 
