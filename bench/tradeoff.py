@@ -271,9 +271,11 @@ def with_levers(regime: Regime, levers: tuple[tuple[str, float], ...] | None) ->
 #: (``--variant``) changes them for NetAdapt alone and is placed against its regime's own
 #: multiplier curve, measured in the same session, so a variant costs no curve of its own.
 #: ``short_term_steps`` is one of them because the multipliers' fine-tune is fixed by the regime
-#: (``uniform_steps``); a variant may not give a NetAdapt lineage more steps than that.
+#: (``uniform_steps``); a variant may not give a NetAdapt lineage more steps than that. The floors
+#: are too: no multiplier of the curve goes below a quarter of any group's channels, so a floor up
+#: to that fraction leaves the curve as it is (``variant_config`` refuses a higher one).
 VARIANT_SETTINGS = ("channel_step", "selection", "initial_reduction", "decay", "max_iterations",
-                    "min_proposals", "short_term_steps")
+                    "min_proposals", "short_term_steps", "floor_minimum", "floor_fraction")
 
 
 def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
@@ -319,6 +321,9 @@ def variant_config(regime: Regime, metric: str, seed: int,
     """A NetAdapt run's configuration: the regime's, with the variant's settings over it.
     ValueError when the variant would fine-tune a lineage longer than the multipliers."""
     config = dataclasses.replace(adapt_config(regime, metric, seed), **dict(variant or ()))
+    if config.floor_fraction > min(regime.ratios):
+        raise ValueError(f"a floor of {config.floor_fraction:g} of each group's channels would "
+                         f"change the multiplier curve (its narrowest is x{min(regime.ratios):g})")
     lineage = config.max_iterations * config.short_term_steps
     if lineage > regime.uniform_steps:
         raise ValueError(f"{variant_label(variant)} gives a NetAdapt lineage up to {lineage} "

@@ -224,6 +224,9 @@ def test_variants_change_only_netadapt_and_never_train_a_lineage_longer_than_the
     assert variant_config(regime, "latency", 100, fine).max_iterations == 40   # 40 <= 50 steps
     with pytest.raises(ValueError, match="more than the multipliers' 50"):
         variant_config(regime, "latency", 100, parse_variant("max_iterations=40"))  # 40 x 5
+    assert variant_config(regime, "latency", 100, parse_variant("floor_fraction=0.25")).floor_fraction == 0.25
+    with pytest.raises(ValueError, match="would change the multiplier curve"):
+        variant_config(regime, "latency", 100, parse_variant("floor_fraction=0.3"))
     for bad, message in [("bn_recalibration_batches=3", "not setting=value with a setting among"),
                          ("selection=random", "selection must be one of"),
                          ("channel_step=0", "channel_step must be"), ("decay=x", "'x' is not a value")]:
