@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.tradeoff_summary import summarise  # noqa: E402
+from bench.tradeoff_summary import placements, summarise  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 UNIFORM_RESULTS = RESULTS / "tradeoff-uniform.json"
@@ -454,6 +454,64 @@ def run_uniform(regime: Regime, ratio: float, seed: int, original, data, analysi
           flush=True)
 
 
+#: The global allocation's targets, fractions of the original's table estimate: a curve of its
+#: own across the multipliers' latencies (``--allocation``).
+ALLOCATION_FRACTIONS = (0.4, 0.5, 0.6, 0.7)
+
+
+def fill_table(progress: Progress, measurer, signatures) -> None:
+    """Measure into the regime's table the layers (and the call overhead) it lacks."""
+    from adaptation.netadapt.resources import LatencyTableModel
+
+    missing = LatencyTableModel(progress.table).missing(signatures)
+    if missing:
+        progress.table.add(measurer.measure_signatures(missing))
+
+
+def table_latency(progress: Progress, analysis, measurer):
+    """``latency_of(config)``: the look-up table's overhead-corrected sum for a channel
+    configuration, the layers the table lacks measured first."""
+    from adaptation.netadapt.resources import LatencyTableModel
+
+    model = LatencyTableModel(progress.table)
+
+    def latency_of(config) -> float:
+        signatures = analysis.signatures(dict(config))
+        fill_table(progress, measurer, signatures)
+        return model.raw_ms(signatures)
+
+    return latency_of
+
+
+def run_allocation(regime: Regime, fraction: float, seed: int, original, data, analysis,
+                   progress: Progress, measurer, device: torch.device | str = "cpu") -> None:
+    """The global allocation at ``fraction`` of the original's table estimate, fine-tuned as the
+    multipliers are (same steps, same levers): a second latency-driven algorithm on the chart."""
+    from adaptation.netadapt.baselines import allocation_baseline
+    from adaptation.netadapt.steps import plan_signatures
+    from adaptation.netadapt.training import resolve_device
+
+    name = f"allocation-latency t{fraction:g} s{seed}"
+    if name in progress.rows:
+        return
+    config = adapt_config(regime, "latency", seed)
+    tick = time.perf_counter()
+    # Every single-group change of the original (the allocation's costs), in one batch.
+    fill_table(progress, measurer, plan_signatures(analysis, analysis.original_config(),
+                                                   config.channel_step))
+    latency_of = table_latency(progress, analysis, measurer)
+    result = allocation_baseline(original, spec_of(regime).example_input(), analysis, data, config,
+                                 latency_of, fraction, regime.uniform_steps, device=device)
+    progress.done(name, result.model, result.channels, {
+        "regime": regime.name, "kind": "allocation-latency", "seed": seed, "fraction": fraction,
+        "config": config.to_dict(), "accuracy": result.validation_accuracy,
+        "holdout_accuracy": result.holdout_accuracy, "macs": result.macs,
+        "table_ms": latency_of(result.channels),
+        "minutes": (time.perf_counter() - tick) / 60, "train_device": resolve_device(device).type})
+    print(f"  [{regime.name} allocation s{seed}] t{fraction:g}: accuracy "
+          f"{result.validation_accuracy:.4f}", flush=True)
+
+
 def measure_all(regime: Regime, progress: Progress, original) -> None:
     """Every network of the regime (and the original) timed in one interleaved session."""
     from devices.measure import MeasureProtocol
@@ -522,7 +580,7 @@ def write_results(path: Path, rows: list[dict], regimes: list[Regime], split: st
                 for row in rows if row.get("curve") in defined}
     document = {"machine": machine(), "commit": commit(),
                 "regimes": {**existing.get("regimes", {}), **defined, **variants},
-                "rows": all_rows, "summary": summarise(all_rows)}
+                "rows": all_rows, "summary": summarise(all_rows), "placements": placements(all_rows)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
     return document
@@ -551,14 +609,20 @@ def print_report(document: dict) -> None:
                   f"{s['latency_acc_gain_pts']:+.2f} pts")
         if regime["seeds"]:
             print(f"  mean (bounds left out): {json.dumps(regime['mean'])}")
+    for other in document.get("placements", []):
+        print(f"{other['regime']} {other['name']}: {other['speedup']:.2f}x at equal accuracy"
+              f"{' (' + other['bound'] + ' bound)' if other['bound'] else ''}, "
+              f"{other['acc_gain_pts']:+.2f} pts at equal latency")
 
 
 def report(path: Path) -> int:
     """Recompute the summary from ``path``'s raw rows; 1 if it differs from the stored one."""
     document = json.loads(path.read_text())
     recomputed = summarise(document["rows"])
-    print_report({**document, "summary": recomputed})
-    if json.dumps(recomputed, sort_keys=True) != json.dumps(document["summary"], sort_keys=True):
+    others = placements(document["rows"])
+    print_report({**document, "summary": recomputed, "placements": others})
+    if json.dumps(recomputed, sort_keys=True) != json.dumps(document["summary"], sort_keys=True) \
+            or ("placements" in document and document["placements"] != others):
         print(f"\nthe summary stored in {path} differs from the one its rows give", file=sys.stderr)
         return 1
     return 0
@@ -601,6 +665,11 @@ def main() -> int:
                              f"{', '.join(VARIANT_SETTINGS)}) as setting=value pairs, comma "
                              "separated, or 'base' for the regime's own; repeat for several. A "
                              "variant is placed against its regime's multiplier curve (default: base)")
+    parser.add_argument("--allocation", nargs="*", type=float, default=None, metavar="FRACTION",
+                        help="also the global allocation (after HALP), at these fractions of the "
+                             "original's table estimate (none given: "
+                             f"{' '.join(map(str, ALLOCATION_FRACTIONS))}), fine-tuned as the "
+                             "multipliers are")
     parser.add_argument("--metrics", nargs="+", choices=("latency", "macs"),
                         default=["latency", "macs"],
                         help="which NetAdapt runs (ablations may skip MACs; default: both)")
@@ -661,6 +730,10 @@ def main() -> int:
                                      measurer, device, variant)
             for ratio in (args.ratios or regime.ratios):
                 run_uniform(regime, ratio, seed, original, data, analysis, progress, device)
+            if args.stage == "all" and args.allocation is not None:
+                for fraction in (args.allocation or ALLOCATION_FRACTIONS):
+                    run_allocation(regime, fraction, seed, original, data, analysis, progress,
+                                   measurer, device)
         measure_all(regime, progress, original)
         from adaptation.netadapt.training import accuracy
 
@@ -673,7 +746,8 @@ def main() -> int:
     target = (Path(args.results) if args.results else
               (UNIFORM_RESULTS if args.stage == "uniform" else FULL_RESULTS)
               if args.split == "test" and not args.smoke and not args.ratios else None)
-    document = {"machine": machine(), "commit": commit(), "rows": rows, "summary": summarise(rows)}
+    document = {"machine": machine(), "commit": commit(), "rows": rows, "summary": summarise(rows),
+                "placements": placements(rows)}
     if target is not None:
         document = write_results(target, rows, regimes, args.split)
         print(f"\nwrote {target}")

@@ -149,6 +149,26 @@ def summarise(rows: list[dict]) -> dict:
     return {"regimes": [regime_summary(name, regime_rows(rows, name)) for name in names]}
 
 
+def placements(rows: list[dict]) -> list[dict]:
+    """Every measured row of a method besides the goal's two (the global allocation's points),
+    placed against its seed's multiplier curve as ``place`` places them."""
+    placed = []
+    for name in dict.fromkeys(r["regime"] for r in rows):
+        own = regime_rows(rows, name)
+        for row in own:
+            if row["regime"] != name or row["kind"] in ("uniform", "original", *METHODS) \
+                    or "latency" not in row:
+                continue
+            curve = monotone_curve((_latency(r), r["accuracy"]) for r in own
+                                   if r["kind"] == "uniform" and r["seed"] == row["seed"]
+                                   and "latency" in r)
+            if curve:
+                placed.append({"regime": name, "name": row.get("name"), "kind": row["kind"],
+                               "seed": row["seed"], "latency_ms": _latency(row),
+                               "accuracy": row["accuracy"], **place(curve, row)})
+    return placed
+
+
 def goal_holds(summary: dict, *, speedup: float = 1.3, over_macs: float = 1.1,
                min_drop_pts: float = 5.0) -> bool:
     """Issue 8's goal on every regime whose multiplier curve drops at least ``min_drop_pts``:

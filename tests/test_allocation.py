@@ -176,3 +176,31 @@ def test_floor_rule():
         rule.floor(32, 0)
     with pytest.raises(ValueError):
         rule.floor(0, 8)
+
+
+def test_the_allocation_baseline_meets_its_target_and_trains_as_the_multipliers_do(digits8):
+    """bench/tradeoff.py's second latency-driven algorithm: counts from the allocation (here
+    against MACs as the latency), then the multipliers' one fine-tune recipe."""
+    from adaptation.netadapt.baselines import allocation_baseline, finetuned_baseline
+    from adaptation.netadapt.config import AdaptConfig
+
+    torch.manual_seed(0)
+    model = build_model("plain_cnn", 10, 1, 0.5, 8).eval()
+    sample = example_input(1, 8)
+    analysis = NetworkAnalysis(model, sample)
+    config = AdaptConfig(metric="latency", short_term_steps=2, long_term_epochs=0, batch_size=64,
+                         seed=4, bn_recalibration_batches=0, distillation_alpha=0)
+
+    def macs(config_):
+        return float(analysis.macs(config_))
+
+    result = allocation_baseline(model, sample, analysis, digits8, config, macs, 0.6, 6)
+    base = macs(analysis.original_config())
+    assert macs(result.channels) <= 0.6 * base and result.label == "allocation 0.6"
+    assert any(result.channels[n] < c for n, c in analysis.original_config().items())
+    assert result.macs == analysis.macs(result.channels)
+    by_hand = finetuned_baseline(model, sample, analysis, digits8, config, result.channels,
+                                 "same counts", 0.6, 6)
+    assert by_hand.validation_accuracy == result.validation_accuracy  # the same recipe, seeded
+    assert all(torch.equal(a, b) for a, b in zip(by_hand.model.state_dict().values(),
+                                                 result.model.state_dict().values()))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.tradeoff_summary import (accuracy_at_latency, goal_holds, latency_at_accuracy,
-                                    monotone_curve, summarise)
+                                    monotone_curve, placements, summarise)
 
 RESULTS = sorted((Path(__file__).resolve().parent.parent / "bench" / "results").glob("tradeoff*.json"))
 
@@ -92,6 +92,18 @@ def test_committed_results_agree_with_their_rows(path):
     document = json.loads(path.read_text())
     assert json.dumps(summarise(document["rows"]), sort_keys=True) == \
         json.dumps(document["summary"], sort_keys=True)
+    if "placements" in document:
+        assert document["placements"] == placements(document["rows"])
+
+
+def test_other_methods_are_placed_on_their_seeds_curve():
+    other = dict(row("allocation-latency", 0.1, 0.85), name="allocation-latency t0.5 s0")
+    rows = CURVE + [other, row("netadapt-latency", 0.1, 0.90), row("uniform", 0.1, 0.5, seed=1, ratio=0.5)]
+    (placed,) = placements(rows)
+    assert placed["name"] == "allocation-latency t0.5 s0" and placed["seed"] == 0
+    assert placed["speedup"] == pytest.approx(1.5) and placed["bound"] is None
+    assert placed["acc_gain_pts"] == pytest.approx(5.0)
+    assert placements([other]) == []                                   # no curve, no placement
 
 
 # --------------------------------------------------------------------------- regime definitions
