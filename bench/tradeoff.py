@@ -592,7 +592,8 @@ def print_report(document: dict) -> None:
         latency = row.get("latency") or {}
         spread = ((latency["p90_ms"] - latency["p10_ms"]) / latency["median_ms"]
                   if latency else float("nan"))
-        name = row["kind"] + (f" x{row['ratio']:g}" if "ratio" in row else "")
+        name = (row["kind"] + (f" x{row['ratio']:g}" if "ratio" in row else "")
+                + (f" t{row['fraction']:g}" if "fraction" in row else ""))
         minutes = row.get("minutes")
         print(f"{row['regime']:<24}{name + ' s' + str(row['seed']):<22}"
               f"{latency.get('min_ms', float('nan')):>9.4f}{spread:>8.1%}"
