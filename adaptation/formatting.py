@@ -51,9 +51,12 @@ LATENCY_MODEL_TEXT = {"table": "calibrated look-up table", "whole": "every candi
 
 def schedule_text(config: AdaptConfig) -> str:
     """How a job shrinks and fine-tunes."""
+    fewest = (f"; an iteration asks for a smaller cut when fewer than {config.min_proposals} "
+              "groups can make it" if config.min_proposals else "")
     return (f"ΔR₀ {config.initial_reduction:g} of the original, decay {config.decay:g}, at most "
             f"{config.max_iterations} iterations; {config.short_term_steps} short-term steps, "
-            f"{config.long_term_epochs:g} long-term epochs; channels in steps of {config.channel_step}")
+            f"{config.long_term_epochs:g} long-term epochs; channels in steps of "
+            f"{config.channel_step}{fewest}")
 
 
 def levers_text(config: AdaptConfig) -> str:

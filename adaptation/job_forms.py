@@ -171,6 +171,12 @@ class JobForm(forms.Form):
     selection = forms.ChoiceField(choices=[(rule, SELECTION_LABELS.get(rule, rule)) for rule in SELECTION_RULES],
                                   initial="accuracy")
     max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
+    min_proposals = ranged(
+        forms.IntegerField(initial=DEFAULTS.min_proposals, label="Fewest proposals"),
+        "min_proposals",
+        "When fewer groups than this can meet an iteration's target, the iteration asks for a "
+        "smaller cut, the most that many groups can each make, so it still has a choice (0: the "
+        "schedule's target, and each group's nearest count when none can meet it).")
     holdout_size = _holdout_field()
     latency_model = forms.ChoiceField(
         choices=LATENCY_MODEL_CHOICES, required=False, initial="", label="Latency estimate",
@@ -302,6 +308,7 @@ class JobForm(forms.Form):
                 decay=data["decay"], channel_step=data["channel_step"],
                 short_term_steps=data["short_term_steps"], long_term_epochs=data["long_term_epochs"],
                 selection=data["selection"], max_iterations=data["max_iterations"],
+                min_proposals=data["min_proposals"],
                 measure_iterations=data["metric"] == "latency", **self._levers(data))
         except SettingsError as error:
             for name, problem in error.problems.items():

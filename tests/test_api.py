@@ -463,6 +463,16 @@ def test_it_fills_left_out_settings_with_the_forms_defaults(api, owner, system_d
     assert response.status_code == 201, response.content
     settings = Job.objects.get().settings
     assert (settings["budget"], settings["max_iterations"], settings["holdout"]) == (0.5, 50, 0.1)
+    assert settings["min_proposals"] == AdaptConfig().min_proposals
+
+
+def test_a_job_keeps_the_fewest_proposals_it_is_given(api, owner, system_device, digits_dataset, enqueued):
+    model = stored_model(owner)
+    response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, min_proposals=4),
+                        format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["settings"]["min_proposals"] == 4
+    assert Job.objects.get().settings["min_proposals"] == 4
 
 
 def test_it_creates_a_job_with_the_levers_it_is_given_or_the_papers(api, owner, system_device,
@@ -515,6 +525,7 @@ def test_it_validates_a_job_like_the_form(api, owner, system_device, digits_data
     ("max_iterations", 10**9, "Max iterations must be a whole number from 1 to 200, not 1e+09."),
     ("channel_step", 10**9, "Channel step must be a whole number from 1 to 256, not 1e+09."),
     ("decay", 0, "Decay must be a number above 0 and at most 1, not 0."),
+    ("min_proposals", -1, "Fewest proposals must be a whole number from 0 to 1,000, not -1."),
     ("holdout_size", 2_000_000, "The holdout size must be a fraction below 1 or a count of images"),
 ])
 def test_it_refuses_settings_out_of_their_range(api, owner, system_device, digits_dataset, enqueued, field,
@@ -714,8 +725,10 @@ def test_the_schema_documents_every_endpoint():
     ranges = {name: (job_request_fields["properties"][name].get("minimum"),
                      job_request_fields["properties"][name].get("maximum"))
               for name in ("short_term_steps", "long_term_epochs", "max_iterations", "channel_step", "decay",
-                           "initial_reduction", "holdout_size", "distillation_alpha", "bn_recalibration_batches")}
+                           "initial_reduction", "holdout_size", "distillation_alpha", "bn_recalibration_batches",
+                           "min_proposals")}
     assert ranges == {"distillation_alpha": (0, 1), "bn_recalibration_batches": (0, 1000),"short_term_steps": (0, 20000), "long_term_epochs": (0, 200), "max_iterations": (1, 200),
+                      "min_proposals": (0, 1000),
                       "channel_step": (1, 256), "decay": (0, 1), "initial_reduction": (0, 1),
                       "holdout_size": (0, 1_000_000)}
     assert "A whole number from 0 to 20,000." in job_request_fields["properties"]["short_term_steps"]["description"]

@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--max-iterations", type=_setting("max_iterations"), default=50,
                      help="stop after this many iterations even if the budget is not met "
                           "(default: 50)")
+    ada.add_argument("--min-proposals", type=_setting("min_proposals"),
+                     default=AdaptConfig().min_proposals,
+                     help="when fewer groups than this can meet an iteration's target, ask for "
+                          "the smaller cut that many groups can make (0: the schedule's target; "
+                          "default: %(default)s)")
     _lever_args(ada)
     ada.add_argument("--baselines", default="0.5,0.75",
                      help="uniform width ratios to compare against, comma separated, '' for "
@@ -316,7 +321,7 @@ def adapt(args: argparse.Namespace) -> None:
         long_term_epochs=args.long_term_epochs, batch_size=args.batch_size,
         short_term_lr=args.short_term_lr, long_term_lr=args.long_term_lr,
         selection=args.selection, max_iterations=args.max_iterations, seed=args.seed,
-        **lever_settings(args))
+        min_proposals=args.min_proposals, **lever_settings(args))
     measurer = LocalMeasurer(args.runtime, MeasureProtocol(
         threads=args.threads, rounds=args.rounds, runs_per_round=args.runs_per_round))
     table_path = Path(args.table) if args.table else out / "lut.json"
