@@ -172,11 +172,12 @@ class JobForm(forms.Form):
                                   initial="accuracy")
     max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
     min_proposals = ranged(
-        forms.IntegerField(initial=DEFAULTS.min_proposals, label="Fewest proposals"),
+        forms.IntegerField(initial=DEFAULTS.min_proposals, required=False, label="Fewest proposals"),
         "min_proposals",
         "When fewer groups than this can meet an iteration's target, the iteration asks for a "
         "smaller cut, the most that many groups can each make, so it still has a choice (0: the "
-        "schedule's target, and each group's nearest count when none can meet it).")
+        "schedule's target, and each group's nearest count when none can meet it; left empty: "
+        f"{DEFAULTS.min_proposals}).")
     holdout_size = _holdout_field()
     latency_model = forms.ChoiceField(
         choices=LATENCY_MODEL_CHOICES, required=False, initial="", label="Latency estimate",
@@ -308,7 +309,8 @@ class JobForm(forms.Form):
                 decay=data["decay"], channel_step=data["channel_step"],
                 short_term_steps=data["short_term_steps"], long_term_epochs=data["long_term_epochs"],
                 selection=data["selection"], max_iterations=data["max_iterations"],
-                min_proposals=data["min_proposals"],
+                min_proposals=(DEFAULTS.min_proposals if data.get("min_proposals") is None
+                               else data["min_proposals"]),
                 measure_iterations=data["metric"] == "latency", **self._levers(data))
         except SettingsError as error:
             for name, problem in error.problems.items():

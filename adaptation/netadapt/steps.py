@@ -136,7 +136,7 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
     """
     current = resource.estimate(analysis.signatures(channels))
     floors = floor.floors(analysis.original_config(), step) if floor else {}
-    options: list[tuple[int, str, list[tuple[int, list[LayerSignature], Estimate]]]] = []
+    scans: list[_Scan] = []
     skipped: dict[str, str] = {}
     for index, group in enumerate(analysis.group_names):
         counts = above_floor(candidate_counts(channels[group], step), floors.get(group, 0))
@@ -145,24 +145,59 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
                               if floors.get(group, 0) > step else
                               f"already at the minimum of {step} channels")
             continue
-        scanned = []  # (count, signatures, estimate), largest count first
-        for count in counts:
-            sigs = analysis.signatures({**channels, group: count})
-            scanned.append((count, sigs, resource.estimate(sigs)))
-        options.append((index, group, scanned))
-    target = enough_choice_target([min(e.value for _, _, e in scanned) for _, _, scanned in options],
-                                  current.value, target, min_proposals)
+        scans.append(_Scan(index, group, counts, analysis, channels, resource).until(target))
+    if min_proposals and sum(scan.meets(target) for scan in scans) < min_proposals:
+        target = enough_choice_target([scan.whole().lowest() for scan in scans], current.value,
+                                      target, min_proposals)
     proposals, nearest = [], []
-    for index, group, scanned in options:
-        chosen = next((option for option in scanned if option[2].value <= target), None)
+    for scan in scans:
+        chosen = scan.until(target).first_meeting(target)
         if chosen is not None:  # the largest count that meets the target
-            proposals.append(_proposal(channels, group, index, *chosen))
+            proposals.append(_proposal(channels, scan.group, scan.index, *chosen))
             continue
-        skipped[group] = f"even {scanned[-1][0]} channels do not meet the target"
-        closest = min(scanned, key=lambda option: (option[2].value, -option[0]))
+        skipped[scan.group] = f"even {scan.counts[-1]} channels do not meet the target"
+        closest = min(scan.scanned, key=lambda option: (option[2].value, -option[0]))
         if closest[2].value < current.value:  # smallest estimate, ties to more channels
-            nearest.append(_proposal(channels, group, index, *closest))
+            nearest.append(_proposal(channels, scan.group, scan.index, *closest))
     return IterationPlan(iteration, current, target, proposals, skipped, nearest)
+
+
+class _Scan:
+    """One group's candidate counts, estimated largest first and only as far as needed: up to
+    the first that meets a target (or all of them)."""
+
+    def __init__(self, index: int, group: str, counts: list[int], analysis: NetworkAnalysis,
+                 channels: Mapping[str, int], resource: ResourceModel) -> None:
+        self.index, self.group, self.counts = index, group, counts
+        self._analysis, self._channels, self._resource = analysis, channels, resource
+        self.scanned: list[tuple[int, list[LayerSignature], Estimate]] = []
+
+    def _next(self) -> bool:
+        if len(self.scanned) == len(self.counts):
+            return False
+        count = self.counts[len(self.scanned)]
+        sigs = self._analysis.signatures({**self._channels, self.group: count})
+        self.scanned.append((count, sigs, self._resource.estimate(sigs)))
+        return True
+
+    def until(self, target: float) -> "_Scan":
+        while not self.meets(target) and self._next():
+            pass
+        return self
+
+    def whole(self) -> "_Scan":
+        while self._next():
+            pass
+        return self
+
+    def meets(self, target: float) -> bool:
+        return self.first_meeting(target) is not None
+
+    def first_meeting(self, target: float):
+        return next((option for option in self.scanned if option[2].value <= target), None)
+
+    def lowest(self) -> float:
+        return min(estimate.value for _, _, estimate in self.scanned)
 
 
 def enough_choice_target(best: Sequence[float], current: float, target: float,
