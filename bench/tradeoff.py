@@ -228,12 +228,24 @@ def adapt_config(regime: Regime, metric: str, seed: int):
                        **regime.lever_settings())
 
 
+def setting_value(name: str, value: str) -> int | float:
+    """``value`` read as engine setting ``name`` and held to its range (ArgumentTypeError)."""
+    from adaptation.netadapt.config import SETTING_RANGES, range_problem
+
+    try:
+        number = int(value) if SETTING_RANGES[name].integer else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a value of {name}") from None
+    if problem := range_problem(name, number):
+        raise argparse.ArgumentTypeError(problem)
+    return number
+
+
 def parse_levers(text: str) -> tuple[tuple[str, float], ...] | None:
     """``--levers``: a preset ("paper", "recommended") and/or ``setting=value`` pairs over it,
     comma separated ("recommended,floor_minimum=16", "distillation_alpha=0.5"); None for the
     paper's plain recipe. Values are held to ``SETTING_RANGES``."""
-    from adaptation.netadapt.config import (LEVER_SETTINGS, PRESETS, SETTING_RANGES, preset_settings,
-                                            range_problem)
+    from adaptation.netadapt.config import LEVER_SETTINGS, PRESETS, preset_settings
 
     names = (*LEVER_SETTINGS, "distillation_temperature")
     chosen = preset_settings("paper")
@@ -246,13 +258,7 @@ def parse_levers(text: str) -> tuple[tuple[str, float], ...] | None:
             raise argparse.ArgumentTypeError(
                 f"'{part}' is neither a preset ({', '.join(PRESETS)}) nor setting=value with a "
                 f"setting among {', '.join(names)}")
-        try:
-            number = int(value) if SETTING_RANGES[name].integer else float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{value}' is not a value of {name}") from None
-        if problem := range_problem(name, number):
-            raise argparse.ArgumentTypeError(problem)
-        chosen[name] = number
+        chosen[name] = setting_value(name, value)
     paper = preset_settings("paper")
     changed = tuple((k, v) for k, v in chosen.items() if paper.get(k) != v)
     return changed or None
@@ -282,7 +288,7 @@ def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
     """``--variant``: ``setting=value`` pairs over ``VARIANT_SETTINGS``, comma separated
     ("channel_step=16,selection=loss_per_resource"), values held to the engine's ranges; "base"
     (None) is the regime's own settings."""
-    from adaptation.netadapt.config import SELECTION_RULES, SETTING_RANGES, range_problem
+    from adaptation.netadapt.config import SELECTION_RULES
 
     if text.strip() == "base":
         return None
@@ -298,13 +304,7 @@ def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
                     f"selection must be one of {', '.join(SELECTION_RULES)}, not '{value}'")
             chosen[name] = value
             continue
-        try:
-            number = int(value) if SETTING_RANGES[name].integer else float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{value}' is not a value of {name}") from None
-        if problem := range_problem(name, number):
-            raise argparse.ArgumentTypeError(problem)
-        chosen[name] = number
+        chosen[name] = setting_value(name, value)
     return tuple(chosen.items()) or None
 
 
