@@ -321,7 +321,7 @@ def variant_config(regime: Regime, metric: str, seed: int,
     """A NetAdapt run's configuration: the regime's, with the variant's settings over it.
     ValueError when the variant would fine-tune a lineage longer than the multipliers."""
     config = dataclasses.replace(adapt_config(regime, metric, seed), **dict(variant or ()))
-    if config.floor_fraction > min(regime.ratios):
+    if dict(variant or ()).get("floor_fraction", 0) > min(regime.ratios):  # levers' floors apply to all
         raise ValueError(f"a floor of {config.floor_fraction:g} of each group's channels would "
                          f"change the multiplier curve (its narrowest is x{min(regime.ratios):g})")
     lineage = config.max_iterations * config.short_term_steps
