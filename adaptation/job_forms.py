@@ -39,7 +39,7 @@ PRESET_CHOICES = [("recommended", "Recommended: the levers below (beyond the pap
 #: The engine's defaults, which the lever fields start from (and take when left empty).
 DEFAULTS = AdaptConfig()
 LEVER_FIELDS = ("bn_recalibration_batches", "distillation_alpha", "distillation_temperature",
-                "floor_minimum", "floor_fraction")
+                "floor_minimum", "floor_fraction", "min_proposals")
 
 # What built-in datasets feed a model before resizing (their summaries may not be filled in).
 BUILTIN_INPUTS = {"digits": {"in_channels": 1, "resolution": 8, "num_classes": 10},
@@ -171,13 +171,6 @@ class JobForm(forms.Form):
     selection = forms.ChoiceField(choices=[(rule, SELECTION_LABELS.get(rule, rule)) for rule in SELECTION_RULES],
                                   initial="accuracy")
     max_iterations = ranged(forms.IntegerField(initial=50), "max_iterations")
-    min_proposals = ranged(
-        forms.IntegerField(initial=DEFAULTS.min_proposals, required=False, label="Fewest proposals"),
-        "min_proposals",
-        "When fewer groups than this can meet an iteration's target, the iteration asks for a "
-        "smaller cut, the most that many groups can each make, so it still has a choice (0: the "
-        "schedule's target, and each group's nearest count when none can meet it; left empty: "
-        f"{DEFAULTS.min_proposals}).")
     holdout_size = _holdout_field()
     latency_model = forms.ChoiceField(
         choices=LATENCY_MODEL_CHOICES, required=False, initial="", label="Latency estimate",
@@ -211,6 +204,13 @@ class JobForm(forms.Form):
         forms.FloatField(initial=DEFAULTS.floor_fraction, required=False,
                          label="Channel floor fraction"),
         "floor_fraction", "No group shrinks below this fraction of its original channels.")
+    min_proposals = ranged(
+        forms.IntegerField(initial=DEFAULTS.min_proposals, required=False, label="Fewest proposals"),
+        "min_proposals",
+        "When fewer groups than this can meet an iteration's target, the iteration asks for a "
+        "smaller cut, the most that many groups can each make, so it still has a choice and no "
+        "group is cut to the bone (beyond the paper; 0 is off: the schedule's target, and each "
+        "group's nearest count when none can meet it).")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -309,8 +309,6 @@ class JobForm(forms.Form):
                 decay=data["decay"], channel_step=data["channel_step"],
                 short_term_steps=data["short_term_steps"], long_term_epochs=data["long_term_epochs"],
                 selection=data["selection"], max_iterations=data["max_iterations"],
-                min_proposals=(DEFAULTS.min_proposals if data.get("min_proposals") is None
-                               else data["min_proposals"]),
                 measure_iterations=data["metric"] == "latency", **self._levers(data))
         except SettingsError as error:
             for name, problem in error.problems.items():

@@ -241,19 +241,30 @@ def setting_value(name: str, value: str) -> int | float:
     return number
 
 
+#: Levers of the "recommended" preset that only change how NetAdapt chooses channels: a regime's
+#: runs take the paper's value (its "base") and ``--variant`` gives another.
+CHOOSING_LEVERS = ("min_proposals",)
+
+
 def parse_levers(text: str) -> tuple[tuple[str, float], ...] | None:
     """``--levers``: a preset ("paper", "recommended") and/or ``setting=value`` pairs over it,
     comma separated ("recommended,floor_minimum=16", "distillation_alpha=0.5"); None for the
-    paper's plain recipe. Values are held to ``SETTING_RANGES``."""
+    paper's plain recipe. Values are held to ``SETTING_RANGES``. A lever of how NetAdapt chooses
+    channels that cannot change the multiplier curve (``CHOOSING_LEVERS``) is left to ``--variant``,
+    so that it costs no curve of its own: a preset leaves it at the paper's value."""
     from adaptation.netadapt.config import LEVER_SETTINGS, PRESETS, preset_settings
 
-    names = (*LEVER_SETTINGS, "distillation_temperature")
-    chosen = preset_settings("paper")
+    names = (*(n for n in LEVER_SETTINGS if n not in CHOOSING_LEVERS), "distillation_temperature")
+    chosen = {k: v for k, v in preset_settings("paper").items() if k in names}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if part in PRESETS:
-            chosen.update(preset_settings(part))
+            chosen.update({k: v for k, v in preset_settings(part).items() if k in names})
             continue
         name, equals, value = part.partition("=")
+        if equals and name in CHOOSING_LEVERS:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' changes how NetAdapt chooses channels, not the curve: give it with "
+                f"--variant")
         if not equals or name not in names:
             raise argparse.ArgumentTypeError(
                 f"'{part}' is neither a preset ({', '.join(PRESETS)}) nor setting=value with a "

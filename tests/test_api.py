@@ -468,11 +468,11 @@ def test_it_fills_left_out_settings_with_the_forms_defaults(api, owner, system_d
 
 def test_a_job_keeps_the_fewest_proposals_it_is_given(api, owner, system_device, digits_dataset, enqueued):
     model = stored_model(owner)
-    response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, min_proposals=4),
+    response = api.post(f"{API}/jobs", job_request(model, digits_dataset, system_device, min_proposals=2),
                         format="json")
     assert response.status_code == 201, response.content
-    assert response.json()["settings"]["min_proposals"] == 4
-    assert Job.objects.get().settings["min_proposals"] == 4
+    assert response.json()["settings"]["min_proposals"] == 2 != AdaptConfig().min_proposals
+    assert Job.objects.get().settings["min_proposals"] == 2
 
 
 def test_it_creates_a_job_with_the_levers_it_is_given_or_the_papers(api, owner, system_device,
@@ -489,7 +489,7 @@ def test_it_creates_a_job_with_the_levers_it_is_given_or_the_papers(api, owner, 
     assert paper.status_code == 201, paper.content
     settings = Job.objects.get(pk=paper.json()["id"]).settings
     assert (settings["bn_recalibration_batches"], settings["distillation_alpha"], settings["floor_minimum"],
-            settings["floor_fraction"]) == (0, 0, 0, 0)
+            settings["floor_fraction"], settings["min_proposals"]) == (0, 0, 0, 0, 0)
     left_out = Job.objects.get(pk=api.post(f"{API}/jobs", {"model": model.pk, "dataset": digits_dataset.pk,
                                                            "device": system_device.pk}, format="json").json()["id"])
     assert left_out.settings["distillation_alpha"] == AdaptConfig().distillation_alpha > 0

@@ -197,10 +197,12 @@ def test_levers_make_a_regime_of_their_own_with_the_same_recipe_for_every_method
     for metric in ("latency", "macs"):
         config = adapt_config(regime, metric, seed=3)
         assert (config.bn_recalibration_batches, config.distillation_alpha, config.floor_minimum) == (10, 0.5, 16)
+        assert config.min_proposals == 0  # the recommended 4 is a variant: it needs no curve of its own
     plain = adapt_config(REGIMES["mbv1-0.5-fmnist28"], "latency", seed=3)
     assert (plain.bn_recalibration_batches, plain.distillation_alpha) == (0, 0)  # as the committed curves ran
     for bad, message in [("fast", "neither a preset"), ("distillation_alpha=2", "distillation_alpha must be"),
-                         ("floor_minimum=x", "'x' is not a value of floor_minimum")]:
+                         ("floor_minimum=x", "'x' is not a value of floor_minimum"),
+                         ("min_proposals=4", "give it with --variant")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             parse_levers(bad)
 

@@ -43,9 +43,11 @@ def config(**changes) -> AdaptConfig:
 
 def test_the_paper_preset_turns_every_lever_off_and_the_defaults_turn_them_on():
     paper = AdaptConfig(**preset_settings("paper"))
-    assert (paper.bn_recalibration_batches, paper.distillation_alpha, paper.floor_rule()) == (0, 0, None)
+    assert (paper.bn_recalibration_batches, paper.distillation_alpha, paper.floor_rule(),
+            paper.min_proposals) == (0, 0, None, 0)
     default = AdaptConfig()
     assert default.bn_recalibration_batches > 0 and default.distillation_alpha > 0
+    assert default.min_proposals > 0
     assert preset_settings("recommended")["distillation_alpha"] == default.distillation_alpha
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         preset_settings("fast")

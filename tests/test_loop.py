@@ -186,8 +186,9 @@ def test_it_refuses_a_budget_the_original_already_meets(trained, digits8):
             next(engine.run())
 
 
+# The paper's schedule (min_proposals 0): its nearest-count fallback is what these tests pin down.
 UNREACHABLE = AdaptConfig(metric="macs", budget=0.01, initial_reduction=0.9, short_term_steps=1,
-                          long_term_epochs=0, batch_size=64)
+                          long_term_epochs=0, batch_size=64, min_proposals=0)
 
 
 def test_a_target_no_group_can_meet_still_shrinks_by_the_least_loss_per_unit_saved(trained, digits8):

@@ -189,11 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--max-iterations", type=_setting("max_iterations"), default=50,
                      help="stop after this many iterations even if the budget is not met "
                           "(default: 50)")
-    ada.add_argument("--min-proposals", type=_setting("min_proposals"),
-                     default=AdaptConfig().min_proposals,
-                     help="when fewer groups than this can meet an iteration's target, ask for "
-                          "the smaller cut that many groups can make (0: the schedule's target; "
-                          "default: %(default)s)")
     _lever_args(ada)
     ada.add_argument("--baselines", default="0.5,0.75",
                      help="uniform width ratios to compare against, comma separated, '' for "
@@ -208,8 +203,8 @@ def _lever_args(parser: argparse.ArgumentParser) -> None:
     """The levers beyond the paper; each left out takes the ``--preset``'s value."""
     paper, recommended = preset_settings("paper"), preset_settings("recommended")
     levers = parser.add_argument_group(
-        "beyond the paper", "training levers the NetAdapt paper does not use; the uniform "
-        "baselines get the same ones. Each option left out takes the preset's value.")
+        "beyond the paper", "levers the NetAdapt paper does not use; the uniform baselines get "
+        "the same training ones. Each option left out takes the preset's value.")
     levers.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
                         help="'recommended' (this project's defaults) or 'paper' (the paper's "
                              "plain algorithm: every lever off) (default: %(default)s)")
@@ -221,6 +216,8 @@ def _lever_args(parser: argparse.ArgumentParser) -> None:
         "distillation_temperature": "softmax temperature of the distillation",
         "floor_minimum": "no group shrinks below this many channels",
         "floor_fraction": "no group shrinks below this fraction of its original channels",
+        "min_proposals": "when fewer groups than this can meet an iteration's target, ask for "
+                         "the smaller cut that many groups can make; 0 is the paper's schedule",
     }
     for name, text in helps.items():
         default = (f"{recommended[name]:g} recommended, {paper[name]:g} paper"
@@ -321,7 +318,7 @@ def adapt(args: argparse.Namespace) -> None:
         long_term_epochs=args.long_term_epochs, batch_size=args.batch_size,
         short_term_lr=args.short_term_lr, long_term_lr=args.long_term_lr,
         selection=args.selection, max_iterations=args.max_iterations, seed=args.seed,
-        min_proposals=args.min_proposals, **lever_settings(args))
+        **lever_settings(args))
     measurer = LocalMeasurer(args.runtime, MeasureProtocol(
         threads=args.threads, rounds=args.rounds, runs_per_round=args.runs_per_round))
     table_path = Path(args.table) if args.table else out / "lut.json"

@@ -149,8 +149,6 @@ class AdaptConfig:
     weight_decay: float = 4e-5
     selection: str = "accuracy"      # accuracy (paper) | loss_per_resource (official code)
     max_iterations: int = 50
-    min_proposals: int = 0           # an iteration that fewer groups can meet asks for a smaller cut
-    #                                  (the most this many groups can make; 0: the paper's schedule)
     seed: int = 0
     measure_iterations: bool = True  # measure each chosen network whole (latency metric only)
     # Beyond the paper (the "paper" preset turns them off): see PRESETS.
@@ -160,6 +158,8 @@ class AdaptConfig:
     distillation_temperature: float = 4.0
     floor_minimum: int = 0            # no group shrinks below this many channels ...
     floor_fraction: float = 0.0       # ... nor below this fraction of its original channels
+    min_proposals: int = 4            # an iteration that fewer groups can meet asks for a smaller
+    #                                   cut, the most this many can make (0: the paper's schedule)
 
     def __post_init__(self) -> None:
         """Check every field against its range: SettingsError naming each field out of it."""
@@ -208,7 +208,7 @@ class AdaptConfig:
 PRESETS: dict[str, dict] = {
     "recommended": {},
     "paper": {"bn_recalibration_batches": 0, "distillation_alpha": 0.0, "floor_minimum": 0,
-              "floor_fraction": 0.0},
+              "floor_fraction": 0.0, "min_proposals": 0},
 }
 #: The settings a preset decides (the levers).
 LEVER_SETTINGS = tuple(PRESETS["paper"])
