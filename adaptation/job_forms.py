@@ -208,9 +208,9 @@ class JobForm(forms.Form):
         forms.IntegerField(initial=DEFAULTS.min_proposals, required=False, label="Fewest proposals"),
         "min_proposals",
         "When fewer groups than this can meet an iteration's target, the iteration asks for a "
-        "smaller cut, the most that many groups can each make, so it still has a choice and no "
-        "group is cut to the bone (beyond the paper; 0 is off: the schedule's target, and each "
-        "group's nearest count when none can meet it).")
+        "smaller cut, the most that many groups can each make, so it still has a choice and each "
+        "group is cut only as far as that cut needs (beyond the paper; 0 is off: the schedule's "
+        "target, and each group's nearest count when none can meet it).")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
