@@ -74,11 +74,17 @@ def levers_text(config: AdaptConfig) -> str:
     return "; ".join(levers) if levers else "none (the paper's recipe)"
 
 
-def latency_model_text(job_settings: dict) -> str | None:
-    """How a latency job estimates its candidates; None for the indirect metrics."""
+def latency_model_text(job_settings: dict, whole_since: int | None = None) -> str | None:
+    """How a latency job estimates its candidates; None for the indirect metrics.
+    ``whole_since``: the first iteration measured whole after the table had parted from the
+    measurements (``netadapt.table_check``), if it did."""
     if job_settings.get("metric", "latency") != "latency":
         return None
-    return LATENCY_MODEL_TEXT.get(job_settings.get("latency_model", "table"), NO_VALUE)
+    text = LATENCY_MODEL_TEXT.get(job_settings.get("latency_model", "table"), NO_VALUE)
+    if whole_since is not None and job_settings.get("latency_model") != "whole":
+        text += (f"; every candidate measured whole from iteration {whole_since} on (the table's "
+                 "predictions had parted from the measurements)")
+    return text
 
 
 #: What people call each phase of an iteration's time (``netadapt.loop.PHASES``, same order).

@@ -21,6 +21,7 @@ from adaptation.netadapt.config import (ABSOLUTE_BUDGETS, SELECTION_RULES, SETTI
                                         SettingsError, holdout_problem, preset_settings,
                                         range_problem, show_number)
 from adaptation.netadapt.schedule import unreachable_warning
+from adaptation.netadapt.table_check import PART_RUN, PART_TOLERANCE
 from devices.access import devices_visible_to
 from devices.models import Device
 
@@ -176,7 +177,9 @@ class JobForm(forms.Form):
         choices=LATENCY_MODEL_CHOICES, required=False, initial="", label="Latency estimate",
         help_text="How a candidate's latency is known. Automatic: the calibrated look-up table, except "
                   "on a phone whose layer entries mostly drown in its per-call overhead, where every "
-                  "candidate is measured whole (slower, and exact).")
+                  "candidate is measured whole (slower, and exact). A table whose predictions of the "
+                  f"chosen networks miss their measurements by more than {PART_TOLERANCE:.0%} "
+                  f"{PART_RUN} iterations in a row gives way to whole measurements; the log says when.")
     preset = forms.ChoiceField(
         choices=PRESET_CHOICES, initial="recommended", required=False,
         help_text="The levers below go beyond the NetAdapt paper; the uniform-width baselines "

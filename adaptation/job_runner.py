@@ -456,6 +456,9 @@ class JobRunner:
                          chosen=p["group"] == record["chosen_group"], record=p)
                 for p in record["proposals"]])
             publish(self.job.pk, "job.iteration", iteration_payload(record))
+            for note in record.get("notes") or ():  # the engine's (a table that misleads)
+                publish(self.job.pk, "job.log", {"level": "warning",
+                                                 "message": f"Iteration {record['iteration']}: {note}"})
 
     def _finish(self, finish: FinishRecord, spec: Architecture) -> None:
         self.files.save_final(finish.model, spec, finish.channels)

@@ -99,10 +99,17 @@ def job_detail(request, job_id: int):
     return render(request, "jobs/detail.html", {
         "job": job, "table": _iteration_table(iterations, page_data["unit"]),
         "budget_text": budget_text(job.settings), "schedule_text": schedule_text(config),
-        "levers_text": levers_text(config), "latency_model_text": latency_model_text(job.settings),
+        "levers_text": levers_text(config),
+        "latency_model_text": latency_model_text(job.settings, _whole_since(iterations)),
         "unit": page_data["unit"], "warnings": warnings, "downloads": _downloads(job, iterations),
         "page_data": page_data, "children": job.children.all(),
     })
+
+
+def _whole_since(iterations) -> int | None:
+    """The first iteration whose candidates were measured whole by a table-estimated job."""
+    return next((it.number for it in iterations
+                 if it.number >= 0 and (it.record or {}).get("latency_estimate") == "whole"), None)
 
 
 @login_required

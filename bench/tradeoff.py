@@ -416,6 +416,8 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
             print(f"  [{regime.name} {name}] iteration {record.iteration}: {record.chosen_group} -> "
                   f"{record.channels[record.chosen_group]} ch, {record.resource.value:.4g}, "
                   f"holdout {record.holdout_accuracy:.4f}", flush=True)
+            for note in record.notes:
+                print(f"  [{regime.name} {name}] {note}", flush=True)
             engine.state.start["bench_minutes"] = spent + (time.perf_counter() - tick) / 60
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             engine.state.save(checkpoint)
@@ -433,6 +435,8 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
         "iterations": finish.iterations, "macs": iterations[-1]["macs"] if iterations else None,
         "minutes": spent + (time.perf_counter() - tick) / 60,
         "predicted_ms": [_prediction(r) for r in iterations],
+        # the first iteration measured whole once the table had parted (netadapt.table_check)
+        "whole_since": engine.state.whole_since,
         "train_device": engine.train_device.type})
 
 

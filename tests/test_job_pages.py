@@ -247,6 +247,20 @@ def test_the_job_page_names_the_levers_and_the_estimate_chosen(logged_in, owner,
     assert 'id="job-latency-model"' not in logged_in.get(reverse("job_detail", args=[macs.pk])).content.decode()
 
 
+def test_the_job_page_says_from_which_iteration_the_table_gave_way_to_whole_networks(logged_in, owner, make_job):
+    """The engine's records say how each iteration's latency was known (netadapt.table_check)."""
+    job = make_job(owner, settings=AdaptConfig(metric="latency", budget=0.5).to_dict())
+    for number, estimate in enumerate(("table", "table", "table", "whole", "whole")):
+        iteration(job, number, record={"latency_estimate": estimate})
+    html = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert ('<dd id="job-latency-model">calibrated look-up table; every candidate measured whole from '
+            'iteration 3 on') in html
+    trusted = make_job(owner, settings=AdaptConfig(metric="latency", budget=0.5).to_dict())
+    iteration(trusted, 0, record={"latency_estimate": "table"})
+    assert ('<dd id="job-latency-model">calibrated look-up table</dd>'
+            in logged_in.get(reverse("job_detail", args=[trusted.pk])).content.decode())
+
+
 def test_it_serves_chart_js_from_node_modules():
     path = finders.find("vendor/chart.js/chart.umd.js")
     assert path is not None, "node_modules/chart.js is missing: run `npm ci`"

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from django.urls import reverse
 
 from adaptation import tasks
 from adaptation.models import Job, JobEvent
+from adaptation.netadapt.spec import ArchitectureSpec
+from devices.measure.signature import LayerSignature
 from devices.models import MeasurementRequest
 from tests.test_job_pages import form_data, uploaded_model
 from tests.test_phone_protocol import STATS, TIMEOUT, paired_socket, phone, token  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
+
+#: Wide enough that one group's cut can meet an iteration's target on the staircase phone.
+WIDE = ArchitectureSpec("plain_cnn", 10, 1, 0.5, 8)
 
 
 def serve_as_phone(token: str, probe_ms: float) -> dict:
@@ -116,3 +122,65 @@ def test_the_job_form_refuses_an_unknown_estimate(client, owner, media, digits_d
                                                             latency_model="guess"))
     assert response.status_code == 200 and not Job.objects.exists()
     assert "Select a valid choice" in response.content.decode()
+
+
+def staircase_stats(ms: float) -> dict:
+    return {**STATS, "min_ms": ms, "p10_ms": ms * 1.05, "median_ms": ms * 1.1, "p90_ms": ms * 1.3,
+            "mean_ms": ms * 1.1, "std_ms": ms * 0.1}
+
+
+def serve_as_staircase_phone(token: str) -> dict:
+    """A phone whose layers, timed alone, take time in proportion to their MACs while whole
+    networks barely depend on their channels: the staircase of blocked kernels, where most of
+    what the table sums as a saving is not saved. It reads what it was sent as the phone page
+    does, from the request's signatures and networks."""
+    async def scenario() -> dict:
+        socket = await paired_socket(token)
+        offer = await socket.receive_json_from(timeout=TIMEOUT)
+        assert offer["type"] == "request", offer
+        request = await database_sync_to_async(MeasurementRequest.objects.get)(pk=offer["request"])
+        if offer["signatures"]:
+            await socket.send_json_to({"type": "layers", "request": offer["request"], "results": {
+                str(i): {**staircase_stats(LayerSignature.from_dict(sig).macs() * 1e-6), "overhead_ms": 1e-5}
+                for i, sig in enumerate(request.signatures)}})
+            assert (await socket.receive_json_from(timeout=TIMEOUT))["type"] == "stored"
+        await socket.send_json_to({"type": "networks", "request": offer["request"],
+                                   "results": [staircase_stats(0.3 + 1e-4 * sum(n["channels"].values()))
+                                               for n in request.networks]})
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["type"] == "done"
+        await socket.disconnect()
+        return offer
+
+    return async_to_sync(scenario)()
+
+
+def test_a_table_job_whose_table_misleads_measures_candidates_whole_and_says_so(
+        client, owner, phone, token, media, digits_dataset, workers):
+    say_hello(token)
+    client.force_login(owner)
+    model = uploaded_model(owner, WIDE)
+    response = client.post(reverse("job_create"), form_data(
+        model, digits_dataset, phone, latency_model="table", budget=5, initial_reduction=0.25, decay=0.9,
+        max_iterations=4, short_term_steps=1, long_term_epochs=0, preset="paper"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = Job.objects.get(owner=owner)
+    for _ in range(40):
+        job = workers.drive(job)
+        if job.status != Job.Status.WAITING:
+            break
+        serve_as_staircase_phone(token)
+    assert job.status == Job.Status.FINISHED, job.error
+
+    notes = [e.payload for e in JobEvent.objects.filter(job=job, type="job.log").order_by("seq")
+             if "no longer predicts" in e.payload["message"]]
+    assert len(notes) == 1 and notes[0]["level"] == "warning"
+    k = int(notes[0]["message"].split()[1].rstrip(":"))  # "Iteration k: The look-up table ..."
+    estimates = [it.record["latency_estimate"] for it in job.iterations.filter(number__gte=0).order_by("number")]
+    assert k >= 2 and estimates == ["table"] * (k + 1) + ["whole"] * (len(estimates) - k - 1)
+    assert len(estimates) > k + 1
+    # After the note, the phone was sent whole candidate networks, not layers.
+    last_layers = max(r.pk for r in requests_of(job) if r.signatures)
+    assert any(n["label"].startswith("candidate") for r in requests_of(job) if r.pk > last_layers
+               for n in r.networks)
+    html = client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert f"every candidate measured whole from iteration {k + 1} on" in html

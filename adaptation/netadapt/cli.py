@@ -28,6 +28,7 @@ from .report import plot_tradeoff, write_csv, write_json
 from .resources import METRICS, LatencyTableModel, WholeNetworkLatencyModel, exact_model
 from .architectures import Architecture, architecture_from_dict
 from .spec import ArchitectureSpec
+from .table_check import PART_RUN, PART_TOLERANCE
 from .training import TRAIN_DEVICES, accuracy, resolve_device, steps_for_epochs, train_steps
 
 RUNTIME_CHOICES = ("onnxruntime", "torch", "torchscript")
@@ -159,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--latency-model", default="table", choices=("table", "whole"),
                      help="estimate latency from the per-layer look-up table (calibrated), or "
                           "measure every candidate network whole (slower; for tiny networks "
-                          "whose layer sums are mostly call overhead) (default: table)")
+                          "whose layer sums are mostly call overhead) (default: table). A table "
+                          "whose predictions of the chosen networks miss their measurements by "
+                          f"more than {PART_TOLERANCE * 100:g}%% {PART_RUN} iterations in a row gives "
+                          "way to whole measurements (a note says when)")
     ada.add_argument("--threads", type=_setting("threads"), default=1, help="inference threads (default: 1)")
     ada.add_argument("--rounds", type=_setting("rounds"), default=5,
                      help="interleaved measurement rounds (default: %(default)s)")
@@ -368,6 +372,8 @@ def adapt(args: argparse.Namespace) -> None:
             bar.n = min(100.0, 100 * (engine.state.initial_resource - record.resource.value) / needed)
             bar.set_postfix(acc=f"{record.holdout_accuracy:.4f}", group=record.chosen_group)
             bar.refresh()
+            for note in record.notes:
+                tqdm.write(f"note: iteration {record.iteration}: {note}", file=sys.stderr)
             export_pytorch(record.model, spec, record.channels,
                            out / "models" / f"iteration_{record.iteration:03d}.pt")
             engine.state.save(checkpoint)

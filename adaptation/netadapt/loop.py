@@ -36,8 +36,9 @@ from .config import AdaptConfig
 from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
 from .lut import AffineCalibration
-from .resources import Estimate, ResourceModel
+from .resources import Estimate, ResourceModel, WholeNetworkLatencyModel
 from .schedule import iteration_target, unreachable_warning
+from .table_check import parted, parted_message, predictions
 from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
                     plan_iteration, plan_signatures, select_proposal)
 from .training import DeviceLike, TrainingHook, accuracy, resolve_device, steps_for_epochs, train_steps
@@ -153,6 +154,10 @@ class IterationRecord:
     calibration: tuple[float, float]
     model: nn.Module = field(repr=False)
     wall_s: float = 0.0  # from the iteration's start to this record, parks and resumes included
+    #: How the proposals' latency was known: "table" (calibrated look-up table), "whole"
+    #: (candidates measured whole), None for an exact metric.
+    latency_estimate: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the caller should tell (a job's log)
 
     def to_dict(self) -> dict:
         return {"iteration": self.iteration, "target": self.target, "chosen_group": self.chosen_group,
@@ -161,7 +166,8 @@ class IterationRecord:
                 "measured": self.measured.to_dict() if self.measured else None,
                 "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
                 "proposals": self.proposals, "skipped": self.skipped, "phases_s": self.phases_s,
-                "wall_s": self.wall_s, "calibration": list(self.calibration)}
+                "wall_s": self.wall_s, "calibration": list(self.calibration),
+                "latency_estimate": self.latency_estimate, "notes": list(self.notes)}
 
 
 @dataclass
@@ -266,6 +272,9 @@ class AdaptState:
     #: another process can go on): {"iteration", "started_at" (epoch s), "phases_s" (so far),
     #: "parked": None or {"kind", "at"}}; see ``NetAdapt.note_parked``.
     clock: dict | None = None
+    #: The first iteration whose candidates were measured whole because the table had parted
+    #: from the measurements (``table_check``); None while the table is trusted.
+    whole_since: int | None = None
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "iteration": self.iteration,
@@ -275,7 +284,9 @@ class AdaptState:
                 "calibration": self.calibration.to_dict(), "records": self.records,
                 "start": self.start,
                 "pending": self.pending.to_dict() if self.pending is not None else None,
-                "clock": self.clock}
+                "clock": self.clock,
+                # only once it happened: a checkpoint keeps the format it was read in otherwise
+                **({"whole_since": self.whole_since} if self.whole_since is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdaptState":
@@ -285,7 +296,8 @@ class AdaptState:
                    holdout_accuracy=data["holdout_accuracy"],
                    calibration=AffineCalibration.from_dict(data["calibration"]),
                    records=list(data["records"]), start=dict(data["start"]),
-                   pending=pending_from_dict(data.get("pending")), clock=data.get("clock"))
+                   pending=pending_from_dict(data.get("pending")), clock=data.get("clock"),
+                   whole_since=data.get("whole_since"))
 
     def save(self, path) -> None:
         torch.save(self.to_dict(), path)
@@ -321,12 +333,16 @@ class NetAdapt:
     ``train_device`` ("auto", "cpu", "cuda": ``training.resolve_device``) is where those fine-tunes
     and the accuracy evaluations run; it is a runtime choice, not part of ``config``, so a run
     started on one machine resumes on another. Latency is always measured on the target device.
+    ``whole_when_misled``: once the calibrated look-up table's predictions of the chosen networks
+    part from their whole measurements (``table_check.parted``), measure every candidate whole
+    from the next iteration on (else only say so in the record's notes).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, data: DatasetSplits,
                  config: AdaptConfig, resource: ResourceModel, state: AdaptState | None = None,
                  analysis: NetworkAnalysis | None = None, delegate_evaluation: bool = False,
-                 hook: TrainingHook | None = None, train_device: DeviceLike = "cpu") -> None:
+                 hook: TrainingHook | None = None, train_device: DeviceLike = "cpu",
+                 whole_when_misled: bool = True) -> None:
         self.train_device = resolve_device(train_device)
         if resource.metric != config.metric:
             raise ValueError(f"config asks for metric '{config.metric}' but the resource model "
@@ -341,8 +357,16 @@ class NetAdapt:
         self.delegate_evaluation = delegate_evaluation
         self.hook = hook
         self.loss_fn = fine_tune_loss(config, model)  # one teacher for every fine-tune of the run
+        self.whole_when_misled = whole_when_misled
         if state is not None and resource.calibration is not None:
             resource.calibration = state.calibration
+        if state is not None and state.whole_since is not None:
+            self._measure_whole()
+
+    def _measure_whole(self) -> None:
+        """From now on, estimate every candidate by measuring it whole."""
+        if not self.resource.measures_networks:
+            self.resource = WholeNetworkLatencyModel(getattr(self.resource, "estimator", "min"))
 
     @property
     def _latency(self) -> bool:
@@ -520,7 +544,8 @@ class NetAdapt:
         if not proposals:
             raise NoProposalError(
                 f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
-                f"(current {current.value:.4g}) or shrink any further; "
+                f"(current {current.value:.4g}), and no smaller count of any group is estimated "
+                "below the current network; "
                 + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
         self._add_phase("plan_s", time.perf_counter() - tick)
         if self.delegate_evaluation:
@@ -573,6 +598,8 @@ class NetAdapt:
             self._add_phase("measure_network_s", time.perf_counter() - tick)
         phases, wall = self._close_clock(i, dict(pending.phases_s))
         resource = self.resource.estimate(signatures)
+        estimate = ("whole" if self.resource.measures_networks else "table" if self._calibrated
+                    else None)
         record = IterationRecord(
             iteration=i, target=pending.target, chosen_group=chosen.proposal.group,
             channels=dict(chosen.proposal.config), resource=resource, measured=measured,
@@ -580,15 +607,30 @@ class NetAdapt:
             holdout_accuracy=chosen.holdout_accuracy, proposals=[r.to_dict() for r in results],
             skipped=dict(pending.skipped), phases_s=phases,
             calibration=self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0),
-            model=model, wall_s=wall)
+            model=model, wall_s=wall, latency_estimate=estimate)
+        misled = estimate == "table" and measured is not None and self._check_table(record)
         state.iteration = i + 1
         state.channels = dict(chosen.proposal.config)
         state.model_state = copy.deepcopy(model.state_dict())
         state.holdout_accuracy = chosen.holdout_accuracy
         state.records.append(record.to_dict())
         state.pending = None
+        if misled and self.whole_when_misled:
+            state.whole_since = i + 1
+            self._measure_whole()
+            self.resource.record(signatures, measured)  # the next iteration starts from it
         yield record
         return record
+
+    def _check_table(self, record: IterationRecord) -> bool:
+        """Whether the table's predictions have just parted from the measurements with this
+        record's (then a note on the record says so and what happens next)."""
+        found = predictions([*self.state.records, record.to_dict()])
+        run = parted(found)
+        if run is None or parted(found[:-1]) is not None:  # said once, when it starts
+            return False
+        record.notes.append(parted_message(run, self.whole_when_misled))
+        return True
 
     def _measure_candidates(self, iteration: int) -> Conversation:
         """Measure whole every candidate network of the plan that has not been measured yet."""
@@ -615,13 +657,16 @@ class NetAdapt:
                            if config.long_term_epochs else 0.0)
             state.pending = PendingFinish(model_state=copy.deepcopy(model.state_dict()),
                                           long_term_s=long_term_s)
-        resource = self.resource.estimate(self.analysis.signatures(state.channels))
         ab_original = ab_final = None
         if self._latency:
             ab_original, ab_final = yield from self._measure(
                 "A/B confirmation of the budget",
                 ("original", self.original, self.analysis.original_config()),
                 ("final", model, state.channels))
+        signatures = self.analysis.signatures(state.channels)
+        if self.resource.measures_networks and not self.resource.has(signatures):
+            self.resource.record(signatures, ab_final)  # measured before a resume, not since
+        resource = self.resource.estimate(signatures)
         yield FinishRecord(
             channels=dict(state.channels), resource=resource, budget=state.budget,
             budget_met=resource.value <= state.budget, iterations=state.iteration,
