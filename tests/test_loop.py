@@ -13,7 +13,7 @@ from adaptation.netadapt.loop import (PHASES, AdaptState, BudgetError, Evaluated
                                       NetAdapt, PendingFinish, PendingIteration, StartRecord,
                                       measure_with, run_with)
 from adaptation.netadapt.lut import MemoryLatencyTable
-from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, LatencyTableModel, MacsModel)
+from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, Estimate, LatencyTableModel, MacsModel)
 from adaptation.netadapt.schedule import iteration_target
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
@@ -234,6 +234,22 @@ def test_it_raises_no_proposal_error_once_no_group_can_shrink_any_further(traine
     assert set(engine.state.channels.values()) == {8}  # every group at the minimum step
     # The message says why each group was left out.
     assert "features.0.0: already at the minimum of 8 channels" in str(info.value)
+
+
+class NothingSaves(MacsModel):
+    """A metric no cut changes (a whole-measured staircase, exactly): every network costs 1."""
+
+    def estimate(self, signatures):
+        return Estimate(1.0, 1.0)
+
+
+def test_the_no_proposal_error_tells_groups_that_save_nothing_from_groups_at_their_minimum(trained, digits8):
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, UNREACHABLE, NothingSaves())
+    with pytest.raises(NoProposalError, match=r"iteration 0: no group can meet the target .* and no "
+                                              r"smaller count of any group is estimated below the "
+                                              r"current network") as info:
+        list(engine.run())
+    assert "shrink any further" not in str(info.value)
 
 
 @pytest.mark.parametrize("kwargs, word", [

@@ -542,10 +542,13 @@ class NetAdapt:
             # least accuracy lost per unit saved is kept. The record shows it (resource > target).
             proposals, selection = plan.nearest, "loss_per_resource"
         if not proposals:
+            # Every group at its minimum or floor; or (measured whole on a staircase) groups that
+            # could shrink, none of whose smaller counts is estimated below the current network.
             raise NoProposalError(
                 f"iteration {i}: no group can meet the target {target:.4g} {self.resource.unit} "
-                f"(current {current.value:.4g}), and no smaller count of any group is estimated "
-                "below the current network; "
+                f"(current {current.value:.4g}) "
+                + ("or shrink any further; " if not plan.shrinkable else
+                   "and no smaller count of any group is estimated below the current network; ")
                 + "; ".join(f"{g}: {why}" for g, why in plan.skipped.items()))
         self._add_phase("plan_s", time.perf_counter() - tick)
         if self.delegate_evaluation:

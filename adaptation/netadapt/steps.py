@@ -94,6 +94,8 @@ class IterationPlan:
     #: target (the smallest estimate; ties to more channels). The loop falls back to these when
     #: no group alone meets the target (``proposals`` empty).
     nearest: list[Proposal] = field(default_factory=list)
+    #: The groups that had smaller counts to offer (below their current count, above any floor).
+    shrinkable: tuple[str, ...] = ()
 
 
 def candidate_counts(current: int, step: int) -> list[int]:
@@ -159,7 +161,8 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
         closest = min(scan.scanned, key=lambda option: (option[2].value, -option[0]))
         if closest[2].value < current.value:  # smallest estimate, ties to more channels
             nearest.append(_proposal(channels, scan.group, scan.index, *closest))
-    return IterationPlan(iteration, current, target, proposals, skipped, nearest)
+    return IterationPlan(iteration, current, target, proposals, skipped, nearest,
+                         tuple(scan.group for scan in scans))
 
 
 class _Scan:
