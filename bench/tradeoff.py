@@ -441,11 +441,14 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
 
 
 def _prediction(record: dict) -> dict | None:
-    """The chosen network's latency as the calibrated table predicted it before measuring it."""
-    if not record.get("measured"):
+    """The chosen network's latency as the calibrated table predicted it before measuring it
+    (None when it was not measured, or was estimated by measuring it whole)."""
+    from adaptation.netadapt.table_check import predictions
+
+    found = predictions([record])
+    if not found:
         return None
-    chosen = next(p for p in record["proposals"] if p["group"] == record["chosen_group"])
-    return {"predicted_ms": chosen["resource"], "measured_min_ms": record["measured"]["min_ms"]}
+    return {"predicted_ms": found[0].predicted_ms, "measured_min_ms": found[0].measured_ms}
 
 
 def run_uniform(regime: Regime, ratio: float, seed: int, original, data, analysis,
