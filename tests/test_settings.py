@@ -26,6 +26,7 @@ print(json.dumps({
     "database": str(s.DATABASES["default"]["NAME"]),
     "host": s.DATABASES["default"].get("HOST", ""),
     "broker": s.CELERY_BROKER_URL,
+    "transport": getattr(s, "CELERY_BROKER_TRANSPORT", None),
     "backend": s.CELERY_RESULT_BACKEND,
     "transport_options": s.CELERY_BROKER_TRANSPORT_OPTIONS,
     "channel_layer": s.CHANNEL_LAYERS["default"]["BACKEND"],
@@ -118,6 +119,7 @@ def test_it_defaults_to_the_embedded_stack(tmp_path):
     assert stack["engine"] == "django.db.backends.sqlite3"
     assert stack["database"] == str(data / "db.sqlite3")
     assert stack["broker"] == "filesystem://"
+    assert stack["transport"] == "webapp.broker:Transport"  # kombu's, made atomic (test_broker)
     assert stack["backend"] == "django-db"
     assert stack["channel_layer"] == "channels.layers.InMemoryChannelLayer"
     assert stack["debug"] is False
@@ -134,6 +136,7 @@ def test_it_picks_postgresql_and_redis_from_the_environment(tmp_path):
     assert stack["engine"] == "django.db.backends.postgresql"
     assert (stack["database"], stack["host"]) == ("netadapt", "db.example")
     assert stack["broker"] == stack["backend"] == "redis://cache.example:6379/0"
+    assert stack["transport"] is None
     assert stack["channel_layer"] == "channels_redis.core.RedisChannelLayer"
     assert stack["debug"] is False
     assert stack["transport_options"]["visibility_timeout"] > settings.CELERY_TASK_TIME_LIMIT

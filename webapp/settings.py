@@ -3,9 +3,9 @@
 Two modes, chosen by the environment alone:
 
 - **Embedded** (nothing set): everything under ``NETADAPT_DATA_DIR`` -- SQLite in WAL mode,
-  a ``filesystem://`` Celery broker, results in the database, an in-memory channel layer. The
-  ``SECRET_KEY`` is generated on the first start and kept in ``<data>/secret_key`` (mode 0600)
-  unless the environment sets one.
+  a ``filesystem://`` Celery broker (kombu's, its files made atomic in ``webapp.broker``),
+  results in the database, an in-memory channel layer. The ``SECRET_KEY`` is generated on the first
+  start and kept in ``<data>/secret_key`` (mode 0600) unless the environment sets one.
 - **Production** (``DATABASE_URL`` and ``REDIS_URL``): PostgreSQL, Redis as Celery broker,
   result backend and channel layer. ``SECRET_KEY`` is required.
 
@@ -341,6 +341,8 @@ if REDIS_URL:
     CELERY_RESULT_BACKEND = REDIS_URL
 else:
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport, with messages written and claimed atomically (see broker.py)
+    CELERY_BROKER_TRANSPORT = "webapp.broker:Transport"
     CELERY_RESULT_BACKEND = "django-db"  # django_celery_results; chords work on it
 CELERY_TASK_TIME_LIMIT = env_int("NETADAPT_TASK_TIME_LIMIT", 6 * 3600, minimum=60)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
