@@ -33,6 +33,7 @@ ADAPT_CONFIG_FIELDS = tuple(f.name for f in dataclass_fields(AdaptConfig))
 METRIC_CHOICES = [("latency", "Latency on the device (ms)"), ("macs", "MACs (indirect metric)"),
                   ("params", "Parameters (indirect metric)")]
 SELECTION_LABELS = {"accuracy": "Best holdout accuracy (paper)",
+                    "holdout_loss": "Lowest holdout loss (cross-entropy)",
                     "loss_per_resource": "Least accuracy loss per resource saved (official code)"}
 BUDGET_MODES = [("percent", "% of the original"), ("absolute", "Absolute (ms, MACs or parameters)")]
 PRESET_CHOICES = [("recommended", "Recommended: the levers below (beyond the paper)"),

@@ -223,6 +223,17 @@ def test_min_proposals_gives_every_iteration_a_choice_and_meets_its_own_target(t
         previous = record.resource.value
 
 
+def test_selection_by_holdout_loss_keeps_the_proposal_with_the_lowest_holdout_cross_entropy(
+        trained, digits8):
+    config = dataclasses.replace(UNREACHABLE, max_iterations=2, min_proposals=3,
+                                 selection="holdout_loss")
+    records = _run(NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel()))
+    for record in records[1:-1]:
+        assert all(p["holdout_loss"] > 0 for p in record.proposals)
+        best = min(record.proposals, key=lambda p: (p["holdout_loss"], p["resource"]))
+        assert record.chosen_group == best["group"]
+
+
 def test_it_raises_no_proposal_error_once_no_group_can_shrink_any_further(trained, digits8):
     engine = NetAdapt(trained, SPEC.example_input(), digits8, UNREACHABLE, MacsModel())
     records = []

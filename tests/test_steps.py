@@ -220,6 +220,11 @@ def test_evaluate_proposal_prunes_finetunes_and_scores_a_copy(plain, digits16):
     assert GroupPruner(candidate, x).channels() == proposal.config
     assert result.proposal is proposal
     assert result.holdout_accuracy == accuracy(candidate, digits16.holdout)
+    with torch.no_grad():  # the holdout loss: mean cross-entropy over the whole holdout
+        candidate.eval()
+        logits = candidate(digits16.holdout.batch(torch.arange(len(digits16.holdout))))
+        expected = torch.nn.functional.cross_entropy(logits, digits16.holdout.labels).item()
+    assert result.holdout_loss == pytest.approx(expected, rel=1e-5)
     # Seeded by (seed, iteration, group index) only: the same call gives the same weights.
     assert all(torch.equal(a, b) for a, b in zip(candidate.state_dict().values(),
                                                   candidate2.state_dict().values()))
@@ -276,10 +281,11 @@ def test_evaluate_proposal_passes_the_hook_to_its_fine_tune(plain, digits16):
 # ---------------------------------------------------------------- selection
 
 
-def _result(group: str, accuracy_: float, resource: float, index: int = 0) -> ProposalResult:
+def _result(group: str, accuracy_: float, resource: float, index: int = 0,
+            loss: float | None = None) -> ProposalResult:
     estimate = Estimate(resource, resource)
     proposal = Proposal(group, index, 8, {group: 8}, estimate, int(resource), 0)
-    return ProposalResult(proposal, accuracy_, 0.0, 0.0, 0.0)
+    return ProposalResult(proposal, accuracy_, 0.0, 0.0, 0.0, holdout_loss=loss)
 
 
 def test_select_by_accuracy_picks_the_best_holdout_accuracy():
@@ -308,6 +314,31 @@ def test_select_by_loss_per_resource_picks_the_least_loss_per_unit_saved():
 def test_select_by_loss_per_resource_prefers_an_accuracy_gain():
     results = [_result("a", 0.89, 50), _result("b", 0.91, 98)]  # b gains accuracy: negative loss
     assert select_proposal(results, "loss_per_resource", 0.90, 100) == 1
+
+
+def test_select_by_holdout_loss_picks_the_lowest_loss_not_the_best_top1():
+    results = [_result("a", 0.90, 80, loss=0.41), _result("b", 0.89, 80, loss=0.35),
+               _result("c", 0.91, 80, loss=0.52)]
+    assert select_proposal(results, "holdout_loss", 0.95, 100) == 1
+    assert select_proposal(results, "accuracy", 0.95, 100) == 2
+
+
+def test_select_by_holdout_loss_breaks_ties_towards_the_smaller_resource():
+    results = [_result("a", 0.90, 80, loss=0.3), _result("b", 0.90, 60, loss=0.3)]
+    assert select_proposal(results, "holdout_loss", 0.95, 100) == 1
+
+
+def test_select_by_holdout_loss_refuses_results_scored_without_it():
+    with pytest.raises(ValueError, match="no holdout loss"):
+        select_proposal([_result("a", 0.9, 50, loss=0.2), _result("b", 0.9, 40)], "holdout_loss",
+                        0.95, 100)
+
+
+def test_a_proposal_result_keeps_its_holdout_loss_across_a_checkpoint():
+    result = _result("a", 0.9, 50, loss=0.25)
+    assert ProposalResult.from_state(result.to_state()).holdout_loss == 0.25
+    old = {k: v for k, v in result.to_state().items() if k != "holdout_loss"}
+    assert ProposalResult.from_state(old).holdout_loss is None  # checkpoints from before
 
 
 def test_select_rejects_no_results_and_unknown_rules():

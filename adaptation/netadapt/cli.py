@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--long-term-lr", type=_setting("long_term_lr"), default=0.01,
                      help="peak learning rate of the long-term fine-tune, cosine (default: 0.01)")
     ada.add_argument("--selection", default="accuracy", choices=SELECTION_RULES,
-                     help="keep the best holdout accuracy (paper) or the least loss per "
-                          "resource saved (official code) (default: accuracy)")
+                     help="keep the best holdout accuracy (paper), the lowest holdout "
+                          "cross-entropy, or the least accuracy lost per resource saved "
+                          "(official code) (default: accuracy)")
     ada.add_argument("--max-iterations", type=_setting("max_iterations"), default=50,
                      help="stop after this many iterations even if the budget is not met "
                           "(default: 50)")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from .floors import FloorRule
 from .resources import METRICS
 
-SELECTION_RULES = ("accuracy", "loss_per_resource")
+SELECTION_RULES = ("accuracy", "holdout_loss", "loss_per_resource")
 
 
 def show_number(value: float) -> str:
@@ -147,7 +147,7 @@ class AdaptConfig:
     long_term_lr: float = 0.01       # cosine-annealed from this value
     momentum: float = 0.9
     weight_decay: float = 4e-5
-    selection: str = "accuracy"      # accuracy (paper) | loss_per_resource (official code)
+    selection: str = "accuracy"      # one of SELECTION_RULES: accuracy is the paper's
     max_iterations: int = 50
     seed: int = 0
     measure_iterations: bool = True  # measure each chosen network whole (latency metric only)

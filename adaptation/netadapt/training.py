@@ -166,9 +166,15 @@ GPU_EVAL_BATCH = 1000
 
 def accuracy(model: nn.Module, split: TensorSplit, batch_size: int | None = None,
              device: DeviceLike = "cpu") -> float:
-    """Top-1 accuracy (fraction) of ``model`` on ``split``, computed on ``device`` in batches of
-    ``batch_size`` (default: by device, see ``CPU_EVAL_BATCH``); ``model`` is back on the CPU
-    afterwards.
+    """Top-1 accuracy (fraction) of ``model`` on ``split``: see :func:`scores`."""
+    return scores(model, split, batch_size, device)[0]
+
+
+def scores(model: nn.Module, split: TensorSplit, batch_size: int | None = None,
+           device: DeviceLike = "cpu") -> tuple[float, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` on ``split``, computed in
+    one pass on ``device`` in batches of ``batch_size`` (default: by device, see
+    ``CPU_EVAL_BATCH``); ``model`` is back on the CPU afterwards.
 
     The model moves outside inference mode: moved there, its parameters would become inference
     tensors that a later fine-tune cannot train.
@@ -177,14 +183,17 @@ def accuracy(model: nn.Module, split: TensorSplit, batch_size: int | None = None
     batch_size = batch_size or (CPU_EVAL_BATCH if target.type == "cpu" else GPU_EVAL_BATCH)
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     model.to(target)
     try:
         with torch.inference_mode():
             for images, labels in iterate_batches(split, batch_size, shuffle=False):
-                predicted = model(images.to(target)).argmax(dim=1)
-                correct += (predicted == labels.to(target)).sum().item()
+                logits = model(images.to(target))
+                labels = labels.to(target)
+                correct += (logits.argmax(dim=1) == labels).sum().item()
+                loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
     finally:
         model.to("cpu")
         model.train(was_training)
-    return correct / max(1, len(split))
+    count = max(1, len(split))
+    return correct / count, loss / count
