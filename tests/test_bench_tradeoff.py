@@ -3,6 +3,7 @@ benchmark itself trains for hours and is not run here)."""
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,7 @@ def test_other_methods_are_placed_on_their_seeds_curve():
 
 # --------------------------------------------------------------------------- regime definitions
 
-from bench.tradeoff import REGIMES, UNIFORM_RESULTS, spec_of, upsampled  # noqa: E402
+from bench.tradeoff import PRETRAINED, REGIMES, UNIFORM_RESULTS, pretrained, spec_of, upsampled  # noqa: E402
 
 
 def test_every_regime_is_buildable_and_can_show_the_drop():
@@ -275,3 +276,17 @@ def test_results_keep_other_seeds_rows_and_replace_a_rerun_seeds(tmp_path):
     assert all(r["measured_on"]["commit"] for r in document["rows"])
     with pytest.raises(SystemExit, match="another split"):
         write_results(path, [dict(r, split="test") for r in rows(0, 0.9)], [regime], "test")
+
+
+def test_the_qualifying_regime_starts_from_its_committed_network_without_pretraining(tmp_path):
+    regime = REGIMES["mbv2-0.5-fmnist14up32-12k-ft5"]
+    data = types.SimpleNamespace(train=range(regime.limit_train))  # its size names the file
+    model = pretrained(regime, data, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # loaded, nothing trained or cached
+    fresh = spec_of(regime).build()
+    shapes = {name: tuple(value.shape) for name, value in fresh.state_dict().items()}
+    assert {name: tuple(value.shape) for name, value in model.state_dict().items()} == shapes
+    assert not torch.equal(model.state_dict()["features.0.0.weight"],
+                           fresh.state_dict()["features.0.0.weight"])
+    assert sorted(path.name for path in PRETRAINED.glob("*.pt")) == [
+        f"{regime.name}-e{regime.pretrain_epochs:g}-n{regime.limit_train}.pt"]
