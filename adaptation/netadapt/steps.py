@@ -69,9 +69,11 @@ class ProposalResult:
     holdout_loss: float | None = None
 
     def to_dict(self) -> dict:
-        return {**self.proposal.to_dict(), "holdout_accuracy": self.holdout_accuracy,
-                "holdout_loss": self.holdout_loss, "train_loss": self.train_loss,
-                "finetune_s": self.finetune_s, "evaluate_s": self.evaluate_s}
+        scored = {"holdout_accuracy": self.holdout_accuracy, "train_loss": self.train_loss,
+                  "finetune_s": self.finetune_s, "evaluate_s": self.evaluate_s}
+        if self.holdout_loss is not None:  # written only once kept: old checkpoints stay as they were
+            scored["holdout_loss"] = self.holdout_loss
+        return {**self.proposal.to_dict(), **scored}
 
     def to_state(self) -> dict:
         return {**self.to_dict(), "config": dict(self.proposal.config)}
