@@ -36,14 +36,40 @@ def test_it_fits_an_affine_map_from_three_points():
     assert calibration.quality()["mape"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_it_keeps_the_ratio_when_one_slow_measurement_tilts_the_fit():
+def test_one_slow_measurement_tilts_neither_the_line_nor_the_ratio():
     points = [(0.100, 0.0905), (0.099, 0.1117), (0.098, 0.0885), (0.097, 0.0875)]
     # Close raw sums, one measured 20% slow: least squares gives a slope of 3.2 where the
-    # latency is ~0.96x the sum, and would extrapolate wildly.
+    # latency is ~0.9x the sum, and would extrapolate wildly; the plain ratio is 5% high.
     slope = np.polyfit([r for r, _ in points], [m for _, m in points], 1)[0]
-    ratio = sum(m for _, m in points) / sum(r for r, _ in points)
-    assert slope > 2 * ratio
-    assert AffineCalibration(list(points)).coefficients() == (pytest.approx(ratio), 0.0)
+    plain = sum(m for _, m in points) / sum(r for r, _ in points)
+    assert slope > 2 * plain
+    calibration = AffineCalibration(list(points))
+    assert calibration.coefficients() == (pytest.approx(1.0), pytest.approx(-0.0095))
+    for raw, measured in (points[0], *points[2:]):  # the three undisturbed points, exactly
+        assert calibration(raw) == pytest.approx(measured)
+    assert abs(plain * 0.100 - 0.0905) / 0.0905 > 0.05
+
+
+def test_it_keeps_the_median_ratio_when_the_points_give_no_sensible_slope():
+    points = [(0.100, 0.090), (0.0999, 0.120), (0.0998, 0.0898), (0.0997, 0.060)]
+    # Pairwise slopes of hundreds: any line through these is noise.
+    calibration = AffineCalibration(list(points))
+    ratios = sorted(m / r for r, m in points)
+    assert calibration.coefficients() == (pytest.approx((ratios[1] + ratios[2]) / 2), 0.0)
+
+
+def test_a_run_with_one_loaded_measurement_stays_within_a_percent_of_the_others():
+    """A run's points fall with its raw sums; one is measured 41% slow (seen in a tuning run)."""
+    raws = [0.30, 0.28, 0.26, 0.24, 0.22, 0.20]
+    measured = [0.85 * raw + 0.01 for raw in raws]
+    measured[1] *= 1.41
+    calibration = AffineCalibration()
+    for raw, value in zip(raws, measured):
+        calibration.add(raw, value)
+    for raw in (0.18, 0.15):  # the next iterations' candidates
+        assert calibration(raw) == pytest.approx(0.85 * raw + 0.01, rel=0.01)
+    slope, intercept = np.polyfit(raws, measured, 1)  # what least squares made of it: 19% low
+    assert (slope * 0.15 + intercept) / (0.85 * 0.15 + 0.01) < 0.85
 
 
 def test_it_round_trips_through_a_dict():
