@@ -15,7 +15,9 @@ Here a message is written under a name consumers skip and renamed into place (a 
 one folder is atomic), a consumer claims it by renaming it into the broker's own processed
 folder (only one rename of a file succeeds), and a new exchange table is written aside and
 hard-linked into place, so it appears whole or not at all. Everything else is kombu's.
-Selected by ``CELERY_BROKER_TRANSPORT`` in the embedded settings; production uses Redis.
+The processed folder must be on the queue folder's filesystem (the settings keep both under
+the data folder). Selected by ``CELERY_BROKER_TRANSPORT`` in the embedded settings; production
+uses Redis.
 """
 from __future__ import annotations
 
@@ -59,6 +61,9 @@ class Channel(filesystem.Channel):
                 os.rename(os.path.join(self.data_folder_in, name), claimed)
             except FileNotFoundError:
                 continue  # another consumer claimed it first
+            except OSError as exc:  # e.g. the processed folder is on another filesystem
+                raise ChannelError(f"Cannot claim {name!r} into {self.processed_folder!r}: the "
+                                   "processed folder must be on the queue's filesystem") from exc
             try:
                 with open(claimed, "rb") as message:
                     payload = message.read()
