@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -664,6 +665,37 @@ def committed_uniform_regimes() -> set[str]:
     return set(json.loads(UNIFORM_RESULTS.read_text()).get("regimes", {}))
 
 
+def network_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of every parameter and buffer: names the starting network a curve and a
+    NetAdapt run stood on, however it was stored (committed, cached, pretrained just now)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def committed_start(regime_name: str, path: Path = UNIFORM_RESULTS) -> str | None:
+    """The starting network's fingerprint of the regime's committed curve (None: the curve was
+    committed before fingerprints were recorded, or there is none)."""
+    if not path.exists():
+        return None
+    return next((row.get("start") for row in json.loads(path.read_text())["rows"]
+                 if row["regime"] == regime_name and row["kind"] == "original"), None)
+
+
+def check_same_start(regime_name: str, start: str, path: Path = UNIFORM_RESULTS) -> None:
+    """NetAdapt is placed on a curve that stood on the same starting network, or not at all:
+    a curve from another network (pretrained on another host) moves the figure by 0.2x."""
+    committed = committed_start(regime_name, path)
+    if committed != start:
+        raise SystemExit(
+            f"{regime_name}'s committed multiplier curve stood on "
+            f"{'an unrecorded starting network' if committed is None else 'starting network ' + committed}"
+            f", this run starts from {start}: run --stage uniform again and commit "
+            f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} first")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", nargs="+", choices=sorted(REGIMES), default=sorted(REGIMES))
@@ -750,6 +782,9 @@ def main() -> int:
     for regime in regimes:
         data = regime_data(regime, args.split)
         original = pretrained(regime, data, Path(args.cache), device)
+        start = network_fingerprint(original)
+        if args.stage == "all" and args.split == "test" and not args.smoke:
+            check_same_start(regime.name, start)
         analysis = NetworkAnalysis(original, spec_of(regime).example_input())
         progress = Progress(Path(args.out) / args.split / regime.name, regime, measurer)
         for seed in args.seeds:
@@ -769,7 +804,7 @@ def main() -> int:
 
         rows.append({"regime": regime.name, "kind": "original", "seed": None, "split": args.split,
                      "accuracy": accuracy(original, data.validation, device=device),
-                     "train_device": device.type,
+                     "train_device": device.type, "start": start,
                      "latency": progress.original_latency, "channels": {}})
         rows += [{**row, "split": args.split, "name": name}
                  for name, row in progress.rows.items() if row["seed"] in args.seeds]

@@ -109,7 +109,8 @@ def test_other_methods_are_placed_on_their_seeds_curve():
 
 # --------------------------------------------------------------------------- regime definitions
 
-from bench.tradeoff import PRETRAINED, REGIMES, UNIFORM_RESULTS, pretrained, spec_of, upsampled  # noqa: E402
+from bench.tradeoff import (PRETRAINED, REGIMES, UNIFORM_RESULTS, check_same_start,  # noqa: E402
+                            network_fingerprint, pretrained, spec_of, upsampled)
 
 
 def test_every_regime_is_buildable_and_can_show_the_drop():
@@ -290,3 +291,27 @@ def test_the_qualifying_regime_starts_from_its_committed_network_without_pretrai
                            fresh.state_dict()["features.0.0.weight"])
     assert sorted(path.name for path in PRETRAINED.glob("*.pt")) == [
         f"{regime.name}-e{regime.pretrain_epochs:g}-n{regime.limit_train}.pt"]
+
+
+def test_netadapt_refuses_a_curve_that_stood_on_another_starting_network(tmp_path):
+    regime = REGIMES["mbv2-0.5-fmnist14up32-12k-ft5"]
+    data = types.SimpleNamespace(train=range(regime.limit_train))
+    start = network_fingerprint(pretrained(regime, data, tmp_path / "cache"))
+    assert start == network_fingerprint(pretrained(regime, data, tmp_path / "cache"))
+    assert start != network_fingerprint(spec_of(regime).build())
+    curve = tmp_path / "bench" / "results" / "curve.json"
+    curve.parent.mkdir(parents=True)
+
+    def commit_curve(original: dict) -> None:
+        curve.write_text(json.dumps({"rows": [
+            {"regime": regime.name, "kind": "uniform", "seed": 0},
+            {"regime": regime.name, "kind": "original", "seed": None, **original}]}))
+
+    commit_curve({"start": start})
+    check_same_start(regime.name, start, curve)  # the same network: placed on it
+    commit_curve({"start": "0123456789abcdef"})
+    with pytest.raises(SystemExit, match="stood on starting network 0123456789abcdef"):
+        check_same_start(regime.name, start, curve)
+    commit_curve({})  # committed before fingerprints were recorded
+    with pytest.raises(SystemExit, match="unrecorded starting network"):
+        check_same_start(regime.name, start, curve)
