@@ -13,7 +13,8 @@ from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.loop import (AdaptState, FinishRecord, IterationRecord, NeedsMeasurement, NetAdapt,
                                       measure_with, run_with)
 from adaptation.netadapt.lut import MemoryLatencyTable
-from adaptation.netadapt.resources import LatencyTableModel, WholeNetworkLatencyModel
+from adaptation.netadapt.resources import LatencyTableModel, TableGuidedWholeModel, WholeNetworkLatencyModel
+from adaptation.netadapt.steps import plan_configs
 from adaptation.netadapt.table_check import PART_RUN, PART_TOLERANCE, Prediction, parted, predictions
 from devices.measure.local import LocalMeasurer
 from devices.measure.protocol import time_with_retries
@@ -196,3 +197,48 @@ def test_a_whole_network_run_parked_for_its_ab_check_finishes_after_a_resume(tra
     records = list(run_with(resumed, device))
     assert isinstance(records[-1], FinishRecord)
     assert records[-1].resource.value == records[-1].ab_final.min_ms
+
+
+class CountingStaircase(Staircase):
+    """The staircase device, noting how many whole networks each iteration of ``engine`` asks for."""
+
+    def __init__(self, protocol) -> None:
+        super().__init__(protocol)
+        self.engine: NetAdapt | None = None
+        self.networks: dict[int, int] = {}
+
+    def measure_models(self, models, example_input):
+        iteration = self.engine.state.iteration if self.engine.state is not None else -1
+        self.networks[iteration] = self.networks.get(iteration, 0) + len(models)
+        return super().measure_models(models, example_input)
+
+
+def test_after_the_switch_only_the_proposals_are_measured_whole(trained, digits8, light_protocol):
+    """Every count of every group measured whole costs hundreds of networks an iteration (ten
+    minutes and more in the benchmark); the table now picks which ones, and the proposals the
+    iteration fine-tunes still stand on whole measurements."""
+    config = dataclasses.replace(CONFIG, min_proposals=2)
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, config, LatencyTableModel(MemoryLatencyTable()))
+    device = CountingStaircase(light_protocol)
+    device.engine = engine
+    channels, records = {}, []
+    for record in run_with(engine, device):
+        if isinstance(record, IterationRecord):
+            records.append((record, channels.get(record.iteration)))
+        channels[engine.state.iteration] = dict(engine.state.channels)
+    assert isinstance(engine.resource, TableGuidedWholeModel)
+    after = [(r, before) for r, before in records if r.iteration >= engine.state.whole_since]
+    assert after, "the run ended at the switch"
+    for record, before in after:
+        candidates = len(plan_configs(engine.analysis, before, config.channel_step))
+        asked = device.networks[record.iteration]
+        # the proposals and the chosen network, a few rounds at most; not every candidate
+        assert asked <= NetAdapt.GUIDED_ROUNDS * len(record.proposals) + 1
+        assert asked < candidates / 2, (asked, candidates)
+        for proposal in record.proposals:
+            config_of = {**before, proposal["group"]: proposal["channels"]}
+            stats = engine.resource.measured(engine.analysis.signatures(config_of))
+            assert stats is not None and proposal["resource"] == stats.min_ms
+    # Before the switch the table alone was read: no candidate was measured whole.
+    assert all(device.networks.get(r.iteration, 0) <= 1 for r, _ in records
+               if r.iteration < engine.state.whole_since)

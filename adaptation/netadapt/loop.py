@@ -36,7 +36,7 @@ from .config import AdaptConfig
 from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
 from .lut import AffineCalibration
-from .resources import Estimate, ResourceModel, WholeNetworkLatencyModel
+from .resources import Estimate, ResourceModel, TableGuidedWholeModel, WholeNetworkLatencyModel
 from .schedule import iteration_target, unreachable_warning
 from .table_check import parted, parted_message, predictions
 from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
@@ -364,9 +364,15 @@ class NetAdapt:
             self._measure_whole()
 
     def _measure_whole(self) -> None:
-        """From now on, estimate every candidate by measuring it whole."""
+        """From now on, estimate candidates by measuring them whole: the ones the plan proposes,
+        guided by the table (``TableGuidedWholeModel``), or every one where there is no table."""
         if not self.resource.measures_networks:
-            self.resource = WholeNetworkLatencyModel(getattr(self.resource, "estimator", "min"))
+            self.resource = (TableGuidedWholeModel(self.resource) if self.resource.table is not None
+                             else WholeNetworkLatencyModel(getattr(self.resource, "estimator", "min")))
+
+    @property
+    def _guided(self) -> bool:
+        return isinstance(self.resource, TableGuidedWholeModel)
 
     @property
     def _latency(self) -> bool:
@@ -526,14 +532,15 @@ class NetAdapt:
         tick = time.perf_counter()
         wanted = plan_signatures(self.analysis, state.channels, config.channel_step, config.floor_rule())
         yield from self._fill_table(wanted, f"iteration {i} candidates")
-        if self.resource.measures_networks:
+        if self.resource.measures_networks and not self._guided:
             yield from self._measure_candidates(i)
         self._add_phase("measure_table_s", time.perf_counter() - tick)
         tick = time.perf_counter()
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
                                   config.decay, state.budget)
-        plan = plan_iteration(self.analysis, state.channels, self.resource, i, target,
-                              config.channel_step, config.floor_rule(), config.min_proposals)
+        measured_before = state.clock["phases_s"].get("measure_network_s", 0.0)
+        plan = yield from self._plan(i, target)
+        tick += state.clock["phases_s"].get("measure_network_s", 0.0) - measured_before  # not planning
         target = plan.target  # min_proposals may ask for a smaller cut than the schedule
         proposals, selection = plan.proposals, config.selection
         if not proposals:
@@ -634,6 +641,35 @@ class NetAdapt:
             return False
         record.notes.append(parted_message(run, self.whole_when_misled))
         return True
+
+    #: Plans a table-guided iteration makes at most before it goes with its estimates.
+    GUIDED_ROUNDS = 4
+
+    def _plan(self, i: int, target: float) -> Conversation:
+        """The iteration's plan; when guided by the table, planned again until every proposal's
+        network has been measured whole (each round measures the ones that have not)."""
+        config, channels = self.config, self.state.channels
+        plan_now = lambda: plan_iteration(self.analysis, channels, self.resource, i, target,  # noqa: E731
+                                          config.channel_step, config.floor_rule(), config.min_proposals)
+        if not self._guided:
+            return plan_now()
+        self.resource.set_current(self.analysis.signatures(channels))
+        plan = plan_now()
+        for _ in range(self.GUIDED_ROUNDS):
+            fresh = {tuple(self.analysis.signatures(p.config)): p for p in plan.proposals or plan.nearest}
+            fresh = {key: p for key, p in fresh.items() if not self.resource.has(key)}
+            if not fresh:
+                break
+            tick = time.perf_counter()
+            models = [(f"candidate {p.group} {p.channels}",
+                       rebuild_pruned(copy.deepcopy(self.original), self.example_input, p.config), p.config)
+                      for p in fresh.values()]
+            results = yield from self._measure(f"iteration {i} proposals, whole", *models)
+            for key, stats in zip(fresh, results):
+                self.resource.record(key, stats)
+            self._add_phase("measure_network_s", time.perf_counter() - tick)
+            plan = plan_now()
+        return plan
 
     def _measure_candidates(self, iteration: int) -> Conversation:
         """Measure whole every candidate network of the plan that has not been measured yet."""

@@ -156,6 +156,78 @@ class WholeNetworkLatencyModel(ResourceModel):
         return Estimate(value, value)
 
 
+class TableGuidedWholeModel(WholeNetworkLatencyModel):
+    """Networks measured whole where it matters, the look-up table guiding which ones.
+
+    What a run switches to once its table stopped predicting its chosen networks
+    (``table_check``). Measuring every candidate whole costs hundreds of networks an iteration
+    (every count of every group: ten minutes and more at 32 px), so only the networks the plan
+    proposes are measured; the others are estimated from the table's predicted saving over the
+    current network, scaled by how the savings measured so far compare with the table's (the
+    median ratio of the networks measured since the current one: a table that promises 25% and
+    delivers 8% is read at a third). The loop re-plans until every proposal stands on a
+    measurement (``NetAdapt.GUIDED_ROUNDS`` at most).
+    """
+
+    guided = True
+
+    def __init__(self, table_model: ResourceModel) -> None:
+        super().__init__(getattr(table_model, "estimator", "min"))
+        self.table_model = table_model
+        self.table = table_model.table
+        self._current: tuple[LayerSignature, ...] | None = None
+        self._since: list[tuple[LayerSignature, ...]] = []
+        self._scale: float | None = None
+
+    def missing(self, signatures: Iterable[LayerSignature]) -> list[LayerSignature]:
+        return self.table_model.missing(signatures)
+
+    def record(self, signatures: Sequence[LayerSignature], stats: TimingStats) -> None:
+        super().record(signatures, stats)
+        if self._current is not None and tuple(signatures) != self._current:
+            self._since.append(tuple(signatures))
+        self._scale = None
+
+    def set_current(self, signatures: Sequence[LayerSignature]) -> None:
+        """The network the next savings are measured from (measured whole already)."""
+        if tuple(signatures) != self._current:
+            self._current, self._since, self._scale = tuple(signatures), [], None
+
+    def saving_scale(self) -> float:
+        """Measured saving / table saving, median over the networks measured since the current
+        one (1 before any): how far the table's savings are to be believed this iteration."""
+        if self._scale is None:
+            self._scale = self._saving_scale()
+        return self._scale
+
+    def _saving_scale(self) -> float:
+        if self._current is None or not self.has(self._current):
+            return 1.0
+        whole_now, table_now = self._whole(self._current), self._table(self._current)
+        ratios = sorted((whole_now - self._whole(s)) / (table_now - self._table(s))
+                        for s in self._since if table_now - self._table(s) > 0)
+        if not ratios:
+            return 1.0
+        middle = len(ratios) // 2
+        median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+        return max(median, 0.0)
+
+    def _whole(self, signatures: Sequence[LayerSignature]) -> float:
+        return WholeNetworkLatencyModel.estimate(self, signatures).value
+
+    def _table(self, signatures: Sequence[LayerSignature]) -> float:
+        return self.table_model.estimate(signatures).value
+
+    def estimate(self, signatures: Sequence[LayerSignature]) -> Estimate:
+        if self.has(signatures):
+            return super().estimate(signatures)
+        table = self.table_model.estimate(signatures)
+        if self._current is None or not self.has(self._current):
+            return table
+        saving = self._table(self._current) - table.value
+        return Estimate(self._whole(self._current) - self.saving_scale() * saving, table.raw)
+
+
 def exact_model(metric: str) -> ResourceModel:
     """The model of an indirect metric; latency needs a table, see ``LatencyTableModel``."""
     if metric == "macs":
