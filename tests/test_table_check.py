@@ -242,3 +242,25 @@ def test_after_the_switch_only_the_proposals_are_measured_whole(trained, digits8
     # Before the switch the table alone was read: no candidate was measured whole.
     assert all(device.networks.get(r.iteration, 0) <= 1 for r, _ in records
                if r.iteration < engine.state.whole_since)
+
+
+class Backwards(Staircase):
+    """The staircase at its worst: whole networks take longer the fewer channels they have (as
+    when noise, or layout reorders of odd counts, hide every single-group saving)."""
+
+    WHOLE_US_PER_PARAMETER = -2e-3
+
+
+def test_when_no_measured_cut_saves_anything_the_table_plans_and_the_run_goes_on(trained, digits8,
+                                                                                light_protocol):
+    engine = NetAdapt(trained, SPEC.example_input(), digits8, CONFIG, LatencyTableModel(MemoryLatencyTable()))
+    records = list(run_with(engine, Backwards(light_protocol)))
+    assert isinstance(records[-1], FinishRecord)  # no NoProposalError
+    iterations = [r for r in records if isinstance(r, IterationRecord)]
+    k = engine.state.whole_since
+    assert k is not None and len(iterations) > k
+    for record in iterations[k:]:
+        assert any("the look-up table alone chose" in note for note in record.notes), record.notes
+        assert record.latency_estimate == "whole" and record.measured is not None
+        # the target and the proposals are in measured terms: asked below the measured network
+        assert record.target < iterations[record.iteration - 1].measured.min_ms

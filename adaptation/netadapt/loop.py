@@ -21,6 +21,7 @@ for its network's measurement, and the long-term fine-tuned model waiting for th
 """
 from __future__ import annotations
 
+import dataclasses
 import copy
 import time
 from dataclasses import dataclass, field
@@ -39,8 +40,8 @@ from .lut import AffineCalibration
 from .resources import Estimate, ResourceModel, TableGuidedWholeModel, WholeNetworkLatencyModel
 from .schedule import iteration_target, unreachable_warning
 from .table_check import parted, parted_message, predictions
-from .steps import (NoProposalError, Proposal, ProposalResult, evaluate_proposal, plan_configs,
-                    plan_iteration, plan_signatures, select_proposal)
+from .steps import (IterationPlan, NoProposalError, Proposal, ProposalResult, evaluate_proposal,
+                    plan_configs, plan_iteration, plan_signatures, select_proposal)
 from .training import DeviceLike, TrainingHook, accuracy, resolve_device, steps_for_epochs, train_steps
 from .bn_recalibration import recalibrate_for_scoring
 from .distillation import fine_tune_loss
@@ -214,12 +215,13 @@ class PendingIteration:
     chosen: int
     model_state: dict  # the chosen proposal's fine-tuned weights
     phases_s: dict[str, float]  # the iteration's phases so far (checkpoints older than clocks)
+    notes: list[str] = field(default_factory=list)  # for the record (how it was planned)
 
     def to_dict(self) -> dict:
         return {"phase": "iteration", "iteration": self.iteration, "target": self.target,
                 "results": [r.to_state() for r in self.results], "skipped": dict(self.skipped),
                 "chosen": self.chosen, "model_state": self.model_state,
-                "phases_s": dict(self.phases_s)}
+                "phases_s": dict(self.phases_s), **({"notes": list(self.notes)} if self.notes else {})}
 
 
 @dataclass
@@ -246,7 +248,7 @@ def pending_from_dict(data: dict | None) -> Pending | None:
             iteration=data["iteration"], target=data["target"],
             results=[ProposalResult.from_state(r) for r in data["results"]],
             skipped=dict(data["skipped"]), chosen=data["chosen"], model_state=data["model_state"],
-            phases_s=dict(data.get("phases_s") or {}))
+            phases_s=dict(data.get("phases_s") or {}), notes=list(data.get("notes") or []))
     if data["phase"] == "finish":
         return PendingFinish(model_state=data["model_state"], long_term_s=data["long_term_s"])
     raise ValueError(f"unknown step in progress '{data['phase']}' in the checkpoint")
@@ -539,7 +541,7 @@ class NetAdapt:
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
                                   config.decay, state.budget)
         measured_before = state.clock["phases_s"].get("measure_network_s", 0.0)
-        plan = yield from self._plan(i, target)
+        plan, notes = yield from self._plan(i, target)
         tick += state.clock["phases_s"].get("measure_network_s", 0.0) - measured_before  # not planning
         target = plan.target  # min_proposals may ask for a smaller cut than the schedule
         proposals, selection = plan.proposals, config.selection
@@ -577,7 +579,7 @@ class NetAdapt:
         state.pending = PendingIteration(
             iteration=i, target=target, results=results, skipped=dict(plan.skipped), chosen=best,
             model_state=copy.deepcopy(chosen_model.state_dict()),
-            phases_s=dict(state.clock["phases_s"]))
+            phases_s=dict(state.clock["phases_s"]), notes=notes)
         return (yield from self._conclude_iteration(chosen_model))
 
     def _pending_model(self) -> nn.Module:
@@ -617,7 +619,7 @@ class NetAdapt:
             holdout_accuracy=chosen.holdout_accuracy, proposals=[r.to_dict() for r in results],
             skipped=dict(pending.skipped), phases_s=phases,
             calibration=self.resource.calibration.coefficients() if self._calibrated else (1.0, 0.0),
-            model=model, wall_s=wall, latency_estimate=estimate)
+            model=model, wall_s=wall, latency_estimate=estimate, notes=list(pending.notes))
         misled = estimate == "table" and measured is not None and self._check_table(record)
         state.iteration = i + 1
         state.channels = dict(chosen.proposal.config)
@@ -646,13 +648,19 @@ class NetAdapt:
     GUIDED_ROUNDS = 4
 
     def _plan(self, i: int, target: float) -> Conversation:
-        """The iteration's plan; when guided by the table, planned again until every proposal's
-        network has been measured whole (each round measures the ones that have not)."""
+        """The iteration's plan and what to note about it; when guided by the table, planned again
+        until every proposal's network has been measured whole (each round measures the ones
+        that have not). When no measured cut saves anything at all (a device whose noise hides
+        single-group savings), the table alone plans the iteration, asked for the same saving,
+        and a note says so, rather than the run stopping."""
         config, channels = self.config, self.state.channels
-        plan_now = lambda: plan_iteration(self.analysis, channels, self.resource, i, target,  # noqa: E731
-                                          config.channel_step, config.floor_rule(), config.min_proposals)
+
+        def plan_now(resource: ResourceModel | None = None, wanted: float = target) -> IterationPlan:
+            return plan_iteration(self.analysis, channels, resource or self.resource, i, wanted,
+                                  config.channel_step, config.floor_rule(), config.min_proposals)
+
         if not self._guided:
-            return plan_now()
+            return plan_now(), []
         self.resource.set_current(self.analysis.signatures(channels))
         plan = plan_now()
         for _ in range(self.GUIDED_ROUNDS):
@@ -669,7 +677,24 @@ class NetAdapt:
                 self.resource.record(key, stats)
             self._add_phase("measure_network_s", time.perf_counter() - tick)
             plan = plan_now()
-        return plan
+        if plan.proposals or plan.nearest:
+            return plan, []
+        # The same saving asked of the table, in its own terms (it misjudges the current network).
+        now = self.analysis.signatures(channels)
+        offset = self.resource.estimate(now).value - self.resource.table_model.estimate(now).value
+        plan = plan_now(self.resource.table_model, target - offset)
+
+        def shifted(proposals: list[Proposal]) -> list[Proposal]:
+            return [dataclasses.replace(p, estimate=Estimate(p.estimate.value + offset, p.estimate.raw))
+                    for p in proposals]
+
+        plan = dataclasses.replace(plan, target=plan.target + offset, proposals=shifted(plan.proposals),
+                                   nearest=shifted(plan.nearest))
+        return plan, [
+            f"iteration {i}: measured whole, no network of the plan came out faster than the current "
+            f"one ({self.resource.estimate(now).value:.4g} ms), so "
+            "the look-up table alone chose this iteration's proposals; the chosen network is still "
+            "measured whole"]
 
     def _measure_candidates(self, iteration: int) -> Conversation:
         """Measure whole every candidate network of the plan that has not been measured yet."""
