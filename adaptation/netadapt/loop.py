@@ -21,8 +21,8 @@ for its network's measurement, and the long-term fine-tuned model waiting for th
 """
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator, Union

@@ -5,6 +5,7 @@ metric NetAdapt is about) or by an indirect one (MACs, parameters) used for comp
 """
 from __future__ import annotations
 
+import statistics
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -169,8 +170,6 @@ class TableGuidedWholeModel(WholeNetworkLatencyModel):
     measurement (``NetAdapt.GUIDED_ROUNDS`` at most).
     """
 
-    guided = True
-
     def __init__(self, table_model: ResourceModel) -> None:
         super().__init__(getattr(table_model, "estimator", "min"))
         self.table_model = table_model
@@ -204,13 +203,9 @@ class TableGuidedWholeModel(WholeNetworkLatencyModel):
         if self._current is None or not self.has(self._current):
             return 1.0
         whole_now, table_now = self._whole(self._current), self._table(self._current)
-        ratios = sorted((whole_now - self._whole(s)) / (table_now - self._table(s))
-                        for s in self._since if table_now - self._table(s) > 0)
-        if not ratios:
-            return 1.0
-        middle = len(ratios) // 2
-        median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
-        return max(median, 0.0)
+        ratios = [(whole_now - self._whole(s)) / (table_now - self._table(s))
+                  for s in self._since if table_now - self._table(s) > 0]
+        return max(statistics.median(ratios), 0.0) if ratios else 1.0
 
     def _whole(self, signatures: Sequence[LayerSignature]) -> float:
         return WholeNetworkLatencyModel.estimate(self, signatures).value
