@@ -644,7 +644,7 @@ class NetAdapt:
         record.notes.append(parted_message(run, self.whole_when_misled))
         return True
 
-    #: Plans a table-guided iteration makes at most before it goes with its estimates.
+    #: Plans a table-guided iteration makes again at most before it settles on its proposals.
     GUIDED_ROUNDS = 4
 
     def _plan(self, i: int, target: float) -> Conversation:
@@ -663,7 +663,7 @@ class NetAdapt:
             return plan_now(), []
         self.resource.set_current(self.analysis.signatures(channels))
         plan = plan_now()
-        for _ in range(self.GUIDED_ROUNDS):
+        for round_ in range(self.GUIDED_ROUNDS + 1):
             fresh = {tuple(self.analysis.signatures(p.config)): p for p in plan.proposals or plan.nearest}
             fresh = {key: p for key, p in fresh.items() if not self.resource.has(key)}
             if not fresh:
@@ -676,7 +676,11 @@ class NetAdapt:
             for key, stats in zip(fresh, results):
                 self.resource.record(key, stats)
             self._add_phase("measure_network_s", time.perf_counter() - tick)
-            plan = plan_now()
+            if round_ < self.GUIDED_ROUNDS:
+                plan = plan_now()
+            else:  # the last round settles: this plan's proposals stand on their measurements
+                plan = dataclasses.replace(plan, proposals=self._measured(plan.proposals),
+                                           nearest=self._measured(plan.nearest))
         if plan.proposals or plan.nearest:
             return plan, []
         # The same saving asked of the table, in its own terms (it misjudges the current network).
@@ -695,6 +699,11 @@ class NetAdapt:
             f"one ({self.resource.estimate(now).value:.4g} ms), so "
             "the look-up table alone chose this iteration's proposals; the chosen network is still "
             "measured whole"]
+
+    def _measured(self, proposals: list[Proposal]) -> list[Proposal]:
+        """``proposals`` with the estimates the resource gives now (their whole measurements)."""
+        return [dataclasses.replace(p, estimate=self.resource.estimate(self.analysis.signatures(p.config)))
+                for p in proposals]
 
     def _measure_candidates(self, iteration: int) -> Conversation:
         """Measure whole every candidate network of the plan that has not been measured yet."""
