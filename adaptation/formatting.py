@@ -82,7 +82,7 @@ def latency_model_text(job_settings: dict, whole_since: int | None = None) -> st
         return None
     text = LATENCY_MODEL_TEXT.get(job_settings.get("latency_model", "table"), NO_VALUE)
     if whole_since is not None and job_settings.get("latency_model") != "whole":
-        text += (f"; every candidate measured whole from iteration {whole_since} on (the table's "
+        text += (f"; proposed candidates measured whole from iteration {whole_since} on (the table's "
                  "predictions had parted from the measurements)")
     return text
 

@@ -253,8 +253,8 @@ def test_the_job_page_says_from_which_iteration_the_table_gave_way_to_whole_netw
     for number, estimate in enumerate(("table", "table", "table", "whole", "whole")):
         iteration(job, number, record={"latency_estimate": estimate})
     html = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
-    assert ('<dd id="job-latency-model">calibrated look-up table; every candidate measured whole from '
-            'iteration 3 on') in html
+    assert ('<dd id="job-latency-model">calibrated look-up table; proposed candidates measured whole '
+            'from iteration 3 on') in html
     trusted = make_job(owner, settings=AdaptConfig(metric="latency", budget=0.5).to_dict())
     iteration(trusted, 0, record={"latency_estimate": "table"})
     assert ('<dd id="job-latency-model">calibrated look-up table</dd>'

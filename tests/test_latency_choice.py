@@ -183,4 +183,4 @@ def test_a_table_job_whose_table_misleads_measures_candidates_whole_and_says_so(
     assert any(n["label"].startswith("candidate") for r in requests_of(job) if r.pk > last_layers
                for n in r.networks)
     html = client.get(reverse("job_detail", args=[job.pk])).content.decode()
-    assert f"every candidate measured whole from iteration {k + 1} on" in html
+    assert f"proposed candidates measured whole from iteration {k + 1} on" in html

@@ -66,11 +66,12 @@ def parted(found: Sequence[Prediction], tolerance: float = PART_TOLERANCE,
 
 def parted_message(run: Sequence[Prediction], switching: bool) -> str:
     """What a job's log says when the table has parted (``switching``: the loop now measures
-    every candidate whole)."""
+    the candidates it proposes whole)."""
     side = "slower" if run[0].error > 0 else "faster"
     seen = "; ".join(f"iteration {p.iteration}: predicted {p.predicted_ms:.4g} ms, measured "
                      f"{p.measured_ms:.4g} ms" for p in run)
-    then = ("from the next iteration on, every candidate network is measured whole instead"
+    then = ("from the next iteration on, the candidate networks the plan proposes are measured "
+            "whole instead"
             if switching else "the run goes on with the table, as asked")
     return (f"The look-up table no longer predicts this network: the last {len(run)} chosen "
             f"networks each measured more than {PART_TOLERANCE:.0%} {side} than the table "
