@@ -664,17 +664,11 @@ class NetAdapt:
         self.resource.set_current(self.analysis.signatures(channels))
         plan = plan_now()
         for round_ in range(self.GUIDED_ROUNDS + 1):
-            fresh = {tuple(self.analysis.signatures(p.config)): p for p in plan.proposals or plan.nearest}
-            fresh = {key: p for key, p in fresh.items() if not self.resource.has(key)}
-            if not fresh:
+            fresh = {f"candidate {p.group} {p.channels}": p.config for p in plan.proposals or plan.nearest}
+            if not [c for c in fresh.values() if not self.resource.has(self.analysis.signatures(c))]:
                 break
             tick = time.perf_counter()
-            models = [(f"candidate {p.group} {p.channels}",
-                       rebuild_pruned(copy.deepcopy(self.original), self.example_input, p.config), p.config)
-                      for p in fresh.values()]
-            results = yield from self._measure(f"iteration {i} proposals, whole", *models)
-            for key, stats in zip(fresh, results):
-                self.resource.record(key, stats)
+            yield from self._measure_whole_configs(f"iteration {i} proposals, whole", fresh)
             self._add_phase("measure_network_s", time.perf_counter() - tick)
             if round_ < self.GUIDED_ROUNDS:
                 plan = plan_now()
@@ -707,15 +701,22 @@ class NetAdapt:
 
     def _measure_candidates(self, iteration: int) -> Conversation:
         """Measure whole every candidate network of the plan that has not been measured yet."""
-        configs = [c for c in plan_configs(self.analysis, self.state.channels, self.config.channel_step,
-                                           self.config.floor_rule())
-                   if not self.resource.has(self.analysis.signatures(c))]
+        configs = plan_configs(self.analysis, self.state.channels, self.config.channel_step,
+                               self.config.floor_rule())
+        yield from self._measure_whole_configs(f"iteration {iteration} candidates, whole",
+                                               {f"candidate {n}": c for n, c in enumerate(configs)})
+
+    def _measure_whole_configs(self, reason: str, configs: dict[str, ChannelConfig]) -> Conversation:
+        """Measure whole, in one request, the networks of ``configs`` (label -> channels) not
+        measured yet, and keep their measurements in the resource model."""
+        configs = {label: c for label, c in configs.items()
+                   if not self.resource.has(self.analysis.signatures(c))}
         if not configs:
             return
-        models = [(f"candidate {n}", rebuild_pruned(copy.deepcopy(self.original), self.example_input, c), c)
-                  for n, c in enumerate(configs)]
-        results = yield from self._measure(f"iteration {iteration} candidates, whole", *models)
-        for config, result in zip(configs, results):
+        models = [(label, rebuild_pruned(copy.deepcopy(self.original), self.example_input, c), c)
+                  for label, c in configs.items()]
+        results = yield from self._measure(reason, *models)
+        for config, result in zip(configs.values(), results):
             self.resource.record(self.analysis.signatures(config), result)
 
     def _finish(self, model: nn.Module) -> Conversation:
