@@ -162,7 +162,7 @@ class TableGuidedWholeModel(WholeNetworkLatencyModel):
 
     What a run switches to once its table stopped predicting its chosen networks
     (``table_check``). Measuring every candidate whole costs hundreds of networks an iteration
-    (every count of every group: ten minutes and more at 32 px), so only the networks the plan
+    (every count of every group), so only the networks the plan
     proposes are measured; the others are estimated from the table's predicted saving over the
     current network, scaled by how the savings measured so far compare with the table's (the
     median ratio of the networks measured since the current one: a table that promises 25% and
