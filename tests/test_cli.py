@@ -40,8 +40,13 @@ def adapted(trained, tmp_path_factory):
 def test_it_writes_results_that_meet_the_budget(adapted):
     results = json.loads((adapted / "results.json").read_text())
     finish = results["finish"]
-    assert finish["budget_met"] and finish["resource"] <= finish["budget"]
-    assert finish["budget"] == pytest.approx(0.8 * results["start"]["resource"])
+    # Met by the final network measured side by side with the original, or out of iterations; the
+    # budget is the start's 80%, or lower where a side-by-side check found the estimate too kind.
+    assert finish["budget_met"] == (finish["measured_ratio"] <= 0.8)
+    # The iterations ended when, measured side by side, the network was within 80%, or at the cap.
+    # (Measured again after the long-term fine-tune, a network near 80% may fall either side.)
+    assert (finish["checked_ratio"] or 1.0) <= 0.8 or finish["iterations"] == results["config"]["max_iterations"]
+    assert finish["resource"] <= finish["budget"] <= 0.8 * results["start"]["resource"] * (1 + 1e-9)
     # Each iteration met its own target under the estimate it was chosen with; estimates of different
     # iterations are not comparable (the calibration is refitted in between), but every iteration
     # removed channels, so the MACs fall.

@@ -132,7 +132,10 @@ def test_it_runs_a_latency_job_to_the_end(new_job, system_device, sent_run_job, 
     run_to_end(workers, job)
     assert (job.status, job.error, job.attempts) == ("finished", "", 1)
     assert job.started_at and job.finished_at
-    assert job.result["budget_met"] and job.result["iterations"] >= 1
+    assert job.result["iterations"] >= 1
+    assert job.result["budget_met"] == (job.result["measured_ratio"] <= LATENCY["budget"])
+    assert (job.result["checked_ratio"] or 1.0) <= LATENCY["budget"] or \
+        job.result["iterations"] == LATENCY["max_iterations"]
     n = job.result["iterations"]
     rows = list(Iteration.objects.filter(job=job).order_by("number"))
     assert [r.number for r in rows] == list(range(-1, n))

@@ -18,6 +18,10 @@ for its network's measurement, and the long-term fine-tuned model waiting for th
 - ``StartRecord`` once, with the original network's numbers and any warning.
 - ``IterationRecord`` after every iteration; ``engine.state`` is then a complete checkpoint.
 - ``FinishRecord`` after the long-term fine-tune and the A/B confirmation of the budget.
+
+A relative latency budget is checked side by side too: when the estimate says it is met, the
+original and the current network are measured in one session before the run stops
+(``_budget_moved``), since the budget itself came from one measurement of the original.
 """
 from __future__ import annotations
 
@@ -184,6 +188,10 @@ class FinishRecord:
     ab_final: TimingStats | None
     long_term_s: float
     model: nn.Module = field(repr=False)
+    #: The side-by-side ratio that ended the iterations at a relative latency budget (None: they
+    #: ended otherwise). The A/B ratio measures the same channels again, after the long-term
+    #: fine-tune: near the budget the two can fall on either side of it.
+    checked_ratio: float | None = None
 
     @property
     def measured_ratio(self) -> float | None:
@@ -200,7 +208,8 @@ class FinishRecord:
                 "validation_accuracy": self.validation_accuracy,
                 "ab_original": self.ab_original.to_dict() if self.ab_original else None,
                 "ab_final": self.ab_final.to_dict() if self.ab_final else None,
-                "measured_ratio": self.measured_ratio, "long_term_s": self.long_term_s}
+                "measured_ratio": self.measured_ratio, "checked_ratio": self.checked_ratio,
+                "long_term_s": self.long_term_s}
 
 
 @dataclass
@@ -277,6 +286,11 @@ class AdaptState:
     #: The first iteration whose candidates were measured whole because the table had parted
     #: from the measurements (``table_check``); None while the table is trusted.
     whole_since: int | None = None
+    #: What the next iteration's record should note (a budget moved by ``_budget_moved``).
+    notes: list[str] = field(default_factory=list)
+    #: The current network over the original, measured side by side when the iterations ended
+    #: at a relative latency budget (``_budget_moved``); None otherwise.
+    checked_ratio: float | None = None
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "iteration": self.iteration,
@@ -288,7 +302,9 @@ class AdaptState:
                 "pending": self.pending.to_dict() if self.pending is not None else None,
                 "clock": self.clock,
                 # only once it happened: a checkpoint keeps the format it was read in otherwise
-                **({"whole_since": self.whole_since} if self.whole_since is not None else {})}
+                **({"whole_since": self.whole_since} if self.whole_since is not None else {}),
+                **({"notes": list(self.notes)} if self.notes else {}),
+                **({"checked_ratio": self.checked_ratio} if self.checked_ratio is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdaptState":
@@ -299,7 +315,8 @@ class AdaptState:
                    calibration=AffineCalibration.from_dict(data["calibration"]),
                    records=list(data["records"]), start=dict(data["start"]),
                    pending=pending_from_dict(data.get("pending")), clock=data.get("clock"),
-                   whole_since=data.get("whole_since"))
+                   whole_since=data.get("whole_since"), notes=list(data.get("notes") or []),
+                   checked_ratio=data.get("checked_ratio"))
 
     def save(self, path) -> None:
         torch.save(self.to_dict(), path)
@@ -521,7 +538,9 @@ class NetAdapt:
                 (stats,) = yield from self._measure("current network", ("current", model, state.channels))
                 self.resource.record(signatures, stats)  # after a resume
             current = self.resource.estimate(signatures)
-            if current.value <= state.budget or state.iteration >= config.max_iterations:
+            if state.iteration >= config.max_iterations:
+                break
+            if current.value <= state.budget and not (yield from self._budget_moved(model, current)):
                 break
             record = yield from self._iteration(model, current)
             model = record.model
@@ -542,6 +561,7 @@ class NetAdapt:
                                   config.decay, state.budget)
         measured_before = state.clock["phases_s"].get("measure_network_s", 0.0)
         plan, notes = yield from self._plan(i, target)
+        notes, state.notes = [*state.notes, *notes], []
         tick += state.clock["phases_s"].get("measure_network_s", 0.0) - measured_before  # not planning
         target = plan.target  # min_proposals may ask for a smaller cut than the schedule
         proposals, selection = plan.proposals, config.selection
@@ -694,6 +714,34 @@ class NetAdapt:
             "the look-up table alone chose this iteration's proposals; the chosen network is still "
             "measured whole"]
 
+    def _budget_moved(self, model: nn.Module, current: Estimate) -> Conversation:
+        """Whether a relative latency budget, met by ``current`` (the current network's estimate),
+        turns out not met when the original and the current network are measured in one
+        interleaved session; then the budget moves to what that measured ratio asks, in the run's
+        terms, and the run goes on.
+
+        The budget was set from one measurement of the original at the start: a session slowed
+        by load there sets it too high, and the run would stop early, short of the fraction the
+        user asked for. Measured side by side, both networks see the same conditions."""
+        state, config = self.state, self.config
+        if not (self._latency and config.budget_relative):
+            return False
+        original, now = yield from self._measure(
+            "side-by-side check of the budget", ("original", self.original, self.analysis.original_config()),
+            ("current", model, state.channels))
+        ratio = now.min_ms / original.min_ms
+        if ratio <= config.budget:
+            state.checked_ratio = ratio
+            return False
+        budget = current.value * config.budget / ratio
+        state.notes.append(
+            f"after iteration {state.iteration - 1}: the budget was met by the estimate "
+            f"({current.value:.4g} <= {state.budget:.4g} ms), but measured in one session with the "
+            f"original the network is {ratio:.1%} of it, not {config.budget:.0%}: the budget moves to "
+            f"{budget:.4g} ms and the run goes on")
+        state.budget = budget
+        return True
+
     def _measured(self, proposals: list[Proposal]) -> list[Proposal]:
         """``proposals`` with the estimates the resource gives now (their whole measurements)."""
         return [dataclasses.replace(p, estimate=self.resource.estimate(self.analysis.signatures(p.config)))
@@ -741,12 +789,17 @@ class NetAdapt:
         if self.resource.measures_networks and not self.resource.has(signatures):
             self.resource.record(signatures, ab_final)  # measured before a resume, not since
         resource = self.resource.estimate(signatures)
+        if ab_final is not None and config.budget_relative:  # side by side, the fraction asked
+            met = ab_final.min_ms / ab_original.min_ms <= config.budget
+        else:
+            met = resource.value <= state.budget
         yield FinishRecord(
             channels=dict(state.channels), resource=resource, budget=state.budget,
-            budget_met=resource.value <= state.budget, iterations=state.iteration,
+            budget_met=met, iterations=state.iteration,
             holdout_accuracy=accuracy(model, self.data.holdout, device=self.train_device),
             validation_accuracy=accuracy(model, self.data.validation, device=self.train_device),
-            ab_original=ab_original, ab_final=ab_final, long_term_s=long_term_s, model=model)
+            ab_original=ab_original, ab_final=ab_final, long_term_s=long_term_s, model=model,
+            checked_ratio=state.checked_ratio)
 
 
 #: What ``NetAdapt.run`` and its steps are: they yield requests and records, receive answers.
