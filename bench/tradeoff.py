@@ -53,6 +53,7 @@ FULL_RESULTS = RESULTS / "tradeoff.json"
 PRETRAINED = ROOT / "bench" / "pretrained"
 #: The validation split carved from the training images for ablations (never the test set).
 TUNING_VALIDATION = 10_000
+FASHION_MNIST_TRAIN = 60_000
 #: Splits are drawn once (seed 0) for every run, so seeds vary training only.
 DATA_SEED = 0
 
@@ -158,11 +159,7 @@ def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
     (``split="test"``) or ``TUNING_VALIDATION`` images carved from the training data
     (``"tuning"``). The carved images are left out of training in both cases, so the pretrained
     network and the fine-tunes never see them."""
-    from adaptation.netadapt.data import load_dataset
-
-    data = load_dataset("fashion_mnist", holdout_size=regime.holdout, seed=DATA_SEED,
-                        resolution=regime.detail or regime.resolution)
-    order = torch.from_numpy(np.random.default_rng([DATA_SEED, 7]).permutation(len(data.train)))
+    data, order = _loaded(regime)
     carved, rest = order[:TUNING_VALIDATION], order[TUNING_VALIDATION:]
     limit = limit_train if limit_train is not None else regime.limit_train
     if limit is not None:
@@ -175,23 +172,66 @@ def regime_data(regime: Regime, split: str, *, limit_train: int | None = None):
     return data
 
 
+def _loaded(regime: Regime):
+    """Fashion-MNIST at the regime's detail, its holdout carved, and the fixed order in which
+    the rest of the training images are carved (tuning split, then training images)."""
+    from adaptation.netadapt.data import load_dataset
+
+    data = load_dataset("fashion_mnist", holdout_size=regime.holdout, seed=DATA_SEED,
+                        resolution=regime.detail or regime.resolution)
+    return data, torch.from_numpy(np.random.default_rng([DATA_SEED, 7]).permutation(len(data.train)))
+
+
+def unused_images(regime: Regime) -> int:
+    """Training images no run of ``regime`` trains on or is scored on (0 when it trains on all)."""
+    if regime.limit_train is None:
+        return 0
+    return max(FASHION_MNIST_TRAIN - regime.holdout - TUNING_VALIDATION - regime.limit_train, 0)
+
+
+def with_holdout(regime: Regime, data, size: int):
+    """``data`` (``regime_data``'s) whose holdout, the images that pick NetAdapt's proposals, holds
+    ``size`` images: the regime's own, then training images no run of the regime uses. The
+    training data, and so every network's training, stay exactly as they were."""
+    from adaptation.netadapt.data import TensorSplit
+
+    extra = size - len(data.holdout)
+    if extra <= 0:
+        return data
+    if extra > unused_images(regime):
+        raise ValueError(f"a holdout of {size} images needs {extra} unused training images; "
+                         f"{regime.name} leaves {unused_images(regime)}")
+    full, order = _loaded(regime)
+    pool = order[TUNING_VALIDATION + regime.limit_train:]
+    more = full.train.subset(pool[:extra])
+    if regime.detail is not None and regime.detail != regime.resolution:
+        more = _resized(more, regime.resolution)
+    holdout = TensorSplit(torch.cat([data.holdout.batch(torch.arange(len(data.holdout))),
+                                     more.batch(torch.arange(len(more)))]),
+                          torch.cat([data.holdout.labels, more.labels]))
+    return dataclasses.replace(data, holdout=holdout)
+
+
+def _resized(split, resolution: int):
+    """``split``'s normalised images resized bilinearly to ``resolution`` (float32)."""
+    from adaptation.netadapt.data import TensorSplit
+
+    if not len(split):
+        return split
+    images = torch.cat([torch.nn.functional.interpolate(
+        split.batch(chunk), size=(resolution, resolution), mode="bilinear", align_corners=False)
+        for chunk in torch.arange(len(split)).split(2048)])
+    return TensorSplit(images.contiguous(), split.labels)
+
+
 def upsampled(data, resolution: int):
     """``data`` with every split's normalised images resized bilinearly to ``resolution``: the
     detail stays what it was, only the network's input (and so its arithmetic) grows. Only the
     splits a run uses are resized (after carving), since 60k images at 84 px would not fit
     comfortably in memory; the result is normalised float32."""
-    from adaptation.netadapt.data import TensorSplit
-
-    def grow(split: TensorSplit) -> TensorSplit:
-        if not len(split):
-            return split
-        images = torch.cat([torch.nn.functional.interpolate(
-            split.batch(chunk), size=(resolution, resolution), mode="bilinear", align_corners=False)
-            for chunk in torch.arange(len(split)).split(2048)])
-        return TensorSplit(images.contiguous(), split.labels)
-
-    return dataclasses.replace(data, train=grow(data.train), holdout=grow(data.holdout),
-                               validation=grow(data.validation), resolution=resolution)
+    return dataclasses.replace(data, train=_resized(data.train, resolution),
+                               holdout=_resized(data.holdout, resolution),
+                               validation=_resized(data.validation, resolution), resolution=resolution)
 
 
 def spec_of(regime: Regime):
@@ -304,7 +344,11 @@ def with_levers(regime: Regime, levers: tuple[tuple[str, float], ...] | None) ->
 #: are too: no multiplier of the curve goes below a quarter of any group's channels, so a floor up
 #: to that fraction leaves the curve as it is (``variant_config`` refuses a higher one).
 VARIANT_SETTINGS = ("channel_step", "selection", "initial_reduction", "decay", "max_iterations",
-                    "min_proposals", "short_term_steps", "floor_minimum", "floor_fraction")
+                    "min_proposals", "short_term_steps", "floor_minimum", "floor_fraction", "holdout")
+#: Variant settings of the data NetAdapt chooses with rather than of the engine: ``holdout`` is
+#: how many images score the proposals, the regime's own plus training images no run uses
+#: (``with_holdout``); no network trains on them, so the multiplier curve stays the same.
+DATA_VARIANTS = ("holdout",)
 
 
 def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
@@ -327,6 +371,12 @@ def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
                     f"selection must be one of {', '.join(SELECTION_RULES)}, not '{value}'")
             chosen[name] = value
             continue
+        if name in DATA_VARIANTS:
+            if not value.isdigit() or not 0 < int(value) <= FASHION_MNIST_TRAIN:
+                raise argparse.ArgumentTypeError(
+                    f"{name} must be a whole number of images from 1 to {FASHION_MNIST_TRAIN:,}")
+            chosen[name] = int(value)
+            continue
         chosen[name] = setting_value(name, value)
     return tuple(chosen.items()) or None
 
@@ -343,7 +393,13 @@ def variant_config(regime: Regime, metric: str, seed: int,
                    variant: tuple[tuple[str, object], ...] | None):
     """A NetAdapt run's configuration: the regime's, with the variant's settings over it.
     ValueError when the variant would fine-tune a lineage longer than the multipliers."""
-    config = dataclasses.replace(adapt_config(regime, metric, seed), **dict(variant or ()))
+    engine = {k: v for k, v in (variant or ()) if k not in DATA_VARIANTS}
+    config = dataclasses.replace(adapt_config(regime, metric, seed), **engine)
+    holdout = dict(variant or ()).get("holdout")
+    if holdout is not None and not regime.holdout <= holdout <= regime.holdout + unused_images(regime):
+        raise ValueError(f"holdout must be from the regime's {regime.holdout} to "
+                         f"{regime.holdout + unused_images(regime)} images (its own plus the "
+                         f"{unused_images(regime)} training images no run uses)")
     if dict(variant or ()).get("floor_fraction", 0) > min(regime.ratios):  # levers' floors apply to all
         raise ValueError(f"a floor of {config.floor_fraction:g} of each group's channels would "
                          f"change the multiplier curve (its narrowest is x{min(regime.ratios):g})")
@@ -415,6 +471,8 @@ def run_netadapt(regime: Regime, metric: str, seed: int, original, data, analysi
     if name in progress.rows:
         return
     config = variant_config(regime, metric, seed, variant)
+    if "holdout" in dict(variant or ()):
+        data = with_holdout(regime, data, dict(variant)["holdout"])
     checkpoint = progress.checkpoint(name)
     state = AdaptState.load(checkpoint) if checkpoint.exists() else None
     spent = state.start.get("bench_minutes", 0.0) if state else 0.0

@@ -315,3 +315,36 @@ def test_netadapt_refuses_a_curve_that_stood_on_another_starting_network(tmp_pat
     commit_curve({})  # committed before fingerprints were recorded
     with pytest.raises(SystemExit, match="unrecorded starting network"):
         check_same_start(regime.name, start, curve)
+
+
+def test_a_larger_holdout_takes_images_no_run_trains_on_and_leaves_training_alone():
+    import argparse
+
+    from bench.tradeoff import (adapt_config, parse_variant, regime_data, unused_images, variant_config,
+                                with_holdout)
+
+    regime = REGIMES["mbv2-0.5-fmnist14up32-12k-ft5"]
+    assert unused_images(regime) == 60_000 - 2_000 - 10_000 - 12_000
+    data = regime_data(regime, "tuning")
+    grown = with_holdout(regime, data, 2_500)
+    assert len(grown.holdout) == 2_500 and grown.train is data.train and grown.validation is data.validation
+    everything = torch.arange(len(data.holdout))
+    assert torch.equal(grown.holdout.batch(everything), data.holdout.batch(everything))  # its own first
+    assert grown.holdout.images.shape[1:] == data.train.images.shape[1:]                # at 32 px too
+
+    def keys(split, index) -> set[bytes]:
+        return {image.numpy().round(4).tobytes() for image in split.batch(index)}
+
+    extra = keys(grown.holdout, torch.arange(2_000, 2_500))
+    assert len(extra) == 500
+    assert not extra & keys(data.train, torch.arange(len(data.train)))       # trained on by no run
+    assert not extra & keys(data.validation, torch.arange(len(data.validation)))  # nor scored on
+    # A variant of NetAdapt alone: the engine's settings are the variant's others.
+    variant = parse_variant("min_proposals=4,holdout=8000")
+    assert variant_config(regime, "latency", 100, variant) == variant_config(
+        regime, "latency", 100, parse_variant("min_proposals=4"))
+    for size in (1_999, 2_000 + unused_images(regime) + 1):
+        with pytest.raises(ValueError, match="holdout must be from the regime's 2000"):
+            variant_config(regime, "latency", 100, parse_variant(f"holdout={size}"))
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number of images"):
+        parse_variant("holdout=0.5")
