@@ -6,7 +6,7 @@ import pytest
 
 from adaptation.netadapt.config import AdaptConfig
 from adaptation.netadapt.loop import (AdaptState, FinishRecord, IterationRecord, NeedsMeasurement, NetAdapt,
-                                      StartRecord, measure_with, run_with)
+                                      StartRecord, measure_with, run_with, serve)
 from adaptation.netadapt.lut import MemoryLatencyTable
 from adaptation.netadapt.resources import LatencyTableModel
 from devices.measure.protocol import time_with_retries
@@ -88,3 +88,22 @@ def test_a_moved_budget_and_its_note_survive_a_resume(trained, digits8, light_pr
     first = next(r for r in records if isinstance(r, IterationRecord))
     assert first.iteration == iteration and first.notes[:1] == notes
     assert records[-1].budget <= budget
+
+
+def test_a_run_that_ended_at_its_checked_budget_is_not_checked_again_on_resume(trained, digits8,
+                                                                             light_protocol):
+    """A finished run resumed (the CLI's --resume) must not measure the check again: noise could
+    move the budget and add an iteration to a run that had ended."""
+    engine = engine_for(trained, digits8)
+    device = SlowedStart(light_protocol)
+    finish = list(run_with(engine, device))[-1]
+    assert finish.iterations < CONFIG.max_iterations and finish.checked_ratio <= CONFIG.budget
+    state = AdaptState.from_dict(engine.state.to_dict())
+    assert state.checked_ratio == finish.checked_ratio
+    state.pending = None  # as if saved before the long-term fine-tune
+    resumed = engine_for(trained, digits8, state, engine.resource.table)
+    reasons = []
+    for item in serve(resumed.run(), lambda request: reasons.append(request.reason) or
+                      measure_with(device, engine.resource.table, request)):
+        pass
+    assert "side-by-side check of the budget" not in reasons and resumed.state.iteration == finish.iterations

@@ -380,6 +380,7 @@ def adapt(args: argparse.Namespace) -> None:
             engine.state.save(checkpoint)
         elif isinstance(record, FinishRecord):
             finish = record
+            engine.state.save(checkpoint)  # a finished run resumed is finished: no check again
     if bar is not None:
         bar.close()
     state = engine.state

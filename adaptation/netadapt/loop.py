@@ -540,8 +540,9 @@ class NetAdapt:
             current = self.resource.estimate(signatures)
             if state.iteration >= config.max_iterations:
                 break
-            if current.value <= state.budget and not (yield from self._budget_moved(model, current)):
-                break
+            if current.value <= state.budget and (state.checked_ratio is not None
+                                                  or not (yield from self._budget_moved(model, current))):
+                break  # met, and checked side by side (once: a finished run resumed stays finished)
             record = yield from self._iteration(model, current)
             model = record.model
         yield from self._finish(model)
@@ -642,6 +643,7 @@ class NetAdapt:
             model=model, wall_s=wall, latency_estimate=estimate, notes=list(pending.notes))
         misled = estimate == "table" and measured is not None and self._check_table(record)
         state.iteration = i + 1
+        state.checked_ratio = None  # another network now
         state.channels = dict(chosen.proposal.config)
         state.model_state = copy.deepcopy(model.state_dict())
         state.holdout_accuracy = chosen.holdout_accuracy
