@@ -52,9 +52,15 @@ def engine_for(trained, digits8, state: AdaptState | None = None, table=None) ->
                     LatencyTableModel(table if table is not None else MemoryLatencyTable()), state=state)
 
 
-def test_a_budget_set_from_a_slowed_start_is_moved_and_the_run_goes_on(trained, digits8, light_protocol):
-    engine = engine_for(trained, digits8)
-    records = list(run_with(engine, SlowedStart(light_protocol)))
+@pytest.fixture(scope="module")
+def slowed_run(trained, digits8, light_protocol):
+    """One run on the slowed-start device: (engine, records, device)."""
+    engine, device = engine_for(trained, digits8), SlowedStart(light_protocol)
+    return engine, list(run_with(engine, device)), device
+
+
+def test_a_budget_set_from_a_slowed_start_is_moved_and_the_run_goes_on(slowed_run):
+    _, records, _ = slowed_run
     start, finish = records[0], records[-1]
     assert isinstance(start, StartRecord) and isinstance(finish, FinishRecord)
     iterations = [r for r in records if isinstance(r, IterationRecord)]
@@ -90,13 +96,11 @@ def test_a_moved_budget_and_its_note_survive_a_resume(trained, digits8, light_pr
     assert records[-1].budget <= budget
 
 
-def test_a_run_that_ended_at_its_checked_budget_is_not_checked_again_on_resume(trained, digits8,
-                                                                             light_protocol):
+def test_a_run_that_ended_at_its_checked_budget_is_not_checked_again_on_resume(slowed_run, trained, digits8):
     """A finished run resumed (the CLI's --resume) must not measure the check again: noise could
     move the budget and add an iteration to a run that had ended."""
-    engine = engine_for(trained, digits8)
-    device = SlowedStart(light_protocol)
-    finish = list(run_with(engine, device))[-1]
+    engine, records, device = slowed_run
+    finish = records[-1]
     assert finish.iterations < CONFIG.max_iterations and finish.checked_ratio <= CONFIG.budget
     state = AdaptState.from_dict(engine.state.to_dict())
     assert state.checked_ratio == finish.checked_ratio

@@ -687,10 +687,9 @@ class NetAdapt:
         plan = plan_now()
         for round_ in range(self.GUIDED_ROUNDS + 1):
             fresh = {f"candidate {p.group} {p.channels}": p.config for p in plan.proposals or plan.nearest}
-            if not [c for c in fresh.values() if not self.resource.has(self.analysis.signatures(c))]:
-                break
             tick = time.perf_counter()
-            yield from self._measure_whole_configs(f"iteration {i} proposals, whole", fresh)
+            if not (yield from self._measure_whole_configs(f"iteration {i} proposals, whole", fresh)):
+                break
             self._add_phase("measure_network_s", time.perf_counter() - tick)
             if round_ < self.GUIDED_ROUNDS:
                 plan = plan_now()
@@ -758,16 +757,17 @@ class NetAdapt:
 
     def _measure_whole_configs(self, reason: str, configs: dict[str, ChannelConfig]) -> Conversation:
         """Measure whole, in one request, the networks of ``configs`` (label -> channels) not
-        measured yet, and keep their measurements in the resource model."""
+        measured yet, and keep their measurements in the resource model; how many it measured."""
         configs = {label: c for label, c in configs.items()
                    if not self.resource.has(self.analysis.signatures(c))}
         if not configs:
-            return
+            return 0
         models = [(label, rebuild_pruned(copy.deepcopy(self.original), self.example_input, c), c)
                   for label, c in configs.items()]
         results = yield from self._measure(reason, *models)
         for config, result in zip(configs.values(), results):
             self.resource.record(self.analysis.signatures(config), result)
+        return len(configs)
 
     def _finish(self, model: nn.Module) -> Conversation:
         state, config = self.state, self.config
