@@ -44,6 +44,27 @@ def budget_text(job_settings: dict) -> str:
     return f"{budget:g} {metric_unit(metric)}"
 
 
+def outcome_text(result: dict | None, job_settings: dict) -> str | None:
+    """A finished adaptation's outcome (``FinishRecord.to_dict()``): for a relative latency budget,
+    the final network against the original measured side by side, which is what decides whether
+    the budget is met; otherwise the final estimate against the budget. None before it finishes."""
+    if not result or "budget_met" not in result:
+        return None
+    met = "budget met" if result["budget_met"] else "budget not met"
+    metric = job_settings.get("metric", "latency")
+    ratio, checked = result.get("measured_ratio"), result.get("checked_ratio")
+    if metric == "latency" and job_settings.get("budget_relative", True) and ratio is not None:
+        text = (f"{ratio:.1%} of the original's latency, measured side by side with it after the "
+                f"long-term fine-tune ({result['ab_final']['min_ms']:.3f} ms against "
+                f"{result['ab_original']['min_ms']:.3f} ms): {met}")
+        if checked is not None:
+            text += f"; the iterations stopped at {checked:.1%} by the same check"
+        return text
+    unit = metric_unit(metric)
+    return (f"{resource_text(result.get('resource'), unit)} by the run's estimate, against a budget "
+            f"of {resource_text(result.get('budget'), unit)}: {met}")
+
+
 #: How a latency job's estimate reads (``JobOptions.latency_model``; absent: the table).
 LATENCY_MODEL_TEXT = {"table": "calibrated look-up table", "whole": "every candidate measured whole",
                       "auto": "automatic: chosen once the device has measured the original's layers"}

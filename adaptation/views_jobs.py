@@ -17,7 +17,8 @@ from django.views.decorators.http import require_POST
 
 from adaptation.access import get_job_for_user
 from adaptation.formatting import (PHASE_LABELS, accuracy_text, budget_text, latency_model_text, levers_text,
-                                   metric_unit, phase_breakdown, resource_text, schedule_text, seconds_text)
+                                   metric_unit, outcome_text, phase_breakdown, resource_text, schedule_text,
+                                   seconds_text)
 from adaptation.job_files import FORMAT_LABELS, FORMAT_SUFFIXES
 from adaptation.job_forms import JobForm, adapt_config_of, original_resource, schedule_warning
 from adaptation.models import Iteration, Job
@@ -100,6 +101,7 @@ def job_detail(request, job_id: int):
         "job": job, "table": _iteration_table(iterations, page_data["unit"]),
         "budget_text": budget_text(job.settings), "schedule_text": schedule_text(config),
         "levers_text": levers_text(config),
+        "outcome_text": outcome_text(job.result, job.settings) if job.kind == "adapt" else None,
         "latency_model_text": latency_model_text(job.settings, _whole_since(iterations)),
         "unit": page_data["unit"], "warnings": warnings, "downloads": _downloads(job, iterations),
         "page_data": page_data, "children": job.children.all(),

@@ -153,6 +153,8 @@ def test_it_shows_chart_points_while_the_job_runs(live_app, digits_cnn_state_dic
             assert final["tables"] == final["iterations"]  # one proposals block a point
             job = page.request.get(app.url(f"/api/v1/jobs/{job_id}")).json()
             assert job["status"] == "finished" and len(job["iterations"]) == final["iterations"] + 1
+            ratio = job["result"]["measured_ratio"]  # the log's finish line says what decided the budget
+            assert f"measured side by side: {100 * ratio:.1f}% of the original" in page.inner_text("#job-log")
             assert sockets == [f"{app.ws_url}/ws/jobs/{job_id}/"], "the page lost its connection and reconnected"
 
             SCREENSHOT.parent.mkdir(exist_ok=True)

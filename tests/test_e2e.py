@@ -128,6 +128,11 @@ def test_it_adapts_a_model_from_upload_to_download(live_app, digits_cnn_state_di
     assert (result["checked_ratio"] or 1.0) <= JOB["budget"] / 100 or result["iterations"] == JOB["max_iterations"], result
     assert result["ab_original"]["min_ms"] > 0 and result["ab_final"]["min_ms"] > 0
     assert result["measured_ratio"] == pytest.approx(result["ab_final"]["min_ms"] / result["ab_original"]["min_ms"])
+    page = browser.get(f"/jobs/{job_id}/")
+    html = page.body.decode()
+    assert page.status == 200 and (f"{result['measured_ratio']:.1%} of the original&#x27;s latency, measured "
+                                   "side by side") in html, html[:2000]
+    assert ("budget met" if result["budget_met"] else "budget not met") in html
     answer = api.get(f"/api/v1/jobs/{job_id}/iterations/{numbers[-1]}/download", format="onnx")
     assert answer.status == 200, answer.body[:500]
     session = ort.InferenceSession(answer.body, providers=["CPUExecutionProvider"])

@@ -261,6 +261,25 @@ def test_the_job_page_says_from_which_iteration_the_table_gave_way_to_whole_netw
             in logged_in.get(reverse("job_detail", args=[trusted.pk])).content.decode())
 
 
+def test_a_finished_job_says_how_it_ended_against_its_budget(logged_in, owner, make_job):
+    """A relative latency budget is decided side by side with the original (the engine's A/B
+    measurement after the long-term fine-tune); other budgets by the run's estimate."""
+    timing = {"min_ms": 0.5, "median_ms": 0.6, "p10_ms": 0.5, "p90_ms": 0.7}
+    result = {"budget_met": False, "measured_ratio": 0.52, "checked_ratio": 0.48, "resource": 0.4,
+              "budget": 0.45, "ab_original": timing, "ab_final": {**timing, "min_ms": 0.26}}
+    job = make_job(owner, settings=AdaptConfig(budget=0.5).to_dict(), status="finished", result=result)
+    html = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert ('<dd id="job-outcome">52.0% of the original&#x27;s latency, measured side by side with it '
+            'after the long-term fine-tune (0.260 ms against 0.500 ms): budget not met; the iterations '
+            'stopped at 48.0% by the same check</dd>') in html
+    macs = make_job(owner, settings=AdaptConfig(metric="macs", budget=0.5).to_dict(), status="finished",
+                    result={"budget_met": True, "resource": 1200.0, "budget": 1500.0, "measured_ratio": None})
+    assert ('<dd id="job-outcome">1,200 MACs by the run&#x27;s estimate, against a budget of 1,500 MACs: '
+            'budget met</dd>') in logged_in.get(reverse("job_detail", args=[macs.pk])).content.decode()
+    running = make_job(owner, settings=AdaptConfig(budget=0.5).to_dict(), status="running")
+    assert 'id="job-outcome"' not in logged_in.get(reverse("job_detail", args=[running.pk])).content.decode()
+
+
 def test_it_serves_chart_js_from_node_modules():
     path = finders.find("vendor/chart.js/chart.umd.js")
     assert path is not None, "node_modules/chart.js is missing: run `npm ci`"

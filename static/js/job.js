@@ -251,7 +251,10 @@
                                        isNumber(measured) ? "measured" : "estimated"));
       }
       // Baselines and fine-tuned points arrive as job.child events of their child jobs.
-      log(`Finished: ${fmtX(xOf(final))}, validation ${isNumber(p.validation_accuracy) ? pct(p.validation_accuracy).toFixed(2) + "%" : "—"}` +
+      // A relative latency budget is decided by this side-by-side ratio (the page's Outcome says the same).
+      const sideBySide = isNumber(p.measured_ratio)
+        ? `, measured side by side: ${(100 * p.measured_ratio).toFixed(1)}% of the original` : "";
+      log(`Finished: ${fmtX(xOf(final))}${sideBySide}, validation ${isNumber(p.validation_accuracy) ? pct(p.validation_accuracy).toFixed(2) + "%" : "—"}` +
           (p.budget_met === false ? " (budget not met)" : ""), p.budget_met === false ? "warning" : "info", e.created);
       downloadsStale.hidden = false;
     },
