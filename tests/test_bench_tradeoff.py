@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.tradeoff_summary import (accuracy_at_latency, goal_holds, latency_at_accuracy,
-                                    monotone_curve, placements, summarise)
+from bench.tradeoff_summary import (accuracy_at_latency, base_regime, goal_holds, latency_at_accuracy,
+                                    monotone_curve, placements, ran_with, summarise)
 
 RESULTS = sorted((Path(__file__).resolve().parent.parent / "bench" / "results").glob("tradeoff*.json"))
 
@@ -73,6 +73,36 @@ def test_the_goal_needs_every_qualifying_regime_and_no_bounds():
     slow = [dict(r, regime="slow") for r in CURVE] + [row("netadapt-latency", 0.25, 0.90, regime="slow")]
     assert not goal_holds(summarise(fast + slow))
     assert not goal_holds(summarise(flat))                               # nothing qualifies
+
+
+def test_the_goal_is_judged_on_the_products_defaults_on_every_regime_under_any_levers():
+    """Levers and variants are settings run on a regime: the goal is judged on the entries that ran
+    with the product's defaults; the others (the paper's recipe) are ablations. A regime whose
+    curve drops 5 points under any levers needs a judged entry that meets the goal."""
+    def entry(name: str, rows: list[dict], **config) -> list[dict]:
+        return [dict(r, regime=name, config=config) if r["kind"] in ("netadapt-latency", "netadapt-macs")
+                else dict(r, regime=name) for r in rows]
+
+    good = CURVE + [row("netadapt-latency", 0.1, 0.90), row("netadapt-macs", 0.15, 0.90)]
+    poor = CURVE + [row("netadapt-latency", 0.25, 0.90), row("netadapt-macs", 0.25, 0.90)]
+    product = {"distillation_alpha": 0.5, "min_proposals": 4}
+    paper = {"distillation_alpha": 0.0, "min_proposals": 0}
+    rows = (entry("r", poor, distillation_alpha=0.0)                        # predates min_proposals
+            + entry("r+distillation_alpha=0.5[min_proposals=4]", good, **product))
+    judged = ran_with(rows, product, paper)
+    assert judged == {"r+distillation_alpha=0.5[min_proposals=4]"}
+    assert base_regime("r+distillation_alpha=0.5[min_proposals=4]") == base_regime("r") == "r"
+    summary = summarise(rows)
+    assert not goal_holds(summary)                       # judging every entry counts the paper's too
+    assert goal_holds(summary, judged)
+    # The product's entry failing fails the goal, whatever the ablations read.
+    swapped = entry("r", good, distillation_alpha=0.0) + entry("r+d[min_proposals=4]", poor, **product)
+    assert not goal_holds(summarise(swapped), ran_with(swapped, product, paper))
+    # A regime that qualifies only under the paper's recipe still needs the product's entry.
+    other = entry("q", good, distillation_alpha=0.0)
+    assert not goal_holds(summarise(rows + other), ran_with(rows + other, product, paper))
+    # A row that predates a setting reads as its absent value, so it is not the product's.
+    assert ran_with(entry("r", good, distillation_alpha=0.5), product, paper) == set()
 
 
 def test_report_recomputes_what_a_run_wrote(tmp_path):
