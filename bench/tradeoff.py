@@ -714,12 +714,14 @@ def print_report(document: dict) -> None:
 def product_entries(rows: list[dict]) -> set[str]:
     """The entries whose NetAdapt runs chose channels as the product does by default (the
     "recommended" preset of the CLI, the job form and the API, and the engine's channel step and
-    selection rule): the ones issue 8's goal is judged on. The regime fixes the rest (budgets)."""
+    selection rule, on the regime's own holdout): the ones issue 8's goal is judged on. The
+    regime fixes the rest (budgets)."""
     from adaptation.netadapt.config import AdaptConfig, preset_settings
 
     defaults = AdaptConfig()
     choosing = {"channel_step": defaults.channel_step, "selection": defaults.selection}
-    return ran_with(rows, {**preset_settings("recommended"), **choosing},
+    own_data = [r for r in rows if not set(r.get("variant") or ()) & set(DATA_VARIANTS)]
+    return ran_with(own_data, {**preset_settings("recommended"), **choosing},
                     {**preset_settings("paper"), **choosing})
 
 

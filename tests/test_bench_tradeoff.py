@@ -105,6 +105,20 @@ def test_the_goal_is_judged_on_the_products_defaults_on_every_regime_under_any_l
     assert ran_with(entry("r", good, distillation_alpha=0.5), product, paper) == set()
 
 
+def test_the_products_entries_ran_the_recommended_settings_on_the_regimes_own_holdout():
+    from adaptation.netadapt.config import AdaptConfig
+    from bench.tradeoff import product_entries
+
+    product = AdaptConfig(seed=0).to_dict()  # the defaults of the CLI, the job form and the API
+    paper = AdaptConfig(seed=0, bn_recalibration_batches=0, distillation_alpha=0, min_proposals=0).to_dict()
+    rows = [dict(row("netadapt-latency", 0.1, 0.9, regime="defaults"), config=product),
+            dict(row("netadapt-latency", 0.1, 0.9, regime="holdout"), config=product,
+                 variant={"min_proposals": 4, "holdout": 8000}),
+            dict(row("netadapt-latency", 0.1, 0.9, regime="paper"), config=paper),
+            dict(row("netadapt-latency", 0.1, 0.9, regime="step"), config={**product, "channel_step": 16})]
+    assert product_entries(rows) == {"defaults"}
+
+
 def test_report_recomputes_what_a_run_wrote(tmp_path):
     from bench.tradeoff import report
 
