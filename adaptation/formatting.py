@@ -51,6 +51,10 @@ def outcome_text(result: dict | None, job_settings: dict) -> str | None:
     if not result or "budget_met" not in result:
         return None
     met = "budget met" if result["budget_met"] else "budget not met"
+    cap = job_settings.get("max_iterations")
+    if not result["budget_met"] and cap is not None and result.get("iterations", 0) >= cap:
+        met += (f" after all {cap} iterations (a larger Max iterations or Initial reduction, or a "
+                "smaller Fewest proposals, lets a job cut further)")
     metric = job_settings.get("metric", "latency")
     ratio, checked = result.get("measured_ratio"), result.get("checked_ratio")
     if metric == "latency" and job_settings.get("budget_relative", True) and ratio is not None:

@@ -266,12 +266,18 @@ def test_a_finished_job_says_how_it_ended_against_its_budget(logged_in, owner, m
     measurement after the long-term fine-tune); other budgets by the run's estimate."""
     timing = {"min_ms": 0.5, "median_ms": 0.6, "p10_ms": 0.5, "p90_ms": 0.7}
     result = {"budget_met": False, "measured_ratio": 0.52, "checked_ratio": 0.48, "resource": 0.4,
-              "budget": 0.45, "ab_original": timing, "ab_final": {**timing, "min_ms": 0.26}}
+              "budget": 0.45, "ab_original": timing, "ab_final": {**timing, "min_ms": 0.26}, "iterations": 7}
     job = make_job(owner, settings=AdaptConfig(budget=0.5).to_dict(), status="finished", result=result)
     html = logged_in.get(reverse("job_detail", args=[job.pk])).content.decode()
     assert ('<dd id="job-outcome">52.0% of the original&#x27;s latency, measured side by side with it '
             'after the long-term fine-tune (0.260 ms against 0.500 ms): budget not met; the iterations '
             'stopped at 48.0% by the same check</dd>') in html
+    # Stopped by the iteration cap short of the budget: the page says what lets a job go further.
+    capped = make_job(owner, settings=AdaptConfig(budget=0.5, max_iterations=10).to_dict(), status="finished",
+                      result={**result, "iterations": 10, "checked_ratio": None})
+    assert ('budget not met after all 10 iterations (a larger Max iterations or Initial reduction, or a '
+            'smaller Fewest proposals, lets a job cut further)</dd>'
+            in logged_in.get(reverse("job_detail", args=[capped.pk])).content.decode())
     macs = make_job(owner, settings=AdaptConfig(metric="macs", budget=0.5).to_dict(), status="finished",
                     result={"budget_met": True, "resource": 1200.0, "budget": 1500.0, "measured_ratio": None})
     assert ('<dd id="job-outcome">1,200 MACs by the run&#x27;s estimate, against a budget of 1,500 MACs: '
