@@ -345,7 +345,10 @@ def with_levers(regime: Regime, levers: tuple[tuple[str, float], ...] | None) ->
 #: are too: no multiplier of the curve goes below a quarter of any group's channels, so a floor up
 #: to that fraction leaves the curve as it is (``variant_config`` refuses a higher one).
 VARIANT_SETTINGS = ("channel_step", "selection", "initial_reduction", "decay", "max_iterations",
-                    "min_proposals", "short_term_steps", "floor_minimum", "floor_fraction", "holdout")
+                    "min_proposals", "keep_pace", "short_term_steps", "floor_minimum",
+                    "floor_fraction", "holdout")
+#: Variant settings that are on or off (written 1 or 0).
+SWITCH_VARIANTS = ("keep_pace",)
 #: Variant settings of the data NetAdapt chooses with rather than of the engine: ``holdout`` is
 #: how many images score the proposals, the regime's own plus training images no run uses
 #: (``with_holdout``); no network trains on them, so the multiplier curve stays the same.
@@ -371,6 +374,11 @@ def parse_variant(text: str) -> tuple[tuple[str, object], ...] | None:
                 raise argparse.ArgumentTypeError(
                     f"selection must be one of {', '.join(SELECTION_RULES)}, not '{value}'")
             chosen[name] = value
+            continue
+        if name in SWITCH_VARIANTS:
+            if value not in ("0", "1"):
+                raise argparse.ArgumentTypeError(f"{name} must be 1 (on) or 0 (off), not '{value}'")
+            chosen[name] = value == "1"
             continue
         if name in DATA_VARIANTS:
             if not value.isdigit() or not 0 < int(value) <= FASHION_MNIST_TRAIN:

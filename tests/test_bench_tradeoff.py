@@ -293,7 +293,12 @@ def test_variants_change_only_netadapt_and_never_train_a_lineage_longer_than_the
     assert variant_config(regime, "latency", 100, parse_variant("floor_fraction=0.25")).floor_fraction == 0.25
     with pytest.raises(ValueError, match="would change the multiplier curve"):
         variant_config(regime, "latency", 100, parse_variant("floor_fraction=0.3"))
+    paced = parse_variant("min_proposals=4,keep_pace=1")
+    assert variant_label(paced) == "[min_proposals=4,keep_pace=1]"
+    assert variant_config(regime, "latency", 100, paced).keep_pace is True
+    assert adapt_config(regime, "latency", 100).keep_pace is False
     for bad, message in [("bn_recalibration_batches=3", "not setting=value with a setting among"),
+                         ("keep_pace=yes", "keep_pace must be 1 .on. or 0 .off."),
                          ("selection=random", "selection must be one of"),
                          ("channel_step=0", "channel_step must be"), ("decay=x", "'x' is not a value")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):

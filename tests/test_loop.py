@@ -14,7 +14,7 @@ from adaptation.netadapt.loop import (PHASES, AdaptState, BudgetError, Evaluated
                                       measure_with, run_with)
 from adaptation.netadapt.lut import MemoryLatencyTable
 from adaptation.netadapt.resources import (CALL_OVERHEAD_SIGNATURE, Estimate, LatencyTableModel, MacsModel)
-from adaptation.netadapt.schedule import iteration_target
+from adaptation.netadapt.schedule import iteration_target, pace_target
 from adaptation.netadapt.spec import ArchitectureSpec
 from adaptation.netadapt.steps import NoProposalError, evaluate_proposal
 from adaptation.netadapt.training import Cancelled, steps_for_epochs, train_steps
@@ -221,6 +221,22 @@ def test_min_proposals_gives_every_iteration_a_choice_and_meets_its_own_target(t
         best = max(record.proposals, key=lambda p: (p["holdout_accuracy"], -p["resource"]))
         assert record.chosen_group == best["group"]  # selection by accuracy, as configured
         previous = record.resource.value
+
+
+def test_keep_pace_asks_each_iteration_for_what_the_budget_still_needs_over_the_iterations_left(
+        trained, digits8):
+    """Where the fewest-proposals rule would cut less than the budget needs at an even pace over
+    the iterations left, keep_pace asks for the pace, or the best one group can reach."""
+    config = dataclasses.replace(UNREACHABLE, max_iterations=2, min_proposals=3)
+    free = _run(NetAdapt(trained, SPEC.example_input(), digits8, config, MacsModel()))
+    paced = _run(NetAdapt(trained, SPEC.example_input(), digits8,
+                          dataclasses.replace(config, keep_pace=True), MacsModel()))
+    start, first = paced[0], paced[1]
+    pace = pace_target(start.resource.value, start.budget, config.max_iterations)
+    best_one = min(p["resource"] for p in first.proposals)
+    assert first.target == pytest.approx(max(pace, best_one))
+    assert first.target < free[1].target  # a bigger cut than the choice of three alone
+    assert first.resource.value <= first.target
 
 
 def test_selection_by_holdout_loss_keeps_the_proposal_with_the_lowest_holdout_cross_entropy(

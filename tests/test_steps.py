@@ -11,6 +11,7 @@ from adaptation.netadapt.distillation import fine_tune_loss
 from adaptation.netadapt.graph import GroupPruner, NetworkAnalysis
 from adaptation.netadapt.models import build_model, example_input
 from adaptation.netadapt.resources import Estimate, MacsModel
+from adaptation.netadapt.schedule import pace_target
 from adaptation.netadapt.steps import (NoProposalError, Proposal, ProposalResult, candidate_counts,
                                        enough_choice_target, evaluate_proposal, plan_iteration,
                                        plan_signatures, select_proposal)
@@ -161,6 +162,16 @@ def test_enough_choice_target_asks_for_the_cut_enough_groups_can_make():
     assert enough_choice_target(best, 10.0, 6.0, 9) == 8.0     # only three groups lower it at all
     assert enough_choice_target(best, 10.0, 9.0, 3) == 9.0     # three meet it already
     assert enough_choice_target([10.0, 12.0], 10.0, 6.0, 3) == 6.0  # none can lower it
+
+
+def test_keep_pace_undoes_the_smaller_cut_only_as_far_as_the_budget_still_needs():
+    best = [5.0, 7.0, 8.0, 10.0]  # as above: three groups lower it; the schedule asks for 6
+    assert enough_choice_target(best, 10.0, 6.0, 3, pace=9.0) == 8.0   # the choice keeps pace
+    assert enough_choice_target(best, 10.0, 6.0, 3, pace=7.5) == 7.5   # the pace, not 8
+    assert enough_choice_target(best, 10.0, 6.0, 3, pace=5.5) == 6.0   # never past the schedule
+    assert enough_choice_target([6.5, 9.0], 10.0, 6.0, 2, pace=6.2) == 6.5  # the best one group
+    assert enough_choice_target(best, 10.0, 6.0, 1, pace=9.0) == 6.0   # enough choice: schedule
+    assert pace_target(10.0, 5.0, 5) == 9.0 and pace_target(10.0, 5.0, 1) == 5.0
 
 
 @pytest.mark.parametrize("resource", [MacsModel(), EightIsSlow()], ids=["macs", "staircase"])

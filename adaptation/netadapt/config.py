@@ -160,13 +160,15 @@ class AdaptConfig:
     floor_fraction: float = 0.0       # ... nor below this fraction of its original channels
     min_proposals: int = 4            # an iteration that fewer groups can meet asks for a smaller
     #                                   cut, the most this many can make (0: the paper's schedule)
+    keep_pace: bool = False           # ... yet never smaller than the budget still needs at an even
+    #                                   pace over the iterations left (``schedule.pace_target``)
 
     def __post_init__(self) -> None:
         """Check every field against its range: SettingsError naming each field out of it."""
         problems: dict[str, str] = {}
         if self.metric not in METRICS:
             problems["metric"] = f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}"
-        for flag in ("budget_relative", "measure_iterations"):
+        for flag in ("budget_relative", "measure_iterations", "keep_pace"):
             if not isinstance(getattr(self, flag), bool):
                 problems[flag] = f"{flag} must be true or false, not {getattr(self, flag)!r}"
         budget_range = (RELATIVE_BUDGET if self.budget_relative is True

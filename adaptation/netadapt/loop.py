@@ -42,7 +42,7 @@ from .data import DatasetSplits
 from .graph import ChannelConfig, NetworkAnalysis, rebuild_pruned
 from .lut import AffineCalibration
 from .resources import Estimate, ResourceModel, TableGuidedWholeModel, WholeNetworkLatencyModel
-from .schedule import iteration_target, unreachable_warning
+from .schedule import iteration_target, pace_target, unreachable_warning
 from .table_check import parted, parted_message, predictions
 from .steps import (IterationPlan, NoProposalError, Proposal, ProposalResult, evaluate_proposal,
                     plan_configs, plan_iteration, plan_signatures, select_proposal)
@@ -561,7 +561,9 @@ class NetAdapt:
         target = iteration_target(current.value, i, state.initial_resource, config.initial_reduction,
                                   config.decay, state.budget)
         measured_before = state.clock["phases_s"].get("measure_network_s", 0.0)
-        plan, notes = yield from self._plan(i, target)
+        pace = (pace_target(current.value, state.budget, config.max_iterations - i)
+                if config.keep_pace else None)
+        plan, notes = yield from self._plan(i, target, pace)
         notes, state.notes = [*state.notes, *notes], []
         tick += state.clock["phases_s"].get("measure_network_s", 0.0) - measured_before  # not planning
         target = plan.target  # min_proposals may ask for a smaller cut than the schedule
@@ -669,7 +671,7 @@ class NetAdapt:
     #: Plans a table-guided iteration makes again at most before it settles on its proposals.
     GUIDED_ROUNDS = 4
 
-    def _plan(self, i: int, target: float) -> Conversation:
+    def _plan(self, i: int, target: float, pace: float | None = None) -> Conversation:
         """The iteration's plan and what to note about it; when guided by the table, planned again
         until every proposal's network has been measured whole (each round measures the ones
         that have not). When no measured cut saves anything at all (a device whose noise hides
@@ -677,9 +679,11 @@ class NetAdapt:
         and a note says so, rather than the run stopping."""
         config, channels = self.config, self.state.channels
 
-        def plan_now(resource: ResourceModel | None = None, wanted: float = target) -> IterationPlan:
+        def plan_now(resource: ResourceModel | None = None, wanted: float = target,
+                     paced: float | None = pace) -> IterationPlan:
             return plan_iteration(self.analysis, channels, resource or self.resource, i, wanted,
-                                  config.channel_step, config.floor_rule(), config.min_proposals)
+                                  config.channel_step, config.floor_rule(), config.min_proposals,
+                                  paced)
 
         if not self._guided:
             return plan_now(), []
@@ -701,7 +705,8 @@ class NetAdapt:
         # The same saving asked of the table, in its own terms (it misjudges the current network).
         now = self.analysis.signatures(channels)
         offset = self.resource.estimate(now).value - self.resource.table_model.estimate(now).value
-        plan = plan_now(self.resource.table_model, target - offset)
+        plan = plan_now(self.resource.table_model, target - offset,
+                        None if pace is None else pace - offset)
 
         def shifted(proposals: list[Proposal]) -> list[Proposal]:
             return [dataclasses.replace(p, estimate=Estimate(p.estimate.value + offset, p.estimate.raw))

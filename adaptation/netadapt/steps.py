@@ -126,7 +126,7 @@ def plan_signatures(analysis: NetworkAnalysis, channels: Mapping[str, int], step
 
 def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resource: ResourceModel,
                    iteration: int, target: float, step: int, floor: FloorRule | None = None,
-                   min_proposals: int = 0) -> IterationPlan:
+                   min_proposals: int = 0, pace: float | None = None) -> IterationPlan:
     """For every group, the largest channel count whose estimated resource meets ``target``.
 
     Every multiple of ``step`` is scanned: latency is not monotone in the channel count, so the
@@ -138,7 +138,9 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
     ``min_proposals``: when fewer groups than this can meet ``target``, the iteration asks for a
     smaller cut, the largest that this many groups can each make (or every group that can shrink,
     if fewer can), so that selection has a choice; ``IterationPlan.target`` is the target used.
-    0 keeps the schedule's target (the paper).
+    0 keeps the schedule's target (the paper). ``pace``: the resource this iteration must reach
+    for the budget to be met at an even pace over the iterations left (``schedule.pace_target``); the
+    smaller cut is then never smaller than that, as far as one group can make it.
     """
     current = resource.estimate(analysis.signatures(channels))
     floors = floor.floors(analysis.original_config(), step) if floor else {}
@@ -154,7 +156,7 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
         scans.append(_Scan(index, group, counts, analysis, channels, resource).until(target))
     if min_proposals and sum(scan.meets(target) for scan in scans) < min_proposals:
         target = enough_choice_target([scan.whole().lowest() for scan in scans], current.value,
-                                      target, min_proposals)
+                                      target, min_proposals, pace)
     proposals, nearest = [], []
     for scan in scans:
         chosen = scan.until(target).first_meeting(target)
@@ -208,18 +210,26 @@ class _Scan:
 
 
 def enough_choice_target(best: Sequence[float], current: float, target: float,
-                         min_proposals: int) -> float:
+                         min_proposals: int, pace: float | None = None) -> float:
     """The target that lets at least ``min_proposals`` groups meet it, given each group's lowest
     reachable estimate ``best``: ``target`` itself when enough groups meet it already (or
     ``min_proposals`` is 0), else the ``min_proposals``-th lowest of ``best`` (counting only the
-    groups that can lower the resource at all)."""
+    groups that can lower the resource at all).
+
+    ``pace`` (``schedule.pace_target``) bounds how much smaller the cut may get: where the choice would
+    leave the budget out of reach at this pace, the target is the pace, or the best one group can
+    reach if none reaches the pace; never more than ``target``'s cut (the schedule's)."""
     reachable = sorted(value for value in best if value < current)
     if not min_proposals or not reachable:
         return target
     needed = min(min_proposals, len(reachable))
     if sum(value <= target for value in reachable) >= needed:
         return target
-    return max(target, reachable[needed - 1])
+    choice = reachable[needed - 1]
+    if pace is not None:
+        choice = min(choice, max(pace, reachable[0]))
+    return max(target, choice)
+
 
 
 def _proposal(channels: Mapping[str, int], group: str, index: int, count: int,
