@@ -721,16 +721,17 @@ def print_report(document: dict) -> None:
 
 def product_entries(rows: list[dict]) -> set[str]:
     """The entries whose NetAdapt runs chose channels as the product does by default (the
-    "recommended" preset of the CLI, the job form and the API, and the engine's channel step and
-    selection rule, on the regime's own holdout): the ones issue 8's goal is judged on. The
-    regime fixes the rest (budgets)."""
+    "recommended" preset of the CLI, the job form and the API, and the engine's channel step,
+    selection rule and pace rule, on the regime's own holdout): the ones issue 8's goal is judged
+    on. The regime fixes the rest (budgets); a row from before the pace rule ran without it."""
     from adaptation.netadapt.config import AdaptConfig, preset_settings
 
     defaults = AdaptConfig()
-    choosing = {"channel_step": defaults.channel_step, "selection": defaults.selection}
+    choosing = {"channel_step": defaults.channel_step, "selection": defaults.selection,
+                "keep_pace": defaults.keep_pace}
     own_data = [r for r in rows if not set(r.get("variant") or ()) & set(DATA_VARIANTS)]
     return ran_with(own_data, {**preset_settings("recommended"), **choosing},
-                    {**preset_settings("paper"), **choosing})
+                    {**preset_settings("paper"), **choosing, "keep_pace": False})
 
 
 def report(path: Path) -> int:

@@ -115,8 +115,11 @@ def test_the_products_entries_ran_the_recommended_settings_on_the_regimes_own_ho
             dict(row("netadapt-latency", 0.1, 0.9, regime="holdout"), config=product,
                  variant={"min_proposals": 4, "holdout": 8000}),
             dict(row("netadapt-latency", 0.1, 0.9, regime="paper"), config=paper),
-            dict(row("netadapt-latency", 0.1, 0.9, regime="step"), config={**product, "channel_step": 16})]
-    assert product_entries(rows) == {"defaults"}
+            dict(row("netadapt-latency", 0.1, 0.9, regime="step"), config={**product, "channel_step": 16}),
+            dict(row("netadapt-latency", 0.1, 0.9, regime="paced"), config={**product, "keep_pace": True})]
+    older = {k: v for k, v in product.items() if k != "keep_pace"}  # a row from before the switch
+    rows.append(dict(row("netadapt-latency", 0.1, 0.9, regime="older"), config=older))
+    assert product_entries(rows) == {"defaults", "older"}
 
 
 def test_report_recomputes_what_a_run_wrote(tmp_path):
