@@ -94,12 +94,15 @@ class TimingStats:
 def interleaved_samples(runners: Sequence[Callable[[], None]], warmup: int, rounds: int,
                         runs_per_round: int) -> list[list[float]]:
     """Warm up each runner, then time them in interleaved rounds (A B A B ...) with the garbage
-    collector off; each runner's per-call times in ms, in the order they were taken."""
+    collector off; each runner's per-call times in ms, in the order they were taken.
+
+    No collection is forced first: with the collector off none can interrupt a timed call
+    anyway, and in a process holding a large heap (a test session, a worker with networks
+    loaded) a full collection is slow: 0.28 s a call in one test's process, 15 s of its 18."""
     samples_ns: list[list[int]] = [[] for _ in runners]
     clock = time.perf_counter_ns
     gc_was_enabled = gc.isenabled()
     try:
-        gc.collect()
         gc.disable()
         for runner in runners:
             for _ in range(warmup):
