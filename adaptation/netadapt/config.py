@@ -160,8 +160,9 @@ class AdaptConfig:
     floor_fraction: float = 0.0       # ... nor below this fraction of its original channels
     min_proposals: int = 4            # an iteration that fewer groups can meet asks for a smaller
     #                                   cut, the most this many can make (0: the paper's schedule)
-    keep_pace: bool = False           # ... yet never smaller than the budget still needs at an even
-    #                                   pace over the iterations left (``schedule.pace_target``)
+    keep_pace: bool = False           # ... yet never smaller than the budget still needs at an
+    #                                   even pace over the iterations left (``schedule.pace_target``;
+    #                                   off: it lost on the benchmark, see bench/README.md)
 
     def __post_init__(self) -> None:
         """Check every field against its range: SettingsError naming each field out of it."""

@@ -18,9 +18,10 @@ def iteration_target(current: float, iteration: int, initial_resource: float,
 
 def pace_target(current: float, budget: float, iterations_left: int) -> float:
     """The resource an iteration must reach for ``budget`` to be met by an even cut in each of
-    the ``iterations_left`` iterations (this one included): where a
-    smaller cut than the schedule's is asked for, it may be no smaller than this (``AdaptConfig.keep_pace``)."""
+    the ``iterations_left`` iterations (this one included). With ``AdaptConfig.keep_pace``, a
+    cut smaller than the schedule's (``min_proposals``) is never smaller than this."""
     return current - (current - budget) / max(iterations_left, 1)
+
 
 def reachable_fraction(initial_reduction: float, decay: float, max_iterations: int) -> float:
     """Fraction of the original resource the schedule can remove in ``max_iterations`` iterations.

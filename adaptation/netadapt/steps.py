@@ -139,8 +139,9 @@ def plan_iteration(analysis: NetworkAnalysis, channels: Mapping[str, int], resou
     smaller cut, the largest that this many groups can each make (or every group that can shrink,
     if fewer can), so that selection has a choice; ``IterationPlan.target`` is the target used.
     0 keeps the schedule's target (the paper). ``pace``: the resource this iteration must reach
-    for the budget to be met at an even pace over the iterations left (``schedule.pace_target``); the
-    smaller cut is then never smaller than that, as far as one group can make it.
+    for the budget to be met at an even pace over the iterations left
+    (``schedule.pace_target``); the smaller cut is then never smaller than that, as far as one
+    group can make it.
     """
     current = resource.estimate(analysis.signatures(channels))
     floors = floor.floors(analysis.original_config(), step) if floor else {}
@@ -216,9 +217,10 @@ def enough_choice_target(best: Sequence[float], current: float, target: float,
     ``min_proposals`` is 0), else the ``min_proposals``-th lowest of ``best`` (counting only the
     groups that can lower the resource at all).
 
-    ``pace`` (``schedule.pace_target``) bounds how much smaller the cut may get: where the choice would
-    leave the budget out of reach at this pace, the target is the pace, or the best one group can
-    reach if none reaches the pace; never more than ``target``'s cut (the schedule's)."""
+    ``pace`` (``schedule.pace_target``) bounds how much smaller the cut may get: where the
+    choice would leave the budget out of reach at this pace, the target is the pace, or the best
+    one group can reach if none reaches the pace; never more than ``target``'s cut (the
+    schedule's)."""
     reachable = sorted(value for value in best if value < current)
     if not min_proposals or not reachable:
         return target
